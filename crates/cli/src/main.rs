@@ -1,1 +1,53 @@
-fn main() {}
+//! `distill`: knowledge distillation from one YAML file. This binary only parses arguments and
+//! dispatches to the library crates.
+
+mod commands;
+mod logging;
+
+use clap::{Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+Examples:
+  distill inspect ~/.cache/distill/assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
+  distill inspect hf://HuggingFaceTB/SmolLM2-135M-Instruct --json
+  distill tokenize model.gguf 'Call me Ishmael.' --json
+  distill eval model.gguf --text moby-dick/chapter_1.txt --max-tokens 2048
+  distill eval ./my-model-folder --text valid.txt --device cuda:0 --dtype bf16
+
+Sources: a .gguf file, a Hugging Face model folder, or hf://org/name[@revision]
+(Hub access honours HF_TOKEN, HF_ENDPOINT, HF_HUB_CACHE, HF_HOME and HF_HUB_OFFLINE).
+Logging: RUST_LOG=debug for more detail.";
+
+#[derive(Parser)]
+#[command(name = "distill", version, about = "Distil, compress and export language models", after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Architecture, sizes, dtypes, bytes on disk and tokenizer of a model.
+    Inspect(commands::inspect::Args),
+    /// The token ids a model's tokenizer gives for a text.
+    Tokenize(commands::tokenize::Args),
+    /// Perplexity and speed of a causal language model on a text file.
+    Eval(commands::eval::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    logging::init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Tokenize(a) => commands::tokenize::run(a),
+        Command::Eval(a) => commands::eval::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

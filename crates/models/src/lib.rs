@@ -1,1 +1,93 @@
-//! placeholder
+//! # distill-models
+//!
+//! Architecture families with one forward each, written on candle primitives so gradients
+//! reach every weight: the Llama family of decoders ([`llama`]: Llama, Mistral, Qwen2, SmolLM)
+//! and BERT encoders ([`bert`]). A forward returns logits for **every** position (not only the
+//! last) and, on request, the hidden states of every layer, honouring an attention mask.
+//!
+//! Weights come from a [`WeightSource`]: memory-mapped safetensors (frozen,
+//! [`SafetensorsWeights`]), a GGUF file kept quantised through `QMatMul` or dequantised
+//! ([`GgufWeights`]), or the variables of a `VarMap` (trainable, [`VarMapWeights`]).
+//! Models name their tensors as the Hugging Face checkpoint does; GGUF names are mapped.
+
+pub mod bert;
+pub mod error;
+pub mod gguf;
+pub mod llama;
+pub mod nn;
+pub mod weights;
+
+pub use bert::{Bert, BertConfig, BertOutput};
+pub use error::{ModelError, Result};
+pub use gguf::{GgufFile, GgufMode, GgufWeights};
+pub use llama::{Llama, LlamaConfig};
+pub use weights::{Linear, Matrix, SafetensorsWeights, VarMapWeights, WeightSource};
+
+use candle_core::Tensor;
+
+/// Output of a causal language model.
+#[derive(Debug)]
+pub struct ModelOutput {
+    /// `[batch, seq, vocab]`: logits for every position.
+    pub logits: Tensor,
+    /// Embedding output then every layer's output, when asked for.
+    pub hidden_states: Option<Vec<Tensor>>,
+}
+
+/// The architecture named by a `config.json`, with its parsed config.
+#[derive(Clone, Debug)]
+pub enum ArchConfig {
+    Llama(LlamaConfig),
+    Bert(BertConfig),
+}
+
+/// Every `model_type` this crate implements, for error messages.
+pub fn supported_model_types() -> String {
+    llama::LLAMA_MODEL_TYPES
+        .iter()
+        .chain(bert::BERT_MODEL_TYPES)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl ArchConfig {
+    /// Reads `model_type` from a `config.json` text and parses the matching config.
+    pub fn from_config_json(text: &str, source_name: &str) -> Result<Self> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| ModelError::Config {
+            source_name: source_name.to_string(),
+            key: "(document)".into(),
+            msg: format!("not valid JSON: {e}"),
+        })?;
+        let model_type = v.get("model_type").and_then(|m| m.as_str()).ok_or_else(|| ModelError::Config {
+            source_name: source_name.to_string(),
+            key: "model_type".into(),
+            msg: format!("missing; expected one of: {}", supported_model_types()),
+        })?;
+        if llama::LLAMA_MODEL_TYPES.contains(&model_type) {
+            Ok(Self::Llama(LlamaConfig::from_json(text, source_name)?))
+        } else if bert::BERT_MODEL_TYPES.contains(&model_type) {
+            Ok(Self::Bert(BertConfig::from_json(text, source_name)?))
+        } else {
+            Err(ModelError::UnsupportedArchitecture {
+                source_name: source_name.to_string(),
+                found: model_type.to_string(),
+                supported: supported_model_types(),
+            })
+        }
+    }
+
+    pub fn family(&self) -> &'static str {
+        match self {
+            Self::Llama(_) => "llama",
+            Self::Bert(_) => "bert",
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Llama(c) => c.vocab_size,
+            Self::Bert(c) => c.vocab_size,
+        }
+    }
+}

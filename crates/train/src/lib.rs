@@ -1,1 +1,12 @@
-//! placeholder
+//! # distill-train
+//!
+//! Owns learning: data (text files, folders, JSONL and labelled sets, tokenised with the
+//! teacher's tokenizer, packed into blocks with document boundaries, split and shuffled
+//! deterministically from a seed), the distillation losses (forward/reverse KL at temperature T,
+//! JSD, hard-label cross-entropy, hidden-state losses), the trainer loop (AdamW, warm-up and
+//! cosine decay, clipping, accumulation), evaluation, checkpoints with exact resume, and metrics.
+//!
+//! The trainer is generic over a model that returns logits (and hidden states); models know
+//! nothing of checkpoints or metrics.
+
+pub mod metrics;

@@ -1,0 +1,106 @@
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use distill_teacher::{pad_batch, Teacher, TeacherSource};
+use distill_train::metrics::{next_token_nll, NllSum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use super::ModelArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A .gguf file, a Hugging Face model folder, or hf://org/name[@revision]
+    source: String,
+    /// Plain-text file to measure perplexity on.
+    #[arg(long)]
+    text: PathBuf,
+    /// Tokens per window; windows do not overlap.
+    #[arg(long, default_value_t = 256)]
+    block: usize,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Stop after this many tokens of the text.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    source: String,
+    text: String,
+    tokens: usize,
+    predicted_tokens: usize,
+    perplexity: f64,
+    mean_nll: f64,
+    forward_seconds: f64,
+    tokens_per_second: f64,
+    block: usize,
+    batch: usize,
+    device: String,
+    dtype: String,
+    quantized: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(a.block >= 2, "--block must be at least 2 tokens, got {}", a.block);
+    anyhow::ensure!(a.batch >= 1, "--batch must be at least 1");
+    let text = std::fs::read_to_string(&a.text).with_context(|| format!("reading {}", a.text.display()))?;
+    let opts = a.model.load_options()?;
+    let source = TeacherSource::parse(&a.source)?;
+    let teacher = Teacher::load(&source, &opts)?;
+    let mut ids = teacher.tokenizer.encode(&text)?;
+    if let Some(m) = a.max_tokens {
+        ids.truncate(m);
+    }
+    let windows: Vec<Vec<u32>> = ids.chunks(a.block).filter(|c| c.len() >= 2).map(<[u32]>::to_vec).collect();
+    anyhow::ensure!(!windows.is_empty(), "{}: fewer than 2 tokens of text", a.text.display());
+
+    let bar = ProgressBar::new(windows.iter().map(Vec::len).sum::<usize>() as u64);
+    bar.set_style(ProgressStyle::with_template("{spinner} eval [{bar:30}] {pos}/{len} tokens {per_sec} eta {eta}")?.progress_chars("=> "));
+    let mut total = NllSum::default();
+    let mut seconds = 0.0;
+    for group in windows.chunks(a.batch) {
+        let (input, _) = pad_batch(group, teacher.device())?;
+        let start = Instant::now();
+        let logits = teacher.logits(group)?;
+        seconds += start.elapsed().as_secs_f64();
+        let lengths: Vec<usize> = group.iter().map(Vec::len).collect();
+        total.add(next_token_nll(&logits, &input, &lengths)?);
+        bar.inc(lengths.iter().sum::<usize>() as u64);
+    }
+    bar.finish_and_clear();
+    let tokens: usize = windows.iter().map(Vec::len).sum();
+    let report = Report {
+        source: source.to_string(),
+        text: a.text.display().to_string(),
+        tokens,
+        predicted_tokens: total.tokens,
+        perplexity: total.perplexity(),
+        mean_nll: total.nll / total.tokens.max(1) as f64,
+        forward_seconds: seconds,
+        tokens_per_second: tokens as f64 / seconds.max(1e-9),
+        block: a.block,
+        batch: a.batch,
+        device: format!("{:?}", opts.device),
+        dtype: format!("{:?}", opts.dtype).to_lowercase(),
+        quantized: matches!(opts.gguf_mode, distill_models::GgufMode::Quantized) && source.to_string().ends_with(".gguf"),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "perplexity {:.3} over {} predicted tokens ({} tokens in windows of {})\nforward {:.2} s, {:.1} tokens/s on {} ({})",
+            report.perplexity, report.predicted_tokens, report.tokens, report.block, report.forward_seconds,
+            report.tokens_per_second, report.device, report.dtype
+        );
+    }
+    Ok(())
+}

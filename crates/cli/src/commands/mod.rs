@@ -1,0 +1,38 @@
+//! One module per subcommand.
+
+pub mod eval;
+pub mod inspect;
+pub mod tokenize;
+
+use distill_teacher::{parse_device, parse_dtype, HubOptions, LoadOptions};
+
+/// Options shared by commands that load a model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// auto | cpu | cuda | cuda:N | metal
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// auto | f32 | f16 | bf16 (auto: bf16 on CUDA, f16 on Metal, f32 on CPU)
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// Dequantise a GGUF model instead of multiplying in its quantised format.
+    #[arg(long)]
+    pub dequantize: bool,
+}
+
+impl ModelArgs {
+    pub fn load_options(&self) -> anyhow::Result<LoadOptions> {
+        let device = parse_device(&self.device)?;
+        let dtype = parse_dtype(&self.dtype, &device)?;
+        Ok(LoadOptions {
+            device,
+            dtype,
+            gguf_mode: if self.dequantize {
+                distill_models::GgufMode::Dequantized
+            } else {
+                distill_models::GgufMode::Quantized
+            },
+            hub: HubOptions::from_env(),
+        })
+    }
+}

@@ -1,0 +1,264 @@
+//! Where a model's weights come from, and the linear layer that uses them.
+//!
+//! A model is written once, against [`WeightSource`], and names its tensors exactly as the
+//! Hugging Face checkpoint does. The same code then runs on frozen memory-mapped safetensors,
+//! trainable variables of a [`VarMap`], or a GGUF file whose matrices stay quantised.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Init, VarBuilder, VarMap};
+
+use crate::error::{ModelError, Result, TensorContext};
+
+/// A provider of named tensors for building a model.
+pub trait WeightSource {
+    /// Human-readable name used in errors (a file path, or "trainable variables").
+    fn source_name(&self) -> String;
+    /// Device the tensors are placed on.
+    fn device(&self) -> &Device;
+    /// Floating-point dtype of dense tensors.
+    fn dtype(&self) -> DType;
+    /// Whether a tensor of this name exists (always true for trainable sources, which create it).
+    fn contains(&self, name: &str) -> bool;
+    /// A dense tensor of the given shape. `init` is used only by sources that create tensors.
+    fn tensor(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor>;
+    /// Whether [`WeightSource::matrix`] returns quantised matrices.
+    fn keeps_quantized(&self) -> bool {
+        false
+    }
+    /// A weight matrix `[out, inp]` as a linear layer uses it; quantised sources keep it quantised.
+    fn matrix(&self, name: &str, out: usize, inp: usize, init: Init) -> Result<Matrix> {
+        Ok(Matrix::Dense(self.tensor(name, &[out, inp], init)?))
+    }
+}
+
+/// A weight matrix `[out, inp]`: dense, or quantised and multiplied through [`QMatMul`].
+#[derive(Clone, Debug)]
+pub enum Matrix {
+    Dense(Tensor),
+    Quantized { qtensor: Arc<QTensor>, matmul: QMatMul },
+}
+
+impl Matrix {
+    /// Wraps a quantised tensor for matrix products.
+    pub fn quantized(qtensor: QTensor) -> candle_core::Result<Self> {
+        let qtensor = Arc::new(qtensor);
+        let matmul = QMatMul::from_arc(qtensor.clone())?;
+        Ok(Matrix::Quantized { qtensor, matmul })
+    }
+
+    /// The matrix as a dense tensor (dequantised if need be).
+    pub fn to_dense(&self, device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Matrix::Dense(t) => Ok(t.clone()),
+            Matrix::Quantized { qtensor, .. } => qtensor.dequantize(device),
+        }
+    }
+}
+
+/// `y = x Wᵀ + b` over the last dimension of `x`, for any number of leading dimensions.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Matrix,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Matrix, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`) of shape `[out, inp]`.
+    pub fn load(src: &dyn WeightSource, prefix: &str, inp: usize, out: usize, bias: bool) -> Result<Self> {
+        // Normal(0, 0.02): the initialiser of BERT and Llama checkpoints in transformers.
+        let init = Init::Randn { mean: 0.0, stdev: 0.02 };
+        let weight = src.matrix(&format!("{prefix}.weight"), out, inp, init)?;
+        let bias = if bias {
+            Some(src.tensor(&format!("{prefix}.bias"), &[out], Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn weight(&self) -> &Matrix {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = match &self.weight {
+            Matrix::Dense(w) => {
+                let dims = x.dims();
+                let k = dims[dims.len() - 1];
+                let rows = x.elem_count() / k.max(1);
+                let mut out_dims = dims.to_vec();
+                let out = w.dim(0)?;
+                *out_dims.last_mut().expect("non-scalar input") = out;
+                x.reshape((rows, k))?.matmul(&w.t()?)?.reshape(out_dims)?
+            }
+            Matrix::Quantized { matmul, .. } => matmul.forward(x)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+fn check_shape(source_name: &str, name: &str, expected: &[usize], got: &[usize]) -> Result<()> {
+    if expected != got {
+        return Err(ModelError::Shape {
+            source_name: source_name.to_string(),
+            name: name.to_string(),
+            expected: expected.to_vec(),
+            got: got.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Frozen weights memory-mapped from one or more safetensors files (sharded checkpoints too).
+pub struct SafetensorsWeights {
+    files: Vec<PathBuf>,
+    st: MmapedSafetensors,
+    device: Device,
+    dtype: DType,
+}
+
+impl SafetensorsWeights {
+    /// Maps the files; every tensor is converted to `dtype` on `device` when it is read.
+    pub fn open(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+        for f in files {
+            let meta = std::fs::metadata(f).map_err(|source| ModelError::Io {
+                path: f.clone(),
+                source,
+            })?;
+            if meta.len() < 8 {
+                return Err(ModelError::Format {
+                    path: f.clone(),
+                    msg: format!("{} bytes is too short for a safetensors file", meta.len()),
+                });
+            }
+        }
+        // SAFETY: the files are inputs that this process only reads; as with every mmap-based
+        // loader, they must not be truncated by another process while the model is alive.
+        let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| ModelError::Format {
+            path: files.first().cloned().unwrap_or_default(),
+            msg: format!("not a valid safetensors file: {e}"),
+        })?;
+        Ok(Self {
+            files: files.to_vec(),
+            st,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Names, dtypes and shapes of every tensor in the files.
+    pub fn tensor_infos(&self) -> Vec<(String, String, Vec<usize>)> {
+        let mut v: Vec<_> = self
+            .st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, format!("{:?}", view.dtype()), view.shape().to_vec()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+}
+
+impl WeightSource for SafetensorsWeights {
+    fn source_name(&self) -> String {
+        match self.files.as_slice() {
+            [one] => one.display().to_string(),
+            many => format!(
+                "{} (+{} more shards)",
+                many.first().map(|p| p.display().to_string()).unwrap_or_default(),
+                many.len().saturating_sub(1)
+            ),
+        }
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.st.get(name).is_ok()
+    }
+    fn tensor(&self, name: &str, shape: &[usize], _init: Init) -> Result<Tensor> {
+        let view = self.st.get(name).map_err(|_| ModelError::MissingTensor {
+            source_name: self.source_name(),
+            name: name.to_string(),
+        })?;
+        check_shape(&self.source_name(), name, shape, view.shape())?;
+        let t = self
+            .st
+            .load(name, &self.device)
+            .context(|| format!("{}: reading tensor `{name}`", self.source_name()))?;
+        t.to_dtype(self.dtype)
+            .context(|| format!("{}: converting tensor `{name}` to {:?}", self.source_name(), self.dtype))
+    }
+}
+
+/// Trainable weights: variables of a [`VarMap`], created on first use with the given init
+/// (or taken as they are when the map already holds them, e.g. after loading a checkpoint).
+pub struct VarMapWeights {
+    vb: VarBuilder<'static>,
+    device: Device,
+    dtype: DType,
+}
+
+impl VarMapWeights {
+    pub fn new(varmap: &VarMap, dtype: DType, device: &Device) -> Self {
+        Self {
+            vb: VarBuilder::from_varmap(varmap, dtype, device),
+            device: device.clone(),
+            dtype,
+        }
+    }
+}
+
+impl WeightSource for VarMapWeights {
+    fn source_name(&self) -> String {
+        "trainable variables".to_string()
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn contains(&self, _name: &str) -> bool {
+        true
+    }
+    fn tensor(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        self.vb
+            .get_with_hints(shape, name, init)
+            .context(|| format!("trainable variable `{name}` of shape {shape:?}"))
+    }
+}
+
+/// Sum of the sizes of the given files, for reports.
+pub fn bytes_on_disk(files: &[impl AsRef<Path>]) -> u64 {
+    files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f.as_ref()).ok())
+        .map(|m| m.len())
+        .sum()
+}

@@ -1,0 +1,180 @@
+//! A frozen teacher: model and tokenizer loaded from any source, batched inference on the
+//! chosen device and dtype.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use distill_models::llama::gguf_names;
+use distill_models::{ArchConfig, Bert, GgufFile, GgufMode, GgufWeights, Llama, LlamaConfig, SafetensorsWeights};
+
+use crate::error::{Result, TeacherError};
+use crate::folder::HfFolder;
+use crate::hub::{snapshot, HubOptions};
+use crate::source::TeacherSource;
+use crate::tokenizer::{load_tokenizer_json, tokenizer_from_gguf, LoadedTokenizer};
+
+/// How to load a teacher.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Dtype of dense weights and activations.
+    pub dtype: DType,
+    /// For GGUF sources: keep matrices quantised (default) or dequantise them.
+    pub gguf_mode: GgufMode,
+    pub hub: HubOptions,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            gguf_mode: GgufMode::Quantized,
+            hub: HubOptions::from_env(),
+        }
+    }
+}
+
+/// A source resolved to local files.
+#[derive(Clone, Debug)]
+pub enum Resolved {
+    Folder(HfFolder),
+    Gguf(PathBuf),
+}
+
+/// Resolves a source to local files, downloading from the Hub when needed.
+pub fn resolve(source: &TeacherSource, hub: &HubOptions) -> Result<Resolved> {
+    match source {
+        TeacherSource::Hub { repo, revision } => Ok(Resolved::Folder(HfFolder::open(&snapshot(repo, revision, hub)?)?)),
+        TeacherSource::Folder(dir) => Ok(Resolved::Folder(HfFolder::open(dir)?)),
+        TeacherSource::Gguf(path) => {
+            if !path.is_file() {
+                return Err(TeacherError::NotFound { path: path.clone() });
+            }
+            Ok(Resolved::Gguf(path.clone()))
+        }
+    }
+}
+
+/// The tokenizer of a source, without loading its weights.
+pub fn load_tokenizer(resolved: &Resolved) -> Result<LoadedTokenizer> {
+    match resolved {
+        Resolved::Folder(f) => match &f.tokenizer_path {
+            Some(p) => load_tokenizer_json(p),
+            None => Err(TeacherError::Tokenizer {
+                source_name: f.dir.display().to_string(),
+                msg: "no tokenizer.json in the model folder".into(),
+            }),
+        },
+        Resolved::Gguf(p) => tokenizer_from_gguf(&GgufFile::open(p)?),
+    }
+}
+
+/// The network of a teacher.
+pub enum TeacherModel {
+    Llama(Llama),
+    Bert(Bert),
+}
+
+/// A frozen teacher.
+pub struct Teacher {
+    pub source: TeacherSource,
+    pub model: TeacherModel,
+    pub tokenizer: LoadedTokenizer,
+    /// Files the weights were read from.
+    pub files: Vec<PathBuf>,
+    device: Device,
+}
+
+impl Teacher {
+    /// Loads the teacher named by `source`.
+    pub fn load(source: &TeacherSource, opts: &LoadOptions) -> Result<Self> {
+        let resolved = resolve(source, &opts.hub)?;
+        let tokenizer = load_tokenizer(&resolved)?;
+        let (model, files) = match &resolved {
+            Resolved::Folder(folder) => {
+                let weights = SafetensorsWeights::open(&folder.weight_files, opts.dtype, &opts.device)?;
+                let model = match &folder.config {
+                    ArchConfig::Llama(c) => TeacherModel::Llama(Llama::load(c, &weights)?),
+                    ArchConfig::Bert(c) => TeacherModel::Bert(Bert::load(c, &weights)?),
+                };
+                (model, folder.weight_files.clone())
+            }
+            Resolved::Gguf(path) => {
+                let g = Arc::new(GgufFile::open(path)?);
+                let cfg = LlamaConfig::from_gguf(&g)?;
+                let arch = g.get_str("general.architecture")?.to_string();
+                let weights = GgufWeights::new(g, gguf_names(&cfg, &arch), opts.gguf_mode, opts.dtype, &opts.device);
+                (TeacherModel::Llama(Llama::load(&cfg, &weights)?), vec![path.clone()])
+            }
+        };
+        tracing::info!(source = %source, device = ?opts.device, dtype = ?opts.dtype, "teacher loaded");
+        Ok(Self {
+            source: source.clone(),
+            model,
+            tokenizer,
+            files,
+            device: opts.device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Vocabulary size of the model's output.
+    pub fn vocab_size(&self) -> usize {
+        match &self.model {
+            TeacherModel::Llama(m) => m.config().vocab_size,
+            TeacherModel::Bert(m) => m.config().vocab_size,
+        }
+    }
+
+    /// Logits `[batch, longest, vocab]` (f32) for every position of every sequence; shorter
+    /// sequences are right-padded and their padding positions carry no meaning.
+    pub fn logits(&self, batch: &[Vec<u32>]) -> Result<Tensor> {
+        let lm = match &self.model {
+            TeacherModel::Llama(m) => m,
+            TeacherModel::Bert(_) => {
+                return Err(TeacherError::Source {
+                    source_spec: self.source.to_string(),
+                    msg: "a BERT encoder has no language-model logits".into(),
+                })
+            }
+        };
+        let (ids, mask) = pad_batch(batch, &self.device)?;
+        let out = lm.forward(&ids, mask.as_ref(), false)?;
+        Ok(out.logits.to_dtype(DType::F32).map_err(distill_models::ModelError::from)?)
+    }
+}
+
+/// Right-pads `batch` with id 0 into `[b, longest]` and returns the mask (`None` when no
+/// sequence needed padding).
+pub fn pad_batch(batch: &[Vec<u32>], device: &Device) -> Result<(Tensor, Option<Tensor>)> {
+    let longest = batch.iter().map(Vec::len).max().unwrap_or(0);
+    if batch.is_empty() || longest == 0 {
+        return Err(TeacherError::Source {
+            source_spec: "input".into(),
+            msg: "empty batch: no tokens to run".into(),
+        });
+    }
+    let mut ids = Vec::with_capacity(batch.len() * longest);
+    let mut mask = Vec::with_capacity(batch.len() * longest);
+    for seq in batch {
+        ids.extend_from_slice(seq);
+        ids.extend(std::iter::repeat_n(0u32, longest - seq.len()));
+        mask.extend(std::iter::repeat_n(1u8, seq.len()));
+        mask.extend(std::iter::repeat_n(0u8, longest - seq.len()));
+    }
+    let b = batch.len();
+    let t = |e| TeacherError::Model(distill_models::ModelError::from(e));
+    let ids = Tensor::from_vec(ids, (b, longest), device).map_err(t)?;
+    let padded = batch.iter().any(|s| s.len() != longest);
+    let mask = if padded {
+        Some(Tensor::from_vec(mask, (b, longest), device).map_err(t)?)
+    } else {
+        None
+    };
+    Ok((ids, mask))
+}

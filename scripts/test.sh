@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The project's test command (README → "Test"; CI runs exactly this).
+# Fetches the real assets if missing, checks formatting and lints, then runs every test in the
+# release profile: the binary under test is the one users run, built once.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/fetch-assets.sh
+cargo fmt --all -- --check
+cargo clippy --release --workspace --all-targets -- -D warnings
+cargo test --release --workspace

@@ -1,0 +1,48 @@
+//! Helpers shared by the integration tests of several crates (included with `#[path]`).
+#![allow(dead_code)]
+
+pub mod hub_server;
+pub mod tiny;
+
+use std::path::PathBuf;
+
+/// Root of the workspace.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+/// Folder where `scripts/fetch-assets.sh` puts real models and data.
+pub fn assets_dir() -> PathBuf {
+    match std::env::var_os("DISTILL_ASSETS") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/distill/assets"),
+    }
+}
+
+/// A fetched asset; a missing one fails the test with the command that fetches it.
+pub fn asset(rel: &str) -> PathBuf {
+    let p = assets_dir().join(rel);
+    assert!(
+        p.exists(),
+        "missing asset {}: run scripts/fetch-assets.sh (real-asset tests never skip: a skipped claim is an unproven claim)",
+        p.display()
+    );
+    p
+}
+
+/// The SmolLM2-135M-Instruct Q4_1 GGUF.
+pub fn smollm2_gguf() -> PathBuf {
+    asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// The all-MiniLM-L6-v2 folder.
+pub fn minilm_dir() -> PathBuf {
+    asset("all-minilm-l6-v2")
+}
+
+/// A committed fixture.
+pub fn fixture(rel: &str) -> PathBuf {
+    let p = workspace().join("tests/fixtures").join(rel);
+    assert!(p.exists(), "missing fixture {}", p.display());
+    p
+}
