@@ -51,7 +51,7 @@ impl HubServer {
         let thread = std::thread::spawn(move || {
             for req in s.incoming_requests() {
                 let header = |name: &str| {
-                    req.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().to_string())
+                    req.headers().iter().find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name)).map(|h| h.value.as_str().to_string())
                 };
                 let record = Request {
                     method: req.method().to_string(),

@@ -17,26 +17,27 @@ pub const EOS: &str = "<|endoftext|>";
 pub fn tiny_llama_config() -> LlamaConfig {
     LlamaConfig::from_json(
         r#"{"model_type":"llama","architectures":["LlamaForCausalLM"],"vocab_size":260,"hidden_size":32,
-            "intermediate_size":48,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
+            "intermediate_size":64,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
             "rms_norm_eps":1e-5,"rope_theta":10000.0,"max_position_embeddings":128,"tie_word_embeddings":true}"#,
         "tiny",
     )
     .unwrap()
 }
 
-/// The byte-level alphabet as tokens 0..256, then the EOS token.
+/// The byte-level alphabet as tokens 0..256, then the EOS token, then one merged token `ab`.
 pub fn tiny_tokens() -> Vec<String> {
     let mut chars: Vec<char> = ByteLevel::alphabet().into_iter().collect();
     chars.sort();
     let mut v: Vec<String> = chars.into_iter().map(|c| c.to_string()).collect();
     v.push(EOS.to_string());
+    v.push("ab".to_string());
     v
 }
 
 pub fn tiny_tokenizer() -> Tokenizer {
     let vocab: Vocab =
         tiny_tokens().into_iter().enumerate().map(|(i, t)| (t, i as u32)).collect();
-    let bpe = BPE::builder().vocab_and_merges(vocab, vec![]).build().unwrap();
+    let bpe = BPE::builder().vocab_and_merges(vocab, vec![("a".to_string(), "b".to_string())]).build().unwrap();
     let mut t = Tokenizer::new(bpe);
     t.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
     t.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));

@@ -95,9 +95,10 @@ impl LlamaConfig {
         let hidden = g.get_usize(&k("embedding_length"))?;
         let heads = g.get_usize(&k("attention.head_count"))?;
         let kv_heads = g.get_usize_opt(&k("attention.head_count_kv"))?.unwrap_or(heads);
-        let vocab = match g.get_usize_opt(&k("vocab_size"))? {
-            Some(v) => v,
-            None => g.get_strings("tokenizer.ggml.tokens")?.len(),
+        let vocab = match (g.get_usize_opt(&k("vocab_size"))?, g.tensor_infos().get("token_embd.weight")) {
+            (Some(v), _) => v,
+            (None, Some(info)) => info.shape.dims()[0],
+            (None, None) => g.get_strings("tokenizer.ggml.tokens")?.len(),
         };
         let head_dim = g.get_usize_opt(&k("attention.key_length"))?;
         let tied = !g.tensor_infos().contains_key("output.weight");

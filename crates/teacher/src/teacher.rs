@@ -91,7 +91,6 @@ impl Teacher {
     /// Loads the teacher named by `source`.
     pub fn load(source: &TeacherSource, opts: &LoadOptions) -> Result<Self> {
         let resolved = resolve(source, &opts.hub)?;
-        let tokenizer = load_tokenizer(&resolved)?;
         let (model, files) = match &resolved {
             Resolved::Folder(folder) => {
                 let weights = SafetensorsWeights::open(&folder.weight_files, opts.dtype, &opts.device)?;
@@ -109,6 +108,7 @@ impl Teacher {
                 (TeacherModel::Llama(Llama::load(&cfg, &weights)?), vec![path.clone()])
             }
         };
+        let tokenizer = load_tokenizer(&resolved)?;
         tracing::info!(source = %source, device = ?opts.device, dtype = ?opts.dtype, "teacher loaded");
         Ok(Self {
             source: source.clone(),

@@ -65,7 +65,8 @@ fn gguf_without_tokenizer_and_of_unknown_architecture() {
     let e = load_err(&p);
     assert!(e.contains("notok.gguf") && e.contains("tokenizer.ggml.model"), "{e}");
 
-    // Same file with another architecture name.
+    // A complete file with another architecture name.
+    write_tiny_llama_gguf(&p, &cfg, &tiny_llama(&cfg), GgmlDType::F32, true);
     let data = std::fs::read(&p).unwrap();
     let pos = data.windows(5).position(|w| w == b"llama").unwrap();
     let mut patched = data.clone();
@@ -103,10 +104,10 @@ fn wrong_shape_and_missing_tensor() {
     let cfg = tiny_llama_config();
     let dir = tmp.path().join("m");
     let mut other = cfg.clone();
-    other.intermediate_size = 40;
+    other.intermediate_size = 96;
     write_tiny_llama_folder(&dir, &cfg, &tiny_llama(&other));
     let e = load_err(&dir);
-    assert!(e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[40, 32]") && e.contains("[48, 32]"), "{e}");
+    assert!(e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[96, 32]") && e.contains("[64, 32]"), "{e}");
 
     let fewer = distill_models::LlamaConfig { num_hidden_layers: 1, ..cfg.clone() };
     write_tiny_llama_folder(&dir, &cfg, &tiny_llama(&fewer));
