@@ -10,3 +10,4 @@
 //! nothing of checkpoints or metrics.
 
 pub mod metrics;
+pub mod losses;
