@@ -14,6 +14,11 @@ What it makes (all under tests/fixtures/):
                               (`p{i}.topk_ids`, `p{i}.topk_logits`, descending) and the logits
                               of 1024 fixed vocab ids (`p{i}.sample_logits`, columns = the
                               global `sample_ids`).
+  smollm2-f32-logits.safetensors
+                              the same, for the model dequantised to F32 by llama.cpp's own
+                              quantize tool (no activation quantisation anywhere): proves the
+                              architecture's arithmetic (rope, Q/K layout, norms, attention)
+                              against llama.cpp without quantisation noise.
   smollm2-logits.json         metadata for the above: prompt texts, token counts, vocab size,
                               llama-cpp-python version, every llama.cpp setting used, the
                               safetensors file's sha256.
@@ -64,8 +69,10 @@ LLAMA_SETTINGS = dict(
     seed=0,
     n_gpu_layers=0,
     flash_attn=False,
-    type_k=llama_cpp.GGML_TYPE_F16,
-    type_v=llama_cpp.GGML_TYPE_F16,
+    # f32 K/V cache: compare the model's arithmetic, not the cache's storage precision (an f16
+    # cache rounds K and V, and llama.cpp then multiplies Q in f16 too).
+    type_k=llama_cpp.GGML_TYPE_F32,
+    type_v=llama_cpp.GGML_TYPE_F32,
     verbose=False,
 )
 
@@ -244,6 +251,7 @@ def tokenizer_cases(reader: GGUFReader, moby: str) -> list[str]:
         "<|im_start|><|im_end|><|endoftext|>",
         "<|im_start",
         "< |im_start| >",
+        "<repo_name>distill<file_sep>src/main.rs<jupyter_code>print(1)<empty_output>",
         "<|im_start|>system\n<|im_end|>\n\n<|im_start|> spaced",
         chat,
         chat_default_system,
@@ -270,6 +278,14 @@ def eval_all_logits(llm: Llama, ids: list[int]) -> np.ndarray:
     scores = np.array(llm.scores[:n], dtype=np.float32, copy=True)
     assert scores.shape == (n, llm.n_vocab())
     return scores
+
+
+def dump_cases_json(obj: dict) -> str:
+    """Pretty JSON with one line per case, so regenerated fixtures diff readably."""
+    head = {k: v for k, v in obj.items() if k != "cases"}
+    body = json.dumps(head, ensure_ascii=False, indent=1)
+    lines = ",\n".join("  " + json.dumps(c, ensure_ascii=False) for c in obj["cases"])
+    return body[:-2] + ',\n "cases": [\n' + lines + "\n ]\n}\n"
 
 
 def main() -> int:
@@ -311,7 +327,7 @@ def main() -> int:
         "cases": cases,
     }
     tok_path = FIXTURES / "smollm2-tokenizer.json"
-    tok_path.write_text(json.dumps(tok_fixture, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    tok_path.write_text(dump_cases_json(tok_fixture), encoding="utf-8")
     print(f"wrote {tok_path.relative_to(REPO)}: {len(cases)} cases")
     for c in cases:
         if len(c["ids"]) <= 4 or "<|" in c["text"]:
@@ -372,7 +388,9 @@ def main() -> int:
             f"prefix({k}) max|diff|={diff:.2e}, logit range [{logits.min():.2f}, {logits.max():.2f}]"
         )
         if p["name"] == "moby_dick":
-            assert agree >= 0.25, f"next-token agreement {agree:.1%} is implausibly low"
+            # A 135M Q4_1 model guesses roughly a quarter of 1851 prose; a broken run (wrong
+            # rows, garbage weights) lands near 0%.
+            assert agree >= 0.15, f"next-token agreement {agree:.1%} is implausibly low"
         prompt_meta.append(
             {
                 "index": i,
@@ -385,12 +403,26 @@ def main() -> int:
             }
         )
 
+    # Sanity only (not stored): next-token agreement over a longer stretch of chapter 1.
+    long_ids = [int(t) for t in llm.tokenize(moby_para.encode("utf-8"), add_bos=False, special=True)]
+    long_am = eval_all_logits(llm, long_ids).argmax(axis=1)
+    long_agree = float((long_am[:-1] == np.asarray(long_ids[1:])).mean())
+    print(f"sanity: Moby Dick first 1500 chars, {len(long_ids)} tokens: argmax[t]==ids[t+1] for {long_agree:.1%}")
+    assert long_agree >= 0.15, f"next-token agreement {long_agree:.1%} is implausibly low"
+
     st_path = FIXTURES / "smollm2-logits.safetensors"
-    save_file(tensors, str(st_path), metadata={"model": MODEL.name, "llama_cpp_python": lcp_version})
+    # One metadata key only: safetensors writes the metadata map in hash order, so several keys
+    # would make the file's bytes (and sha256) differ from run to run.
+    save_file(
+        tensors,
+        str(st_path),
+        metadata={"source": f"scripts/ref-llamacpp.py, llama-cpp-python {lcp_version}, {MODEL.name}"},
+    )
+    st_path.chmod(0o644)
     sha = hashlib.sha256(st_path.read_bytes()).hexdigest()
 
     settings = {k: v for k, v in LLAMA_SETTINGS.items()}
-    settings["type_k"] = settings["type_v"] = "f16"
+    settings["type_k"] = settings["type_v"] = "f32"
     settings.update(
         {
             "add_bos": False,
@@ -423,6 +455,58 @@ def main() -> int:
     meta_path = FIXTURES / "smollm2-logits.json"
     meta_path.write_text(json.dumps(logits_meta, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {st_path.relative_to(REPO)} ({st_path.stat().st_size} bytes, sha256 {sha})")
+
+    # llama.cpp against itself: the same Q4_1 model evaluated in micro-batches of 8 tokens
+    # instead of one batch. Activations are quantised to Q8_1 before every matrix product, so
+    # float noise of accumulation order flips roundings and is amplified through 30 layers; this
+    # is the floor any other implementation of the Q4_1 arithmetic can be compared against.
+    small = Llama(model_path=str(MODEL), **{**LLAMA_SETTINGS, "n_batch": 8, "n_ubatch": 8})
+    agree = total = 0
+    worst = 0.0
+    for i in range(len(prompts)):
+        ids = [int(t) for t in tensors[f"p{i}.ids"]]
+        other = eval_all_logits(small, ids)
+        agree += int((other.argmax(axis=1) == tensors[f"p{i}.argmax"]).sum())
+        total += len(ids)
+        worst = max(worst, float(np.abs(other[:, sample_ids] - tensors[f"p{i}.sample_logits"]).max()))
+    noise = {"compare": "n_batch=n_ubatch=8 vs 512, same Q4_1 file", "top1_agreement": agree / total,
+             "positions": total, "max_abs_diff_sampled": worst}
+    print(f"llama.cpp vs itself (ubatch 8 vs 512): top-1 {agree}/{total}, max |diff| {worst:.4f}")
+    logits_meta["noise_floor_q4_1"] = noise
+    del small
+
+    # F32 reference: llama.cpp dequantises the file itself, then runs without quantisation.
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        f32_path = Path(tmp) / "smollm2-f32.gguf"
+        qp = llama_cpp.llama_model_quantize_default_params()
+        qp.ftype = llama_cpp.LLAMA_FTYPE_ALL_F32
+        qp.allow_requantize = True
+        qp.nthread = 2
+        rc = llama_cpp.llama_model_quantize(str(MODEL).encode(), str(f32_path).encode(), qp)
+        assert rc == 0, f"llama_model_quantize returned {rc}"
+        f32 = Llama(model_path=str(f32_path), **LLAMA_SETTINGS)
+        f32_tensors: dict[str, np.ndarray] = {"sample_ids": sample_ids}
+        for i in range(len(prompts)):
+            ids = [int(t) for t in tensors[f"p{i}.ids"]]
+            logits = eval_all_logits(f32, ids)
+            tk = [topk_desc(logits[t], TOPK) for t in range(len(ids))]
+            f32_tensors[f"p{i}.ids"] = np.asarray(ids, dtype=np.int64)
+            f32_tensors[f"p{i}.argmax"] = logits.argmax(axis=1).astype(np.int64)
+            f32_tensors[f"p{i}.topk_ids"] = np.stack([a for a, _ in tk])
+            f32_tensors[f"p{i}.topk_logits"] = np.stack([b for _, b in tk])
+            f32_tensors[f"p{i}.sample_logits"] = np.ascontiguousarray(logits[:, sample_ids], dtype=np.float32)
+        del f32
+    f32_st = FIXTURES / "smollm2-f32-logits.safetensors"
+    save_file(f32_tensors, str(f32_st), metadata={"source": f"scripts/ref-llamacpp.py, llama-cpp-python {lcp_version}, {MODEL.name} dequantised to F32 by llama_model_quantize"})
+    f32_st.chmod(0o644)
+    logits_meta["f32_reference"] = {
+        "safetensors": f32_st.name,
+        "safetensors_sha256": hashlib.sha256(f32_st.read_bytes()).hexdigest(),
+        "how": "llama_model_quantize(ftype=LLAMA_FTYPE_ALL_F32, allow_requantize=True), same settings and prompts",
+    }
+    meta_path.write_text(json.dumps(logits_meta, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {f32_st.relative_to(REPO)}")
     print(f"wrote {meta_path.relative_to(REPO)}")
     return 0
 

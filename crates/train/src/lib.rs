@@ -11,3 +11,4 @@
 
 pub mod metrics;
 pub mod losses;
+pub mod data;

@@ -1,0 +1,11 @@
+//! Training data for causal-LM distillation: documents from text files, folders and JSONL,
+//! split into train and validation by whole documents (seeded), tokenised with the teacher's
+//! tokenizer, and packed into fixed-length blocks with EOS between documents.
+
+mod documents;
+mod pack;
+mod split;
+
+pub use documents::{load_documents, DataError, Document, DocumentSource};
+pub use pack::{pack_blocks, BlockSet};
+pub use split::{split_documents, Split};

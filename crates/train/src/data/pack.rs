@@ -1,0 +1,91 @@
+//! Packing tokenised documents into fixed-length blocks.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::documents::{DataError, Document};
+
+/// Fixed-length token blocks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockSet {
+    pub block_size: usize,
+    pub blocks: Vec<Vec<u32>>,
+    /// Tokens in the stream, EOS separators included (the tail that fills no block is dropped).
+    pub stream_tokens: usize,
+}
+
+impl BlockSet {
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+    pub fn tokens(&self) -> usize {
+        self.blocks.len() * self.block_size
+    }
+
+    /// The visiting order of blocks in `epoch`: a permutation drawn from `seed` and the epoch, so
+    /// any position of any epoch can be recomputed exactly on resume.
+    pub fn epoch_order(&self, seed: u64, epoch: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.blocks.len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        order
+    }
+}
+
+/// Tokenises each document with `encode`, joins them with `eos` after every document, and cuts
+/// the stream into blocks of `block_size` tokens. Fails when not one block can be filled.
+pub fn pack_blocks(
+    docs: &[Document],
+    block_size: usize,
+    eos: u32,
+    encode: impl Fn(&str) -> Result<Vec<u32>, String>,
+) -> Result<BlockSet, DataError> {
+    if block_size < 2 {
+        return Err(DataError::Other(format!("block_size must be at least 2, got {block_size}")));
+    }
+    let mut stream = vec![];
+    for d in docs {
+        let ids = encode(&d.text).map_err(|e| DataError::Other(format!("{}: tokenising: {e}", d.id)))?;
+        stream.extend(ids);
+        stream.push(eos);
+    }
+    let blocks: Vec<Vec<u32>> = stream.chunks_exact(block_size).map(<[u32]>::to_vec).collect();
+    if blocks.is_empty() {
+        return Err(DataError::Other(format!(
+            "{} tokens of data ({} documents) do not fill one block of {block_size}",
+            stream.len(),
+            docs.len()
+        )));
+    }
+    Ok(BlockSet { block_size, blocks, stream_tokens: stream.len() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(s: &str) -> Result<Vec<u32>, String> {
+        Ok(s.bytes().map(u32::from).collect())
+    }
+
+    #[test]
+    fn packs_with_eos_between_documents() {
+        let docs = vec![
+            Document { id: "a".into(), text: "abc".into() },
+            Document { id: "b".into(), text: "de".into() },
+        ];
+        let b = pack_blocks(&docs, 3, 0, enc).unwrap();
+        assert_eq!(b.blocks, vec![vec![97, 98, 99], vec![0, 100, 101]]);
+        assert_eq!(b.stream_tokens, 7);
+        let e = pack_blocks(&docs, 10, 0, enc).unwrap_err().to_string();
+        assert!(e.contains("7 tokens") && e.contains("block of 10"), "{e}");
+        let o1 = b.epoch_order(1, 0);
+        assert_eq!(o1, b.epoch_order(1, 0));
+        let mut sorted = o1.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![0, 1]);
+    }
+}
