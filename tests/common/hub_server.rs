@@ -45,13 +45,19 @@ pub struct HubServer {
 impl HubServer {
     pub fn start(repos: BTreeMap<String, RepoSpec>) -> Self {
         let server = Arc::new(Server::http("127.0.0.1:0").expect("bind 127.0.0.1"));
-        let url = format!("http://{}", server.server_addr().to_ip().expect("ip address"));
+        let url = format!(
+            "http://{}",
+            server.server_addr().to_ip().expect("ip address")
+        );
         let requests = Arc::new(Mutex::new(vec![]));
         let (s, r) = (server.clone(), requests.clone());
         let thread = std::thread::spawn(move || {
             for req in s.incoming_requests() {
                 let header = |name: &str| {
-                    req.headers().iter().find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name)).map(|h| h.value.as_str().to_string())
+                    req.headers()
+                        .iter()
+                        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+                        .map(|h| h.value.as_str().to_string())
                 };
                 let record = Request {
                     method: req.method().to_string(),
@@ -64,7 +70,12 @@ impl HubServer {
                 let _ = req.respond(response);
             }
         });
-        Self { url, requests, server, thread: Some(thread) }
+        Self {
+            url,
+            requests,
+            server,
+            thread: Some(thread),
+        }
     }
 
     /// Requests that transferred file content (not metadata probes of one byte).
@@ -73,7 +84,11 @@ impl HubServer {
             .lock()
             .unwrap()
             .iter()
-            .filter(|r| r.url.contains("/resolve/") && r.method == "GET" && r.range.as_deref() != Some("bytes=0-0"))
+            .filter(|r| {
+                r.url.contains("/resolve/")
+                    && r.method == "GET"
+                    && r.range.as_deref() != Some("bytes=0-0")
+            })
             .cloned()
             .collect()
     }
@@ -107,7 +122,9 @@ fn error(status: u16, code: Option<&str>, msg: &str) -> Resp {
 }
 
 fn find_commit<'a>(spec: &'a RepoSpec, rev: &str) -> Option<&'a Commit> {
-    spec.commits.iter().find(|c| c.sha == rev || c.refs.iter().any(|r| r == rev))
+    spec.commits
+        .iter()
+        .find(|c| c.sha == rev || c.refs.iter().any(|r| r == rev))
 }
 
 fn answer(repos: &BTreeMap<String, RepoSpec>, req: &Request, head: bool) -> Resp {
@@ -116,38 +133,59 @@ fn answer(repos: &BTreeMap<String, RepoSpec>, req: &Request, head: bool) -> Resp
     // /api/models/{org}/{name}/revision/{rev}
     if parts.len() == 6 && parts[0] == "api" && parts[1] == "models" && parts[4] == "revision" {
         let repo = format!("{}/{}", parts[2], parts[3]);
-        let Some(spec) = repos.get(&repo) else { return error(404, Some("RepoNotFound"), "Repository not found") };
+        let Some(spec) = repos.get(&repo) else {
+            return error(404, Some("RepoNotFound"), "Repository not found");
+        };
         if let Some(t) = &spec.private_token {
             if req.authorization.as_deref() != Some(&format!("Bearer {t}")) {
                 return error(401, None, "Invalid credentials in Authorization header");
             }
         }
         let rev = parts[5].replace("%2F", "/");
-        let Some(c) = find_commit(spec, &rev) else { return error(404, Some("RevisionNotFound"), "Invalid rev id") };
-        let siblings: Vec<serde_json::Value> =
-            c.files.keys().chain(&c.missing).map(|f| serde_json::json!({ "rfilename": f })).collect();
+        let Some(c) = find_commit(spec, &rev) else {
+            return error(404, Some("RevisionNotFound"), "Invalid rev id");
+        };
+        let siblings: Vec<serde_json::Value> = c
+            .files
+            .keys()
+            .chain(&c.missing)
+            .map(|f| serde_json::json!({ "rfilename": f }))
+            .collect();
         let body = serde_json::json!({ "id": repo, "sha": c.sha, "siblings": siblings });
-        return Response::from_string(body.to_string()).with_header(h("Content-Type", "application/json"));
+        return Response::from_string(body.to_string())
+            .with_header(h("Content-Type", "application/json"));
     }
     // /{org}/{name}/resolve/{rev}/{file...}
     if parts.len() >= 5 && parts[2] == "resolve" {
         let repo = format!("{}/{}", parts[0], parts[1]);
-        let Some(spec) = repos.get(&repo) else { return error(404, Some("RepoNotFound"), "Repository not found") };
+        let Some(spec) = repos.get(&repo) else {
+            return error(404, Some("RepoNotFound"), "Repository not found");
+        };
         if let Some(t) = &spec.private_token {
             if req.authorization.as_deref() != Some(&format!("Bearer {t}")) {
                 return error(401, None, "Invalid credentials in Authorization header");
             }
         }
         let rev = parts[3].replace("%2F", "/");
-        let Some(c) = find_commit(spec, &rev) else { return error(404, Some("RevisionNotFound"), "Invalid rev id") };
+        let Some(c) = find_commit(spec, &rev) else {
+            return error(404, Some("RevisionNotFound"), "Invalid rev id");
+        };
         let file = parts[4..].join("/");
-        let Some(data) = c.files.get(&file) else { return error(404, Some("EntryNotFound"), "Entry not found") };
+        let Some(data) = c.files.get(&file) else {
+            return error(404, Some("EntryNotFound"), "Entry not found");
+        };
         let etag = format!("\"{:016x}{:08x}\"", fnv(data), data.len());
         let size = data.len();
         let (status, body, content_range) = match req.range.as_deref().and_then(parse_range) {
             Some((start, end)) => {
-                let end = end.unwrap_or(size.saturating_sub(1)).min(size.saturating_sub(1));
-                let body = if start <= end && start < size { data[start..=end].to_vec() } else { vec![] };
+                let end = end
+                    .unwrap_or(size.saturating_sub(1))
+                    .min(size.saturating_sub(1));
+                let body = if start <= end && start < size {
+                    data[start..=end].to_vec()
+                } else {
+                    vec![]
+                };
                 (206, body, Some(format!("bytes {start}-{end}/{size}")))
             }
             None => (200, data.clone(), None),
@@ -168,9 +206,18 @@ fn answer(repos: &BTreeMap<String, RepoSpec>, req: &Request, head: bool) -> Resp
 fn parse_range(v: &str) -> Option<(usize, Option<usize>)> {
     let r = v.strip_prefix("bytes=")?;
     let (a, b) = r.split_once('-')?;
-    Some((a.parse().ok()?, if b.is_empty() { None } else { Some(b.parse().ok()?) }))
+    Some((
+        a.parse().ok()?,
+        if b.is_empty() {
+            None
+        } else {
+            Some(b.parse().ok()?)
+        },
+    ))
 }
 
 fn fnv(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    data.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }

@@ -8,14 +8,19 @@ use std::path::PathBuf;
 
 /// Root of the workspace.
 pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
 }
 
 /// Folder where `scripts/fetch-assets.sh` puts real models and data.
 pub fn assets_dir() -> PathBuf {
     match std::env::var_os("DISTILL_ASSETS") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/distill/assets"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/distill/assets")
+        }
     }
 }
 

@@ -96,17 +96,29 @@ impl BertConfig {
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(err(
                 "num_attention_heads",
-                format!("{} heads do not divide hidden_size {}", self.num_attention_heads, self.hidden_size),
+                format!(
+                    "{} heads do not divide hidden_size {}",
+                    self.num_attention_heads, self.hidden_size
+                ),
             ));
         }
         if self.position_embedding_type != "absolute" {
             return Err(err(
                 "position_embedding_type",
-                format!("only `absolute` is supported, got `{}`", self.position_embedding_type),
+                format!(
+                    "only `absolute` is supported, got `{}`",
+                    self.position_embedding_type
+                ),
             ));
         }
         Activation::parse(&self.hidden_act).ok_or_else(|| {
-            err("hidden_act", format!("unsupported activation `{}` (gelu, gelu_new, gelu_pytorch_tanh, relu)", self.hidden_act))
+            err(
+                "hidden_act",
+                format!(
+                    "unsupported activation `{}` (gelu, gelu_new, gelu_pytorch_tanh, relu)",
+                    self.hidden_act
+                ),
+            )
         })?;
         Ok(())
     }
@@ -115,7 +127,8 @@ impl BertConfig {
     pub fn param_count(&self) -> usize {
         let h = self.hidden_size;
         let f = self.intermediate_size;
-        let emb = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h;
+        let emb =
+            (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h;
         let layer = 4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h;
         emb + self.num_hidden_layers * layer
     }
@@ -211,14 +224,33 @@ impl Bert {
     }
 
     /// Builds the encoder from names under `prefix` (`""` or `"bert."`).
-    pub fn load_with_prefix(cfg: &BertConfig, src: &dyn WeightSource, prefix: &str) -> Result<Self> {
+    pub fn load_with_prefix(
+        cfg: &BertConfig,
+        src: &dyn WeightSource,
+        prefix: &str,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let f = cfg.intermediate_size;
-        let randn = Init::Randn { mean: 0.0, stdev: 0.02 };
+        let randn = Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
         let e = format!("{prefix}embeddings");
-        let word = src.tensor(&format!("{e}.word_embeddings.weight"), &[cfg.vocab_size, h], randn)?;
-        let position = src.tensor(&format!("{e}.position_embeddings.weight"), &[cfg.max_position_embeddings, h], randn)?;
-        let token_type = src.tensor(&format!("{e}.token_type_embeddings.weight"), &[cfg.type_vocab_size, h], randn)?;
+        let word = src.tensor(
+            &format!("{e}.word_embeddings.weight"),
+            &[cfg.vocab_size, h],
+            randn,
+        )?;
+        let position = src.tensor(
+            &format!("{e}.position_embeddings.weight"),
+            &[cfg.max_position_embeddings, h],
+            randn,
+        )?;
+        let token_type = src.tensor(
+            &format!("{e}.token_type_embeddings.weight"),
+            &[cfg.type_vocab_size, h],
+            randn,
+        )?;
         let emb_norm = Norm::load(src, &format!("{e}.LayerNorm"), h)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -265,12 +297,17 @@ impl Bert {
         attention_mask: Option<&Tensor>,
         want_hidden: bool,
     ) -> Result<BertOutput> {
-        let (b, s) = input_ids.dims2().context(|| "input_ids must be [batch, seq]".into())?;
+        let (b, s) = input_ids
+            .dims2()
+            .context(|| "input_ids must be [batch, seq]".into())?;
         if s > self.cfg.max_position_embeddings {
             return Err(ModelError::Config {
                 source_name: "input".into(),
                 key: "max_position_embeddings".into(),
-                msg: format!("sequence of {s} tokens exceeds the model's {} positions", self.cfg.max_position_embeddings),
+                msg: format!(
+                    "sequence of {s} tokens exceeds the model's {} positions",
+                    self.cfg.max_position_embeddings
+                ),
             });
         }
         let ctx = |what: &str| format!("bert forward ({what})");
@@ -285,7 +322,8 @@ impl Bert {
             self.emb_norm.forward(&x, self.cfg.layer_norm_eps)
         })()
         .context(|| ctx("embeddings"))?;
-        let bias = attention_bias(b, s, attention_mask, false, &self.device).context(|| ctx("mask"))?;
+        let bias =
+            attention_bias(b, s, attention_mask, false, &self.device).context(|| ctx("mask"))?;
         let mut hidden = want_hidden.then(|| vec![x.clone()]);
         let mut x = x;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -304,18 +342,31 @@ impl Bert {
 }
 
 impl Layer {
-    fn forward(&self, x: &Tensor, bias: Option<&Tensor>, cfg: &BertConfig, act: Activation) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        bias: Option<&Tensor>,
+        cfg: &BertConfig,
+        act: Activation,
+    ) -> candle_core::Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let heads = cfg.num_attention_heads;
         let d = h / heads;
-        let split = |t: Tensor| -> candle_core::Result<Tensor> { t.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous() };
+        let split = |t: Tensor| -> candle_core::Result<Tensor> {
+            t.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous()
+        };
         let q = split(self.query.forward(x)?)?;
         let k = split(self.key.forward(x)?)?;
         let v = split(self.value.forward(x)?)?;
-        let a = attention(&q, &k, &v, bias)?.transpose(1, 2)?.reshape((b, s, h))?;
-        let x = self.attn_norm.forward(&(self.attn_out.forward(&a)? + x)?, cfg.layer_norm_eps)?;
+        let a = attention(&q, &k, &v, bias)?
+            .transpose(1, 2)?
+            .reshape((b, s, h))?;
+        let x = self
+            .attn_norm
+            .forward(&(self.attn_out.forward(&a)? + x)?, cfg.layer_norm_eps)?;
         let inner = act.apply(&self.intermediate.forward(&x)?)?;
-        self.out_norm.forward(&(self.output.forward(&inner)? + x)?, cfg.layer_norm_eps)
+        self.out_norm
+            .forward(&(self.output.forward(&inner)? + x)?, cfg.layer_norm_eps)
     }
 }
 
@@ -330,7 +381,12 @@ pub fn mean_pool(hidden: &Tensor, attention_mask: &Tensor) -> candle_core::Resul
 
 /// L2-normalises rows of `x` (`[batch, h]`).
 pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
-    let n = x.to_dtype(DType::F32)?.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f64, f64::MAX)?;
+    let n = x
+        .to_dtype(DType::F32)?
+        .sqr()?
+        .sum_keepdim(1)?
+        .sqrt()?
+        .clamp(1e-12f64, f64::MAX)?;
     x.broadcast_div(&n.to_dtype(x.dtype())?)
 }
 
@@ -363,7 +419,14 @@ mod tests {
         let loss = pooled.sqr().unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
         for (name, var) in vm.data().lock().unwrap().iter() {
-            let norm = grads.get(var.as_tensor()).map(|g| g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap());
+            let norm = grads.get(var.as_tensor()).map(|g| {
+                g.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            });
             // Token-type row 1 is never used with default token types; every other weight learns.
             if name.contains("token_type") {
                 continue;
@@ -375,14 +438,26 @@ mod tests {
         let out1 = m.forward(&alone, None, None, false).unwrap();
         let ones = Tensor::ones((1, 4), DType::U8, &dev).unwrap();
         let p1 = mean_pool(&out1.last_hidden, &ones).unwrap();
-        let diff = (p1 - pooled.narrow(0, 0, 1).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (p1 - pooled.narrow(0, 0, 1).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-5, "padding changed the embedding by {diff}");
     }
 
     #[test]
     fn config_errors_name_the_key() {
-        let e = BertConfig::from_json(r#"{"vocab_size":40}"#, "m/config.json").unwrap_err().to_string();
-        assert!(e.contains("m/config.json") && e.contains("hidden_size"), "{e}");
+        let e = BertConfig::from_json(r#"{"vocab_size":40}"#, "m/config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m/config.json") && e.contains("hidden_size"),
+            "{e}"
+        );
         let e = BertConfig::from_json(
             r#"{"vocab_size":40,"hidden_size":16,"num_hidden_layers":1,"num_attention_heads":4,"intermediate_size":8,"hidden_act":"swish"}"#,
             "m",

@@ -25,7 +25,9 @@ pub struct GgufFile {
 
 impl std::fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GgufFile").field("path", &self.path).finish()
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -89,10 +91,12 @@ impl GgufFile {
 
     /// A required unsigned integer (any GGUF integer type holding a non-negative value).
     pub fn get_usize(&self, key: &str) -> Result<usize> {
-        let v = self.get(key).ok_or_else(|| self.config_err(key, "missing"))?;
-        value_as_u64(v)
-            .map(|v| v as usize)
-            .ok_or_else(|| self.config_err(key, format!("expected a non-negative integer, found {v:?}")))
+        let v = self
+            .get(key)
+            .ok_or_else(|| self.config_err(key, "missing"))?;
+        value_as_u64(v).map(|v| v as usize).ok_or_else(|| {
+            self.config_err(key, format!("expected a non-negative integer, found {v:?}"))
+        })
     }
 
     /// An optional unsigned integer.
@@ -118,7 +122,9 @@ impl GgufFile {
         match self.get(key) {
             None => Err(self.config_err(key, "missing")),
             Some(Value::String(s)) => Ok(s),
-            Some(v) => Err(self.config_err(key, format!("expected a string, found {}", type_name(v)))),
+            Some(v) => {
+                Err(self.config_err(key, format!("expected a string, found {}", type_name(v))))
+            }
         }
     }
 
@@ -127,7 +133,9 @@ impl GgufFile {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(self.config_err(key, format!("expected a bool, found {}", type_name(v)))),
+            Some(v) => {
+                Err(self.config_err(key, format!("expected a bool, found {}", type_name(v))))
+            }
         }
     }
 
@@ -136,13 +144,20 @@ impl GgufFile {
         let arr = match self.get(key) {
             None => return Err(self.config_err(key, "missing")),
             Some(Value::Array(a)) => a,
-            Some(v) => return Err(self.config_err(key, format!("expected an array, found {}", type_name(v)))),
+            Some(v) => {
+                return Err(
+                    self.config_err(key, format!("expected an array, found {}", type_name(v)))
+                )
+            }
         };
         arr.iter()
             .enumerate()
             .map(|(i, v)| match v {
                 Value::String(s) => Ok(s.as_str()),
-                v => Err(self.config_err(key, format!("element {i}: expected a string, found {}", type_name(v)))),
+                v => Err(self.config_err(
+                    key,
+                    format!("element {i}: expected a string, found {}", type_name(v)),
+                )),
             })
             .collect()
     }
@@ -152,13 +167,21 @@ impl GgufFile {
         let arr = match self.get(key) {
             None => return Err(self.config_err(key, "missing")),
             Some(Value::Array(a)) => a,
-            Some(v) => return Err(self.config_err(key, format!("expected an array, found {}", type_name(v)))),
+            Some(v) => {
+                return Err(
+                    self.config_err(key, format!("expected an array, found {}", type_name(v)))
+                )
+            }
         };
         arr.iter()
             .enumerate()
             .map(|(i, v)| {
-                value_as_i64(v)
-                    .ok_or_else(|| self.config_err(key, format!("element {i}: expected an integer, found {}", type_name(v))))
+                value_as_i64(v).ok_or_else(|| {
+                    self.config_err(
+                        key,
+                        format!("element {i}: expected an integer, found {}", type_name(v)),
+                    )
+                })
             })
             .collect()
     }
@@ -249,7 +272,13 @@ pub struct GgufWeights {
 }
 
 impl GgufWeights {
-    pub fn new(file: Arc<GgufFile>, map: NameMap, mode: GgufMode, dtype: DType, device: &Device) -> Self {
+    pub fn new(
+        file: Arc<GgufFile>,
+        map: NameMap,
+        mode: GgufMode,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
         Self {
             file,
             map,
@@ -372,7 +401,14 @@ mod tests {
         let dims = t.dims().to_vec();
         let hd = dims[0] / heads;
         let rest: usize = dims[1..].iter().product();
-        t.reshape((heads, 2, hd / 2, rest)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap().reshape(dims).unwrap()
+        t.reshape((heads, 2, hd / 2, rest))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape(dims)
+            .unwrap()
     }
 
     #[test]
@@ -390,9 +426,19 @@ mod tests {
         // Quantised rows move as whole blocks: dequantise(unpermute(q(p))) == unpermute(dequantise(q(p))).
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_1, GgmlDType::F32] {
             let q = QTensor::quantize(&p, dtype).unwrap();
-            let a = unpermute_quantized_rows(&q, heads).unwrap().dequantize(&dev).unwrap();
+            let a = unpermute_quantized_rows(&q, heads)
+                .unwrap()
+                .dequantize(&dev)
+                .unwrap();
             let b = unpermute_dense(&q.dequantize(&dev).unwrap(), heads).unwrap();
-            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert_eq!(diff, 0.0, "{dtype:?}");
         }
     }

@@ -59,11 +59,14 @@ impl ArchConfig {
             key: "(document)".into(),
             msg: format!("not valid JSON: {e}"),
         })?;
-        let model_type = v.get("model_type").and_then(|m| m.as_str()).ok_or_else(|| ModelError::Config {
-            source_name: source_name.to_string(),
-            key: "model_type".into(),
-            msg: format!("missing; expected one of: {}", supported_model_types()),
-        })?;
+        let model_type = v
+            .get("model_type")
+            .and_then(|m| m.as_str())
+            .ok_or_else(|| ModelError::Config {
+                source_name: source_name.to_string(),
+                key: "model_type".into(),
+                msg: format!("missing; expected one of: {}", supported_model_types()),
+            })?;
         if llama::LLAMA_MODEL_TYPES.contains(&model_type) {
             Ok(Self::Llama(LlamaConfig::from_json(text, source_name)?))
         } else if bert::BERT_MODEL_TYPES.contains(&model_type) {

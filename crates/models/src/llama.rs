@@ -94,8 +94,13 @@ impl LlamaConfig {
         let k = |s: &str| format!("{arch}.{s}");
         let hidden = g.get_usize(&k("embedding_length"))?;
         let heads = g.get_usize(&k("attention.head_count"))?;
-        let kv_heads = g.get_usize_opt(&k("attention.head_count_kv"))?.unwrap_or(heads);
-        let vocab = match (g.get_usize_opt(&k("vocab_size"))?, g.tensor_infos().get("token_embd.weight")) {
+        let kv_heads = g
+            .get_usize_opt(&k("attention.head_count_kv"))?
+            .unwrap_or(heads);
+        let vocab = match (
+            g.get_usize_opt(&k("vocab_size"))?,
+            g.tensor_infos().get("token_embd.weight"),
+        ) {
             (Some(v), _) => v,
             (None, Some(info)) => info.shape.dims()[0],
             (None, None) => g.get_strings("tokenizer.ggml.tokens")?.len(),
@@ -103,7 +108,11 @@ impl LlamaConfig {
         let head_dim = g.get_usize_opt(&k("attention.key_length"))?;
         let tied = !g.tensor_infos().contains_key("output.weight");
         let cfg = Self {
-            model_type: if arch == "qwen2" { "qwen2".into() } else { "llama".into() },
+            model_type: if arch == "qwen2" {
+                "qwen2".into()
+            } else {
+                "llama".into()
+            },
             vocab_size: vocab,
             hidden_size: hidden,
             intermediate_size: g.get_usize(&k("feed_forward_length"))?,
@@ -111,7 +120,9 @@ impl LlamaConfig {
             num_attention_heads: heads,
             num_key_value_heads: Some(kv_heads),
             head_dim: head_dim.filter(|&d| d != hidden / heads),
-            rms_norm_eps: g.get_f64_opt(&k("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+            rms_norm_eps: g
+                .get_f64_opt(&k("attention.layer_norm_rms_epsilon"))?
+                .unwrap_or(1e-5),
             rope_theta: g.get_f64_opt(&k("rope.freq_base"))?.unwrap_or(10_000.0),
             max_position_embeddings: g.get_usize_opt(&k("context_length"))?.unwrap_or(2048),
             tie_word_embeddings: tied,
@@ -119,8 +130,12 @@ impl LlamaConfig {
             mlp_bias: false,
             hidden_act: "silu".into(),
             rope_scaling: None,
-            bos_token_id: g.get_usize_opt("tokenizer.ggml.bos_token_id")?.map(Into::into),
-            eos_token_id: g.get_usize_opt("tokenizer.ggml.eos_token_id")?.map(Into::into),
+            bos_token_id: g
+                .get_usize_opt("tokenizer.ggml.bos_token_id")?
+                .map(Into::into),
+            eos_token_id: g
+                .get_usize_opt("tokenizer.ggml.eos_token_id")?
+                .map(Into::into),
         };
         let name = g.path().display().to_string();
         if let Some(n) = g.get_usize_opt(&k("rope.dimension_count"))? {
@@ -128,7 +143,10 @@ impl LlamaConfig {
                 return Err(ModelError::Config {
                     source_name: name,
                     key: k("rope.dimension_count"),
-                    msg: format!("partial rotary embeddings ({n} of {} dims) are not supported", cfg.head_dim()),
+                    msg: format!(
+                        "partial rotary embeddings ({n} of {} dims) are not supported",
+                        cfg.head_dim()
+                    ),
                 });
             }
         }
@@ -137,7 +155,8 @@ impl LlamaConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     pub fn kv_heads(&self) -> usize {
@@ -178,28 +197,47 @@ impl LlamaConfig {
         if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
             return Err(err(
                 "num_attention_heads",
-                format!("{} heads do not divide hidden_size {}", self.num_attention_heads, self.hidden_size),
+                format!(
+                    "{} heads do not divide hidden_size {}",
+                    self.num_attention_heads, self.hidden_size
+                ),
             ));
         }
         if self.head_dim() % 2 != 0 {
-            return Err(err("head_dim", format!("rotary embeddings need an even head_dim, got {}", self.head_dim())));
+            return Err(err(
+                "head_dim",
+                format!(
+                    "rotary embeddings need an even head_dim, got {}",
+                    self.head_dim()
+                ),
+            ));
         }
         let kv = self.kv_heads();
         if kv == 0 || self.num_attention_heads % kv != 0 {
             return Err(err(
                 "num_key_value_heads",
-                format!("{kv} must divide num_attention_heads {}", self.num_attention_heads),
+                format!(
+                    "{kv} must divide num_attention_heads {}",
+                    self.num_attention_heads
+                ),
             ));
         }
         if self.hidden_act != "silu" {
-            return Err(err("hidden_act", format!("only `silu` is supported, got `{}`", self.hidden_act)));
+            return Err(err(
+                "hidden_act",
+                format!("only `silu` is supported, got `{}`", self.hidden_act),
+            ));
         }
         if let Some(s) = &self.rope_scaling {
             if !s.is_null() {
-                return Err(err("rope_scaling", format!("rope scaling is not supported yet: {s}")));
+                return Err(err(
+                    "rope_scaling",
+                    format!("rope scaling is not supported yet: {s}"),
+                ));
             }
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(self.rms_norm_eps) || !positive(self.rope_theta) {
             return Err(err("rms_norm_eps/rope_theta", "must be positive".into()));
         }
         Ok(())
@@ -215,7 +253,10 @@ impl LlamaConfig {
         let mlp = 3 * h * self.intermediate_size;
         let layer = attn + mlp + 2 * h;
         let embed = self.vocab_size * h;
-        embed + self.num_hidden_layers * layer + h + if self.tie_word_embeddings { 0 } else { embed }
+        embed
+            + self.num_hidden_layers * layer
+            + h
+            + if self.tie_word_embeddings { 0 } else { embed }
     }
 }
 
@@ -227,7 +268,10 @@ pub const GGUF_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
 /// The key a serde_json error is about, when it says (`missing field `x``, `unknown variant`).
 pub(crate) fn json_error_key(e: &serde_json::Error) -> String {
     let s = e.to_string();
-    s.split('`').nth(1).map(str::to_string).unwrap_or_else(|| "(document)".into())
+    s.split('`')
+        .nth(1)
+        .map(str::to_string)
+        .unwrap_or_else(|| "(document)".into())
 }
 
 /// Maps Hugging Face names of a Llama-family checkpoint to llama.cpp's GGUF names.
@@ -239,7 +283,12 @@ pub fn gguf_names(cfg: &LlamaConfig, gguf_arch: &str) -> NameMap {
     let permuted = gguf_arch == "llama";
     let tied = cfg.tie_word_embeddings;
     Box::new(move |name: &str| {
-        let plain = |n: String| Some(GgufTensorRef { name: n, unpermute_heads: None });
+        let plain = |n: String| {
+            Some(GgufTensorRef {
+                name: n,
+                unpermute_heads: None,
+            })
+        };
         match name {
             "model.embed_tokens.weight" => return plain("token_embd.weight".into()),
             "model.norm.weight" => return plain("output_norm.weight".into()),
@@ -315,7 +364,10 @@ impl Llama {
         let embed = src.tensor(
             "model.embed_tokens.weight",
             &[cfg.vocab_size, h],
-            Init::Randn { mean: 0.0, stdev: 0.02 },
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
         )?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -325,7 +377,13 @@ impl Llama {
                 q: Linear::load(src, &format!("{p}.self_attn.q_proj"), h, nh * hd, qkv_bias)?,
                 k: Linear::load(src, &format!("{p}.self_attn.k_proj"), h, nkv * hd, qkv_bias)?,
                 v: Linear::load(src, &format!("{p}.self_attn.v_proj"), h, nkv * hd, qkv_bias)?,
-                o: Linear::load(src, &format!("{p}.self_attn.o_proj"), nh * hd, h, cfg.attention_bias)?,
+                o: Linear::load(
+                    src,
+                    &format!("{p}.self_attn.o_proj"),
+                    nh * hd,
+                    h,
+                    cfg.attention_bias,
+                )?,
                 heads: nh,
                 kv_heads: nkv,
                 head_dim: hd,
@@ -340,22 +398,35 @@ impl Llama {
                 attn,
                 mlp,
                 input_norm: src.tensor(&format!("{p}.input_layernorm.weight"), &[h], ones)?,
-                post_norm: src.tensor(&format!("{p}.post_attention_layernorm.weight"), &[h], ones)?,
+                post_norm: src.tensor(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    &[h],
+                    ones,
+                )?,
             });
         }
         let norm = src.tensor("model.norm.weight", &[h], ones)?;
         let lm_head = if cfg.tie_word_embeddings {
             if src.keeps_quantized() {
                 // The head multiplies by the stored (quantised) embedding matrix, as llama.cpp does.
-                Linear::new(src.matrix("lm_head.weight", cfg.vocab_size, h, Init::Const(0.0))?, None)
+                Linear::new(
+                    src.matrix("lm_head.weight", cfg.vocab_size, h, Init::Const(0.0))?,
+                    None,
+                )
             } else {
                 Linear::new(crate::weights::Matrix::Dense(embed.clone()), None)
             }
         } else {
             Linear::load(src, "lm_head", h, cfg.vocab_size, false)?
         };
-        let rope = Rope::new(hd, cfg.max_position_embeddings, cfg.rope_theta, src.dtype(), src.device())
-            .context(|| "building rotary embedding tables".into())?;
+        let rope = Rope::new(
+            hd,
+            cfg.max_position_embeddings,
+            cfg.rope_theta,
+            src.dtype(),
+            src.device(),
+        )
+        .context(|| "building rotary embedding tables".into())?;
         Ok(Self {
             cfg: cfg.clone(),
             embed,
@@ -379,18 +450,29 @@ impl Llama {
     /// states: the embedding output, then each layer's output, the last one after the final norm
     /// (the convention of transformers' `output_hidden_states`). `attention_mask` (`[batch, seq]`,
     /// 1 = token, 0 = padding) is for right-padded batches.
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, want_hidden: bool) -> Result<ModelOutput> {
-        let (b, s) = input_ids.dims2().context(|| "input_ids must be [batch, seq]".into())?;
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        want_hidden: bool,
+    ) -> Result<ModelOutput> {
+        let (b, s) = input_ids
+            .dims2()
+            .context(|| "input_ids must be [batch, seq]".into())?;
         if s > self.rope.max_positions() {
             return Err(ModelError::Config {
                 source_name: "input".into(),
                 key: "max_position_embeddings".into(),
-                msg: format!("sequence of {s} tokens exceeds the model's {} positions", self.rope.max_positions()),
+                msg: format!(
+                    "sequence of {s} tokens exceeds the model's {} positions",
+                    self.rope.max_positions()
+                ),
             });
         }
         let ctx = |what: &str| format!("llama forward ({what})");
         let mut x = embed(&self.embed, input_ids).context(|| ctx("embedding lookup"))?;
-        let bias = attention_bias(b, s, attention_mask, true, &self.device).context(|| ctx("mask"))?;
+        let bias =
+            attention_bias(b, s, attention_mask, true, &self.device).context(|| ctx("mask"))?;
         let mut hidden = want_hidden.then(|| vec![x.clone()]);
         for (i, block) in self.blocks.iter().enumerate() {
             x = block
@@ -413,7 +495,13 @@ impl Llama {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor, rope: &Rope, bias: Option<&Tensor>, eps: f64) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        bias: Option<&Tensor>,
+        eps: f64,
+    ) -> candle_core::Result<Tensor> {
         let h = rms_norm(x, &self.input_norm, eps)?;
         let x = (x + self.attn.forward(&h, rope, bias)?)?;
         let h = rms_norm(&x, &self.post_norm, eps)?;
@@ -422,16 +510,25 @@ impl Block {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor, rope: &Rope, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        bias: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let split = |t: Tensor, heads: usize| -> candle_core::Result<Tensor> {
-            t.reshape((b, s, heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+            t.reshape((b, s, heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let q = rope.apply(&split(self.q.forward(x)?, self.heads)?)?;
         let k = rope.apply(&split(self.k.forward(x)?, self.kv_heads)?)?;
         let v = split(self.v.forward(x)?, self.kv_heads)?;
         let y = attention(&q, &k, &v, bias)?;
-        let y = y.transpose(1, 2)?.reshape((b, s, self.heads * self.head_dim))?;
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b, s, self.heads * self.head_dim))?;
         self.o.forward(&y)
     }
 }
@@ -503,21 +600,49 @@ mod tests {
     #[test]
     fn every_trainable_variable_gets_a_gradient() {
         for tied in [true, false] {
-            let cfg = LlamaConfig { tie_word_embeddings: tied, ..tiny_config() };
+            let cfg = LlamaConfig {
+                tie_word_embeddings: tied,
+                ..tiny_config()
+            };
             let (vm, m) = tiny(&cfg);
-            let ids = Tensor::new(&[[1u32, 5, 7, 2, 9, 3], [4, 4, 8, 1, 0, 0]], &Device::Cpu).unwrap();
-            let mask = Tensor::new(&[[1u8, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], &Device::Cpu).unwrap();
+            let ids =
+                Tensor::new(&[[1u32, 5, 7, 2, 9, 3], [4, 4, 8, 1, 0, 0]], &Device::Cpu).unwrap();
+            let mask =
+                Tensor::new(&[[1u8, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], &Device::Cpu).unwrap();
             let out = m.forward(&ids, Some(&mask), false).unwrap();
             let logp = log_probs(&out.logits).unwrap();
-            let loss = logp.narrow(2, 3, 1).unwrap().mean_all().unwrap().neg().unwrap();
+            let loss = logp
+                .narrow(2, 3, 1)
+                .unwrap()
+                .mean_all()
+                .unwrap()
+                .neg()
+                .unwrap();
             let grads = loss.backward().unwrap();
-            let vars: Vec<(String, Var)> = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let vars: Vec<(String, Var)> = vm
+                .data()
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             let expected = if tied { 1 + 2 * 9 + 1 } else { 2 + 2 * 9 + 1 };
             assert_eq!(vars.len(), expected);
             for (name, var) in vars {
-                let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
-                let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-                assert!(norm > 0.0 && norm.is_finite(), "gradient of {name} is {norm}");
+                let g = grads
+                    .get(var.as_tensor())
+                    .unwrap_or_else(|| panic!("no gradient for {name}"));
+                let norm = g
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    norm > 0.0 && norm.is_finite(),
+                    "gradient of {name} is {norm}"
+                );
             }
         }
     }
@@ -529,10 +654,17 @@ mod tests {
         let alone = m.forward(&a, None, true).unwrap();
         assert_eq!(alone.hidden_states.as_ref().unwrap().len(), 3);
         assert_eq!(alone.logits.dims(), &[1, 4, 32]);
-        let padded = Tensor::new(&[[1u32, 5, 7, 2, 0, 0], [3, 3, 3, 3, 3, 3]], &Device::Cpu).unwrap();
+        let padded =
+            Tensor::new(&[[1u32, 5, 7, 2, 0, 0], [3, 3, 3, 3, 3, 3]], &Device::Cpu).unwrap();
         let mask = Tensor::new(&[[1u8, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], &Device::Cpu).unwrap();
         let batch = m.forward(&padded, Some(&mask), false).unwrap();
-        let diff = (batch.logits.narrow(0, 0, 1).unwrap().narrow(1, 0, 4).unwrap() - &alone.logits)
+        let diff = (batch
+            .logits
+            .narrow(0, 0, 1)
+            .unwrap()
+            .narrow(1, 0, 4)
+            .unwrap()
+            - &alone.logits)
             .unwrap()
             .abs()
             .unwrap()
@@ -556,21 +688,34 @@ mod tests {
 
     #[test]
     fn config_errors_name_the_key() {
-        let e = LlamaConfig::from_json(r#"{"model_type":"llama","vocab_size":10}"#, "x/config.json").unwrap_err().to_string();
-        assert!(e.contains("x/config.json") && e.contains("hidden_size"), "{e}");
+        let e =
+            LlamaConfig::from_json(r#"{"model_type":"llama","vocab_size":10}"#, "x/config.json")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("x/config.json") && e.contains("hidden_size"),
+            "{e}"
+        );
         let mut c = tiny_config();
         c.num_key_value_heads = Some(3);
         let e = c.validate("cfg").unwrap_err().to_string();
         assert!(e.contains("num_key_value_heads"), "{e}");
         let mut c = tiny_config();
         c.rope_scaling = Some(serde_json::json!({"rope_type": "llama3"}));
-        assert!(c.validate("cfg").unwrap_err().to_string().contains("rope_scaling"));
+        assert!(c
+            .validate("cfg")
+            .unwrap_err()
+            .to_string()
+            .contains("rope_scaling"));
     }
 
     #[test]
     fn param_count_matches_the_variables() {
         for tied in [true, false] {
-            let cfg = LlamaConfig { tie_word_embeddings: tied, ..tiny_config() };
+            let cfg = LlamaConfig {
+                tie_word_embeddings: tied,
+                ..tiny_config()
+            };
             let (vm, _) = tiny(&cfg);
             let n: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
             assert_eq!(cfg.param_count(), n);

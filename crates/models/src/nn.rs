@@ -27,7 +27,9 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
     let x = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
-    x.to_dtype(dtype)?.broadcast_mul(weight)?.broadcast_add(bias)
+    x.to_dtype(dtype)?
+        .broadcast_mul(weight)?
+        .broadcast_add(bias)
 }
 
 /// Softmax over the last dimension, computed in f32.
@@ -45,7 +47,13 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(head_dim: usize, max_positions: usize, theta: f64, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(
+        head_dim: usize,
+        max_positions: usize,
+        theta: f64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let half = head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64) as f32)
@@ -75,7 +83,8 @@ impl Rope {
         let x1 = x.narrow(D::Minus1, 0, half)?;
         let x2 = x.narrow(D::Minus1, half, half)?;
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        x.broadcast_mul(&cos)?.broadcast_add(&rotated.broadcast_mul(&sin)?)
+        x.broadcast_mul(&cos)?
+            .broadcast_add(&rotated.broadcast_mul(&sin)?)
     }
 }
 
@@ -126,7 +135,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> R
     // `group` times: [b, kv, group·s, d] × [b, kv, d, s].
     let qg = q.reshape((b, kv_heads, group * s, d))?;
     let scores = (qg.matmul(&k.t()?)? * scale)?;
-    let scores = scores.reshape((b, kv_heads, group, s, s))?.to_dtype(DType::F32)?;
+    let scores = scores
+        .reshape((b, kv_heads, group, s, s))?
+        .to_dtype(DType::F32)?;
     let scores = match bias {
         Some(bias) => {
             let bias = bias.unsqueeze(1)?; // [b|1, 1, 1, s, s]

@@ -40,7 +40,10 @@ pub trait WeightSource {
 #[derive(Clone, Debug)]
 pub enum Matrix {
     Dense(Tensor),
-    Quantized { qtensor: Arc<QTensor>, matmul: QMatMul },
+    Quantized {
+        qtensor: Arc<QTensor>,
+        matmul: QMatMul,
+    },
 }
 
 impl Matrix {
@@ -73,9 +76,18 @@ impl Linear {
     }
 
     /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`) of shape `[out, inp]`.
-    pub fn load(src: &dyn WeightSource, prefix: &str, inp: usize, out: usize, bias: bool) -> Result<Self> {
+    pub fn load(
+        src: &dyn WeightSource,
+        prefix: &str,
+        inp: usize,
+        out: usize,
+        bias: bool,
+    ) -> Result<Self> {
         // Normal(0, 0.02): the initialiser of BERT and Llama checkpoints in transformers.
-        let init = Init::Randn { mean: 0.0, stdev: 0.02 };
+        let init = Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
         let weight = src.matrix(&format!("{prefix}.weight"), out, inp, init)?;
         let bias = if bias {
             Some(src.tensor(&format!("{prefix}.bias"), &[out], Init::Const(0.0))?)
@@ -187,7 +199,9 @@ impl WeightSource for SafetensorsWeights {
             [one] => one.display().to_string(),
             many => format!(
                 "{} (+{} more shards)",
-                many.first().map(|p| p.display().to_string()).unwrap_or_default(),
+                many.first()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
                 many.len().saturating_sub(1)
             ),
         }
@@ -211,8 +225,13 @@ impl WeightSource for SafetensorsWeights {
             .st
             .load(name, &self.device)
             .context(|| format!("{}: reading tensor `{name}`", self.source_name()))?;
-        t.to_dtype(self.dtype)
-            .context(|| format!("{}: converting tensor `{name}` to {:?}", self.source_name(), self.dtype))
+        t.to_dtype(self.dtype).context(|| {
+            format!(
+                "{}: converting tensor `{name}` to {:?}",
+                self.source_name(),
+                self.dtype
+            )
+        })
     }
 }
 

@@ -24,7 +24,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             }
         }
         "metal" => Device::new_metal(0).map_err(|e| {
-            err(format!("{e} (Metal needs a build with `--features metal` on macOS)"))
+            err(format!(
+                "{e} (Metal needs a build with `--features metal` on macOS)"
+            ))
         }),
         _ => {
             let ordinal = match s.strip_prefix("cuda") {
@@ -36,7 +38,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
                 None => return Err(err("expected one of: auto, cpu, cuda, cuda:N, metal".into())),
             };
             Device::new_cuda(ordinal).map_err(|e| {
-                err(format!("{e} (CUDA needs a build with `--features cuda` and a GPU)"))
+                err(format!(
+                    "{e} (CUDA needs a build with `--features cuda` and a GPU)"
+                ))
             })
         }
     }
@@ -89,6 +93,9 @@ mod tests {
     fn dtypes() {
         assert_eq!(parse_dtype("auto", &Device::Cpu).unwrap(), DType::F32);
         assert_eq!(parse_dtype("bf16", &Device::Cpu).unwrap(), DType::BF16);
-        assert!(parse_dtype("f8", &Device::Cpu).unwrap_err().to_string().contains("f32"));
+        assert!(parse_dtype("f8", &Device::Cpu)
+            .unwrap_err()
+            .to_string()
+            .contains("f32"));
     }
 }

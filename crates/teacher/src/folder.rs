@@ -22,7 +22,9 @@ impl HfFolder {
     /// Finds the config, weights and tokenizer of `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(TeacherError::NotFound { path: dir.to_path_buf() });
+            return Err(TeacherError::NotFound {
+                path: dir.to_path_buf(),
+            });
         }
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
@@ -55,11 +57,14 @@ pub fn find_weights(dir: &Path) -> Result<Vec<PathBuf>> {
             path: index.clone(),
             msg: format!("not valid JSON: {e}"),
         })?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Config {
-            source_name: index.display().to_string(),
-            key: "weight_map".into(),
-            msg: "missing or not an object of tensor name → shard file".into(),
-        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::Config {
+                source_name: index.display().to_string(),
+                key: "weight_map".into(),
+                msg: "missing or not an object of tensor name → shard file".into(),
+            })?;
         let mut shards = BTreeSet::new();
         for (tensor, file) in map {
             let file = file.as_str().ok_or_else(|| ModelError::Config {
@@ -88,7 +93,11 @@ pub fn find_weights(dir: &Path) -> Result<Vec<PathBuf>> {
             }
         }
         if files.is_empty() {
-            return Err(ModelError::Format { path: index, msg: "weight_map is empty".into() }.into());
+            return Err(ModelError::Format {
+                path: index,
+                msg: "weight_map is empty".into(),
+            }
+            .into());
         }
         return Ok(files);
     }

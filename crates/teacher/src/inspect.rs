@@ -53,11 +53,19 @@ pub fn inspect(source: &TeacherSource, hub: &HubOptions) -> Result<ModelInfo> {
         Resolved::Gguf(path) => {
             let g = GgufFile::open(path)?;
             let cfg = LlamaConfig::from_gguf(&g)?;
-            let parameters = g.tensor_infos().values().map(|i| i.shape.elem_count() as u64).sum();
+            let parameters = g
+                .tensor_infos()
+                .values()
+                .map(|i| i.shape.elem_count() as u64)
+                .sum();
             let dtypes = g
                 .bytes_by_dtype()
                 .into_iter()
-                .map(|(dtype, tensors, bytes)| DtypeStat { dtype, tensors, bytes })
+                .map(|(dtype, tensors, bytes)| DtypeStat {
+                    dtype,
+                    tensors,
+                    bytes,
+                })
                 .collect();
             Ok(ModelInfo {
                 source: source.to_string(),
@@ -73,7 +81,11 @@ pub fn inspect(source: &TeacherSource, hub: &HubOptions) -> Result<ModelInfo> {
             })
         }
         Resolved::Folder(folder) => {
-            let st = SafetensorsWeights::open(&folder.weight_files, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+            let st = SafetensorsWeights::open(
+                &folder.weight_files,
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )?;
             let mut by: BTreeMap<String, (usize, u64)> = BTreeMap::new();
             let mut parameters = 0u64;
             let infos = st.tensor_infos();
@@ -109,10 +121,18 @@ pub fn inspect(source: &TeacherSource, hub: &HubOptions) -> Result<ModelInfo> {
                 parameters,
                 dtypes: by
                     .into_iter()
-                    .map(|(dtype, (tensors, bytes))| DtypeStat { dtype, tensors, bytes })
+                    .map(|(dtype, (tensors, bytes))| DtypeStat {
+                        dtype,
+                        tensors,
+                        bytes,
+                    })
                     .collect(),
                 bytes_on_disk: distill_models::weights::bytes_on_disk(&folder.weight_files),
-                files: folder.weight_files.iter().map(|p| p.display().to_string()).collect(),
+                files: folder
+                    .weight_files
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
                 tokenizer,
                 ..base
             })
@@ -160,7 +180,10 @@ fn from_llama(c: &LlamaConfig) -> ModelInfo {
 }
 
 fn is_float(dtype: &str) -> bool {
-    matches!(dtype, "F64" | "F32" | "F16" | "BF16" | "F8_E4M3" | "F8_E5M2")
+    matches!(
+        dtype,
+        "F64" | "F32" | "F16" | "BF16" | "F8_E4M3" | "F8_E5M2"
+    )
 }
 
 fn dtype_bytes(dtype: &str) -> u64 {
@@ -183,18 +206,41 @@ impl ModelInfo {
         let _ = writeln!(
             s,
             "layers        {}   hidden {}   ffn {}   heads {} (kv {})   head_dim {}",
-            self.layers, self.hidden_size, self.intermediate_size, self.attention_heads, self.kv_heads, self.head_dim
+            self.layers,
+            self.hidden_size,
+            self.intermediate_size,
+            self.attention_heads,
+            self.kv_heads,
+            self.head_dim
         );
-        let _ = writeln!(s, "vocab         {}   max positions {}", self.vocab_size, self.max_positions);
+        let _ = writeln!(
+            s,
+            "vocab         {}   max positions {}",
+            self.vocab_size, self.max_positions
+        );
         if let Some(t) = self.tied_embeddings {
             let _ = writeln!(s, "embeddings    {}", if t { "tied" } else { "untied" });
         }
-        let _ = writeln!(s, "parameters    {} ({:.1} M)", self.parameters, self.parameters as f64 / 1e6);
+        let _ = writeln!(
+            s,
+            "parameters    {} ({:.1} M)",
+            self.parameters,
+            self.parameters as f64 / 1e6
+        );
         let _ = writeln!(s, "tensors       {}", self.tensors);
         for d in &self.dtypes {
-            let _ = writeln!(s, "  {:<10} {:>4} tensors  {:>12} bytes", d.dtype, d.tensors, d.bytes);
+            let _ = writeln!(
+                s,
+                "  {:<10} {:>4} tensors  {:>12} bytes",
+                d.dtype, d.tensors, d.bytes
+            );
         }
-        let _ = writeln!(s, "on disk       {} bytes ({:.1} MB)", self.bytes_on_disk, self.bytes_on_disk as f64 / 1e6);
+        let _ = writeln!(
+            s,
+            "on disk       {} bytes ({:.1} MB)",
+            self.bytes_on_disk,
+            self.bytes_on_disk as f64 / 1e6
+        );
         match &self.tokenizer {
             Some(t) => {
                 let _ = writeln!(
@@ -202,17 +248,29 @@ impl ModelInfo {
                     "tokenizer     {} · {} tokens{} · add BOS: {} · chat template: {}",
                     t.kind,
                     t.vocab_size,
-                    t.pre_tokenizer.as_ref().map(|p| format!(" · pre-tokenizer {p}")).unwrap_or_default(),
+                    t.pre_tokenizer
+                        .as_ref()
+                        .map(|p| format!(" · pre-tokenizer {p}"))
+                        .unwrap_or_default(),
                     t.add_bos,
                     if t.has_chat_template { "yes" } else { "no" }
                 );
-                let specials: Vec<String> = t.special_tokens.iter().take(16).map(|x| format!("{}={}", x.content, x.id)).collect();
+                let specials: Vec<String> = t
+                    .special_tokens
+                    .iter()
+                    .take(16)
+                    .map(|x| format!("{}={}", x.content, x.id))
+                    .collect();
                 let more = t.special_tokens.len().saturating_sub(16);
                 let _ = writeln!(
                     s,
                     "special       {}{}",
                     specials.join(" "),
-                    if more > 0 { format!(" (+{more} more)") } else { String::new() }
+                    if more > 0 {
+                        format!(" (+{more} more)")
+                    } else {
+                        String::new()
+                    }
                 );
             }
             None => {

@@ -27,5 +27,7 @@ pub use error::{Result, TeacherError};
 pub use hub::HubOptions;
 pub use inspect::{inspect, ModelInfo};
 pub use source::TeacherSource;
-pub use teacher::{load_tokenizer, pad_batch, resolve, LoadOptions, Resolved, Teacher, TeacherModel};
+pub use teacher::{
+    load_tokenizer, pad_batch, resolve, LoadOptions, Resolved, Teacher, TeacherModel,
+};
 pub use tokenizer::{LoadedTokenizer, TokenizerInfo};

@@ -30,7 +30,10 @@ impl TeacherSource {
             };
             let parts: Vec<&str> = repo.split('/').collect();
             let valid = |p: &str| {
-                !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !p.starts_with('.')
+                !p.is_empty()
+                    && p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                    && !p.starts_with('.')
             };
             if parts.len() != 2 || !parts.iter().all(|p| valid(p)) {
                 return Err(err("expected hf://org/name or hf://org/name@revision"));
@@ -42,14 +45,21 @@ impl TeacherSource {
         }
         let path = Path::new(spec);
         if !path.exists() {
-            return Err(TeacherError::NotFound { path: path.to_path_buf() });
+            return Err(TeacherError::NotFound {
+                path: path.to_path_buf(),
+            });
         }
         if path.is_dir() {
             Ok(Self::Folder(path.to_path_buf()))
-        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        } else if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
             Ok(Self::Gguf(path.to_path_buf()))
         } else {
-            Err(err("expected a .gguf file, a model folder, or hf://org/name[@revision]"))
+            Err(err(
+                "expected a .gguf file, a model folder, or hf://org/name[@revision]",
+            ))
         }
     }
 }
@@ -72,28 +82,57 @@ mod tests {
     fn hub_specs() {
         assert_eq!(
             TeacherSource::parse("hf://HuggingFaceTB/SmolLM2-135M").unwrap(),
-            TeacherSource::Hub { repo: "HuggingFaceTB/SmolLM2-135M".into(), revision: "main".into() }
+            TeacherSource::Hub {
+                repo: "HuggingFaceTB/SmolLM2-135M".into(),
+                revision: "main".into()
+            }
         );
         assert_eq!(
             TeacherSource::parse("hf://org/name@v1.0").unwrap(),
-            TeacherSource::Hub { repo: "org/name".into(), revision: "v1.0".into() }
+            TeacherSource::Hub {
+                repo: "org/name".into(),
+                revision: "v1.0".into()
+            }
         );
-        for bad in ["hf://noslash", "hf://a/b/c", "hf://a/b@", "hf:///b", "hf://a/../b"] {
-            assert!(TeacherSource::parse(bad).is_err(), "{bad} should be refused");
+        for bad in [
+            "hf://noslash",
+            "hf://a/b/c",
+            "hf://a/b@",
+            "hf:///b",
+            "hf://a/../b",
+        ] {
+            assert!(
+                TeacherSource::parse(bad).is_err(),
+                "{bad} should be refused"
+            );
         }
     }
 
     #[test]
     fn local_paths() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(TeacherSource::parse(dir.path().to_str().unwrap()).unwrap(), TeacherSource::Folder(dir.path().into()));
+        assert_eq!(
+            TeacherSource::parse(dir.path().to_str().unwrap()).unwrap(),
+            TeacherSource::Folder(dir.path().into())
+        );
         let g = dir.path().join("m.gguf");
         std::fs::write(&g, b"x").unwrap();
-        assert_eq!(TeacherSource::parse(g.to_str().unwrap()).unwrap(), TeacherSource::Gguf(g.clone()));
-        let e = TeacherSource::parse("/definitely/not/here.gguf").unwrap_err().to_string();
-        assert!(e.contains("/definitely/not/here.gguf") && e.contains("no such file"), "{e}");
+        assert_eq!(
+            TeacherSource::parse(g.to_str().unwrap()).unwrap(),
+            TeacherSource::Gguf(g.clone())
+        );
+        let e = TeacherSource::parse("/definitely/not/here.gguf")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/definitely/not/here.gguf") && e.contains("no such file"),
+            "{e}"
+        );
         let t = dir.path().join("m.txt");
         std::fs::write(&t, b"x").unwrap();
-        assert!(TeacherSource::parse(t.to_str().unwrap()).unwrap_err().to_string().contains(".gguf"));
+        assert!(TeacherSource::parse(t.to_str().unwrap())
+            .unwrap_err()
+            .to_string()
+            .contains(".gguf"));
     }
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use distill_models::llama::gguf_names;
-use distill_models::{ArchConfig, Bert, GgufFile, GgufMode, GgufWeights, Llama, LlamaConfig, SafetensorsWeights};
+use distill_models::{
+    ArchConfig, Bert, GgufFile, GgufMode, GgufWeights, Llama, LlamaConfig, SafetensorsWeights,
+};
 
 use crate::error::{Result, TeacherError};
 use crate::folder::HfFolder;
@@ -39,15 +41,17 @@ impl Default for LoadOptions {
 /// A source resolved to local files.
 #[derive(Clone, Debug)]
 pub enum Resolved {
-    Folder(HfFolder),
+    Folder(Box<HfFolder>),
     Gguf(PathBuf),
 }
 
 /// Resolves a source to local files, downloading from the Hub when needed.
 pub fn resolve(source: &TeacherSource, hub: &HubOptions) -> Result<Resolved> {
     match source {
-        TeacherSource::Hub { repo, revision } => Ok(Resolved::Folder(HfFolder::open(&snapshot(repo, revision, hub)?)?)),
-        TeacherSource::Folder(dir) => Ok(Resolved::Folder(HfFolder::open(dir)?)),
+        TeacherSource::Hub { repo, revision } => Ok(Resolved::Folder(Box::new(HfFolder::open(
+            &snapshot(repo, revision, hub)?,
+        )?))),
+        TeacherSource::Folder(dir) => Ok(Resolved::Folder(Box::new(HfFolder::open(dir)?))),
         TeacherSource::Gguf(path) => {
             if !path.is_file() {
                 return Err(TeacherError::NotFound { path: path.clone() });
@@ -93,7 +97,8 @@ impl Teacher {
         let resolved = resolve(source, &opts.hub)?;
         let (model, files) = match &resolved {
             Resolved::Folder(folder) => {
-                let weights = SafetensorsWeights::open(&folder.weight_files, opts.dtype, &opts.device)?;
+                let weights =
+                    SafetensorsWeights::open(&folder.weight_files, opts.dtype, &opts.device)?;
                 let model = match &folder.config {
                     ArchConfig::Llama(c) => TeacherModel::Llama(Llama::load(c, &weights)?),
                     ArchConfig::Bert(c) => TeacherModel::Bert(Bert::load(c, &weights)?),
@@ -104,8 +109,17 @@ impl Teacher {
                 let g = Arc::new(GgufFile::open(path)?);
                 let cfg = LlamaConfig::from_gguf(&g)?;
                 let arch = g.get_str("general.architecture")?.to_string();
-                let weights = GgufWeights::new(g, gguf_names(&cfg, &arch), opts.gguf_mode, opts.dtype, &opts.device);
-                (TeacherModel::Llama(Llama::load(&cfg, &weights)?), vec![path.clone()])
+                let weights = GgufWeights::new(
+                    g,
+                    gguf_names(&cfg, &arch),
+                    opts.gguf_mode,
+                    opts.dtype,
+                    &opts.device,
+                );
+                (
+                    TeacherModel::Llama(Llama::load(&cfg, &weights)?),
+                    vec![path.clone()],
+                )
             }
         };
         let tokenizer = load_tokenizer(&resolved)?;
@@ -145,7 +159,10 @@ impl Teacher {
         };
         let (ids, mask) = pad_batch(batch, &self.device)?;
         let out = lm.forward(&ids, mask.as_ref(), false)?;
-        Ok(out.logits.to_dtype(DType::F32).map_err(distill_models::ModelError::from)?)
+        Ok(out
+            .logits
+            .to_dtype(DType::F32)
+            .map_err(distill_models::ModelError::from)?)
     }
 }
 

@@ -12,7 +12,9 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, ModelWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{
+    AddedToken, ModelWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
+};
 
 use crate::error::{Result, TeacherError};
 
@@ -61,10 +63,12 @@ impl LoadedTokenizer {
 
     /// Text of `ids`, special tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer.decode(ids, false).map_err(|e| TeacherError::Tokenizer {
-            source_name: "decode".into(),
-            msg: e.to_string(),
-        })
+        self.tokenizer
+            .decode(ids, false)
+            .map_err(|e| TeacherError::Tokenizer {
+                source_name: "decode".into(),
+                msg: e.to_string(),
+            })
     }
 }
 
@@ -82,7 +86,10 @@ fn special_tokens(t: &Tokenizer) -> Vec<SpecialToken> {
         .get_added_tokens_decoder()
         .into_iter()
         .filter(|(_, tok)| tok.special)
-        .map(|(id, tok)| SpecialToken { id, content: tok.content })
+        .map(|(id, tok)| SpecialToken {
+            id,
+            content: tok.content,
+        })
         .collect();
     v.sort_by_key(|s| s.id);
     v
@@ -97,10 +104,12 @@ pub fn load_tokenizer_json(path: &Path) -> Result<LoadedTokenizer> {
         msg: e.to_string(),
     })?;
     tokenizer.with_padding(None);
-    tokenizer.with_truncation(None).map_err(|e| TeacherError::Tokenizer {
-        source_name: name.clone(),
-        msg: e.to_string(),
-    })?;
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| TeacherError::Tokenizer {
+            source_name: name.clone(),
+            msg: e.to_string(),
+        })?;
     let config = path.with_file_name("tokenizer_config.json");
     let cfg: serde_json::Value = std::fs::read_to_string(&config)
         .ok()
@@ -108,7 +117,10 @@ pub fn load_tokenizer_json(path: &Path) -> Result<LoadedTokenizer> {
         .unwrap_or_default();
     let token_id = |key: &str| {
         cfg.get(key)
-            .and_then(|v| v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str())))
+            .and_then(|v| {
+                v.as_str()
+                    .or_else(|| v.get("content").and_then(|c| c.as_str()))
+            })
             .and_then(|s| tokenizer.token_to_id(s))
     };
     let info = TokenizerInfo {
@@ -118,15 +130,33 @@ pub fn load_tokenizer_json(path: &Path) -> Result<LoadedTokenizer> {
         special_tokens: special_tokens(&tokenizer),
         bos_token_id: token_id("bos_token").or_else(|| token_id("cls_token")),
         eos_token_id: token_id("eos_token").or_else(|| token_id("sep_token")),
-        add_bos: cfg.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false),
+        add_bos: cfg
+            .get("add_bos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
         has_chat_template: cfg.get("chat_template").is_some(),
     };
-    let chat_template = cfg.get("chat_template").and_then(|v| v.as_str()).map(str::to_string);
-    Ok(LoadedTokenizer { tokenizer, info, chat_template })
+    let chat_template = cfg
+        .get("chat_template")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    Ok(LoadedTokenizer {
+        tokenizer,
+        info,
+        chat_template,
+    })
 }
 
 /// llama.cpp pre-tokenizers that split like GPT-2 after isolating every digit.
-const DIGITS_THEN_GPT2: &[&str] = &["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"];
+const DIGITS_THEN_GPT2: &[&str] = &[
+    "smollm",
+    "starcoder",
+    "refact",
+    "command-r",
+    "codeshell",
+    "exaone",
+    "minerva",
+];
 /// llama.cpp pre-tokenizers that split like GPT-2.
 const GPT2: &[&str] = &["gpt2", "default", "gpt-2"];
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -158,7 +188,11 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<LoadedTokenizer> {
     };
     let model = match g.get("tokenizer.ggml.model") {
         Some(_) => g.get_str("tokenizer.ggml.model")?.to_string(),
-        None => return Err(err("the file has no tokenizer metadata (no `tokenizer.ggml.model` key)".into())),
+        None => {
+            return Err(err(
+                "the file has no tokenizer metadata (no `tokenizer.ggml.model` key)".into(),
+            ))
+        }
     };
     if model != "gpt2" {
         return Err(err(format!(
@@ -193,7 +227,11 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<LoadedTokenizer> {
         .map(|(i, m)| {
             m.split_once(' ')
                 .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| err(format!("tokenizer.ggml.merges[{i}] = `{m}` is not `left right`")))
+                .ok_or_else(|| {
+                    err(format!(
+                        "tokenizer.ggml.merges[{i}] = `{m}` is not `left right`"
+                    ))
+                })
         })
         .collect::<Result<_>>()?;
     let llama3_like = matches!(pre.as_str(), "llama3" | "llama-bpe");
@@ -204,18 +242,34 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<LoadedTokenizer> {
         .map_err(|e| err(format!("building BPE model: {e}")))?;
 
     let split = |regex: &str| -> Result<PreTokenizerWrapper> {
-        Ok(Split::new(SplitPattern::Regex(regex.into()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| err(format!("pre-tokenizer regex: {e}")))?
-            .into())
+        Ok(Split::new(
+            SplitPattern::Regex(regex.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| err(format!("pre-tokenizer regex: {e}")))?
+        .into())
     };
     let pre_tokenizer: PreTokenizerWrapper = if DIGITS_THEN_GPT2.contains(&pre.as_str()) {
-        Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
+        Sequence::new(vec![
+            Digits::new(true).into(),
+            ByteLevel::new(false, true, true).into(),
+        ])
+        .into()
     } else if GPT2.contains(&pre.as_str()) {
         ByteLevel::new(false, true, true).into()
     } else if llama3_like {
-        Sequence::new(vec![split(LLAMA3_REGEX)?, ByteLevel::new(false, true, false).into()]).into()
+        Sequence::new(vec![
+            split(LLAMA3_REGEX)?,
+            ByteLevel::new(false, true, false).into(),
+        ])
+        .into()
     } else if pre == "qwen2" {
-        Sequence::new(vec![split(QWEN2_REGEX)?, ByteLevel::new(false, true, false).into()]).into()
+        Sequence::new(vec![
+            split(QWEN2_REGEX)?,
+            ByteLevel::new(false, true, false).into(),
+        ])
+        .into()
     } else {
         return Err(err(format!(
             "tokenizer.ggml.pre `{pre}` is not supported; supported: {}",
@@ -230,19 +284,33 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<LoadedTokenizer> {
     let added: Vec<AddedToken> = tokens
         .iter()
         .zip(&types)
-        .filter(|(_, t)| matches!(**t, TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED | TOKEN_TYPE_UNKNOWN))
+        .filter(|(_, t)| {
+            matches!(
+                **t,
+                TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED | TOKEN_TYPE_UNKNOWN
+            )
+        })
         .map(|(tok, t)| AddedToken::from(tok.to_string(), *t != TOKEN_TYPE_USER_DEFINED))
         .collect();
     tokenizer
         .add_special_tokens(added)
         .map_err(|e| err(format!("adding special tokens: {e}")))?;
 
-    let bos = g.get_usize_opt("tokenizer.ggml.bos_token_id")?.map(|v| v as u32);
-    let eos = g.get_usize_opt("tokenizer.ggml.eos_token_id")?.map(|v| v as u32);
-    let add_bos = g.get_bool_opt("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+    let bos = g
+        .get_usize_opt("tokenizer.ggml.bos_token_id")?
+        .map(|v| v as u32);
+    let eos = g
+        .get_usize_opt("tokenizer.ggml.eos_token_id")?
+        .map(|v| v as u32);
+    let add_bos = g
+        .get_bool_opt("tokenizer.ggml.add_bos_token")?
+        .unwrap_or(false);
     if add_bos {
-        let bos = bos.ok_or_else(|| err("add_bos_token is set but bos_token_id is missing".into()))?;
-        let bos_text = tokens.get(bos as usize).ok_or_else(|| err(format!("bos_token_id {bos} is out of range")))?;
+        let bos =
+            bos.ok_or_else(|| err("add_bos_token is set but bos_token_id is missing".into()))?;
+        let bos_text = tokens
+            .get(bos as usize)
+            .ok_or_else(|| err(format!("bos_token_id {bos} is out of range")))?;
         let template = TemplateProcessing::builder()
             .try_single(format!("{bos_text} $A"))
             .and_then(|b| b.try_pair(format!("{bos_text} $A {bos_text} $B")))
@@ -255,7 +323,10 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<LoadedTokenizer> {
     for (key, id) in [("bos_token_id", bos), ("eos_token_id", eos)] {
         if let Some(id) = id {
             if id as usize >= tokens.len() {
-                return Err(err(format!("tokenizer.ggml.{key} {id} is out of range for {} tokens", tokens.len())));
+                return Err(err(format!(
+                    "tokenizer.ggml.{key} {id} is out of range for {} tokens",
+                    tokens.len()
+                )));
             }
         }
     }

@@ -34,13 +34,19 @@ fn truncated_and_corrupted_gguf() {
     write_tiny_llama_gguf(&p, &cfg, &tiny_llama(&cfg), GgmlDType::Q8_0, true);
     truncate(&p, 0.6);
     let e = load_err(&p);
-    assert!(e.contains("t.gguf") && e.contains("truncated") && e.contains("tensor `"), "{e}");
+    assert!(
+        e.contains("t.gguf") && e.contains("truncated") && e.contains("tensor `"),
+        "{e}"
+    );
 
     // Header cut inside the metadata.
     write_tiny_llama_gguf(&p, &cfg, &tiny_llama(&cfg), GgmlDType::Q8_0, true);
     truncate(&p, 0.01);
     let e = load_err(&p);
-    assert!(e.contains("t.gguf") && e.contains("not a valid GGUF file"), "{e}");
+    assert!(
+        e.contains("t.gguf") && e.contains("not a valid GGUF file"),
+        "{e}"
+    );
 
     // Garbage after a valid magic: huge counts must not allocate or read out of bounds.
     let mut bytes = b"GGUF".to_vec();
@@ -50,7 +56,10 @@ fn truncated_and_corrupted_gguf() {
     bytes.extend_from_slice(&[0xAB; 64]);
     std::fs::write(&p, &bytes).unwrap();
     let e = load_err(&p);
-    assert!(e.contains("t.gguf") && e.contains("not a valid GGUF file"), "{e}");
+    assert!(
+        e.contains("t.gguf") && e.contains("not a valid GGUF file"),
+        "{e}"
+    );
 
     std::fs::write(&p, b"").unwrap();
     assert!(load_err(&p).contains("t.gguf"));
@@ -63,7 +72,10 @@ fn gguf_without_tokenizer_and_of_unknown_architecture() {
     let p = tmp.path().join("notok.gguf");
     write_tiny_llama_gguf(&p, &cfg, &tiny_llama(&cfg), GgmlDType::F32, false);
     let e = load_err(&p);
-    assert!(e.contains("notok.gguf") && e.contains("tokenizer.ggml.model"), "{e}");
+    assert!(
+        e.contains("notok.gguf") && e.contains("tokenizer.ggml.model"),
+        "{e}"
+    );
 
     // A complete file with another architecture name.
     write_tiny_llama_gguf(&p, &cfg, &tiny_llama(&cfg), GgmlDType::F32, true);
@@ -74,7 +86,10 @@ fn gguf_without_tokenizer_and_of_unknown_architecture() {
     let q = tmp.path().join("arch.gguf");
     std::fs::write(&q, patched).unwrap();
     let e = load_err(&q);
-    assert!(e.contains("arch.gguf") && e.contains("gptj_") && e.contains("supported: llama"), "{e}");
+    assert!(
+        e.contains("arch.gguf") && e.contains("gptj_") && e.contains("supported: llama"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -86,16 +101,25 @@ fn truncated_and_corrupted_safetensors() {
     let st = dir.join("model.safetensors");
     truncate(&st, 0.7);
     let e = load_err(&dir);
-    assert!(e.contains("model.safetensors") && e.contains("safetensors"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("safetensors"),
+        "{e}"
+    );
 
     let mut garbage = 1000u64.to_le_bytes().to_vec();
     garbage.extend_from_slice(b"{\"a\": not json");
     std::fs::write(&st, garbage).unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors file"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors file"),
+        "{e}"
+    );
     std::fs::write(&st, b"abc").unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("model.safetensors") && e.contains("too short"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("too short"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -107,12 +131,23 @@ fn wrong_shape_and_missing_tensor() {
     other.intermediate_size = 96;
     write_tiny_llama_folder(&dir, &cfg, &tiny_llama(&other));
     let e = load_err(&dir);
-    assert!(e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[96, 32]") && e.contains("[64, 32]"), "{e}");
+    assert!(
+        e.contains("model.layers.0.mlp.gate_proj.weight")
+            && e.contains("[96, 32]")
+            && e.contains("[64, 32]"),
+        "{e}"
+    );
 
-    let fewer = distill_models::LlamaConfig { num_hidden_layers: 1, ..cfg.clone() };
+    let fewer = distill_models::LlamaConfig {
+        num_hidden_layers: 1,
+        ..cfg.clone()
+    };
     write_tiny_llama_folder(&dir, &cfg, &tiny_llama(&fewer));
     let e = load_err(&dir);
-    assert!(e.contains("missing tensor `model.layers.1.self_attn.q_proj.weight`"), "{e}");
+    assert!(
+        e.contains("missing tensor `model.layers.1.self_attn.q_proj.weight`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -122,18 +157,28 @@ fn bad_config_json() {
     let dir = tmp.path().join("m");
     write_tiny_llama_folder(&dir, &cfg, &tiny_llama(&cfg));
     let config = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
 
     let mut missing = v.clone();
-    missing.as_object_mut().unwrap().remove("num_attention_heads");
+    missing
+        .as_object_mut()
+        .unwrap()
+        .remove("num_attention_heads");
     std::fs::write(&config, missing.to_string()).unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("config.json") && e.contains("num_attention_heads"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("num_attention_heads"),
+        "{e}"
+    );
 
     v["model_type"] = "gpt_neox".into();
     std::fs::write(&config, v.to_string()).unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("gpt_neox") && e.contains("llama") && e.contains("bert"), "{e}");
+    assert!(
+        e.contains("gpt_neox") && e.contains("llama") && e.contains("bert"),
+        "{e}"
+    );
 
     v["model_type"] = "llama".into();
     v["hidden_size"] = "wide".into();
@@ -150,7 +195,10 @@ fn bad_config_json() {
 #[test]
 fn missing_paths_and_missing_tokenizer() {
     let e = load_err(Path::new("/no/such/model.gguf"));
-    assert!(e.contains("/no/such/model.gguf") && e.contains("no such file"), "{e}");
+    assert!(
+        e.contains("/no/such/model.gguf") && e.contains("no such file"),
+        "{e}"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_llama_config();
     let dir = tmp.path().join("m");

@@ -11,14 +11,34 @@ use distill_models::GgufMode;
 use distill_teacher::{LoadOptions, Teacher, TeacherSource};
 
 fn logits(path: &std::path::Path, mode: GgufMode) -> Tensor {
-    let t = Teacher::load(&TeacherSource::parse(path.to_str().unwrap()).unwrap(), &LoadOptions { gguf_mode: mode, ..Default::default() }).unwrap();
-    let a = t.tokenizer.encode("It is a way I have of driving off the spleen").unwrap();
-    let b = t.tokenizer.encode("and regulating the circulation.").unwrap();
+    let t = Teacher::load(
+        &TeacherSource::parse(path.to_str().unwrap()).unwrap(),
+        &LoadOptions {
+            gguf_mode: mode,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let a = t
+        .tokenizer
+        .encode("It is a way I have of driving off the spleen")
+        .unwrap();
+    let b = t
+        .tokenizer
+        .encode("and regulating the circulation.")
+        .unwrap();
     t.logits(&[a, b]).unwrap()
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 #[test]
@@ -34,16 +54,33 @@ fn gguf_and_hf_folder_of_the_same_weights_agree() {
     write_tiny_llama_gguf(&f32_gguf, &cfg, &vm, GgmlDType::F32, true);
     for mode in [GgufMode::Quantized, GgufMode::Dequantized] {
         let d = max_diff(&reference, &logits(&f32_gguf, mode));
-        assert!(d < 1e-5, "f32 GGUF ({mode:?}) differs from the HF folder by {d}");
+        assert!(
+            d < 1e-5,
+            "f32 GGUF ({mode:?}) differs from the HF folder by {d}"
+        );
     }
 
     let q8 = tmp.path().join("q8.gguf");
     write_tiny_llama_gguf(&q8, &cfg, &vm, GgmlDType::Q8_0, true);
     let q = logits(&q8, GgufMode::Quantized);
     let dq = logits(&q8, GgufMode::Dequantized);
-    let scale: f32 = reference.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-    assert!(max_diff(&reference, &q) < 0.05 * scale, "Q8_0 quantised logits drift {}", max_diff(&reference, &q));
-    assert!(max_diff(&reference, &dq) < 0.05 * scale, "Q8_0 dequantised logits drift {}", max_diff(&reference, &dq));
+    let scale: f32 = reference
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(
+        max_diff(&reference, &q) < 0.05 * scale,
+        "Q8_0 quantised logits drift {}",
+        max_diff(&reference, &q)
+    );
+    assert!(
+        max_diff(&reference, &dq) < 0.05 * scale,
+        "Q8_0 dequantised logits drift {}",
+        max_diff(&reference, &dq)
+    );
     // The QMatMul path and the dequantised path read the same rows.
     assert!(max_diff(&q, &dq) < 0.05 * scale);
 }

@@ -23,27 +23,54 @@ const F32_LOGIT_TOLERANCE: f32 = 1e-3;
 
 fn teacher(mode: GgufMode) -> Teacher {
     let source = TeacherSource::parse(common::smollm2_gguf().to_str().unwrap()).unwrap();
-    Teacher::load(&source, &LoadOptions { gguf_mode: mode, dtype: DType::F32, device: Device::Cpu, ..Default::default() }).unwrap()
+    Teacher::load(
+        &source,
+        &LoadOptions {
+            gguf_mode: mode,
+            dtype: DType::F32,
+            device: Device::Cpu,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 #[test]
 fn real_smollm2_tokenizer_matches_llamacpp() {
-    let fixture: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(common::fixture("smollm2-tokenizer.json")).unwrap()).unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture("smollm2-tokenizer.json")).unwrap(),
+    )
+    .unwrap();
     let tok = tokenizer_from_gguf(&GgufFile::open(&common::smollm2_gguf()).unwrap()).unwrap();
     let cases = fixture["cases"].as_array().unwrap();
     assert!(cases.len() >= 60, "only {} cases", cases.len());
     let mut mismatches = vec![];
     for case in cases {
         let text = case["text"].as_str().unwrap();
-        let expected: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let expected: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let got = tok.encode(text).unwrap();
         if got != expected {
-            mismatches.push(format!("{text:?}\n  llama.cpp {expected:?}\n  ours      {got:?}"));
+            mismatches.push(format!(
+                "{text:?}\n  llama.cpp {expected:?}\n  ours      {got:?}"
+            ));
         }
     }
-    eprintln!("tokenizer agreement with llama.cpp: {}/{}", cases.len() - mismatches.len(), cases.len());
-    assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
+    eprintln!(
+        "tokenizer agreement with llama.cpp: {}/{}",
+        cases.len() - mismatches.len(),
+        cases.len()
+    );
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
     // The prefix-space trap: "Once" is one token, 6403.
     assert_eq!(tok.encode("Once").unwrap(), vec![6403]);
 }
@@ -61,7 +88,9 @@ fn reference_from(fixture: &str) -> (Vec<Prompt>, Tensor) {
     let sample_ids = st["sample_ids"].to_dtype(DType::U32).unwrap();
     let mut prompts = vec![];
     for i in 0.. {
-        let Some(ids) = st.get(&format!("p{i}.ids")) else { break };
+        let Some(ids) = st.get(&format!("p{i}.ids")) else {
+            break;
+        };
         let u = |t: &Tensor| -> Vec<u32> { t.to_dtype(DType::U32).unwrap().to_vec1().unwrap() };
         prompts.push(Prompt {
             ids: u(ids),
@@ -84,12 +113,28 @@ fn reference() -> (Vec<Prompt>, Tensor) {
 fn compare(t: &Teacher, prompts: &[Prompt], sample_ids: &Tensor) -> (usize, usize, f32, f32) {
     let (mut agree, mut total, mut worst_top, mut worst_sample) = (0, 0, 0f32, 0f32);
     for p in prompts {
-        let logits = t.logits(std::slice::from_ref(&p.ids)).unwrap().squeeze(0).unwrap(); // [n, V]
+        let logits = t
+            .logits(std::slice::from_ref(&p.ids))
+            .unwrap()
+            .squeeze(0)
+            .unwrap(); // [n, V]
         let ours_top: Vec<u32> = logits.argmax(D::Minus1).unwrap().to_vec1().unwrap();
-        agree += ours_top.iter().zip(&p.argmax).filter(|(a, b)| a == b).count();
+        agree += ours_top
+            .iter()
+            .zip(&p.argmax)
+            .filter(|(a, b)| a == b)
+            .count();
         total += p.ids.len();
-        worst_top = worst_top.max(max_abs(&logits.gather(&p.topk_ids.contiguous().unwrap(), D::Minus1).unwrap(), &p.topk_logits));
-        worst_sample = worst_sample.max(max_abs(&logits.index_select(sample_ids, 1).unwrap(), &p.sample_logits));
+        worst_top = worst_top.max(max_abs(
+            &logits
+                .gather(&p.topk_ids.contiguous().unwrap(), D::Minus1)
+                .unwrap(),
+            &p.topk_logits,
+        ));
+        worst_sample = worst_sample.max(max_abs(
+            &logits.index_select(sample_ids, 1).unwrap(),
+            &p.sample_logits,
+        ));
     }
     (agree, total, worst_top, worst_sample)
 }
@@ -104,11 +149,22 @@ fn real_smollm2_dequantized_f32_matches_llamacpp_f32_at_every_position() {
          max |Δlogit| top-40 {worst_top:.5}, sampled {worst_sample:.5}"
     );
     assert_eq!(agree, total);
-    assert!(worst_top.max(worst_sample) <= F32_LOGIT_TOLERANCE, "{}", worst_top.max(worst_sample));
+    assert!(
+        worst_top.max(worst_sample) <= F32_LOGIT_TOLERANCE,
+        "{}",
+        worst_top.max(worst_sample)
+    );
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 #[test]
@@ -126,20 +182,44 @@ fn real_smollm2_logits_match_llamacpp_at_every_position() {
     // Every disagreement must be a near-tie in llama.cpp's own logits, and our choice must be
     // one of llama.cpp's top 3 there: where llama.cpp is confident, we pick the same token.
     for (i, p) in prompts.iter().enumerate() {
-        let ours: Vec<u32> = t.logits(std::slice::from_ref(&p.ids)).unwrap().squeeze(0).unwrap().argmax(D::Minus1).unwrap().to_vec1().unwrap();
+        let ours: Vec<u32> = t
+            .logits(std::slice::from_ref(&p.ids))
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .argmax(D::Minus1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let top: Vec<Vec<f32>> = p.topk_logits.to_vec2().unwrap();
         let ids: Vec<Vec<u32>> = p.topk_ids.to_vec2().unwrap();
         for pos in 0..p.ids.len() {
             if ours[pos] != p.argmax[pos] {
                 let margin = top[pos][0] - top[pos][1];
-                eprintln!("  prompt {i} position {pos}: llama.cpp margin {margin:.3}, ours = its #{}", ids[pos].iter().position(|&x| x == ours[pos]).map_or(99, |r| r + 1));
-                assert!(margin < NEAR_TIE, "prompt {i} position {pos}: disagreement where llama.cpp's margin is {margin}");
-                assert!(ids[pos][..3].contains(&ours[pos]), "prompt {i} position {pos}: our token is not in llama.cpp's top 3");
+                eprintln!(
+                    "  prompt {i} position {pos}: llama.cpp margin {margin:.3}, ours = its #{}",
+                    ids[pos]
+                        .iter()
+                        .position(|&x| x == ours[pos])
+                        .map_or(99, |r| r + 1)
+                );
+                assert!(
+                    margin < NEAR_TIE,
+                    "prompt {i} position {pos}: disagreement where llama.cpp's margin is {margin}"
+                );
+                assert!(
+                    ids[pos][..3].contains(&ours[pos]),
+                    "prompt {i} position {pos}: our token is not in llama.cpp's top 3"
+                );
             }
         }
     }
     assert!(rate >= 0.95, "top-1 agreement {rate}");
-    assert!(worst_top.max(worst_sample) <= LOGIT_TOLERANCE, "max abs logit difference {}", worst_top.max(worst_sample));
+    assert!(
+        worst_top.max(worst_sample) <= LOGIT_TOLERANCE,
+        "max abs logit difference {}",
+        worst_top.max(worst_sample)
+    );
 }
 
 #[test]
@@ -149,8 +229,24 @@ fn real_smollm2_dequantized_agrees_with_quantized() {
     let f = teacher(GgufMode::Dequantized);
     let (mut agree, mut total) = (0, 0);
     for p in &prompts {
-        let a: Vec<u32> = q.logits(std::slice::from_ref(&p.ids)).unwrap().squeeze(0).unwrap().argmax(D::Minus1).unwrap().to_vec1().unwrap();
-        let b: Vec<u32> = f.logits(std::slice::from_ref(&p.ids)).unwrap().squeeze(0).unwrap().argmax(D::Minus1).unwrap().to_vec1().unwrap();
+        let a: Vec<u32> = q
+            .logits(std::slice::from_ref(&p.ids))
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .argmax(D::Minus1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<u32> = f
+            .logits(std::slice::from_ref(&p.ids))
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .argmax(D::Minus1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         agree += a.iter().zip(&b).filter(|(x, y)| x == y).count();
         total += a.len();
     }
@@ -166,7 +262,11 @@ fn real_smollm2_batched_logits_equal_one_by_one() {
     let batch: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
     let all = t.logits(&batch).unwrap();
     for (i, p) in prompts.iter().enumerate() {
-        let one = t.logits(std::slice::from_ref(&p.ids)).unwrap().squeeze(0).unwrap();
+        let one = t
+            .logits(std::slice::from_ref(&p.ids))
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
         let part = all.get(i).unwrap().narrow(0, 0, p.ids.len()).unwrap();
         let d = max_abs(&one, &part);
         assert!(d < 1e-3, "prompt {i}: batched logits differ by {d}");
@@ -178,13 +278,38 @@ fn real_smollm2_inspect() {
     let source = TeacherSource::parse(common::smollm2_gguf().to_str().unwrap()).unwrap();
     let info = inspect(&source, &HubOptions::default()).unwrap();
     assert_eq!(info.architecture, "llama");
-    assert_eq!((info.layers, info.hidden_size, info.intermediate_size), (30, 576, 1536));
-    assert_eq!((info.attention_heads, info.kv_heads, info.head_dim, info.vocab_size), (9, 3, 64, 49152));
+    assert_eq!(
+        (info.layers, info.hidden_size, info.intermediate_size),
+        (30, 576, 1536)
+    );
+    assert_eq!(
+        (
+            info.attention_heads,
+            info.kv_heads,
+            info.head_dim,
+            info.vocab_size
+        ),
+        (9, 3, 64, 49152)
+    );
     assert_eq!(info.tied_embeddings, Some(true));
-    assert!((134_000_000..135_000_000).contains(&info.parameters), "{}", info.parameters);
+    assert!(
+        (134_000_000..135_000_000).contains(&info.parameters),
+        "{}",
+        info.parameters
+    );
     assert_eq!(info.bytes_on_disk, 98_362_432);
     let tok = info.tokenizer.unwrap();
-    assert_eq!((tok.kind.as_str(), tok.vocab_size, tok.pre_tokenizer.as_deref()), ("BPE", 49152, Some("smollm")));
-    assert!(tok.special_tokens.iter().any(|s| s.content == "<|im_start|>"));
+    assert_eq!(
+        (
+            tok.kind.as_str(),
+            tok.vocab_size,
+            tok.pre_tokenizer.as_deref()
+        ),
+        ("BPE", 49152, Some("smollm"))
+    );
+    assert!(tok
+        .special_tokens
+        .iter()
+        .any(|s| s.content == "<|im_start|>"));
     assert!(tok.has_chat_template);
 }

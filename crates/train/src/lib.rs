@@ -9,6 +9,6 @@
 //! The trainer is generic over a model that returns logits (and hidden states); models know
 //! nothing of checkpoints or metrics.
 
-pub mod metrics;
-pub mod losses;
 pub mod data;
+pub mod losses;
+pub mod metrics;

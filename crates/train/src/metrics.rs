@@ -32,13 +32,24 @@ pub fn next_token_nll(logits: &Tensor, input_ids: &Tensor, lengths: &[usize]) ->
     if s < 2 {
         return Ok(NllSum::default());
     }
-    let logp = candle_nn::ops::log_softmax(&logits.narrow(1, 0, s - 1)?.to_dtype(DType::F32)?, D::Minus1)?;
-    let targets = input_ids.narrow(1, 1, s - 1)?.to_dtype(DType::U32)?.unsqueeze(2)?;
+    let logp = candle_nn::ops::log_softmax(
+        &logits.narrow(1, 0, s - 1)?.to_dtype(DType::F32)?,
+        D::Minus1,
+    )?;
+    let targets = input_ids
+        .narrow(1, 1, s - 1)?
+        .to_dtype(DType::U32)?
+        .unsqueeze(2)?;
     let picked = logp.gather(&targets.contiguous()?, D::Minus1)?.squeeze(2)?; // [b, s-1]
     let picked: Vec<Vec<f32>> = picked.to_vec2()?;
     let mut sum = NllSum::default();
     for (i, row) in picked.iter().enumerate().take(b) {
-        let n = lengths.get(i).copied().unwrap_or(s).saturating_sub(1).min(s - 1);
+        let n = lengths
+            .get(i)
+            .copied()
+            .unwrap_or(s)
+            .saturating_sub(1)
+            .min(s - 1);
         sum.nll -= row[..n].iter().map(|&x| x as f64).sum::<f64>();
         sum.tokens += n;
     }
@@ -57,7 +68,11 @@ mod tests {
         let ids = Tensor::new(&[[1u32, 2, 3, 4, 5], [6, 0, 1, 0, 0]], &Device::Cpu).unwrap();
         let s = next_token_nll(&logits, &ids, &[5, 3]).unwrap();
         assert_eq!(s.tokens, 4 + 2);
-        assert!((s.perplexity() - v as f64).abs() < 1e-4, "{}", s.perplexity());
+        assert!(
+            (s.perplexity() - v as f64).abs() < 1e-4,
+            "{}",
+            s.perplexity()
+        );
     }
 
     #[test]

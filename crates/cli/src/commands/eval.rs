@@ -50,9 +50,14 @@ struct Report {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(a.block >= 2, "--block must be at least 2 tokens, got {}", a.block);
+    anyhow::ensure!(
+        a.block >= 2,
+        "--block must be at least 2 tokens, got {}",
+        a.block
+    );
     anyhow::ensure!(a.batch >= 1, "--batch must be at least 1");
-    let text = std::fs::read_to_string(&a.text).with_context(|| format!("reading {}", a.text.display()))?;
+    let text = std::fs::read_to_string(&a.text)
+        .with_context(|| format!("reading {}", a.text.display()))?;
     let opts = a.model.load_options()?;
     let source = TeacherSource::parse(&a.source)?;
     let teacher = Teacher::load(&source, &opts)?;
@@ -60,11 +65,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(m) = a.max_tokens {
         ids.truncate(m);
     }
-    let windows: Vec<Vec<u32>> = ids.chunks(a.block).filter(|c| c.len() >= 2).map(<[u32]>::to_vec).collect();
-    anyhow::ensure!(!windows.is_empty(), "{}: fewer than 2 tokens of text", a.text.display());
+    let windows: Vec<Vec<u32>> = ids
+        .chunks(a.block)
+        .filter(|c| c.len() >= 2)
+        .map(<[u32]>::to_vec)
+        .collect();
+    anyhow::ensure!(
+        !windows.is_empty(),
+        "{}: fewer than 2 tokens of text",
+        a.text.display()
+    );
 
     let bar = ProgressBar::new(windows.iter().map(Vec::len).sum::<usize>() as u64);
-    bar.set_style(ProgressStyle::with_template("{spinner} eval [{bar:30}] {pos}/{len} tokens {per_sec} eta {eta}")?.progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} eval [{bar:30}] {pos}/{len} tokens {per_sec} eta {eta}",
+        )?
+        .progress_chars("=> "),
+    );
     let mut total = NllSum::default();
     let mut seconds = 0.0;
     for group in windows.chunks(a.batch) {
@@ -91,7 +109,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         batch: a.batch,
         device: format!("{:?}", opts.device),
         dtype: format!("{:?}", opts.dtype).to_lowercase(),
-        quantized: matches!(opts.gguf_mode, distill_models::GgufMode::Quantized) && source.to_string().ends_with(".gguf"),
+        quantized: matches!(opts.gguf_mode, distill_models::GgufMode::Quantized)
+            && source.to_string().ends_with(".gguf"),
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -30,7 +30,9 @@ impl BlockSet {
     /// any position of any epoch can be recomputed exactly on resume.
     pub fn epoch_order(&self, seed: u64, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.blocks.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        ));
         order
     }
 }
@@ -44,15 +46,21 @@ pub fn pack_blocks(
     encode: impl Fn(&str) -> Result<Vec<u32>, String>,
 ) -> Result<BlockSet, DataError> {
     if block_size < 2 {
-        return Err(DataError::Other(format!("block_size must be at least 2, got {block_size}")));
+        return Err(DataError::Other(format!(
+            "block_size must be at least 2, got {block_size}"
+        )));
     }
     let mut stream = vec![];
     for d in docs {
-        let ids = encode(&d.text).map_err(|e| DataError::Other(format!("{}: tokenising: {e}", d.id)))?;
+        let ids =
+            encode(&d.text).map_err(|e| DataError::Other(format!("{}: tokenising: {e}", d.id)))?;
         stream.extend(ids);
         stream.push(eos);
     }
-    let blocks: Vec<Vec<u32>> = stream.chunks_exact(block_size).map(<[u32]>::to_vec).collect();
+    let blocks: Vec<Vec<u32>> = stream
+        .chunks_exact(block_size)
+        .map(<[u32]>::to_vec)
+        .collect();
     if blocks.is_empty() {
         return Err(DataError::Other(format!(
             "{} tokens of data ({} documents) do not fill one block of {block_size}",
@@ -60,7 +68,11 @@ pub fn pack_blocks(
             docs.len()
         )));
     }
-    Ok(BlockSet { block_size, blocks, stream_tokens: stream.len() })
+    Ok(BlockSet {
+        block_size,
+        blocks,
+        stream_tokens: stream.len(),
+    })
 }
 
 #[cfg(test)]
@@ -74,8 +86,14 @@ mod tests {
     #[test]
     fn packs_with_eos_between_documents() {
         let docs = vec![
-            Document { id: "a".into(), text: "abc".into() },
-            Document { id: "b".into(), text: "de".into() },
+            Document {
+                id: "a".into(),
+                text: "abc".into(),
+            },
+            Document {
+                id: "b".into(),
+                text: "de".into(),
+            },
         ];
         let b = pack_blocks(&docs, 3, 0, enc).unwrap();
         assert_eq!(b.blocks, vec![vec![97, 98, 99], vec![0, 100, 101]]);

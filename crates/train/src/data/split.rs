@@ -16,9 +16,15 @@ pub struct Split {
 
 /// Shuffles the documents with `seed` and holds out `validation_fraction` of them (at least one,
 /// and at least one left for training).
-pub fn split_documents(docs: Vec<Document>, validation_fraction: f64, seed: u64) -> Result<Split, DataError> {
+pub fn split_documents(
+    docs: Vec<Document>,
+    validation_fraction: f64,
+    seed: u64,
+) -> Result<Split, DataError> {
     if !(0.0..1.0).contains(&validation_fraction) {
-        return Err(DataError::Other(format!("validation_fraction must be in [0, 1), got {validation_fraction}")));
+        return Err(DataError::Other(format!(
+            "validation_fraction must be in [0, 1), got {validation_fraction}"
+        )));
     }
     if validation_fraction > 0.0 && docs.len() < 2 {
         return Err(DataError::Other(format!(
@@ -50,7 +56,12 @@ mod tests {
     use super::*;
 
     fn docs(n: usize) -> Vec<Document> {
-        (0..n).map(|i| Document { id: format!("d{i}"), text: format!("text {i}") }).collect()
+        (0..n)
+            .map(|i| Document {
+                id: format!("d{i}"),
+                text: format!("text {i}"),
+            })
+            .collect()
     }
 
     #[test]
@@ -63,7 +74,10 @@ mod tests {
         let c = split_documents(docs(20), 0.1, 8).unwrap();
         assert_ne!(a.validation, c.validation);
         assert!(a.validation.iter().all(|v| !a.train.contains(v)));
-        assert!(split_documents(docs(1), 0.1, 0).unwrap_err().to_string().contains("at least 2"));
+        assert!(split_documents(docs(1), 0.1, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 2"));
         assert!(split_documents(docs(3), 1.0, 0).is_err());
         assert_eq!(split_documents(docs(3), 0.0, 0).unwrap().train.len(), 3);
     }

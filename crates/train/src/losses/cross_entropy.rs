@@ -11,8 +11,13 @@ impl Loss for CrossEntropy {
         "cross_entropy"
     }
     fn forward(&self, x: &LossInputs) -> Result<Tensor> {
-        let labels = x.labels.ok_or_else(|| candle_core::Error::Msg("cross_entropy needs labels".into()))?;
-        candle_nn::loss::cross_entropy(&x.student_logits.to_dtype(DType::F32)?, &labels.to_dtype(DType::U32)?)
+        let labels = x
+            .labels
+            .ok_or_else(|| candle_core::Error::Msg("cross_entropy needs labels".into()))?;
+        candle_nn::loss::cross_entropy(
+            &x.student_logits.to_dtype(DType::F32)?,
+            &labels.to_dtype(DType::U32)?,
+        )
     }
 }
 
@@ -28,7 +33,11 @@ mod tests {
         let s = Tensor::new(&[[0f32, 3f32.ln()], [0.0, 0.0]], &dev).unwrap();
         let y = Tensor::new(&[1u32, 0], &dev).unwrap();
         let v = CrossEntropy
-            .forward(&LossInputs { student_logits: &s, teacher_logits: None, labels: Some(&y) })
+            .forward(&LossInputs {
+                student_logits: &s,
+                teacher_logits: None,
+                labels: Some(&y),
+            })
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
@@ -40,7 +49,13 @@ mod tests {
     fn gradient_matches_finite_differences() {
         let y = Tensor::new(&[2u32, 0], &Device::Cpu).unwrap();
         check_gradient(&[0.1, 0.2, -0.3, 1.5, -1.0, 0.0], (2, 3), |s| {
-            CrossEntropy.forward(&LossInputs { student_logits: s, teacher_logits: None, labels: Some(&y) }).unwrap()
+            CrossEntropy
+                .forward(&LossInputs {
+                    student_logits: s,
+                    teacher_logits: None,
+                    labels: Some(&y),
+                })
+                .unwrap()
         });
     }
 }

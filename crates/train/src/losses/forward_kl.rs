@@ -34,7 +34,11 @@ mod tests {
         let t = Tensor::new(&[[0f32, 3f32.ln()]], &dev).unwrap();
         let s = Tensor::new(&[[0f32, 0.0]], &dev).unwrap();
         let kl = ForwardKl { temperature: 1.0 }
-            .forward(&LossInputs { student_logits: &s, teacher_logits: Some(&t), labels: None })
+            .forward(&LossInputs {
+                student_logits: &s,
+                teacher_logits: Some(&t),
+                labels: None,
+            })
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
@@ -42,7 +46,11 @@ mod tests {
         assert!((kl - expected).abs() < 1e-6, "{kl} vs {expected}");
         // At T = 2 the logits are halved and the result scaled by 4.
         let kl2 = ForwardKl { temperature: 2.0 }
-            .forward(&LossInputs { student_logits: &s, teacher_logits: Some(&t), labels: None })
+            .forward(&LossInputs {
+                student_logits: &s,
+                teacher_logits: Some(&t),
+                labels: None,
+            })
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
@@ -50,7 +58,11 @@ mod tests {
         let expected2 = 4.0 * (p[0] * (p[0] / 0.5).ln() + p[1] * (p[1] / 0.5).ln());
         assert!((kl2 - expected2).abs() < 1e-5, "{kl2} vs {expected2}");
         let same = ForwardKl { temperature: 3.0 }
-            .forward(&LossInputs { student_logits: &t, teacher_logits: Some(&t), labels: None })
+            .forward(&LossInputs {
+                student_logits: &t,
+                teacher_logits: Some(&t),
+                labels: None,
+            })
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
@@ -61,7 +73,13 @@ mod tests {
     fn gradient_matches_finite_differences() {
         let t = Tensor::new(&[[0.3f32, -1.0, 2.0], [1.0, 0.5, -0.5]], &Device::Cpu).unwrap();
         check_gradient(&[0.1, 0.2, -0.3, 1.5, -1.0, 0.0], (2, 3), |s| {
-            ForwardKl { temperature: 2.0 }.forward(&LossInputs { student_logits: s, teacher_logits: Some(&t), labels: None }).unwrap()
+            ForwardKl { temperature: 2.0 }
+                .forward(&LossInputs {
+                    student_logits: s,
+                    teacher_logits: Some(&t),
+                    labels: None,
+                })
+                .unwrap()
         });
     }
 }

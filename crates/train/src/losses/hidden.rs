@@ -52,14 +52,33 @@ mod tests {
         let dev = Device::Cpu;
         let a = Tensor::new(&[[1f32, 0.0], [0.0, 2.0]], &dev).unwrap();
         let b = Tensor::new(&[[0f32, 1.0], [0.0, 4.0]], &dev).unwrap();
-        let mse = HiddenLoss { kind: HiddenLossKind::Mse, projection: None }.forward(&a, &b).unwrap().to_scalar::<f32>().unwrap();
+        let mse = HiddenLoss {
+            kind: HiddenLossKind::Mse,
+            projection: None,
+        }
+        .forward(&a, &b)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
         assert!((mse - (1.0 + 1.0 + 0.0 + 4.0) / 4.0).abs() < 1e-6);
-        let cos = HiddenLoss { kind: HiddenLossKind::Cosine, projection: None }.forward(&a, &b).unwrap().to_scalar::<f32>().unwrap();
+        let cos = HiddenLoss {
+            kind: HiddenLossKind::Cosine,
+            projection: None,
+        }
+        .forward(&a, &b)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
         assert!((cos - 0.5).abs() < 1e-6, "{cos}");
         let t = Tensor::new(&[[0.3f32, -1.0, 2.0], [1.0, 0.5, -0.5]], &dev).unwrap();
         for kind in [HiddenLossKind::Mse, HiddenLossKind::Cosine] {
             check_gradient(&[0.1, 0.2, -0.3, 1.5, -1.0, 0.7], (2, 3), |s| {
-                HiddenLoss { kind, projection: None }.forward(s, &t).unwrap()
+                HiddenLoss {
+                    kind,
+                    projection: None,
+                }
+                .forward(s, &t)
+                .unwrap()
             });
         }
     }

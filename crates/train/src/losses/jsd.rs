@@ -37,11 +37,18 @@ mod tests {
         let dev = Device::Cpu;
         let t = Tensor::new(&[[0f32, 3f32.ln()]], &dev).unwrap();
         let s = Tensor::new(&[[0f32, 0.0]], &dev).unwrap();
-        let v = Jsd { temperature: 1.0, beta: 0.5 }
-            .forward(&LossInputs { student_logits: &s, teacher_logits: Some(&t), labels: None })
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let v = Jsd {
+            temperature: 1.0,
+            beta: 0.5,
+        }
+        .forward(&LossInputs {
+            student_logits: &s,
+            teacher_logits: Some(&t),
+            labels: None,
+        })
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
         let (p, q) = ([0.25f32, 0.75], [0.5f32, 0.5]);
         let m = [0.375f32, 0.625];
         let kl = |a: [f32; 2], b: [f32; 2]| a[0] * (a[0] / b[0]).ln() + a[1] * (a[1] / b[1]).ln();
@@ -50,11 +57,18 @@ mod tests {
         // Disjoint supports: JSD is at most ln 2.
         let a = Tensor::new(&[[50f32, -50.0]], &dev).unwrap();
         let b = Tensor::new(&[[-50f32, 50.0]], &dev).unwrap();
-        let v = Jsd { temperature: 1.0, beta: 0.5 }
-            .forward(&LossInputs { student_logits: &a, teacher_logits: Some(&b), labels: None })
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let v = Jsd {
+            temperature: 1.0,
+            beta: 0.5,
+        }
+        .forward(&LossInputs {
+            student_logits: &a,
+            teacher_logits: Some(&b),
+            labels: None,
+        })
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
         assert!(v <= 2f32.ln() + 1e-5 && v > 0.6, "{v}");
     }
 
@@ -62,7 +76,16 @@ mod tests {
     fn gradient_matches_finite_differences() {
         let t = Tensor::new(&[[0.3f32, -1.0, 2.0], [1.0, 0.5, -0.5]], &Device::Cpu).unwrap();
         check_gradient(&[0.1, 0.2, -0.3, 1.5, -1.0, 0.0], (2, 3), |s| {
-            Jsd { temperature: 1.0, beta: 0.3 }.forward(&LossInputs { student_logits: s, teacher_logits: Some(&t), labels: None }).unwrap()
+            Jsd {
+                temperature: 1.0,
+                beta: 0.3,
+            }
+            .forward(&LossInputs {
+                student_logits: s,
+                teacher_logits: Some(&t),
+                labels: None,
+            })
+            .unwrap()
         });
     }
 }

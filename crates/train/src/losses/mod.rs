@@ -50,13 +50,29 @@ type SoftLossCtor = fn(&SoftLossParams) -> Box<dyn Loss>;
 
 /// Soft-target losses by name.
 pub const SOFT_LOSSES: &[(&str, SoftLossCtor)] = &[
-    ("forward_kl", |p| Box::new(ForwardKl { temperature: p.temperature })),
-    ("reverse_kl", |p| Box::new(ReverseKl { temperature: p.temperature })),
-    ("jsd", |p| Box::new(Jsd { temperature: p.temperature, beta: p.jsd_beta })),
+    ("forward_kl", |p| {
+        Box::new(ForwardKl {
+            temperature: p.temperature,
+        })
+    }),
+    ("reverse_kl", |p| {
+        Box::new(ReverseKl {
+            temperature: p.temperature,
+        })
+    }),
+    ("jsd", |p| {
+        Box::new(Jsd {
+            temperature: p.temperature,
+            beta: p.jsd_beta,
+        })
+    }),
 ];
 
 /// Builds the soft-target loss called `name`.
-pub fn soft_loss(name: &str, params: &SoftLossParams) -> std::result::Result<Box<dyn Loss>, String> {
+pub fn soft_loss(
+    name: &str,
+    params: &SoftLossParams,
+) -> std::result::Result<Box<dyn Loss>, String> {
     SOFT_LOSSES
         .iter()
         .find(|(n, _)| *n == name)
@@ -64,7 +80,11 @@ pub fn soft_loss(name: &str, params: &SoftLossParams) -> std::result::Result<Box
         .ok_or_else(|| {
             format!(
                 "unknown loss `{name}`; expected one of: {}",
-                SOFT_LOSSES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                SOFT_LOSSES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })
 }
@@ -94,16 +114,30 @@ pub(crate) mod test_util {
         let dev = Device::Cpu;
         let var = Var::from_tensor(&Tensor::from_slice(x, shape, &dev).unwrap()).unwrap();
         let loss = f(var.as_tensor());
-        let grad: Vec<f32> = loss.backward().unwrap().get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let grad: Vec<f32> = loss
+            .backward()
+            .unwrap()
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let eps = 1e-2f32;
         for i in 0..x.len() {
             let eval = |d: f32| {
                 let mut y = x.to_vec();
                 y[i] += d;
-                f(&Tensor::from_slice(&y, shape, &dev).unwrap()).to_scalar::<f32>().unwrap()
+                f(&Tensor::from_slice(&y, shape, &dev).unwrap())
+                    .to_scalar::<f32>()
+                    .unwrap()
             };
             let numeric = (eval(eps) - eval(-eps)) / (2.0 * eps);
-            assert!((numeric - grad[i]).abs() < 2e-3 + 2e-2 * numeric.abs(), "d/dx[{i}]: analytic {} numeric {numeric}", grad[i]);
+            assert!(
+                (numeric - grad[i]).abs() < 2e-3 + 2e-2 * numeric.abs(),
+                "d/dx[{i}]: analytic {} numeric {numeric}",
+                grad[i]
+            );
         }
     }
 }

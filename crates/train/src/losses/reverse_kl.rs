@@ -33,7 +33,11 @@ mod tests {
         let t = Tensor::new(&[[0f32, 3f32.ln()]], &dev).unwrap();
         let s = Tensor::new(&[[0f32, 0.0]], &dev).unwrap();
         let v = ReverseKl { temperature: 1.0 }
-            .forward(&LossInputs { student_logits: &s, teacher_logits: Some(&t), labels: None })
+            .forward(&LossInputs {
+                student_logits: &s,
+                teacher_logits: Some(&t),
+                labels: None,
+            })
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
@@ -45,7 +49,13 @@ mod tests {
     fn gradient_matches_finite_differences() {
         let t = Tensor::new(&[[0.3f32, -1.0, 2.0], [1.0, 0.5, -0.5]], &Device::Cpu).unwrap();
         check_gradient(&[0.1, 0.2, -0.3, 1.5, -1.0, 0.0], (2, 3), |s| {
-            ReverseKl { temperature: 1.5 }.forward(&LossInputs { student_logits: s, teacher_logits: Some(&t), labels: None }).unwrap()
+            ReverseKl { temperature: 1.5 }
+                .forward(&LossInputs {
+                    student_logits: s,
+                    teacher_logits: Some(&t),
+                    labels: None,
+                })
+                .unwrap()
         });
     }
 }
