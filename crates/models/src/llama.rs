@@ -243,6 +243,44 @@ impl LlamaConfig {
         Ok(())
     }
 
+    /// Every tensor of a checkpoint of this config, by Hugging Face name, with its shape.
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let h = self.hidden_size;
+        let hd = self.head_dim();
+        let (q, kv, f) = (self.num_attention_heads * hd, self.kv_heads() * hd, self.intermediate_size);
+        let mut v = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h])];
+        for i in 0..self.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            v.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
+            v.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
+            v.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
+            if self.qkv_bias() {
+                v.push((format!("{p}.self_attn.q_proj.bias"), vec![q]));
+                v.push((format!("{p}.self_attn.k_proj.bias"), vec![kv]));
+                v.push((format!("{p}.self_attn.v_proj.bias"), vec![kv]));
+            }
+            v.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
+            if self.attention_bias {
+                v.push((format!("{p}.self_attn.o_proj.bias"), vec![h]));
+            }
+            v.push((format!("{p}.mlp.gate_proj.weight"), vec![f, h]));
+            v.push((format!("{p}.mlp.up_proj.weight"), vec![f, h]));
+            v.push((format!("{p}.mlp.down_proj.weight"), vec![h, f]));
+            if self.mlp_bias {
+                v.push((format!("{p}.mlp.gate_proj.bias"), vec![f]));
+                v.push((format!("{p}.mlp.up_proj.bias"), vec![f]));
+                v.push((format!("{p}.mlp.down_proj.bias"), vec![h]));
+            }
+            v.push((format!("{p}.input_layernorm.weight"), vec![h]));
+            v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        }
+        v.push(("model.norm.weight".to_string(), vec![h]));
+        if !self.tie_word_embeddings {
+            v.push(("lm_head.weight".to_string(), vec![self.vocab_size, h]));
+        }
+        v
+    }
+
     /// Number of parameters (tied embeddings counted once).
     pub fn param_count(&self) -> usize {
         let h = self.hidden_size;
@@ -707,6 +745,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("rope_scaling"));
+    }
+
+    #[test]
+    fn tensor_shapes_list_exactly_the_variables() {
+        for tied in [true, false] {
+            let cfg = LlamaConfig { tie_word_embeddings: tied, ..tiny_config() };
+            let (vm, _) = tiny(&cfg);
+            let data = vm.data().lock().unwrap();
+            let shapes = cfg.tensor_shapes();
+            assert_eq!(shapes.len(), data.len());
+            for (name, shape) in shapes {
+                assert_eq!(data[&name].as_tensor().dims(), shape.as_slice(), "{name}");
+            }
+        }
     }
 
     #[test]

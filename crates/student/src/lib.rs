@@ -2,9 +2,19 @@
 //!
 //! Owns the design of the student: shrink rules that derive a smaller configuration of the
 //! teacher's family (fewer layers, narrower hidden and FFN, fewer heads at the same head size),
-//! initialisation from the teacher's layers (every k-th layer, as DistilBERT did, with width
-//! slicing) or at random from a seed, custom compact designs, and saving in Hugging Face layout
-//! so that transformers and llama.cpp tooling load the result.
+//! initialisation from the teacher's layers (evenly spaced or listed layers, as DistilBERT did,
+//! with importance-based width slicing when the student is narrower) or at random from a seed,
+//! and saving in Hugging Face layout so that transformers and llama.cpp tooling load the result.
 //!
-//! The student is built on `distill-models`' trainable weight source; this crate decides its
-//! shape and starting point, the trainer (`distill-train`) owns the learning.
+//! The student's weights are the variables of a `VarMap`; this crate decides their shape and
+//! starting values, the trainer (`distill-train`) owns the learning.
+
+mod design;
+mod error;
+mod init;
+mod save;
+
+pub use design::{derive_config, InitConfig, StudentConfig};
+pub use error::StudentError;
+pub use init::{build_student, evenly_spaced_layers, Student};
+pub use save::{save_hf, HfExport};

@@ -12,3 +12,8 @@
 pub mod data;
 pub mod losses;
 pub mod metrics;
+pub mod checkpoint;
+pub mod config;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;

@@ -1,0 +1,153 @@
+//! Shrink rules: a student configuration derived from the teacher's.
+
+use distill_models::LlamaConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{cfg_err, StudentError};
+
+/// The `student:` section of a run config. Unset sizes follow the teacher; a narrower `hidden`
+/// keeps the teacher's head size, so the head count follows from it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudentConfig {
+    /// Number of layers.
+    #[serde(default)]
+    pub layers: Option<usize>,
+    /// Width of the residual stream.
+    #[serde(default)]
+    pub hidden: Option<usize>,
+    /// Width of the feed-forward layers (default: the teacher's, scaled with `hidden`).
+    #[serde(default)]
+    pub intermediate: Option<usize>,
+    /// Attention heads (default: `hidden / teacher head_dim`).
+    #[serde(default)]
+    pub heads: Option<usize>,
+    /// Key/value heads (default: keeps the teacher's query-to-KV ratio).
+    #[serde(default)]
+    pub kv_heads: Option<usize>,
+    #[serde(default)]
+    pub init: InitConfig,
+}
+
+/// Where the student's weights start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum InitConfig {
+    /// Copy the embeddings and some teacher layers (`layers`, or evenly spaced ones including
+    /// the first and last), slicing widths by importance when the student is narrower.
+    FromTeacher {
+        #[serde(default)]
+        layers: Option<Vec<usize>>,
+    },
+    /// Normal(0, 0.02) weights and unit norms, from `seed`.
+    Random {
+        #[serde(default)]
+        seed: u64,
+    },
+}
+
+impl Default for InitConfig {
+    fn default() -> Self {
+        InitConfig::FromTeacher { layers: None }
+    }
+}
+
+/// The student's `LlamaConfig`, from the teacher's and the shrink rules.
+pub fn derive_config(teacher: &LlamaConfig, s: &StudentConfig) -> Result<LlamaConfig, StudentError> {
+    let hd = teacher.head_dim();
+    let layers = s.layers.unwrap_or(teacher.num_hidden_layers);
+    if layers == 0 {
+        return Err(cfg_err("layers", "must be at least 1"));
+    }
+    let heads = match (s.heads, s.hidden) {
+        (Some(h), _) => h,
+        (None, Some(hidden)) => {
+            if hidden % hd != 0 {
+                return Err(cfg_err("hidden", format!("{hidden} is not a multiple of the teacher's head size {hd}")));
+            }
+            hidden / hd
+        }
+        (None, None) => teacher.num_attention_heads,
+    };
+    if heads == 0 {
+        return Err(cfg_err("heads", "must be at least 1"));
+    }
+    let hidden = s.hidden.unwrap_or(heads * hd);
+    if hidden != heads * hd {
+        return Err(cfg_err(
+            "hidden",
+            format!("{hidden} must equal heads × head_dim = {heads} × {hd} (the head size is kept from the teacher)"),
+        ));
+    }
+    let group = teacher.num_attention_heads / teacher.kv_heads();
+    let kv_heads = s.kv_heads.unwrap_or_else(|| (heads / group).max(1));
+    if kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(cfg_err("kv_heads", format!("{kv_heads} must divide heads {heads}")));
+    }
+    let intermediate = match s.intermediate {
+        Some(0) => return Err(cfg_err("intermediate", "must be at least 1")),
+        Some(f) => f,
+        None => {
+            let scaled = teacher.intermediate_size as f64 * hidden as f64 / teacher.hidden_size as f64;
+            ((scaled / 32.0).round() as usize).max(1) * 32
+        }
+    };
+    if layers > teacher.num_hidden_layers
+        || hidden > teacher.hidden_size
+        || intermediate > teacher.intermediate_size
+        || heads > teacher.num_attention_heads
+    {
+        tracing::warn!(
+            layers, hidden, intermediate, heads,
+            "the student is larger than the teacher in some dimension; distillation usually shrinks"
+        );
+    }
+    Ok(LlamaConfig {
+        num_hidden_layers: layers,
+        hidden_size: hidden,
+        intermediate_size: intermediate,
+        num_attention_heads: heads,
+        num_key_value_heads: Some(kv_heads),
+        head_dim: None,
+        ..teacher.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smollm2() -> LlamaConfig {
+        LlamaConfig::from_json(
+            r#"{"model_type":"llama","vocab_size":49152,"hidden_size":576,"intermediate_size":1536,
+                "num_hidden_layers":30,"num_attention_heads":9,"num_key_value_heads":3,"tie_word_embeddings":true}"#,
+            "t",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn shrink_rules_keep_head_dim_and_gqa_ratio() {
+        let t = smollm2();
+        let s = derive_config(&t, &StudentConfig { layers: Some(6), hidden: Some(384), ..Default::default() }).unwrap();
+        assert_eq!((s.num_hidden_layers, s.hidden_size, s.num_attention_heads, s.kv_heads(), s.head_dim()), (6, 384, 6, 2, 64));
+        assert_eq!(s.intermediate_size, 1024);
+        assert_eq!(s.vocab_size, 49152);
+        assert!(s.tie_word_embeddings);
+        let same = derive_config(&t, &StudentConfig { layers: Some(4), ..Default::default() }).unwrap();
+        assert_eq!((same.hidden_size, same.num_attention_heads, same.intermediate_size), (576, 9, 1536));
+    }
+
+    #[test]
+    fn bad_shapes_name_the_key() {
+        let t = smollm2();
+        let e = derive_config(&t, &StudentConfig { hidden: Some(300), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("student.hidden") && e.contains("64"), "{e}");
+        let e = derive_config(&t, &StudentConfig { hidden: Some(384), heads: Some(4), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("student.hidden"), "{e}");
+        let e = derive_config(&t, &StudentConfig { heads: Some(6), kv_heads: Some(4), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("student.kv_heads"), "{e}");
+        let e = derive_config(&t, &StudentConfig { layers: Some(0), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("student.layers"), "{e}");
+    }
+}

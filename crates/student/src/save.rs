@@ -1,0 +1,96 @@
+//! Saving a Llama-family model in Hugging Face layout: `config.json`, `model.safetensors`,
+//! `tokenizer.json`, `tokenizer_config.json` and `generation_config.json`, written into a
+//! temporary folder that replaces the target only once complete.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarMap;
+use distill_models::LlamaConfig;
+use serde_json::json;
+
+use crate::error::StudentError;
+
+/// What goes into an exported folder.
+pub struct HfExport<'a> {
+    pub config: &'a LlamaConfig,
+    pub varmap: &'a VarMap,
+    pub tokenizer: &'a tokenizers::Tokenizer,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub chat_template: Option<&'a str>,
+}
+
+fn io(path: &Path) -> impl FnOnce(String) -> StudentError + '_ {
+    move |msg| StudentError::Io { path: path.to_path_buf(), msg }
+}
+
+/// Writes the model into `dir` (replacing it when it exists). Returns the bytes of the weights.
+pub fn save_hf(dir: &Path, e: &HfExport) -> Result<u64, StudentError> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|x| io(parent)(x.to_string()))?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|x| io(&tmp)(x.to_string()))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|x| io(&tmp)(x.to_string()))?;
+
+    let arch = if e.config.model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" };
+    let mut config = serde_json::to_value(e.config).map_err(|x| io(dir)(x.to_string()))?;
+    config["architectures"] = json!([arch]);
+    config["torch_dtype"] = json!("float32");
+    if let Some(b) = e.bos_token_id {
+        config["bos_token_id"] = json!(b);
+    }
+    if let Some(b) = e.eos_token_id {
+        config["eos_token_id"] = json!(b);
+    }
+    let write_json = |file: &str, v: &serde_json::Value| -> Result<(), StudentError> {
+        let p = tmp.join(file);
+        std::fs::write(&p, serde_json::to_string_pretty(v).expect("JSON value") + "\n").map_err(|x| io(&p)(x.to_string()))
+    };
+    write_json("config.json", &config)?;
+    write_json(
+        "generation_config.json",
+        &json!({ "bos_token_id": e.bos_token_id, "eos_token_id": e.eos_token_id, "_from_model_config": true }),
+    )?;
+    let token = |id: Option<u32>| id.and_then(|i| e.tokenizer.id_to_token(i));
+    let mut tok_cfg = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": e.config.max_position_embeddings,
+        "clean_up_tokenization_spaces": false,
+    });
+    if let Some(b) = token(e.bos_token_id) {
+        tok_cfg["bos_token"] = json!(b);
+    }
+    if let Some(t) = token(e.eos_token_id) {
+        tok_cfg["eos_token"] = json!(t);
+    }
+    if let Some(t) = e.chat_template {
+        tok_cfg["chat_template"] = json!(t);
+    }
+    write_json("tokenizer_config.json", &tok_cfg)?;
+    let tok_path = tmp.join("tokenizer.json");
+    e.tokenizer.save(&tok_path, false).map_err(|x| io(&tok_path)(x.to_string()))?;
+
+    let tensors: HashMap<String, Tensor> = e
+        .varmap
+        .data()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(DType::F32)?.contiguous()?)))
+        .collect::<candle_core::Result<_>>()
+        .map_err(|x| io(dir)(x.to_string()))?;
+    let st = tmp.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &st).map_err(|x| io(&st)(x.to_string()))?;
+    let bytes = std::fs::metadata(&st).map(|m| m.len()).unwrap_or(0);
+
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|x| io(dir)(x.to_string()))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|x| io(dir)(x.to_string()))?;
+    Ok(bytes)
+}

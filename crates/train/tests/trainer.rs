@@ -1,0 +1,231 @@
+//! The trainer on tiny random models: resume is bit-exact, distillation moves the student
+//! towards the teacher, and bad states are reported.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use candle_nn::VarMap;
+use distill_models::{Llama, LlamaConfig, VarMapWeights};
+use distill_train::config::{DistillConfig, TrainConfig};
+use distill_train::data::BlockSet;
+use distill_train::trainer::{TrainOutcome, Trainer};
+
+fn cfg(layers: usize, hidden: usize) -> LlamaConfig {
+    LlamaConfig::from_json(
+        &format!(
+            r#"{{"model_type":"llama","vocab_size":64,"hidden_size":{hidden},"intermediate_size":64,
+                "num_hidden_layers":{layers},"num_attention_heads":4,"num_key_value_heads":2,
+                "tie_word_embeddings":true,"max_position_embeddings":64}}"#
+        ),
+        "tiny",
+    )
+    .unwrap()
+}
+
+fn model(c: &LlamaConfig) -> (VarMap, Llama) {
+    let vm = VarMap::new();
+    let m = Llama::load(c, &VarMapWeights::new(&vm, DType::F32, &Device::Cpu)).unwrap();
+    (vm, m)
+}
+
+fn blocks(n: usize, s: usize, seed: u32) -> BlockSet {
+    // A simple learnable stream: mostly counting upwards modulo 64.
+    let mut x = seed;
+    let blocks = (0..n)
+        .map(|_| {
+            (0..s)
+                .map(|_| {
+                    x = x.wrapping_mul(1103515245).wrapping_add(12345);
+                    (x >> 16) % 64
+                })
+                .collect()
+        })
+        .collect();
+    BlockSet { block_size: s, blocks, stream_tokens: n * s }
+}
+
+fn train_cfg(steps: usize) -> TrainConfig {
+    from_json(&format!(
+        r#"{{"steps": {steps}, "batch_size": 2, "grad_accum": 2, "lr": 0.003, "warmup_steps": 2,
+            "eval_every": 3, "eval_blocks": 4, "checkpoint_every": 2, "seed": 5}}"#
+    ))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(json: &str) -> T {
+    serde_json::from_str(json).unwrap()
+}
+
+fn distill(alpha: f64) -> DistillConfig {
+    from_json(&format!(r#"{{"alpha": {alpha}, "temperature": 2.0}}"#))
+}
+
+fn snapshot(vm: &VarMap) -> Vec<(String, Vec<f32>)> {
+    let mut v: Vec<_> = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+struct Setup {
+    teacher: Llama,
+    train: BlockSet,
+    valid: BlockSet,
+}
+
+fn setup() -> Setup {
+    let (_, teacher) = model(&cfg(2, 32));
+    Setup { teacher, train: blocks(10, 16, 1), valid: blocks(4, 16, 2) }
+}
+
+fn run(
+    s: &Setup,
+    dir: &Path,
+    student: (&VarMap, &Llama),
+    tc: &TrainConfig,
+    dc: &DistillConfig,
+    resume: bool,
+    stop_at: Option<usize>,
+) -> TrainOutcome {
+    Trainer {
+        train_cfg: tc,
+        distill: dc,
+        student: student.1,
+        varmap: student.0,
+        student_hidden_size: 16,
+        teacher: Some(&s.teacher),
+        teacher_hidden_size: 32,
+        train: &s.train,
+        valid: &s.valid,
+        run_dir: dir.to_path_buf(),
+        device: Device::Cpu,
+        stop: Arc::new(AtomicBool::new(false)),
+        stop_at,
+        progress: false,
+    }
+    .run(resume)
+    .unwrap()
+}
+
+#[test]
+fn resume_is_bit_identical_to_an_uninterrupted_run() {
+    let s = setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let student_cfg = cfg(1, 16);
+    let (vm0, _) = model(&student_cfg);
+    let init = tmp.path().join("init.safetensors");
+    vm0.save(&init).unwrap();
+    let fresh = || {
+        let (mut vm, m) = model(&student_cfg);
+        vm.load(&init).unwrap();
+        (vm, m)
+    };
+    let tc = train_cfg(6);
+    let dc = distill(0.7);
+
+    let (vm_a, m_a) = fresh();
+    let a = run(&s, &tmp.path().join("a"), (&vm_a, &m_a), &tc, &dc, false, None);
+    assert_eq!(a.steps, 6);
+    assert!(!a.interrupted);
+
+    let (vm_b, m_b) = fresh();
+    let first = run(&s, &tmp.path().join("b"), (&vm_b, &m_b), &tc, &dc, false, Some(3));
+    assert!(first.interrupted);
+    assert_eq!(first.steps, 3);
+    let (vm_c, m_c) = fresh(); // a new process: weights come only from the checkpoint
+    let second = run(&s, &tmp.path().join("b"), (&vm_c, &m_c), &tc, &dc, true, None);
+    assert_eq!(second.resumed_from, Some(3));
+    assert_eq!(second.steps, 6);
+    assert_eq!(snapshot(&vm_a), snapshot(&vm_c), "resumed weights differ from the uninterrupted run");
+
+    // The metrics of the resumed run continue where the first stopped, without duplicates.
+    let lines = std::fs::read_to_string(tmp.path().join("b/metrics.jsonl")).unwrap();
+    let train_steps: Vec<u64> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(train_steps, vec![1, 2, 3, 4, 5, 6]);
+    // Only the newest checkpoints are kept.
+    let kept = std::fs::read_dir(tmp.path().join("b/checkpoints")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count();
+    assert_eq!(kept, 2);
+}
+
+#[test]
+fn distillation_moves_the_student_towards_the_teacher() {
+    let s = setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let (vm, m) = model(&cfg(1, 16));
+    let mut tc = train_cfg(30);
+    tc.eval_every = 30;
+    let out = run(&s, tmp.path(), (&vm, &m), &tc, &distill(1.0), false, None);
+    let first = out.steps_log.first().unwrap().soft.unwrap();
+    let last = out.steps_log.last().unwrap().soft.unwrap();
+    assert!(last < 0.7 * first, "KL did not fall: {first} → {last}");
+    assert!(out.evals.last().unwrap().val_kl.unwrap() > 0.0);
+    assert!(out.teacher_val_ppl.unwrap() > 1.0);
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_checkpoint_naming_the_step() {
+    let s = setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let (vm, m) = model(&cfg(1, 16));
+    let mut tc = train_cfg(20);
+    tc.lr = 1e30;
+    tc.clip_grad_norm = 0.0;
+    tc.warmup_steps = 0;
+    let e = Trainer {
+        train_cfg: &tc,
+        distill: &distill(0.5),
+        student: &m,
+        varmap: &vm,
+        student_hidden_size: 16,
+        teacher: Some(&s.teacher),
+        teacher_hidden_size: 32,
+        train: &s.train,
+        valid: &s.valid,
+        run_dir: tmp.path().to_path_buf(),
+        device: Device::Cpu,
+        stop: Arc::new(AtomicBool::new(false)),
+        stop_at: None,
+        progress: false,
+    }
+    .run(false)
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("at step") && e.contains("checkpoints/step-"), "{e}");
+}
+
+#[test]
+fn resume_without_a_checkpoint_is_an_error() {
+    let s = setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let (vm, m) = model(&cfg(1, 16));
+    let tc = train_cfg(2);
+    let r = Trainer {
+        train_cfg: &tc,
+        distill: &distill(0.5),
+        student: &m,
+        varmap: &vm,
+        student_hidden_size: 16,
+        teacher: Some(&s.teacher),
+        teacher_hidden_size: 32,
+        train: &s.train,
+        valid: &s.valid,
+        run_dir: tmp.path().to_path_buf(),
+        device: Device::Cpu,
+        stop: Arc::new(AtomicBool::new(false)),
+        stop_at: None,
+        progress: false,
+    }
+    .run(true);
+    assert!(r.unwrap_err().to_string().contains("no checkpoint"));
+}
