@@ -2,12 +2,16 @@
 //! dispatches to the library crates.
 
 mod commands;
+mod config;
 mod logging;
+mod report;
 
 use clap::{Parser, Subcommand};
 
 const EXAMPLES: &str = "\
 Examples:
+  distill run configs/quickstart.yaml            # teacher → student → report
+  distill run configs/quickstart.yaml --resume   # continue from the newest checkpoint
   distill inspect ~/.cache/distill/assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
   distill inspect hf://HuggingFaceTB/SmolLM2-135M-Instruct --json
   distill tokenize model.gguf 'Call me Ishmael.' --json
@@ -27,6 +31,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Distil a student from a teacher as one YAML config describes (train, export, report).
+    Run(commands::run::Args),
     /// Architecture, sizes, dtypes, bytes on disk and tokenizer of a model.
     Inspect(commands::inspect::Args),
     /// The token ids a model's tokenizer gives for a text.
@@ -39,6 +45,7 @@ fn main() -> std::process::ExitCode {
     logging::init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(a) => commands::run::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Eval(a) => commands::eval::run(a),

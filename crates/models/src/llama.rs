@@ -247,8 +247,15 @@ impl LlamaConfig {
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let h = self.hidden_size;
         let hd = self.head_dim();
-        let (q, kv, f) = (self.num_attention_heads * hd, self.kv_heads() * hd, self.intermediate_size);
-        let mut v = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h])];
+        let (q, kv, f) = (
+            self.num_attention_heads * hd,
+            self.kv_heads() * hd,
+            self.intermediate_size,
+        );
+        let mut v = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![self.vocab_size, h],
+        )];
         for i in 0..self.num_hidden_layers {
             let p = format!("model.layers.{i}");
             v.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
@@ -750,7 +757,10 @@ mod tests {
     #[test]
     fn tensor_shapes_list_exactly_the_variables() {
         for tied in [true, false] {
-            let cfg = LlamaConfig { tie_word_embeddings: tied, ..tiny_config() };
+            let cfg = LlamaConfig {
+                tie_word_embeddings: tied,
+                ..tiny_config()
+            };
             let (vm, _) = tiny(&cfg);
             let data = vm.data().lock().unwrap();
             let shapes = cfg.tensor_shapes();

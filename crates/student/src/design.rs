@@ -53,7 +53,10 @@ impl Default for InitConfig {
 }
 
 /// The student's `LlamaConfig`, from the teacher's and the shrink rules.
-pub fn derive_config(teacher: &LlamaConfig, s: &StudentConfig) -> Result<LlamaConfig, StudentError> {
+pub fn derive_config(
+    teacher: &LlamaConfig,
+    s: &StudentConfig,
+) -> Result<LlamaConfig, StudentError> {
     let hd = teacher.head_dim();
     let layers = s.layers.unwrap_or(teacher.num_hidden_layers);
     if layers == 0 {
@@ -63,7 +66,10 @@ pub fn derive_config(teacher: &LlamaConfig, s: &StudentConfig) -> Result<LlamaCo
         (Some(h), _) => h,
         (None, Some(hidden)) => {
             if hidden % hd != 0 {
-                return Err(cfg_err("hidden", format!("{hidden} is not a multiple of the teacher's head size {hd}")));
+                return Err(cfg_err(
+                    "hidden",
+                    format!("{hidden} is not a multiple of the teacher's head size {hd}"),
+                ));
             }
             hidden / hd
         }
@@ -82,13 +88,17 @@ pub fn derive_config(teacher: &LlamaConfig, s: &StudentConfig) -> Result<LlamaCo
     let group = teacher.num_attention_heads / teacher.kv_heads();
     let kv_heads = s.kv_heads.unwrap_or_else(|| (heads / group).max(1));
     if kv_heads == 0 || heads % kv_heads != 0 {
-        return Err(cfg_err("kv_heads", format!("{kv_heads} must divide heads {heads}")));
+        return Err(cfg_err(
+            "kv_heads",
+            format!("{kv_heads} must divide heads {heads}"),
+        ));
     }
     let intermediate = match s.intermediate {
         Some(0) => return Err(cfg_err("intermediate", "must be at least 1")),
         Some(f) => f,
         None => {
-            let scaled = teacher.intermediate_size as f64 * hidden as f64 / teacher.hidden_size as f64;
+            let scaled =
+                teacher.intermediate_size as f64 * hidden as f64 / teacher.hidden_size as f64;
             ((scaled / 32.0).round() as usize).max(1) * 32
         }
     };
@@ -129,25 +139,90 @@ mod tests {
     #[test]
     fn shrink_rules_keep_head_dim_and_gqa_ratio() {
         let t = smollm2();
-        let s = derive_config(&t, &StudentConfig { layers: Some(6), hidden: Some(384), ..Default::default() }).unwrap();
-        assert_eq!((s.num_hidden_layers, s.hidden_size, s.num_attention_heads, s.kv_heads(), s.head_dim()), (6, 384, 6, 2, 64));
+        let s = derive_config(
+            &t,
+            &StudentConfig {
+                layers: Some(6),
+                hidden: Some(384),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.num_hidden_layers,
+                s.hidden_size,
+                s.num_attention_heads,
+                s.kv_heads(),
+                s.head_dim()
+            ),
+            (6, 384, 6, 2, 64)
+        );
         assert_eq!(s.intermediate_size, 1024);
         assert_eq!(s.vocab_size, 49152);
         assert!(s.tie_word_embeddings);
-        let same = derive_config(&t, &StudentConfig { layers: Some(4), ..Default::default() }).unwrap();
-        assert_eq!((same.hidden_size, same.num_attention_heads, same.intermediate_size), (576, 9, 1536));
+        let same = derive_config(
+            &t,
+            &StudentConfig {
+                layers: Some(4),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                same.hidden_size,
+                same.num_attention_heads,
+                same.intermediate_size
+            ),
+            (576, 9, 1536)
+        );
     }
 
     #[test]
     fn bad_shapes_name_the_key() {
         let t = smollm2();
-        let e = derive_config(&t, &StudentConfig { hidden: Some(300), ..Default::default() }).unwrap_err().to_string();
+        let e = derive_config(
+            &t,
+            &StudentConfig {
+                hidden: Some(300),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("student.hidden") && e.contains("64"), "{e}");
-        let e = derive_config(&t, &StudentConfig { hidden: Some(384), heads: Some(4), ..Default::default() }).unwrap_err().to_string();
+        let e = derive_config(
+            &t,
+            &StudentConfig {
+                hidden: Some(384),
+                heads: Some(4),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("student.hidden"), "{e}");
-        let e = derive_config(&t, &StudentConfig { heads: Some(6), kv_heads: Some(4), ..Default::default() }).unwrap_err().to_string();
+        let e = derive_config(
+            &t,
+            &StudentConfig {
+                heads: Some(6),
+                kv_heads: Some(4),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("student.kv_heads"), "{e}");
-        let e = derive_config(&t, &StudentConfig { layers: Some(0), ..Default::default() }).unwrap_err().to_string();
+        let e = derive_config(
+            &t,
+            &StudentConfig {
+                layers: Some(0),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("student.layers"), "{e}");
     }
 }

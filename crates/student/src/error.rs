@@ -15,11 +15,17 @@ pub enum StudentError {
         source: candle_core::Error,
     },
     #[error("{path}: {msg}")]
-    Io { path: std::path::PathBuf, msg: String },
+    Io {
+        path: std::path::PathBuf,
+        msg: String,
+    },
 }
 
 pub(crate) fn cfg_err(key: &str, msg: impl Into<String>) -> StudentError {
-    StudentError::Config { key: key.to_string(), msg: msg.into() }
+    StudentError::Config {
+        key: key.to_string(),
+        msg: msg.into(),
+    }
 }
 
 pub(crate) trait Ctx<T> {
@@ -28,6 +34,9 @@ pub(crate) trait Ctx<T> {
 
 impl<T> Ctx<T> for candle_core::Result<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T, StudentError> {
-        self.map_err(|source| StudentError::Tensor { context: what(), source })
+        self.map_err(|source| StudentError::Tensor {
+            context: what(),
+            source,
+        })
     }
 }

@@ -25,7 +25,9 @@ pub fn evenly_spaced_layers(total: usize, n: usize) -> Vec<usize> {
     if n == 1 {
         return vec![total - 1];
     }
-    (0..n).map(|i| ((i * (total - 1)) as f64 / (n - 1) as f64).round() as usize).collect()
+    (0..n)
+        .map(|i| ((i * (total - 1)) as f64 / (n - 1) as f64).round() as usize)
+        .collect()
 }
 
 /// Designs the student from the teacher's config and `spec`, and initialises its weights.
@@ -39,26 +41,37 @@ pub fn build_student(
     let cfg = derive_config(teacher_cfg, spec)?;
     let (init, layer_map) = match &spec.init {
         InitConfig::FromTeacher { layers } => {
-            let src = teacher.ok_or_else(|| cfg_err("init", "from_teacher needs the teacher's weights"))?;
+            let src = teacher
+                .ok_or_else(|| cfg_err("init", "from_teacher needs the teacher's weights"))?;
             let map = match layers {
                 Some(l) => {
                     if l.len() != cfg.num_hidden_layers {
                         return Err(cfg_err(
                             "init.layers",
-                            format!("lists {} teacher layers for a student of {} layers", l.len(), cfg.num_hidden_layers),
+                            format!(
+                                "lists {} teacher layers for a student of {} layers",
+                                l.len(),
+                                cfg.num_hidden_layers
+                            ),
                         ));
                     }
                     if let Some(bad) = l.iter().find(|&&x| x >= teacher_cfg.num_hidden_layers) {
                         return Err(cfg_err(
                             "init.layers",
-                            format!("teacher layer {bad} does not exist (the teacher has {})", teacher_cfg.num_hidden_layers),
+                            format!(
+                                "teacher layer {bad} does not exist (the teacher has {})",
+                                teacher_cfg.num_hidden_layers
+                            ),
                         ));
                     }
                     l.clone()
                 }
                 None => {
                     if cfg.num_hidden_layers > teacher_cfg.num_hidden_layers {
-                        return Err(cfg_err("layers", "more layers than the teacher: list init.layers or use init: random"));
+                        return Err(cfg_err(
+                            "layers",
+                            "more layers than the teacher: list init.layers or use init: random",
+                        ));
                     }
                     evenly_spaced_layers(teacher_cfg.num_hidden_layers, cfg.num_hidden_layers)
                 }
@@ -71,18 +84,37 @@ pub fn build_student(
     {
         let mut data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
         for (name, t) in init {
-            let t = t.to_device(device).and_then(|t| t.to_dtype(DType::F32)).ctx(|| format!("placing {name}"))?;
-            data.insert(name.clone(), Var::from_tensor(&t).ctx(|| format!("variable {name}"))?);
+            let t = t
+                .to_device(device)
+                .and_then(|t| t.to_dtype(DType::F32))
+                .ctx(|| format!("placing {name}"))?;
+            data.insert(
+                name.clone(),
+                Var::from_tensor(&t).ctx(|| format!("variable {name}"))?,
+            );
         }
     }
     let n_before = varmap.all_vars().len();
     let model = Llama::load(&cfg, &VarMapWeights::new(&varmap, DType::F32, device))?;
-    debug_assert_eq!(n_before, varmap.all_vars().len(), "every variable was initialised");
-    Ok(Student { config: cfg, varmap, model, layer_map })
+    debug_assert_eq!(
+        n_before,
+        varmap.all_vars().len(),
+        "every variable was initialised"
+    );
+    Ok(Student {
+        config: cfg,
+        varmap,
+        model,
+        layer_map,
+    })
 }
 
 /// Normal(0, 0.02) matrices and embeddings, unit norms, zero biases, from a seeded ChaCha8.
-fn random_init(cfg: &LlamaConfig, seed: u64, device: &Device) -> Result<BTreeMap<String, Tensor>, StudentError> {
+fn random_init(
+    cfg: &LlamaConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<BTreeMap<String, Tensor>, StudentError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = BTreeMap::new();
     for (name, shape) in cfg.tensor_shapes() {
@@ -94,7 +126,10 @@ fn random_init(cfg: &LlamaConfig, seed: u64, device: &Device) -> Result<BTreeMap
         } else {
             (0..n).map(|_| 0.02 * standard_normal(&mut rng)).collect()
         };
-        out.insert(name.clone(), Tensor::from_vec(data, shape, device).ctx(|| name.clone())?);
+        out.insert(
+            name.clone(),
+            Tensor::from_vec(data, shape, device).ctx(|| name.clone())?,
+        );
     }
     Ok(out)
 }
@@ -131,7 +166,10 @@ fn from_teacher(
     layer_map: &[usize],
 ) -> Result<BTreeMap<String, Tensor>, StudentError> {
     let hd = t.head_dim();
-    let (t_group, s_group) = (t.num_attention_heads / t.kv_heads(), s.num_attention_heads / s.kv_heads());
+    let (t_group, s_group) = (
+        t.num_attention_heads / t.kv_heads(),
+        s.num_attention_heads / s.kv_heads(),
+    );
     if s.kv_heads() > t.kv_heads() || s_group > t_group {
         return Err(cfg_err(
             "init",
@@ -153,20 +191,39 @@ fn from_teacher(
     let res: Vec<u32> = if s.hidden_size == t.hidden_size {
         (0..t.hidden_size as u32).collect()
     } else {
-        top_k(&norms(&embed, 1).ctx(|| "embedding norms".into())?, s.hidden_size)
+        top_k(
+            &norms(&embed, 1).ctx(|| "embedding norms".into())?,
+            s.hidden_size,
+        )
     };
     let res_t = idx(&res)?;
     let cols = |w: &Tensor| w.index_select(&res_t, D::Minus1);
-    out.insert("model.embed_tokens.weight".into(), cols(&embed).ctx(|| "slicing embeddings".into())?);
+    out.insert(
+        "model.embed_tokens.weight".into(),
+        cols(&embed).ctx(|| "slicing embeddings".into())?,
+    );
     let norm = get("model.norm.weight", &[t.hidden_size])?;
-    out.insert("model.norm.weight".into(), norm.index_select(&res_t, 0).ctx(|| "final norm".into())?);
+    out.insert(
+        "model.norm.weight".into(),
+        norm.index_select(&res_t, 0).ctx(|| "final norm".into())?,
+    );
     if !s.tie_word_embeddings {
         let head = get("lm_head.weight", &[t.vocab_size, t.hidden_size])?;
-        out.insert("lm_head.weight".into(), cols(&head).ctx(|| "lm_head".into())?);
+        out.insert(
+            "lm_head.weight".into(),
+            cols(&head).ctx(|| "lm_head".into())?,
+        );
     }
     // Query heads kept: the first `s_group` of each of the first `s.kv_heads()` groups.
-    let q_heads: Vec<usize> = (0..s.kv_heads()).flat_map(|g| (0..s_group).map(move |j| g * t_group + j)).collect();
-    let rows_of = |heads: &[usize]| -> Vec<u32> { heads.iter().flat_map(|&h| (h * hd..(h + 1) * hd).map(|r| r as u32)).collect() };
+    let q_heads: Vec<usize> = (0..s.kv_heads())
+        .flat_map(|g| (0..s_group).map(move |j| g * t_group + j))
+        .collect();
+    let rows_of = |heads: &[usize]| -> Vec<u32> {
+        heads
+            .iter()
+            .flat_map(|&h| (h * hd..(h + 1) * hd).map(|r| r as u32))
+            .collect()
+    };
     let q_rows = idx(&rows_of(&q_heads))?;
     let kv_rows = idx(&rows_of(&(0..s.kv_heads()).collect::<Vec<_>>()))?;
     let (tq, tkv) = (t.num_attention_heads * hd, t.kv_heads() * hd);
@@ -182,14 +239,36 @@ fn from_teacher(
         let k = get(&format!("{tp}.self_attn.k_proj.weight"), &[tkv, h])?;
         let v = get(&format!("{tp}.self_attn.v_proj.weight"), &[tkv, h])?;
         let o = get(&format!("{tp}.self_attn.o_proj.weight"), &[h, tq])?;
-        put("self_attn.q_proj.weight", cols(&q.index_select(&q_rows, 0).ctx(ctx)?).ctx(ctx)?);
-        put("self_attn.k_proj.weight", cols(&k.index_select(&kv_rows, 0).ctx(ctx)?).ctx(ctx)?);
-        put("self_attn.v_proj.weight", cols(&v.index_select(&kv_rows, 0).ctx(ctx)?).ctx(ctx)?);
-        put("self_attn.o_proj.weight", o.index_select(&res_t, 0).ctx(ctx)?.index_select(&q_rows, 1).ctx(ctx)?);
+        put(
+            "self_attn.q_proj.weight",
+            cols(&q.index_select(&q_rows, 0).ctx(ctx)?).ctx(ctx)?,
+        );
+        put(
+            "self_attn.k_proj.weight",
+            cols(&k.index_select(&kv_rows, 0).ctx(ctx)?).ctx(ctx)?,
+        );
+        put(
+            "self_attn.v_proj.weight",
+            cols(&v.index_select(&kv_rows, 0).ctx(ctx)?).ctx(ctx)?,
+        );
+        put(
+            "self_attn.o_proj.weight",
+            o.index_select(&res_t, 0)
+                .ctx(ctx)?
+                .index_select(&q_rows, 1)
+                .ctx(ctx)?,
+        );
         if t.qkv_bias() {
-            for (name, rows, n) in [("q_proj", &q_rows, tq), ("k_proj", &kv_rows, tkv), ("v_proj", &kv_rows, tkv)] {
+            for (name, rows, n) in [
+                ("q_proj", &q_rows, tq),
+                ("k_proj", &kv_rows, tkv),
+                ("v_proj", &kv_rows, tkv),
+            ] {
                 let b = get(&format!("{tp}.self_attn.{name}.bias"), &[n])?;
-                put(&format!("self_attn.{name}.bias"), b.index_select(rows, 0).ctx(ctx)?);
+                put(
+                    &format!("self_attn.{name}.bias"),
+                    b.index_select(rows, 0).ctx(ctx)?,
+                );
             }
         }
         if t.attention_bias {
@@ -202,17 +281,36 @@ fn from_teacher(
         let neurons: Vec<u32> = if s.intermediate_size == f {
             (0..f as u32).collect()
         } else {
-            let (g, u, d) = (norms(&gate, 0).ctx(ctx)?, norms(&up, 0).ctx(ctx)?, norms(&down, 1).ctx(ctx)?);
+            let (g, u, d) = (
+                norms(&gate, 0).ctx(ctx)?,
+                norms(&up, 0).ctx(ctx)?,
+                norms(&down, 1).ctx(ctx)?,
+            );
             let score: Vec<f32> = (0..f).map(|n| g[n] * u[n] * d[n]).collect();
             top_k(&score, s.intermediate_size.min(f))
         };
         if neurons.len() != s.intermediate_size {
-            return Err(cfg_err("intermediate", format!("from_teacher needs at most the teacher's {f}")));
+            return Err(cfg_err(
+                "intermediate",
+                format!("from_teacher needs at most the teacher's {f}"),
+            ));
         }
         let n_t = idx(&neurons)?;
-        put("mlp.gate_proj.weight", cols(&gate.index_select(&n_t, 0).ctx(ctx)?).ctx(ctx)?);
-        put("mlp.up_proj.weight", cols(&up.index_select(&n_t, 0).ctx(ctx)?).ctx(ctx)?);
-        put("mlp.down_proj.weight", down.index_select(&res_t, 0).ctx(ctx)?.index_select(&n_t, 1).ctx(ctx)?);
+        put(
+            "mlp.gate_proj.weight",
+            cols(&gate.index_select(&n_t, 0).ctx(ctx)?).ctx(ctx)?,
+        );
+        put(
+            "mlp.up_proj.weight",
+            cols(&up.index_select(&n_t, 0).ctx(ctx)?).ctx(ctx)?,
+        );
+        put(
+            "mlp.down_proj.weight",
+            down.index_select(&res_t, 0)
+                .ctx(ctx)?
+                .index_select(&n_t, 1)
+                .ctx(ctx)?,
+        );
         if t.mlp_bias {
             let bg = get(&format!("{tp}.mlp.gate_proj.bias"), &[f])?;
             let bu = get(&format!("{tp}.mlp.up_proj.bias"), &[f])?;
@@ -249,7 +347,16 @@ mod tests {
     }
 
     fn teacher_weights(cfg: &LlamaConfig, dir: &std::path::Path) -> SafetensorsWeights {
-        let s = build_student(cfg, None, &StudentConfig { init: InitConfig::Random { seed: 3 }, ..Default::default() }, &Device::Cpu).unwrap();
+        let s = build_student(
+            cfg,
+            None,
+            &StudentConfig {
+                init: InitConfig::Random { seed: 3 },
+                ..Default::default()
+            },
+            &Device::Cpu,
+        )
+        .unwrap();
         let p = dir.join("t.safetensors");
         s.varmap.save(&p).unwrap();
         SafetensorsWeights::open(&[p], DType::F32, &Device::Cpu).unwrap()
@@ -265,11 +372,22 @@ mod tests {
     #[test]
     fn random_init_is_seeded() {
         let cfg = teacher_cfg();
-        let spec = |seed| StudentConfig { layers: Some(2), init: InitConfig::Random { seed }, ..Default::default() };
+        let spec = |seed| StudentConfig {
+            layers: Some(2),
+            init: InitConfig::Random { seed },
+            ..Default::default()
+        };
         let a = build_student(&cfg, None, &spec(1), &Device::Cpu).unwrap();
         let b = build_student(&cfg, None, &spec(1), &Device::Cpu).unwrap();
         let c = build_student(&cfg, None, &spec(2), &Device::Cpu).unwrap();
-        let w = |s: &Student| s.varmap.data().lock().unwrap()["model.layers.1.mlp.up_proj.weight"].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let w = |s: &Student| {
+            s.varmap.data().lock().unwrap()["model.layers.1.mlp.up_proj.weight"]
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
         assert_eq!(w(&a), w(&b));
         assert_ne!(w(&a), w(&c));
     }
@@ -285,12 +403,36 @@ mod tests {
         let ids = Tensor::new(&[[1u32, 7, 3, 9]], &Device::Cpu).unwrap();
         let a = teacher.forward(&ids, None, false).unwrap().logits;
         let b = s.model.forward(&ids, None, false).unwrap().logits;
-        assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
         // Listed layers are taken as listed.
-        let spec = StudentConfig { layers: Some(2), init: InitConfig::FromTeacher { layers: Some(vec![3, 1]) }, ..Default::default() };
+        let spec = StudentConfig {
+            layers: Some(2),
+            init: InitConfig::FromTeacher {
+                layers: Some(vec![3, 1]),
+            },
+            ..Default::default()
+        };
         let s = build_student(&cfg, Some(&src), &spec, &Device::Cpu).unwrap();
-        let got = s.varmap.data().lock().unwrap()["model.layers.0.mlp.down_proj.weight"].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let want = src.tensor("model.layers.3.mlp.down_proj.weight", &[32, 64], Init::Const(0.0)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = s.varmap.data().lock().unwrap()["model.layers.0.mlp.down_proj.weight"]
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let want = src
+            .tensor(
+                "model.layers.3.mlp.down_proj.weight",
+                &[32, 64],
+                Init::Const(0.0),
+            )
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(got, want);
         assert_eq!(s.layer_map, Some(vec![3, 1]));
     }
@@ -300,22 +442,65 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = teacher_cfg();
         let src = teacher_weights(&cfg, dir.path());
-        let spec = StudentConfig { layers: Some(2), hidden: Some(16), intermediate: Some(40), ..Default::default() };
+        let spec = StudentConfig {
+            layers: Some(2),
+            hidden: Some(16),
+            intermediate: Some(40),
+            ..Default::default()
+        };
         let s = build_student(&cfg, Some(&src), &spec, &Device::Cpu).unwrap();
-        assert_eq!((s.config.hidden_size, s.config.num_attention_heads, s.config.kv_heads()), (16, 2, 1));
+        assert_eq!(
+            (
+                s.config.hidden_size,
+                s.config.num_attention_heads,
+                s.config.kv_heads()
+            ),
+            (16, 2, 1)
+        );
         let data = s.varmap.data().lock().unwrap();
-        assert_eq!(data["model.layers.1.self_attn.q_proj.weight"].as_tensor().dims(), &[16, 16]);
-        assert_eq!(data["model.layers.1.self_attn.k_proj.weight"].as_tensor().dims(), &[8, 16]);
-        assert_eq!(data["model.layers.1.mlp.down_proj.weight"].as_tensor().dims(), &[16, 40]);
+        assert_eq!(
+            data["model.layers.1.self_attn.q_proj.weight"]
+                .as_tensor()
+                .dims(),
+            &[16, 16]
+        );
+        assert_eq!(
+            data["model.layers.1.self_attn.k_proj.weight"]
+                .as_tensor()
+                .dims(),
+            &[8, 16]
+        );
+        assert_eq!(
+            data["model.layers.1.mlp.down_proj.weight"]
+                .as_tensor()
+                .dims(),
+            &[16, 40]
+        );
         assert_eq!(data.len(), s.config.tensor_shapes().len());
         drop(data);
         let ids = Tensor::new(&[[1u32, 7, 3]], &Device::Cpu).unwrap();
-        assert_eq!(s.model.forward(&ids, None, false).unwrap().logits.dims(), &[1, 3, 50]);
+        assert_eq!(
+            s.model.forward(&ids, None, false).unwrap().logits.dims(),
+            &[1, 3, 50]
+        );
 
-        let e = build_student(&cfg, Some(&src), &StudentConfig { init: InitConfig::FromTeacher { layers: Some(vec![0, 9, 1, 2]) }, ..Default::default() }, &Device::Cpu)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("student.init.layers") && e.contains("teacher layer 9"), "{e}");
+        let e = build_student(
+            &cfg,
+            Some(&src),
+            &StudentConfig {
+                init: InitConfig::FromTeacher {
+                    layers: Some(vec![0, 9, 1, 2]),
+                },
+                ..Default::default()
+            },
+            &Device::Cpu,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("student.init.layers") && e.contains("teacher layer 9"),
+            "{e}"
+        );
     }
 }

@@ -23,21 +23,31 @@ pub struct HfExport<'a> {
 }
 
 fn io(path: &Path) -> impl FnOnce(String) -> StudentError + '_ {
-    move |msg| StudentError::Io { path: path.to_path_buf(), msg }
+    move |msg| StudentError::Io {
+        path: path.to_path_buf(),
+        msg,
+    }
 }
 
 /// Writes the model into `dir` (replacing it when it exists). Returns the bytes of the weights.
 pub fn save_hf(dir: &Path, e: &HfExport) -> Result<u64, StudentError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|x| io(parent)(x.to_string()))?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|x| io(&tmp)(x.to_string()))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|x| io(&tmp)(x.to_string()))?;
 
-    let arch = if e.config.model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" };
+    let arch = if e.config.model_type == "qwen2" {
+        "Qwen2ForCausalLM"
+    } else {
+        "LlamaForCausalLM"
+    };
     let mut config = serde_json::to_value(e.config).map_err(|x| io(dir)(x.to_string()))?;
     config["architectures"] = json!([arch]);
     config["torch_dtype"] = json!("float32");
@@ -49,7 +59,11 @@ pub fn save_hf(dir: &Path, e: &HfExport) -> Result<u64, StudentError> {
     }
     let write_json = |file: &str, v: &serde_json::Value| -> Result<(), StudentError> {
         let p = tmp.join(file);
-        std::fs::write(&p, serde_json::to_string_pretty(v).expect("JSON value") + "\n").map_err(|x| io(&p)(x.to_string()))
+        std::fs::write(
+            &p,
+            serde_json::to_string_pretty(v).expect("JSON value") + "\n",
+        )
+        .map_err(|x| io(&p)(x.to_string()))
     };
     write_json("config.json", &config)?;
     write_json(
@@ -73,7 +87,9 @@ pub fn save_hf(dir: &Path, e: &HfExport) -> Result<u64, StudentError> {
     }
     write_json("tokenizer_config.json", &tok_cfg)?;
     let tok_path = tmp.join("tokenizer.json");
-    e.tokenizer.save(&tok_path, false).map_err(|x| io(&tok_path)(x.to_string()))?;
+    e.tokenizer
+        .save(&tok_path, false)
+        .map_err(|x| io(&tok_path)(x.to_string()))?;
 
     let tensors: HashMap<String, Tensor> = e
         .varmap

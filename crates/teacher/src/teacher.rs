@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use distill_models::llama::gguf_names;
 use distill_models::{
     ArchConfig, Bert, GgufFile, GgufMode, GgufWeights, Llama, LlamaConfig, SafetensorsWeights,
+    WeightSource,
 };
 
 use crate::error::{Result, TeacherError};
@@ -75,6 +76,55 @@ pub fn load_tokenizer(resolved: &Resolved) -> Result<LoadedTokenizer> {
     }
 }
 
+/// The `teacher:` section of a run config.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherConfig {
+    /// A `.gguf` file, a Hugging Face folder, or `hf://org/name[@revision]`.
+    pub source: String,
+    /// `auto | cpu | cuda | cuda:N | metal`.
+    #[serde(default = "auto")]
+    pub device: String,
+    /// `auto | f32 | f16 | bf16`.
+    #[serde(default = "auto")]
+    pub dtype: String,
+    /// For GGUF teachers: `dequantized` (default: dense matrices, fastest on CPU) or `quantized`
+    /// (multiply in the stored format through QMatMul, as llama.cpp does; least memory).
+    #[serde(default = "dequantized")]
+    pub gguf_weights: String,
+}
+
+fn auto() -> String {
+    "auto".into()
+}
+fn dequantized() -> String {
+    "dequantized".into()
+}
+
+impl TeacherConfig {
+    /// Load options for this config; errors name the key.
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        let device = crate::device::parse_device(&self.device)?;
+        let dtype = crate::device::parse_dtype(&self.dtype, &device)?;
+        let gguf_mode = match self.gguf_weights.as_str() {
+            "dequantized" => GgufMode::Dequantized,
+            "quantized" => GgufMode::Quantized,
+            other => return Err(TeacherError::Source {
+                source_spec: self.source.clone(),
+                msg: format!(
+                    "teacher.gguf_weights: expected `quantized` or `dequantized`, got `{other}`"
+                ),
+            }),
+        };
+        Ok(LoadOptions {
+            device,
+            dtype,
+            gguf_mode,
+            hub: HubOptions::from_env(),
+        })
+    }
+}
+
 /// The network of a teacher.
 pub enum TeacherModel {
     Llama(Llama),
@@ -84,6 +134,8 @@ pub enum TeacherModel {
 /// A frozen teacher.
 pub struct Teacher {
     pub source: TeacherSource,
+    /// The local files the teacher was loaded from.
+    pub resolved: Resolved,
     pub model: TeacherModel,
     pub tokenizer: LoadedTokenizer,
     /// Files the weights were read from.
@@ -126,6 +178,7 @@ impl Teacher {
         tracing::info!(source = %source, device = ?opts.device, dtype = ?opts.dtype, "teacher loaded");
         Ok(Self {
             source: source.clone(),
+            resolved: resolved.clone(),
             model,
             tokenizer,
             files,
@@ -135,6 +188,35 @@ impl Teacher {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Dense (dequantised) reads of the teacher's tensors under Hugging Face names, e.g. to
+    /// initialise a student from its layers.
+    pub fn dense_weights(&self, dtype: DType) -> Result<Box<dyn WeightSource>> {
+        Ok(match &self.resolved {
+            Resolved::Folder(f) => Box::new(SafetensorsWeights::open(
+                &f.weight_files,
+                dtype,
+                &self.device,
+            )?),
+            Resolved::Gguf(path) => {
+                let g = Arc::new(GgufFile::open(path)?);
+                let cfg = LlamaConfig::from_gguf(&g)?;
+                let arch = g.get_str("general.architecture")?.to_string();
+                Box::new(GgufWeights::new(
+                    g,
+                    gguf_names(&cfg, &arch),
+                    GgufMode::Dequantized,
+                    dtype,
+                    &self.device,
+                ))
+            }
+        })
+    }
+
+    /// Bytes of the teacher's weight files.
+    pub fn bytes_on_disk(&self) -> u64 {
+        distill_models::weights::bytes_on_disk(&self.files)
     }
 
     /// Vocabulary size of the model's output.

@@ -23,7 +23,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// A temporary name beside `path` (same folder, so the rename is atomic).
 pub fn tmp_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
@@ -41,11 +44,18 @@ pub fn latest(run_dir: &Path) -> Option<PathBuf> {
 /// Marks `dir` as the newest checkpoint and deletes all but the newest `keep`.
 pub fn publish(run_dir: &Path, dir: &Path, keep: usize) -> std::io::Result<()> {
     let root = run_dir.join("checkpoints");
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     write_atomic(&root.join("latest"), name.as_bytes())?;
     let mut all: Vec<PathBuf> = std::fs::read_dir(&root)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+        })
         .collect();
     all.sort();
     while all.len() > keep {

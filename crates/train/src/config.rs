@@ -15,7 +15,10 @@ pub struct ConfigError {
 }
 
 fn err(key: &str, msg: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.to_string(), msg: msg.into() }
+    ConfigError {
+        key: key.to_string(),
+        msg: msg.into(),
+    }
 }
 
 /// `data:` — where the text comes from and how it is cut.
@@ -32,6 +35,10 @@ pub struct DataConfig {
     /// Seed of the document split.
     #[serde(default)]
     pub seed: u64,
+    /// Token placed between documents (default: `<|endoftext|>` when the vocabulary has it,
+    /// else the tokenizer's EOS).
+    #[serde(default)]
+    pub separator_token: Option<String>,
 }
 fn d_block() -> usize {
     128
@@ -72,6 +79,18 @@ fn d_alpha() -> f64 {
 }
 fn d_beta() -> f64 {
     0.5
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        Self {
+            loss: d_loss(),
+            temperature: d_temp(),
+            alpha: d_alpha(),
+            jsd_beta: d_beta(),
+            hidden: vec![],
+        }
+    }
 }
 
 /// One hidden-state loss: student layer output vs teacher layer output (0 = embeddings).
@@ -182,10 +201,16 @@ fn d_keep() -> usize {
 impl DataConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.block_size < 2 {
-            return Err(err("data.block_size", format!("must be at least 2, got {}", self.block_size)));
+            return Err(err(
+                "data.block_size",
+                format!("must be at least 2, got {}", self.block_size),
+            ));
         }
         if !(0.0..1.0).contains(&self.validation_fraction) {
-            return Err(err("data.validation_fraction", format!("must be in [0, 1), got {}", self.validation_fraction)));
+            return Err(err(
+                "data.validation_fraction",
+                format!("must be in [0, 1), got {}", self.validation_fraction),
+            ));
         }
         Ok(())
     }
@@ -195,20 +220,39 @@ impl DistillConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !SOFT_LOSSES.iter().any(|(n, _)| *n == self.loss) {
             let names: Vec<&str> = SOFT_LOSSES.iter().map(|(n, _)| *n).collect();
-            return Err(err("distill.loss", format!("unknown loss `{}`; expected one of: {}", self.loss, names.join(", "))));
+            return Err(err(
+                "distill.loss",
+                format!(
+                    "unknown loss `{}`; expected one of: {}",
+                    self.loss,
+                    names.join(", ")
+                ),
+            ));
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(err("distill.temperature", format!("must be positive, got {}", self.temperature)));
+            return Err(err(
+                "distill.temperature",
+                format!("must be positive, got {}", self.temperature),
+            ));
         }
         if !(0.0..=1.0).contains(&self.alpha) {
-            return Err(err("distill.alpha", format!("must be in [0, 1], got {}", self.alpha)));
+            return Err(err(
+                "distill.alpha",
+                format!("must be in [0, 1], got {}", self.alpha),
+            ));
         }
         if !(0.0..=1.0).contains(&self.jsd_beta) {
-            return Err(err("distill.jsd_beta", format!("must be in [0, 1], got {}", self.jsd_beta)));
+            return Err(err(
+                "distill.jsd_beta",
+                format!("must be in [0, 1], got {}", self.jsd_beta),
+            ));
         }
         for (i, h) in self.hidden.iter().enumerate() {
             if !(h.weight.is_finite() && h.weight >= 0.0) {
-                return Err(err(&format!("distill.hidden[{i}].weight"), format!("must be non-negative, got {}", h.weight)));
+                return Err(err(
+                    &format!("distill.hidden[{i}].weight"),
+                    format!("must be non-negative, got {}", h.weight),
+                ));
             }
         }
         Ok(())
@@ -222,26 +266,46 @@ impl DistillConfig {
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (key, v) in [("steps", self.steps), ("batch_size", self.batch_size), ("grad_accum", self.grad_accum)] {
+        for (key, v) in [
+            ("steps", self.steps),
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+        ] {
             if v == 0 {
                 return Err(err(&format!("train.{key}"), "must be at least 1"));
             }
         }
         for (key, v) in [("lr", self.lr), ("eps", self.eps)] {
             if !(v.is_finite() && v > 0.0) {
-                return Err(err(&format!("train.{key}"), format!("must be positive, got {v}")));
+                return Err(err(
+                    &format!("train.{key}"),
+                    format!("must be positive, got {v}"),
+                ));
             }
         }
-        for (key, v) in [("beta1", self.beta1), ("beta2", self.beta2), ("min_lr_ratio", self.min_lr_ratio)] {
+        for (key, v) in [
+            ("beta1", self.beta1),
+            ("beta2", self.beta2),
+            ("min_lr_ratio", self.min_lr_ratio),
+        ] {
             if !(0.0..1.0).contains(&v) && !(key == "min_lr_ratio" && v == 1.0) {
-                return Err(err(&format!("train.{key}"), format!("must be in [0, 1), got {v}")));
+                return Err(err(
+                    &format!("train.{key}"),
+                    format!("must be in [0, 1), got {v}"),
+                ));
             }
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(err("train.weight_decay", format!("must be non-negative, got {}", self.weight_decay)));
+            return Err(err(
+                "train.weight_decay",
+                format!("must be non-negative, got {}", self.weight_decay),
+            ));
         }
         if !(self.clip_grad_norm.is_finite() && self.clip_grad_norm >= 0.0) {
-            return Err(err("train.clip_grad_norm", format!("must be non-negative, got {}", self.clip_grad_norm)));
+            return Err(err(
+                "train.clip_grad_norm",
+                format!("must be non-negative, got {}", self.clip_grad_norm),
+            ));
         }
         if self.keep_checkpoints == 0 {
             return Err(err("train.keep_checkpoints", "must be at least 1"));

@@ -9,11 +9,11 @@
 //! The trainer is generic over a model that returns logits (and hidden states); models know
 //! nothing of checkpoints or metrics.
 
+pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod losses;
 pub mod metrics;
-pub mod checkpoint;
-pub mod config;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;

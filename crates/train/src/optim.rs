@@ -46,10 +46,20 @@ impl AdamW {
             .map(|n| {
                 let var = vars[n].clone();
                 let z = var.as_tensor().zeros_like()?;
-                Ok(Slot { name: n.clone(), decay: decays(n), m: z.clone(), v: z, var })
+                Ok(Slot {
+                    name: n.clone(),
+                    decay: decays(n),
+                    m: z.clone(),
+                    v: z,
+                    var,
+                })
             })
             .collect::<candle_core::Result<_>>()?;
-        Ok(Self { slots, params, step: 0 })
+        Ok(Self {
+            slots,
+            params,
+            step: 0,
+        })
     }
 
     pub fn steps_taken(&self) -> u64 {
@@ -65,13 +75,19 @@ impl AdamW {
         let bc1 = 1.0 - p.beta1.powi(t);
         let bc2 = 1.0 - p.beta2.powi(t);
         for s in &mut self.slots {
-            let Some(g) = grads.get(&s.name) else { continue };
+            let Some(g) = grads.get(&s.name) else {
+                continue;
+            };
             let g = g.to_dtype(DType::F32)?;
             s.m = ((&s.m * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
             s.v = ((&s.v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
             let update = ((&s.m / bc1)? / ((&s.v / bc2)?.sqrt()? + p.eps)?)?;
             let w = s.var.as_tensor();
-            let w = if s.decay && p.weight_decay > 0.0 { (w * (1.0 - lr * p.weight_decay))? } else { w.clone() };
+            let w = if s.decay && p.weight_decay > 0.0 {
+                (w * (1.0 - lr * p.weight_decay))?
+            } else {
+                w.clone()
+            };
             s.var.set(&(w - (update * lr)?)?)?;
         }
         Ok(())
@@ -84,35 +100,58 @@ impl AdamW {
             t.insert(format!("m.{}", s.name), s.m.clone());
             t.insert(format!("v.{}", s.name), s.v.clone());
         }
-        t.insert("step".into(), Tensor::new(&[self.step as f64], &Device::Cpu)?);
+        t.insert(
+            "step".into(),
+            Tensor::new(&[self.step as f64], &Device::Cpu)?,
+        );
         candle_core::safetensors::save(&t, path)
     }
 
     /// Restores what [`AdamW::save`] wrote; every variable must be present with its shape.
     pub fn load(&mut self, path: &Path) -> candle_core::Result<()> {
-        let dev = self.slots.first().map(|s| s.var.device().clone()).unwrap_or(Device::Cpu);
+        let dev = self
+            .slots
+            .first()
+            .map(|s| s.var.device().clone())
+            .unwrap_or(Device::Cpu);
         let t = candle_core::safetensors::load(path, &dev)?;
         for s in &mut self.slots {
             for (key, slot) in [("m", &mut s.m), ("v", &mut s.v)] {
                 let k = format!("{key}.{}", s.name);
-                let x = t.get(&k).ok_or_else(|| candle_core::Error::Msg(format!("{}: no `{k}`", path.display())))?;
+                let x = t.get(&k).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("{}: no `{k}`", path.display()))
+                })?;
                 if x.dims() != slot.dims() {
-                    candle_core::bail!("{}: `{k}` has shape {:?}, expected {:?}", path.display(), x.dims(), slot.dims());
+                    candle_core::bail!(
+                        "{}: `{k}` has shape {:?}, expected {:?}",
+                        path.display(),
+                        x.dims(),
+                        slot.dims()
+                    );
                 }
                 *slot = x.clone();
             }
         }
-        let step = t.get("step").ok_or_else(|| candle_core::Error::Msg(format!("{}: no `step`", path.display())))?;
+        let step = t
+            .get("step")
+            .ok_or_else(|| candle_core::Error::Msg(format!("{}: no `step`", path.display())))?;
         self.step = step.to_vec1::<f64>()?[0] as u64;
         Ok(())
     }
 }
 
 /// Scales `grads` so their global L2 norm is at most `max_norm`; returns the norm before.
-pub fn clip_grad_norm(grads: &mut HashMap<String, Tensor>, max_norm: f64) -> candle_core::Result<f64> {
+pub fn clip_grad_norm(
+    grads: &mut HashMap<String, Tensor>,
+    max_norm: f64,
+) -> candle_core::Result<f64> {
     let mut total = 0f64;
     for g in grads.values() {
-        total += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        total += g
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64;
     }
     let norm = total.sqrt();
     if max_norm > 0.0 && norm > max_norm {
@@ -133,18 +172,38 @@ mod tests {
         let dev = Device::Cpu;
         let mut vars = HashMap::new();
         vars.insert("w".to_string(), Var::new(&[1.0f32, -2.0], &dev).unwrap());
-        vars.insert("layer.norm.weight".to_string(), Var::new(&[1.0f32], &dev).unwrap());
-        let p = AdamWParams { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
+        vars.insert(
+            "layer.norm.weight".to_string(),
+            Var::new(&[1.0f32], &dev).unwrap(),
+        );
+        let p = AdamWParams {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
         let mut opt = AdamW::new(&vars, p).unwrap();
         let mut grads = HashMap::new();
-        grads.insert("w".to_string(), Tensor::new(&[0.5f32, -0.25], &dev).unwrap());
-        grads.insert("layer.norm.weight".to_string(), Tensor::new(&[0.0f32], &dev).unwrap());
+        grads.insert(
+            "w".to_string(),
+            Tensor::new(&[0.5f32, -0.25], &dev).unwrap(),
+        );
+        grads.insert(
+            "layer.norm.weight".to_string(),
+            Tensor::new(&[0.0f32], &dev).unwrap(),
+        );
         opt.step(&grads, 0.01).unwrap();
         // Step 1: m̂ = g, v̂ = g², update = sign(g); w ← w(1 − lr·wd) − lr·sign(g).
         let w = vars["w"].as_tensor().to_vec1::<f32>().unwrap();
         assert!((w[0] - (1.0 * (1.0 - 0.001) - 0.01)).abs() < 1e-6, "{w:?}");
         assert!((w[1] - (-2.0 * (1.0 - 0.001) + 0.01)).abs() < 1e-6, "{w:?}");
-        assert_eq!(vars["layer.norm.weight"].as_tensor().to_vec1::<f32>().unwrap(), vec![1.0]);
+        assert_eq!(
+            vars["layer.norm.weight"]
+                .as_tensor()
+                .to_vec1::<f32>()
+                .unwrap(),
+            vec![1.0]
+        );
     }
 
     #[test]
@@ -152,7 +211,12 @@ mod tests {
         let dev = Device::Cpu;
         let mut vars = HashMap::new();
         vars.insert("w".to_string(), Var::new(&[1.0f32, 2.0], &dev).unwrap());
-        let p = AdamWParams { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 };
+        let p = AdamWParams {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
         let mut a = AdamW::new(&vars, p.clone()).unwrap();
         let mut g = HashMap::new();
         g.insert("w".to_string(), Tensor::new(&[0.3f32, 0.1], &dev).unwrap());
@@ -162,7 +226,10 @@ mod tests {
         let mut b = AdamW::new(&vars, p).unwrap();
         b.load(&dir.path().join("o.safetensors")).unwrap();
         assert_eq!(b.steps_taken(), 1);
-        assert_eq!(a.slots[0].v.to_vec1::<f32>().unwrap(), b.slots[0].v.to_vec1::<f32>().unwrap());
+        assert_eq!(
+            a.slots[0].v.to_vec1::<f32>().unwrap(),
+            b.slots[0].v.to_vec1::<f32>().unwrap()
+        );
     }
 
     #[test]

@@ -18,7 +18,9 @@ use serde::Serialize;
 use crate::checkpoint::{checkpoint_dir, latest, publish, tmp_sibling, write_atomic, TrainerState};
 use crate::config::{DistillConfig, TrainConfig};
 use crate::data::BlockSet;
-use crate::losses::{soft_loss, CrossEntropy, ForwardKl, HiddenLoss, Loss, LossInputs, SoftLossParams};
+use crate::losses::{
+    soft_loss, CrossEntropy, ForwardKl, HiddenLoss, Loss, LossInputs, SoftLossParams,
+};
 use crate::metrics::NllSum;
 use crate::optim::{clip_grad_norm, AdamW, AdamWParams};
 use crate::schedule::lr_at;
@@ -27,12 +29,22 @@ use crate::schedule::lr_at;
 pub trait LogitsModel {
     /// Logits `[batch, seq, vocab]` for `ids` `[batch, seq]`, and hidden states on request
     /// (embedding output first).
-    fn logits(&self, ids: &Tensor, want_hidden: bool) -> candle_core::Result<(Tensor, Option<Vec<Tensor>>)>;
+    fn logits(
+        &self,
+        ids: &Tensor,
+        want_hidden: bool,
+    ) -> candle_core::Result<(Tensor, Option<Vec<Tensor>>)>;
 }
 
 impl LogitsModel for distill_models::Llama {
-    fn logits(&self, ids: &Tensor, want_hidden: bool) -> candle_core::Result<(Tensor, Option<Vec<Tensor>>)> {
-        let out = self.forward(ids, None, want_hidden).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    fn logits(
+        &self,
+        ids: &Tensor,
+        want_hidden: bool,
+    ) -> candle_core::Result<(Tensor, Option<Vec<Tensor>>)> {
+        let out = self
+            .forward(ids, None, want_hidden)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok((out.logits, out.hidden_states))
     }
 }
@@ -49,7 +61,11 @@ pub enum TrainError {
     #[error("{path}: {msg}")]
     Io { path: PathBuf, msg: String },
     #[error("the loss became {value} at step {step}; the weights before that step were saved in {checkpoint}")]
-    NonFinite { step: usize, value: f32, checkpoint: PathBuf },
+    NonFinite {
+        step: usize,
+        value: f32,
+        checkpoint: PathBuf,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -59,11 +75,17 @@ trait Ctx<T> {
 }
 impl<T> Ctx<T> for candle_core::Result<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T, TrainError> {
-        self.map_err(|source| TrainError::Tensor { context: what(), source })
+        self.map_err(|source| TrainError::Tensor {
+            context: what(),
+            source,
+        })
     }
 }
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |e| TrainError::Io { path: path.to_path_buf(), msg: e.to_string() }
+    move |e| TrainError::Io {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    }
 }
 
 /// One evaluation on the validation blocks.
@@ -136,14 +158,21 @@ struct Objective {
 }
 
 impl<'a> Trainer<'a> {
-    fn blocks_for(&self, step: usize, micro: usize, orders: &mut HashMap<u64, Vec<usize>>) -> Vec<u32> {
+    fn blocks_for(
+        &self,
+        step: usize,
+        micro: usize,
+        orders: &mut HashMap<u64, Vec<usize>>,
+    ) -> Vec<u32> {
         let b = self.train_cfg.batch_size;
         let n = self.train.len();
         let first = (step * self.train_cfg.grad_accum + micro) * b;
         let mut ids = Vec::with_capacity(b * self.train.block_size);
         for k in first..first + b {
             let epoch = (k / n) as u64;
-            let order = orders.entry(epoch).or_insert_with(|| self.train.epoch_order(self.train_cfg.seed, epoch));
+            let order = orders
+                .entry(epoch)
+                .or_insert_with(|| self.train.epoch_order(self.train_cfg.seed, epoch));
             ids.extend_from_slice(&self.train.blocks[order[k % n]]);
         }
         ids
@@ -153,27 +182,46 @@ impl<'a> Trainer<'a> {
     pub fn run(&self, resume: bool) -> Result<TrainOutcome, TrainError> {
         let cfg = self.train_cfg;
         if self.distill.needs_teacher() && self.teacher.is_none() {
-            return Err(TrainError::Invalid("the objective needs the teacher (alpha > 0 or hidden losses)".into()));
+            return Err(TrainError::Invalid(
+                "the objective needs the teacher (alpha > 0 or hidden losses)".into(),
+            ));
         }
         std::fs::create_dir_all(self.run_dir.join("checkpoints")).map_err(io_err(&self.run_dir))?;
         // Projections for hidden-state losses between different widths, trained with the student.
         let aux = VarMap::new();
         let objective = self.objective(&aux)?;
-        let mut vars: HashMap<String, Var> = self.varmap.data().lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut vars: HashMap<String, Var> = self
+            .varmap
+            .data()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for (k, v) in aux.data().lock().unwrap_or_else(|p| p.into_inner()).iter() {
             vars.insert(format!("aux.{k}"), v.clone());
         }
         let mut opt = AdamW::new(
             &vars,
-            AdamWParams { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay },
+            AdamWParams {
+                beta1: cfg.beta1,
+                beta2: cfg.beta2,
+                eps: cfg.eps,
+                weight_decay: cfg.weight_decay,
+            },
         )
         .ctx(|| "creating the optimiser".into())?;
 
-        let mut state = TrainerState { step: 0, tokens_seen: 0, elapsed_seconds: 0.0 };
+        let mut state = TrainerState {
+            step: 0,
+            tokens_seen: 0,
+            elapsed_seconds: 0.0,
+        };
         let mut resumed_from = None;
         if resume {
             let dir = latest(&self.run_dir).ok_or_else(|| {
-                TrainError::Invalid(format!("--resume: no checkpoint in {}", self.run_dir.join("checkpoints").display()))
+                TrainError::Invalid(format!(
+                    "--resume: no checkpoint in {}",
+                    self.run_dir.join("checkpoints").display()
+                ))
             })?;
             state = self.load_checkpoint(&dir, &aux, &mut opt)?;
             resumed_from = Some(state.step);
@@ -190,9 +238,11 @@ impl<'a> Trainer<'a> {
         let bar = if self.progress {
             let b = indicatif::ProgressBar::new(cfg.steps as u64);
             b.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} train [{bar:30}] {pos}/{len} steps {msg} eta {eta}")
-                    .expect("static template")
-                    .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} train [{bar:30}] {pos}/{len} steps {msg} eta {eta}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
             );
             b.set_position(state.step as u64);
             b
@@ -218,19 +268,28 @@ impl<'a> Trainer<'a> {
             let step = state.step;
             let t0 = Instant::now();
             let mut grads: HashMap<String, Tensor> = HashMap::new();
-            let (mut loss_sum, mut soft_sum, mut hard_sum, mut hidden_sum) = (0f32, 0f32, 0f32, 0f32);
+            let (mut loss_sum, mut soft_sum, mut hard_sum, mut hidden_sum) =
+                (0f32, 0f32, 0f32, 0f32);
             for micro in 0..cfg.grad_accum {
                 let ids = self.blocks_for(step, micro, &mut orders);
-                let ids = Tensor::from_vec(ids, (cfg.batch_size, self.train.block_size), &self.device)
-                    .ctx(|| "batch".into())?;
+                let ids =
+                    Tensor::from_vec(ids, (cfg.batch_size, self.train.block_size), &self.device)
+                        .ctx(|| "batch".into())?;
                 let parts = self.loss(&objective, &ids)?;
                 let value = parts.total.to_scalar::<f32>().ctx(|| "loss value".into())?;
                 if !value.is_finite() {
                     let dir = self.save_checkpoint(&state, &aux, &opt, start, base_elapsed)?;
-                    return Err(TrainError::NonFinite { step, value, checkpoint: dir });
+                    return Err(TrainError::NonFinite {
+                        step,
+                        value,
+                        checkpoint: dir,
+                    });
                 }
-                let scaled = (&parts.total / cfg.grad_accum as f64).ctx(|| "scaling the loss".into())?;
-                let g = scaled.backward().ctx(|| format!("backward pass at step {step}"))?;
+                let scaled =
+                    (&parts.total / cfg.grad_accum as f64).ctx(|| "scaling the loss".into())?;
+                let g = scaled
+                    .backward()
+                    .ctx(|| format!("backward pass at step {step}"))?;
                 for (name, var) in &vars {
                     if let Some(gr) = g.get(var.as_tensor()) {
                         let e = grads.entry(name.clone());
@@ -250,9 +309,11 @@ impl<'a> Trainer<'a> {
                 hard_sum += parts.hard;
                 hidden_sum += parts.hidden.unwrap_or(0.0);
             }
-            let norm = clip_grad_norm(&mut grads, cfg.clip_grad_norm).ctx(|| "clipping gradients".into())?;
+            let norm = clip_grad_norm(&mut grads, cfg.clip_grad_norm)
+                .ctx(|| "clipping gradients".into())?;
             let lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio);
-            opt.step(&grads, lr).ctx(|| format!("optimiser step {step}"))?;
+            opt.step(&grads, lr)
+                .ctx(|| format!("optimiser step {step}"))?;
             state.step += 1;
             state.tokens_seen += tokens_per_step;
             let a = cfg.grad_accum as f32;
@@ -267,7 +328,10 @@ impl<'a> Trainer<'a> {
                 tokens_per_second: tokens_per_step as f64 / t0.elapsed().as_secs_f64().max(1e-9),
             };
             write_line(&mut metrics, "train", &record).map_err(io_err(&metrics_path))?;
-            bar.set_message(format!("loss {:.3} · {:.0} tok/s", record.loss, record.tokens_per_second));
+            bar.set_message(format!(
+                "loss {:.3} · {:.0} tok/s",
+                record.loss, record.tokens_per_second
+            ));
             bar.inc(1);
             steps_log.push(record);
 
@@ -280,7 +344,9 @@ impl<'a> Trainer<'a> {
                     e.step,
                     e.val_ppl,
                     e.val_kl.map(|k| format!("  KL {k:.3}")).unwrap_or_default(),
-                    e.top1_agreement.map(|a| format!("  top-1 agreement {:.1}%", 100.0 * a)).unwrap_or_default()
+                    e.top1_agreement
+                        .map(|a| format!("  top-1 agreement {:.1}%", 100.0 * a))
+                        .unwrap_or_default()
                 ));
                 evals.push(e);
             }
@@ -290,11 +356,18 @@ impl<'a> Trainer<'a> {
         }
         if interrupted {
             let dir = self.save_checkpoint(&state, &aux, &opt, start, base_elapsed)?;
-            bar.println(format!("interrupted at step {}: checkpoint saved in {}", state.step, dir.display()));
+            bar.println(format!(
+                "interrupted at step {}: checkpoint saved in {}",
+                state.step,
+                dir.display()
+            ));
         }
         bar.finish_and_clear();
         let seconds = start.elapsed().as_secs_f64();
-        let trained = state.tokens_seen - resumed_from.map(|s| s as u64 * tokens_per_step).unwrap_or(0);
+        let trained = state.tokens_seen
+            - resumed_from
+                .map(|s| s as u64 * tokens_per_step)
+                .unwrap_or(0);
         Ok(TrainOutcome {
             steps: state.step,
             interrupted,
@@ -310,8 +383,14 @@ impl<'a> Trainer<'a> {
 
     fn objective(&self, aux: &VarMap) -> Result<Objective, TrainError> {
         let d = self.distill;
-        let soft = soft_loss(&d.loss, &SoftLossParams { temperature: d.temperature, jsd_beta: d.jsd_beta })
-            .map_err(TrainError::Invalid)?;
+        let soft = soft_loss(
+            &d.loss,
+            &SoftLossParams {
+                temperature: d.temperature,
+                jsd_beta: d.jsd_beta,
+            },
+        )
+        .map_err(TrainError::Invalid)?;
         let vb = VarBuilder::from_varmap(aux, DType::F32, &self.device);
         let mut hidden = vec![];
         for (i, h) in d.hidden.iter().enumerate() {
@@ -320,34 +399,63 @@ impl<'a> Trainer<'a> {
                     .get_with_hints(
                         (self.teacher_hidden_size, self.student_hidden_size),
                         &format!("hidden.{i}.projection.weight"),
-                        Init::Randn { mean: 0.0, stdev: (1.0 / self.student_hidden_size as f64).sqrt() },
+                        Init::Randn {
+                            mean: 0.0,
+                            stdev: (1.0 / self.student_hidden_size as f64).sqrt(),
+                        },
                     )
                     .ctx(|| "hidden-state projection".into())?;
                 Some(candle_nn::Linear::new(w, None))
             } else {
                 None
             };
-            hidden.push((h.student_layer, h.teacher_layer, h.weight, HiddenLoss { kind: h.loss, projection }));
+            hidden.push((
+                h.student_layer,
+                h.teacher_layer,
+                h.weight,
+                HiddenLoss {
+                    kind: h.loss,
+                    projection,
+                },
+            ));
         }
-        Ok(Objective { soft, hidden, alpha: d.alpha })
+        Ok(Objective {
+            soft,
+            hidden,
+            alpha: d.alpha,
+        })
     }
 
     fn loss(&self, obj: &Objective, ids: &Tensor) -> Result<LossParts, TrainError> {
         let want_hidden = !obj.hidden.is_empty();
         let (b, s) = ids.dims2().ctx(|| "batch shape".into())?;
-        let (logits, s_hidden) = self.student.logits(ids, want_hidden).ctx(|| "student forward".into())?;
+        let (logits, s_hidden) = self
+            .student
+            .logits(ids, want_hidden)
+            .ctx(|| "student forward".into())?;
         let v = logits.dim(2).ctx(|| "logits".into())?;
-        let flat = |t: &Tensor| -> candle_core::Result<Tensor> { t.narrow(1, 0, s - 1)?.reshape((b * (s - 1), v)) };
+        let flat = |t: &Tensor| -> candle_core::Result<Tensor> {
+            t.narrow(1, 0, s - 1)?.reshape((b * (s - 1), v))
+        };
         let student = flat(&logits).ctx(|| "student logits".into())?;
-        let labels = ids.narrow(1, 1, s - 1).and_then(|t| t.flatten_all()).ctx(|| "labels".into())?;
+        let labels = ids
+            .narrow(1, 1, s - 1)
+            .and_then(|t| t.flatten_all())
+            .ctx(|| "labels".into())?;
         let hard = CrossEntropy
-            .forward(&LossInputs { student_logits: &student, teacher_logits: None, labels: Some(&labels) })
+            .forward(&LossInputs {
+                student_logits: &student,
+                teacher_logits: None,
+                labels: Some(&labels),
+            })
             .ctx(|| "cross-entropy".into())?;
         let mut total = (&hard * (1.0 - obj.alpha)).ctx(|| "loss".into())?;
         let mut soft_value = None;
         let mut hidden_value = None;
         if let Some(teacher) = self.teacher.filter(|_| obj.alpha > 0.0 || want_hidden) {
-            let (t_logits, t_hidden) = teacher.logits(ids, want_hidden).ctx(|| "teacher forward".into())?;
+            let (t_logits, t_hidden) = teacher
+                .logits(ids, want_hidden)
+                .ctx(|| "teacher forward".into())?;
             if t_logits.dim(2).ctx(|| "teacher logits".into())? != v {
                 return Err(TrainError::Invalid(format!(
                     "teacher vocabulary ({}) differs from the student's ({v})",
@@ -358,10 +466,15 @@ impl<'a> Trainer<'a> {
                 let teacher_flat = flat(&t_logits.detach()).ctx(|| "teacher logits".into())?;
                 let soft = obj
                     .soft
-                    .forward(&LossInputs { student_logits: &student, teacher_logits: Some(&teacher_flat), labels: None })
+                    .forward(&LossInputs {
+                        student_logits: &student,
+                        teacher_logits: Some(&teacher_flat),
+                        labels: None,
+                    })
                     .ctx(|| format!("{} loss", obj.soft.name()))?;
                 soft_value = Some(soft.to_scalar::<f32>().ctx(|| "soft loss".into())?);
-                total = (total + (soft * obj.alpha).ctx(|| "loss".into())?).ctx(|| "loss".into())?;
+                total =
+                    (total + (soft * obj.alpha).ctx(|| "loss".into())?).ctx(|| "loss".into())?;
             }
             if want_hidden {
                 let (sh, th) = (s_hidden.unwrap_or_default(), t_hidden.unwrap_or_default());
@@ -374,16 +487,27 @@ impl<'a> Trainer<'a> {
                             th.len()
                         )));
                     };
-                    let a = a.reshape((b * s, self.student_hidden_size)).ctx(|| "student hidden".into())?;
-                    let c = c.reshape((b * s, self.teacher_hidden_size)).ctx(|| "teacher hidden".into())?;
-                    let l = loss.forward(&a, &c.detach()).ctx(|| "hidden-state loss".into())?;
+                    let a = a
+                        .reshape((b * s, self.student_hidden_size))
+                        .ctx(|| "student hidden".into())?;
+                    let c = c
+                        .reshape((b * s, self.teacher_hidden_size))
+                        .ctx(|| "teacher hidden".into())?;
+                    let l = loss
+                        .forward(&a, &c.detach())
+                        .ctx(|| "hidden-state loss".into())?;
                     sum += l.to_scalar::<f32>().ctx(|| "hidden loss".into())?;
                     total = (total + (l * *w).ctx(|| "loss".into())?).ctx(|| "loss".into())?;
                 }
                 hidden_value = Some(sum);
             }
         }
-        Ok(LossParts { hard: hard.to_scalar::<f32>().ctx(|| "hard loss".into())?, total, soft: soft_value, hidden: hidden_value })
+        Ok(LossParts {
+            hard: hard.to_scalar::<f32>().ctx(|| "hard loss".into())?,
+            total,
+            soft: soft_value,
+            hidden: hidden_value,
+        })
     }
 
     fn evaluate(
@@ -392,7 +516,11 @@ impl<'a> Trainer<'a> {
         teacher_cache: &mut Option<Vec<Tensor>>,
         teacher_ppl: &mut Option<f64>,
     ) -> Result<EvalRecord, TrainError> {
-        let n = if self.train_cfg.eval_blocks == 0 { self.valid.len() } else { self.train_cfg.eval_blocks.min(self.valid.len()) };
+        let n = if self.train_cfg.eval_blocks == 0 {
+            self.valid.len()
+        } else {
+            self.train_cfg.eval_blocks.min(self.valid.len())
+        };
         let bs = self.train_cfg.batch_size;
         let s = self.valid.block_size;
         let mut nll = NllSum::default();
@@ -402,15 +530,27 @@ impl<'a> Trainer<'a> {
         let mut cache = teacher_cache.take().unwrap_or_default();
         for (bi, chunk) in self.valid.blocks[..n].chunks(bs).enumerate() {
             let ids: Vec<u32> = chunk.iter().flatten().copied().collect();
-            let ids = Tensor::from_vec(ids, (chunk.len(), s), &self.device).ctx(|| "validation batch".into())?;
-            let (logits, _) = self.student.logits(&ids, false).ctx(|| "student forward (eval)".into())?;
+            let ids = Tensor::from_vec(ids, (chunk.len(), s), &self.device)
+                .ctx(|| "validation batch".into())?;
+            let (logits, _) = self
+                .student
+                .logits(&ids, false)
+                .ctx(|| "student forward (eval)".into())?;
             let logits = logits.detach();
             let lengths = vec![s; chunk.len()];
-            nll.add(crate::metrics::next_token_nll(&logits, &ids, &lengths).ctx(|| "validation NLL".into())?);
+            nll.add(
+                crate::metrics::next_token_nll(&logits, &ids, &lengths)
+                    .ctx(|| "validation NLL".into())?,
+            );
             if let Some(teacher) = self.teacher {
                 if fill_cache {
-                    let (t, _) = teacher.logits(&ids, false).ctx(|| "teacher forward (eval)".into())?;
-                    teacher_nll.add(crate::metrics::next_token_nll(&t, &ids, &lengths).ctx(|| "teacher NLL".into())?);
+                    let (t, _) = teacher
+                        .logits(&ids, false)
+                        .ctx(|| "teacher forward (eval)".into())?;
+                    teacher_nll.add(
+                        crate::metrics::next_token_nll(&t, &ids, &lengths)
+                            .ctx(|| "teacher NLL".into())?,
+                    );
                     cache.push(t.detach());
                 }
                 let t = &cache[bi];
@@ -418,12 +558,22 @@ impl<'a> Trainer<'a> {
                 let sl = logits.reshape((chunk.len() * s, v)).ctx(|| "eval".into())?;
                 let tl = t.reshape((chunk.len() * s, v)).ctx(|| "eval".into())?;
                 let kl = ForwardKl { temperature: 1.0 }
-                    .forward(&LossInputs { student_logits: &sl, teacher_logits: Some(&tl), labels: None })
+                    .forward(&LossInputs {
+                        student_logits: &sl,
+                        teacher_logits: Some(&tl),
+                        labels: None,
+                    })
                     .and_then(|k| k.to_scalar::<f32>())
                     .ctx(|| "validation KL".into())?;
                 kl_sum += kl as f64 * (chunk.len() * s) as f64;
-                let a: Vec<u32> = sl.argmax(D::Minus1).and_then(|x| x.to_vec1()).ctx(|| "argmax".into())?;
-                let b: Vec<u32> = tl.argmax(D::Minus1).and_then(|x| x.to_vec1()).ctx(|| "argmax".into())?;
+                let a: Vec<u32> = sl
+                    .argmax(D::Minus1)
+                    .and_then(|x| x.to_vec1())
+                    .ctx(|| "argmax".into())?;
+                let b: Vec<u32> = tl
+                    .argmax(D::Minus1)
+                    .and_then(|x| x.to_vec1())
+                    .ctx(|| "argmax".into())?;
                 agree += a.iter().zip(&b).filter(|(x, y)| x == y).count();
                 count += a.len();
             }
@@ -457,10 +607,17 @@ impl<'a> Trainer<'a> {
             std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        self.varmap.save(tmp.join("model.safetensors")).ctx(|| format!("{}: saving weights", tmp.display()))?;
-        aux.save(tmp.join("aux.safetensors")).ctx(|| format!("{}: saving projections", tmp.display()))?;
-        opt.save(&tmp.join("optimizer.safetensors")).ctx(|| format!("{}: saving the optimiser", tmp.display()))?;
-        let st = TrainerState { elapsed_seconds: base_elapsed + start.elapsed().as_secs_f64(), ..state.clone() };
+        self.varmap
+            .save(tmp.join("model.safetensors"))
+            .ctx(|| format!("{}: saving weights", tmp.display()))?;
+        aux.save(tmp.join("aux.safetensors"))
+            .ctx(|| format!("{}: saving projections", tmp.display()))?;
+        opt.save(&tmp.join("optimizer.safetensors"))
+            .ctx(|| format!("{}: saving the optimiser", tmp.display()))?;
+        let st = TrainerState {
+            elapsed_seconds: base_elapsed + start.elapsed().as_secs_f64(),
+            ..state.clone()
+        };
         let json = serde_json::to_vec_pretty(&st).expect("state serialises");
         std::fs::write(tmp.join("state.json"), json).map_err(io_err(&tmp))?;
         if dir.exists() {
@@ -472,15 +629,26 @@ impl<'a> Trainer<'a> {
         Ok(dir)
     }
 
-    fn load_checkpoint(&self, dir: &Path, aux: &VarMap, opt: &mut AdamW) -> Result<TrainerState, TrainError> {
+    fn load_checkpoint(
+        &self,
+        dir: &Path,
+        aux: &VarMap,
+        opt: &mut AdamW,
+    ) -> Result<TrainerState, TrainError> {
         let mut vm = self.varmap.clone();
-        vm.load(dir.join("model.safetensors")).ctx(|| format!("{}: loading weights", dir.display()))?;
+        vm.load(dir.join("model.safetensors"))
+            .ctx(|| format!("{}: loading weights", dir.display()))?;
         let mut aux = aux.clone();
-        aux.load(dir.join("aux.safetensors")).ctx(|| format!("{}: loading projections", dir.display()))?;
-        opt.load(&dir.join("optimizer.safetensors")).ctx(|| format!("{}: loading the optimiser", dir.display()))?;
+        aux.load(dir.join("aux.safetensors"))
+            .ctx(|| format!("{}: loading projections", dir.display()))?;
+        opt.load(&dir.join("optimizer.safetensors"))
+            .ctx(|| format!("{}: loading the optimiser", dir.display()))?;
         let p = dir.join("state.json");
         let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
-        serde_json::from_str(&text).map_err(|e| TrainError::Io { path: p, msg: e.to_string() })
+        serde_json::from_str(&text).map_err(|e| TrainError::Io {
+            path: p,
+            msg: e.to_string(),
+        })
     }
 }
 

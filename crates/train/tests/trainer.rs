@@ -43,7 +43,11 @@ fn blocks(n: usize, s: usize, seed: u32) -> BlockSet {
                 .collect()
         })
         .collect();
-    BlockSet { block_size: s, blocks, stream_tokens: n * s }
+    BlockSet {
+        block_size: s,
+        blocks,
+        stream_tokens: n * s,
+    }
 }
 
 fn train_cfg(steps: usize) -> TrainConfig {
@@ -67,7 +71,16 @@ fn snapshot(vm: &VarMap) -> Vec<(String, Vec<f32>)> {
         .lock()
         .unwrap()
         .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            )
+        })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -81,7 +94,11 @@ struct Setup {
 
 fn setup() -> Setup {
     let (_, teacher) = model(&cfg(2, 32));
-    Setup { teacher, train: blocks(10, 16, 1), valid: blocks(4, 16, 2) }
+    Setup {
+        teacher,
+        train: blocks(10, 16, 1),
+        valid: blocks(4, 16, 2),
+    }
 }
 
 fn run(
@@ -130,19 +147,47 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     let dc = distill(0.7);
 
     let (vm_a, m_a) = fresh();
-    let a = run(&s, &tmp.path().join("a"), (&vm_a, &m_a), &tc, &dc, false, None);
+    let a = run(
+        &s,
+        &tmp.path().join("a"),
+        (&vm_a, &m_a),
+        &tc,
+        &dc,
+        false,
+        None,
+    );
     assert_eq!(a.steps, 6);
     assert!(!a.interrupted);
 
     let (vm_b, m_b) = fresh();
-    let first = run(&s, &tmp.path().join("b"), (&vm_b, &m_b), &tc, &dc, false, Some(3));
+    let first = run(
+        &s,
+        &tmp.path().join("b"),
+        (&vm_b, &m_b),
+        &tc,
+        &dc,
+        false,
+        Some(3),
+    );
     assert!(first.interrupted);
     assert_eq!(first.steps, 3);
     let (vm_c, m_c) = fresh(); // a new process: weights come only from the checkpoint
-    let second = run(&s, &tmp.path().join("b"), (&vm_c, &m_c), &tc, &dc, true, None);
+    let second = run(
+        &s,
+        &tmp.path().join("b"),
+        (&vm_c, &m_c),
+        &tc,
+        &dc,
+        true,
+        None,
+    );
     assert_eq!(second.resumed_from, Some(3));
     assert_eq!(second.steps, 6);
-    assert_eq!(snapshot(&vm_a), snapshot(&vm_c), "resumed weights differ from the uninterrupted run");
+    assert_eq!(
+        snapshot(&vm_a),
+        snapshot(&vm_c),
+        "resumed weights differ from the uninterrupted run"
+    );
 
     // The metrics of the resumed run continue where the first stopped, without duplicates.
     let lines = std::fs::read_to_string(tmp.path().join("b/metrics.jsonl")).unwrap();
@@ -154,7 +199,10 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
         .collect();
     assert_eq!(train_steps, vec![1, 2, 3, 4, 5, 6]);
     // Only the newest checkpoints are kept.
-    let kept = std::fs::read_dir(tmp.path().join("b/checkpoints")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count();
+    let kept = std::fs::read_dir(tmp.path().join("b/checkpoints"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .count();
     assert_eq!(kept, 2);
 }
 
@@ -201,7 +249,10 @@ fn a_diverging_run_stops_with_a_checkpoint_naming_the_step() {
     .run(false)
     .unwrap_err()
     .to_string();
-    assert!(e.contains("at step") && e.contains("checkpoints/step-"), "{e}");
+    assert!(
+        e.contains("at step") && e.contains("checkpoints/step-"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 pub mod eval;
 pub mod inspect;
+pub mod run;
 pub mod tokenize;
 
 use distill_teacher::{parse_device, parse_dtype, HubOptions, LoadOptions};

@@ -1,0 +1,192 @@
+//! The run config: one YAML file composed of the sections each crate owns. Unknown keys are
+//! refused; `${VAR}` and `${VAR:-default}` in values are replaced from the environment.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use distill_student::StudentConfig;
+use distill_teacher::TeacherConfig;
+use distill_train::config::{DataConfig, DistillConfig, TrainConfig};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub teacher: TeacherConfig,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub student: StudentConfig,
+    #[serde(default)]
+    pub distill: DistillConfig,
+    pub train: TrainConfig,
+    pub output: OutputConfig,
+}
+
+/// `output:` — where the run folder goes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Parent folder of runs.
+    #[serde(default = "default_runs")]
+    pub dir: PathBuf,
+    /// The run's folder name under `dir`.
+    pub name: String,
+}
+
+fn default_runs() -> PathBuf {
+    PathBuf::from("runs")
+}
+
+impl RunConfig {
+    pub fn run_dir(&self) -> PathBuf {
+        self.output.dir.join(&self.output.name)
+    }
+
+    /// Range checks of every section.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.data.validate()?;
+        self.distill.validate()?;
+        self.train.validate()?;
+        if self.output.name.is_empty()
+            || self.output.name.contains('/')
+            || self.output.name.starts_with('.')
+        {
+            bail!(
+                "output.name: `{}` must be a plain folder name",
+                self.output.name
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Reads, expands, parses and validates a run config.
+pub fn load(path: &Path) -> anyhow::Result<RunConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&text).with_context(|| format!("{}", path.display()))
+}
+
+pub fn parse(text: &str) -> anyhow::Result<RunConfig> {
+    let expanded = expand_env(text)?;
+    let cfg: RunConfig = serde_yaml::from_str(&expanded).map_err(|e| anyhow::anyhow!("{e}"))?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Replaces `${NAME}` and `${NAME:-default}` (a default starting with `~/` is under `$HOME`);
+/// an unset variable without a default is an error naming the line.
+fn expand_env(text: &str) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.lines().enumerate() {
+        let mut rest = line;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let Some(end) = rest[start..].find('}') else {
+                bail!("line {}: unterminated `${{`", n + 1);
+            };
+            let inner = &rest[start + 2..start + end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((a, b)) => (a, Some(b)),
+                None => (inner, None),
+            };
+            let value = match (std::env::var(name).ok().filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => v,
+                (None, Some(d)) => match (d.strip_prefix("~/"), std::env::var("HOME")) {
+                    (Some(rest), Ok(home)) => format!("{home}/{rest}"),
+                    _ => d.to_string(),
+                },
+                (None, None) => bail!("line {}: environment variable `{name}` is not set", n + 1),
+            };
+            out.push_str(&value);
+            rest = &rest[start + end + 1..];
+        }
+        out.push_str(rest);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "
+teacher: {source: model.gguf}
+data:
+  source: {kind: folder, path: /tmp, pattern: '*.txt'}
+train: {steps: 10}
+output: {name: x}
+";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.train.batch_size, 8);
+        assert_eq!(c.distill.loss, "forward_kl");
+        assert_eq!(c.data.block_size, 128);
+        assert_eq!(c.teacher.gguf_weights, "dequantized");
+        assert_eq!(c.run_dir(), PathBuf::from("runs/x"));
+        // The resolved config round-trips.
+        let again: RunConfig = serde_yaml::from_str(&serde_yaml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn unknown_keys_wrong_types_and_ranges_are_named() {
+        let e = format!(
+            "{:#}",
+            parse(&MINIMAL.replace("steps: 10", "steps: 10, stepz: 3")).unwrap_err()
+        );
+        assert!(e.contains("stepz") && e.contains("line"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse(&MINIMAL.replace("steps: 10", "steps: ten")).unwrap_err()
+        );
+        assert!(e.contains("steps") || e.contains("invalid type"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse(&MINIMAL.replace("steps: 10", "steps: 0")).unwrap_err()
+        );
+        assert!(e.contains("train.steps"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse(&MINIMAL.replace("steps: 10", "steps: -3")).unwrap_err()
+        );
+        assert!(e.contains("steps") || e.contains("invalid value"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse(&format!("{MINIMAL}distill: {{alpha: 1.5}}\n")).unwrap_err()
+        );
+        assert!(e.contains("distill.alpha"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse(&format!("{MINIMAL}distill: {{temperature: 0}}\n")).unwrap_err()
+        );
+        assert!(e.contains("distill.temperature"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse(&MINIMAL.replace("steps: 10", "steps: 10, batch_size: 0")).unwrap_err()
+        );
+        assert!(e.contains("train.batch_size"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse(&format!("{MINIMAL}student: {{layer: 3}}\n")).unwrap_err()
+        );
+        assert!(e.contains("layer"), "{e}");
+    }
+
+    #[test]
+    fn environment_variables_expand() {
+        std::env::set_var("DISTILL_TEST_ASSETS", "/assets");
+        let t = expand_env("a: ${DISTILL_TEST_ASSETS}/x\nb: ${DISTILL_TEST_UNSET:-/d}/y").unwrap();
+        assert_eq!(t, "a: /assets/x\nb: /d/y\n");
+        let e = expand_env("ok: 1\nb: ${DISTILL_TEST_UNSET}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2") && e.contains("DISTILL_TEST_UNSET"),
+            "{e}"
+        );
+    }
+}
