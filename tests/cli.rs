@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::{Command, Output};
 
 use candle_core::quantized::GgmlDType;
@@ -227,4 +228,139 @@ fn real_smollm2_inspect_and_tokenize_through_the_binary() {
         text.contains("architecture  bert") && text.contains("WordPiece"),
         "{text}"
     );
+}
+
+/// A tiny teacher folder, a folder of text documents and a run config around them.
+fn tiny_run_setup(tmp: &Path, steps: usize, extra: &str) -> std::path::PathBuf {
+    let cfg = tiny_llama_config();
+    let teacher = tmp.join("teacher");
+    write_tiny_llama_folder(&teacher, &cfg, &tiny_llama(&cfg));
+    let data = tmp.join("docs");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..6 {
+        let text = format!("Document {i}. Call me Ishmael. Some years ago, never mind how long precisely. ").repeat(3);
+        std::fs::write(data.join(format!("doc_{i}.txt")), text).unwrap();
+    }
+    let yaml = format!(
+        "teacher: {{source: {teacher}}}
+data:
+  source: {{kind: folder, path: {data}, pattern: '*.txt'}}
+  block_size: 32
+  validation_fraction: 0.34
+student: {{layers: 1, init: {{kind: from_teacher}}}}
+distill: {{alpha: 0.8, temperature: 2.0}}
+train: {{steps: {steps}, batch_size: 2, lr: 0.001, eval_every: 2, eval_blocks: 4, checkpoint_every: 2}}
+output: {{dir: {runs}, name: tiny}}
+{extra}",
+        teacher = teacher.display(),
+        data = data.display(),
+        runs = tmp.join("runs").display(),
+    );
+    let path = tmp.join("run.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+#[test]
+fn run_trains_checkpoints_resumes_exports_and_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_run_setup(tmp.path(), 4, "");
+    let c = config.to_str().unwrap();
+    let out = ok(&distill(&["run", c], &[]));
+    assert!(out.contains("validation perplexity") && out.contains("report:"), "{out}");
+    let run = tmp.path().join("runs/tiny");
+    for f in ["config.yaml", "metrics.jsonl", "report.md", "report.json", "plots/loss.svg", "plots/val_ppl.svg",
+              "final/config.json", "final/model.safetensors", "final/tokenizer.json", "final/generation_config.json",
+              "checkpoints/latest"] {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+    // The export loads back as a model with the student's shape.
+    let v: serde_json::Value = serde_json::from_str(&ok(&distill(&["inspect", run.join("final").to_str().unwrap(), "--json"], &[]))).unwrap();
+    assert_eq!(v["layers"], 1);
+    assert_eq!(v["vocab_size"], 260);
+    let svg = std::fs::read_to_string(run.join("plots/loss.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "not an SVG line plot");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    assert!(report["student"]["parameters"].as_u64().unwrap() < report["teacher"]["parameters"].as_u64().unwrap());
+    assert_eq!(report["steps"], 4);
+
+    // The folder exists: refused without a flag.
+    let o = distill(&["run", c], &[]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--resume"), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // More steps, resumed from the step-4 checkpoint.
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("steps: 4", "steps: 6")).unwrap();
+    let out = ok(&distill(&["run", c, "--resume"], &[]));
+    assert!(out.contains("report:"), "{out}");
+    let steps: Vec<u64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
+
+    // --overwrite starts over.
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("steps: 6", "steps: 2")).unwrap();
+    ok(&distill(&["run", c, "--overwrite"], &[]));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["steps"], 2);
+}
+
+#[test]
+fn ctrl_c_checkpoints_and_exits_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_run_setup(tmp.path(), 100000, "");
+    let child = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["run", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = tmp.path().join("runs/tiny/metrics.jsonl");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map(|t| t.lines().count()).unwrap_or(0) < 3 {
+        assert!(start.elapsed().as_secs() < 120, "the run did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("interrupted at step") && stdout.contains("--resume"), "{stdout}");
+    let latest = std::fs::read_to_string(tmp.path().join("runs/tiny/checkpoints/latest")).unwrap();
+    assert!(tmp.path().join("runs/tiny/checkpoints").join(latest.trim()).join("optimizer.safetensors").is_file());
+    assert!(!tmp.path().join("runs/tiny/final").exists(), "an interrupted run must not export");
+}
+
+#[test]
+fn run_config_and_data_errors_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err_of = |extra: &str, edit: &dyn Fn(String) -> String| {
+        let dir = tempfile::tempdir_in(tmp.path()).unwrap();
+        let config = tiny_run_setup(dir.path(), 2, extra);
+        std::fs::write(&config, edit(std::fs::read_to_string(&config).unwrap())).unwrap();
+        let o = distill(&["run", config.to_str().unwrap()], &[]);
+        assert!(!o.status.success());
+        let e = String::from_utf8_lossy(&o.stderr).to_string();
+        std::mem::forget(dir);
+        e
+    };
+    let e = err_of("", &|s| s.replace("steps: 2", "steps: 2, stepz: 3"));
+    assert!(e.contains("stepz") && e.contains("line"), "{e}");
+    let e = err_of("", &|s| s.replace("alpha: 0.8", "alpha: 1.8"));
+    assert!(e.contains("distill.alpha"), "{e}");
+    let e = err_of("", &|s| s.replace("temperature: 2.0", "temperature: -1"));
+    assert!(e.contains("distill.temperature"), "{e}");
+    let e = err_of("", &|s| s.replace("batch_size: 2", "batch_size: 0"));
+    assert!(e.contains("train.batch_size"), "{e}");
+    let e = err_of("", &|s| s.replace("block_size: 32", "block_size: 100000"));
+    assert!(e.contains("do not fill one block"), "{e}");
+    let e = err_of("", &|s| s.replace("pattern: '*.txt'", "pattern: '*.md'"));
+    assert!(e.contains("no file matches"), "{e}");
+    let e = err_of("", &|s| s.replace("layers: 1,", "layers: 1, hidden: 30,"));
+    assert!(e.contains("student.hidden"), "{e}");
+    let e = err_of("", &|s| s.replace("{kind: from_teacher}", "{kind: from_teacher, layers: [7]}"));
+    assert!(e.contains("teacher layer 7"), "{e}");
 }
