@@ -238,7 +238,10 @@ fn tiny_run_setup(tmp: &Path, steps: usize, extra: &str) -> std::path::PathBuf {
     let data = tmp.join("docs");
     std::fs::create_dir_all(&data).unwrap();
     for i in 0..6 {
-        let text = format!("Document {i}. Call me Ishmael. Some years ago, never mind how long precisely. ").repeat(3);
+        let text = format!(
+            "Document {i}. Call me Ishmael. Some years ago, never mind how long precisely. "
+        )
+        .repeat(3);
         std::fs::write(data.join(format!("doc_{i}.txt")), text).unwrap();
     }
     let yaml = format!(
@@ -267,29 +270,63 @@ fn run_trains_checkpoints_resumes_exports_and_reports() {
     let config = tiny_run_setup(tmp.path(), 4, "");
     let c = config.to_str().unwrap();
     let out = ok(&distill(&["run", c], &[]));
-    assert!(out.contains("validation perplexity") && out.contains("report:"), "{out}");
+    assert!(
+        out.contains("validation perplexity") && out.contains("report:"),
+        "{out}"
+    );
     let run = tmp.path().join("runs/tiny");
-    for f in ["config.yaml", "metrics.jsonl", "report.md", "report.json", "plots/loss.svg", "plots/val_ppl.svg",
-              "final/config.json", "final/model.safetensors", "final/tokenizer.json", "final/generation_config.json",
-              "checkpoints/latest"] {
+    for f in [
+        "config.yaml",
+        "metrics.jsonl",
+        "report.md",
+        "report.json",
+        "plots/loss.svg",
+        "plots/val_ppl.svg",
+        "final/config.json",
+        "final/model.safetensors",
+        "final/tokenizer.json",
+        "final/generation_config.json",
+        "checkpoints/latest",
+    ] {
         assert!(run.join(f).is_file(), "missing {f}");
     }
     // The export loads back as a model with the student's shape.
-    let v: serde_json::Value = serde_json::from_str(&ok(&distill(&["inspect", run.join("final").to_str().unwrap(), "--json"], &[]))).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&distill(
+        &["inspect", run.join("final").to_str().unwrap(), "--json"],
+        &[],
+    )))
+    .unwrap();
     assert_eq!(v["layers"], 1);
     assert_eq!(v["vocab_size"], 260);
     let svg = std::fs::read_to_string(run.join("plots/loss.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "not an SVG line plot");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
-    assert!(report["student"]["parameters"].as_u64().unwrap() < report["teacher"]["parameters"].as_u64().unwrap());
+    assert!(
+        svg.starts_with("<svg") && svg.contains("polyline"),
+        "not an SVG line plot"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    assert!(
+        report["student"]["parameters"].as_u64().unwrap()
+            < report["teacher"]["parameters"].as_u64().unwrap()
+    );
     assert_eq!(report["steps"], 4);
 
     // The folder exists: refused without a flag.
     let o = distill(&["run", c], &[]);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--resume"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--resume"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     // More steps, resumed from the step-4 checkpoint.
-    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("steps: 4", "steps: 6")).unwrap();
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("steps: 4", "steps: 6"),
+    )
+    .unwrap();
     let out = ok(&distill(&["run", c, "--resume"], &[]));
     assert!(out.contains("report:"), "{out}");
     let steps: Vec<u64> = std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -302,9 +339,16 @@ fn run_trains_checkpoints_resumes_exports_and_reports() {
     assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
 
     // --overwrite starts over.
-    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("steps: 6", "steps: 2")).unwrap();
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("steps: 6", "steps: 2"),
+    )
+    .unwrap();
     ok(&distill(&["run", c, "--overwrite"], &[]));
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["steps"], 2);
 }
 
@@ -320,18 +364,41 @@ fn ctrl_c_checkpoints_and_exits_cleanly() {
         .unwrap();
     let metrics = tmp.path().join("runs/tiny/metrics.jsonl");
     let start = std::time::Instant::now();
-    while std::fs::read_to_string(&metrics).map(|t| t.lines().count()).unwrap_or(0) < 3 {
+    while std::fs::read_to_string(&metrics)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < 3
+    {
         assert!(start.elapsed().as_secs() < 120, "the run did not start");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("interrupted at step") && stdout.contains("--resume"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("interrupted at step") && stdout.contains("--resume"),
+        "{stdout}"
+    );
     let latest = std::fs::read_to_string(tmp.path().join("runs/tiny/checkpoints/latest")).unwrap();
-    assert!(tmp.path().join("runs/tiny/checkpoints").join(latest.trim()).join("optimizer.safetensors").is_file());
-    assert!(!tmp.path().join("runs/tiny/final").exists(), "an interrupted run must not export");
+    assert!(tmp
+        .path()
+        .join("runs/tiny/checkpoints")
+        .join(latest.trim())
+        .join("optimizer.safetensors")
+        .is_file());
+    assert!(
+        !tmp.path().join("runs/tiny/final").exists(),
+        "an interrupted run must not export"
+    );
 }
 
 #[test]
@@ -361,6 +428,8 @@ fn run_config_and_data_errors_are_clear() {
     assert!(e.contains("no file matches"), "{e}");
     let e = err_of("", &|s| s.replace("layers: 1,", "layers: 1, hidden: 30,"));
     assert!(e.contains("student.hidden"), "{e}");
-    let e = err_of("", &|s| s.replace("{kind: from_teacher}", "{kind: from_teacher, layers: [7]}"));
+    let e = err_of("", &|s| {
+        s.replace("{kind: from_teacher}", "{kind: from_teacher, layers: [7]}")
+    });
     assert!(e.contains("teacher layer 7"), "{e}");
 }

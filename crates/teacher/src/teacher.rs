@@ -109,12 +109,14 @@ impl TeacherConfig {
         let gguf_mode = match self.gguf_weights.as_str() {
             "dequantized" => GgufMode::Dequantized,
             "quantized" => GgufMode::Quantized,
-            other => return Err(TeacherError::Source {
-                source_spec: self.source.clone(),
-                msg: format!(
+            other => {
+                return Err(TeacherError::Source {
+                    source_spec: self.source.clone(),
+                    msg: format!(
                     "teacher.gguf_weights: expected `quantized` or `dequantized`, got `{other}`"
                 ),
-            }),
+                })
+            }
         };
         Ok(LoadOptions {
             device,

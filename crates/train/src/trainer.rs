@@ -19,7 +19,8 @@ use crate::checkpoint::{checkpoint_dir, latest, publish, tmp_sibling, write_atom
 use crate::config::{DistillConfig, TrainConfig};
 use crate::data::BlockSet;
 use crate::losses::{
-    soft_loss, CrossEntropy, ForwardKl, HiddenLoss, Loss, LossInputs, SoftLossParams,
+    fused_forward_kl_ce, soft_loss, CrossEntropy, ForwardKl, HiddenLoss, Loss, LossInputs,
+    SoftLossParams,
 };
 use crate::metrics::NllSum;
 use crate::optim::{clip_grad_norm, AdamW, AdamWParams};
@@ -153,6 +154,8 @@ pub struct Trainer<'a> {
 
 struct Objective {
     soft: Box<dyn Loss>,
+    /// Forward KL + CE in one fused CPU pass (same values and gradients as the composed losses).
+    fused_temperature: Option<f64>,
     hidden: Vec<(usize, usize, f64, HiddenLoss)>,
     alpha: f64,
 }
@@ -275,7 +278,9 @@ impl<'a> Trainer<'a> {
                 let ids =
                     Tensor::from_vec(ids, (cfg.batch_size, self.train.block_size), &self.device)
                         .ctx(|| "batch".into())?;
+                let tf = Instant::now();
                 let parts = self.loss(&objective, &ids)?;
+                let forward_s = tf.elapsed().as_secs_f64();
                 let value = parts.total.to_scalar::<f32>().ctx(|| "loss value".into())?;
                 if !value.is_finite() {
                     let dir = self.save_checkpoint(&state, &aux, &opt, start, base_elapsed)?;
@@ -287,9 +292,12 @@ impl<'a> Trainer<'a> {
                 }
                 let scaled =
                     (&parts.total / cfg.grad_accum as f64).ctx(|| "scaling the loss".into())?;
+                let tb = Instant::now();
                 let g = scaled
                     .backward()
                     .ctx(|| format!("backward pass at step {step}"))?;
+                let backward_s = tb.elapsed().as_secs_f64();
+                tracing::debug!(step, micro, forward_s, backward_s, "micro-batch");
                 for (name, var) in &vars {
                     if let Some(gr) = g.get(var.as_tensor()) {
                         let e = grads.entry(name.clone());
@@ -312,8 +320,14 @@ impl<'a> Trainer<'a> {
             let norm = clip_grad_norm(&mut grads, cfg.clip_grad_norm)
                 .ctx(|| "clipping gradients".into())?;
             let lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio);
+            let to = Instant::now();
             opt.step(&grads, lr)
                 .ctx(|| format!("optimiser step {step}"))?;
+            tracing::debug!(
+                step,
+                optimizer_s = to.elapsed().as_secs_f64(),
+                "optimiser step"
+            );
             state.step += 1;
             state.tokens_seen += tokens_per_step;
             let a = cfg.grad_accum as f32;
@@ -419,8 +433,12 @@ impl<'a> Trainer<'a> {
                 },
             ));
         }
+        // Forward KL + CE in one fused CPU pass (same values and gradients as the composed losses).
+        let fused_temperature =
+            (d.loss == "forward_kl" && self.device.is_cpu()).then_some(d.temperature);
         Ok(Objective {
             soft,
+            fused_temperature,
             hidden,
             alpha: d.alpha,
         })
@@ -442,65 +460,92 @@ impl<'a> Trainer<'a> {
             .narrow(1, 1, s - 1)
             .and_then(|t| t.flatten_all())
             .ctx(|| "labels".into())?;
-        let hard = CrossEntropy
-            .forward(&LossInputs {
-                student_logits: &student,
-                teacher_logits: None,
-                labels: Some(&labels),
-            })
-            .ctx(|| "cross-entropy".into())?;
-        let mut total = (&hard * (1.0 - obj.alpha)).ctx(|| "loss".into())?;
-        let mut soft_value = None;
-        let mut hidden_value = None;
-        if let Some(teacher) = self.teacher.filter(|_| obj.alpha > 0.0 || want_hidden) {
-            let (t_logits, t_hidden) = teacher
-                .logits(ids, want_hidden)
-                .ctx(|| "teacher forward".into())?;
-            if t_logits.dim(2).ctx(|| "teacher logits".into())? != v {
-                return Err(TrainError::Invalid(format!(
-                    "teacher vocabulary ({}) differs from the student's ({v})",
-                    t_logits.dim(2).unwrap_or(0)
-                )));
+
+        let teacher_out = match self.teacher.filter(|_| obj.alpha > 0.0 || want_hidden) {
+            Some(teacher) => {
+                let (t_logits, t_hidden) = teacher
+                    .logits(ids, want_hidden)
+                    .ctx(|| "teacher forward".into())?;
+                let tv = t_logits.dim(2).ctx(|| "teacher logits".into())?;
+                if tv != v {
+                    return Err(TrainError::Invalid(format!(
+                        "teacher vocabulary ({tv}) differs from the student's ({v})"
+                    )));
+                }
+                Some((
+                    flat(&t_logits.detach()).ctx(|| "teacher logits".into())?,
+                    t_hidden,
+                ))
             }
-            if obj.alpha > 0.0 {
-                let teacher_flat = flat(&t_logits.detach()).ctx(|| "teacher logits".into())?;
-                let soft = obj
-                    .soft
+            None => None,
+        };
+
+        let (hard, soft) = match (&teacher_out, obj.fused_temperature) {
+            (Some((t, _)), Some(temp)) if obj.alpha > 0.0 => {
+                let r = fused_forward_kl_ce(&student, t, &labels, temp)
+                    .ctx(|| "fused KL + cross-entropy".into())?;
+                (
+                    r.get(1).ctx(|| "loss".into())?,
+                    Some(r.get(0).ctx(|| "loss".into())?),
+                )
+            }
+            _ => {
+                let hard = CrossEntropy
                     .forward(&LossInputs {
                         student_logits: &student,
-                        teacher_logits: Some(&teacher_flat),
-                        labels: None,
+                        teacher_logits: None,
+                        labels: Some(&labels),
                     })
-                    .ctx(|| format!("{} loss", obj.soft.name()))?;
-                soft_value = Some(soft.to_scalar::<f32>().ctx(|| "soft loss".into())?);
-                total =
-                    (total + (soft * obj.alpha).ctx(|| "loss".into())?).ctx(|| "loss".into())?;
+                    .ctx(|| "cross-entropy".into())?;
+                let soft = match &teacher_out {
+                    Some((t, _)) if obj.alpha > 0.0 => Some(
+                        obj.soft
+                            .forward(&LossInputs {
+                                student_logits: &student,
+                                teacher_logits: Some(t),
+                                labels: None,
+                            })
+                            .ctx(|| format!("{} loss", obj.soft.name()))?,
+                    ),
+                    _ => None,
+                };
+                (hard, soft)
             }
-            if want_hidden {
-                let (sh, th) = (s_hidden.unwrap_or_default(), t_hidden.unwrap_or_default());
-                let mut sum = 0f32;
-                for (sl, tl, w, loss) in &obj.hidden {
-                    let (Some(a), Some(c)) = (sh.get(*sl), th.get(*tl)) else {
-                        return Err(TrainError::Invalid(format!(
-                            "distill.hidden: student layer {sl} or teacher layer {tl} does not exist ({} and {} hidden states)",
-                            sh.len(),
-                            th.len()
-                        )));
-                    };
-                    let a = a
-                        .reshape((b * s, self.student_hidden_size))
-                        .ctx(|| "student hidden".into())?;
-                    let c = c
-                        .reshape((b * s, self.teacher_hidden_size))
-                        .ctx(|| "teacher hidden".into())?;
-                    let l = loss
-                        .forward(&a, &c.detach())
-                        .ctx(|| "hidden-state loss".into())?;
-                    sum += l.to_scalar::<f32>().ctx(|| "hidden loss".into())?;
-                    total = (total + (l * *w).ctx(|| "loss".into())?).ctx(|| "loss".into())?;
-                }
-                hidden_value = Some(sum);
+        };
+        let mut total = (&hard * (1.0 - obj.alpha)).ctx(|| "loss".into())?;
+        let mut soft_value = None;
+        if let Some(soft) = soft {
+            soft_value = Some(soft.to_scalar::<f32>().ctx(|| "soft loss".into())?);
+            total = (total + (soft * obj.alpha).ctx(|| "loss".into())?).ctx(|| "loss".into())?;
+        }
+        let mut hidden_value = None;
+        if let (true, Some((_, t_hidden))) = (want_hidden, &teacher_out) {
+            let (sh, th) = (
+                s_hidden.unwrap_or_default(),
+                t_hidden.clone().unwrap_or_default(),
+            );
+            let mut sum = 0f32;
+            for (sl, tl, w, loss) in &obj.hidden {
+                let (Some(a), Some(c)) = (sh.get(*sl), th.get(*tl)) else {
+                    return Err(TrainError::Invalid(format!(
+                        "distill.hidden: student layer {sl} or teacher layer {tl} does not exist ({} and {} hidden states)",
+                        sh.len(),
+                        th.len()
+                    )));
+                };
+                let a = a
+                    .reshape((b * s, self.student_hidden_size))
+                    .ctx(|| "student hidden".into())?;
+                let c = c
+                    .reshape((b * s, self.teacher_hidden_size))
+                    .ctx(|| "teacher hidden".into())?;
+                let l = loss
+                    .forward(&a, &c.detach())
+                    .ctx(|| "hidden-state loss".into())?;
+                sum += l.to_scalar::<f32>().ctx(|| "hidden loss".into())?;
+                total = (total + (l * *w).ctx(|| "loss".into())?).ctx(|| "loss".into())?;
             }
+            hidden_value = Some(sum);
         }
         Ok(LossParts {
             hard: hard.to_scalar::<f32>().ctx(|| "hard loss".into())?,

@@ -8,12 +8,14 @@
 
 mod cross_entropy;
 mod forward_kl;
+mod fused_kd;
 mod hidden;
 mod jsd;
 mod reverse_kl;
 
 pub use cross_entropy::CrossEntropy;
 pub use forward_kl::ForwardKl;
+pub use fused_kd::fused_forward_kl_ce;
 pub use hidden::{HiddenLoss, HiddenLossKind};
 pub use jsd::Jsd;
 pub use reverse_kl::ReverseKl;
