@@ -49,6 +49,23 @@ fn help_shows_examples() {
 }
 
 #[test]
+fn schema_describes_every_section_and_refuses_unknown_keys() {
+    let v: serde_json::Value = serde_json::from_str(&ok(&distill(&["schema"], &[]))).unwrap();
+    for section in ["teacher", "data", "student", "distill", "train", "output"] {
+        assert!(
+            v["properties"].get(section).is_some(),
+            "no {section} in the schema"
+        );
+    }
+    assert_eq!(v["additionalProperties"], false);
+    let text = v.to_string();
+    assert!(
+        text.contains("forward_kl") && text.contains("from_teacher") && text.contains("block_size"),
+        "{text}"
+    );
+}
+
+#[test]
 fn inspect_tokenize_and_eval_a_tiny_gguf_and_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_llama_config();

@@ -9,7 +9,7 @@ use distill_teacher::TeacherConfig;
 use distill_train::config::{DataConfig, DistillConfig, TrainConfig};
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     pub teacher: TeacherConfig,
@@ -23,7 +23,7 @@ pub struct RunConfig {
 }
 
 /// `output:` — where the run folder goes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
     /// Parent folder of runs.

@@ -12,6 +12,7 @@ const EXAMPLES: &str = "\
 Examples:
   distill run configs/quickstart.yaml            # teacher → student → report
   distill run configs/quickstart.yaml --resume   # continue from the newest checkpoint
+  distill schema > distill.schema.json           # for YAML editors (yaml-language-server)
   distill inspect ~/.cache/distill/assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
   distill inspect hf://HuggingFaceTB/SmolLM2-135M-Instruct --json
   distill tokenize model.gguf 'Call me Ishmael.' --json
@@ -33,6 +34,8 @@ struct Cli {
 enum Command {
     /// Distil a student from a teacher as one YAML config describes (train, export, report).
     Run(commands::run::Args),
+    /// JSON Schema of the run config, for editors to validate and complete YAML files.
+    Schema,
     /// Architecture, sizes, dtypes, bytes on disk and tokenizer of a model.
     Inspect(commands::inspect::Args),
     /// The token ids a model's tokenizer gives for a text.
@@ -46,6 +49,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => commands::run::run(a),
+        Command::Schema => serde_json::to_string_pretty(&schemars::schema_for!(config::RunConfig))
+            .map(|s| println!("{s}"))
+            .map_err(Into::into),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Eval(a) => commands::eval::run(a),

@@ -7,7 +7,7 @@ use crate::error::{cfg_err, StudentError};
 
 /// The `student:` section of a run config. Unset sizes follow the teacher; a narrower `hidden`
 /// keeps the teacher's head size, so the head count follows from it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StudentConfig {
     /// Number of layers.
@@ -30,7 +30,7 @@ pub struct StudentConfig {
 }
 
 /// Where the student's weights start.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum InitConfig {
     /// Copy the embeddings and some teacher layers (`layers`, or evenly spaced ones including

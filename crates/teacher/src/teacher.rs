@@ -77,7 +77,7 @@ pub fn load_tokenizer(resolved: &Resolved) -> Result<LoadedTokenizer> {
 }
 
 /// The `teacher:` section of a run config.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TeacherConfig {
     /// A `.gguf` file, a Hugging Face folder, or `hf://org/name[@revision]`.

@@ -22,7 +22,7 @@ fn err(key: &str, msg: impl Into<String>) -> ConfigError {
 }
 
 /// `data:` — where the text comes from and how it is cut.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     pub source: DocumentSource,
@@ -48,7 +48,7 @@ fn d_val() -> f64 {
 }
 
 /// `distill:` — the objective.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DistillConfig {
     /// Soft-target loss: forward_kl, reverse_kl or jsd.
@@ -94,7 +94,7 @@ impl Default for DistillConfig {
 }
 
 /// One hidden-state loss: student layer output vs teacher layer output (0 = embeddings).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HiddenPairConfig {
     pub student_layer: usize,
@@ -112,7 +112,7 @@ fn d_hidden_weight() -> f64 {
 }
 
 /// `train:` — optimisation, evaluation and checkpoints.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     /// Optimiser steps.

@@ -262,6 +262,7 @@ impl<'a> Trainer<'a> {
         let base_elapsed = state.elapsed_seconds;
         let mut interrupted = false;
         let tokens_per_step = (cfg.batch_size * cfg.grad_accum * self.train.block_size) as u64;
+        let log_every = (cfg.steps / 20).max(1);
 
         while state.step < cfg.steps {
             if self.stop.load(Ordering::SeqCst) || self.stop_at.is_some_and(|s| state.step >= s) {
@@ -342,10 +343,15 @@ impl<'a> Trainer<'a> {
                 tokens_per_second: tokens_per_step as f64 / t0.elapsed().as_secs_f64().max(1e-9),
             };
             write_line(&mut metrics, "train", &record).map_err(io_err(&metrics_path))?;
-            bar.set_message(format!(
+            let msg = format!(
                 "loss {:.3} · {:.0} tok/s",
                 record.loss, record.tokens_per_second
-            ));
+            );
+            if bar.is_hidden() && (state.step % log_every == 0 || state.step == 1) {
+                // Not a terminal (CI, a log file): a line now and then instead of a bar.
+                tracing::info!(step = state.step, of = cfg.steps, "{msg}");
+            }
+            bar.set_message(msg);
             bar.inc(1);
             steps_log.push(record);
 
@@ -353,15 +359,18 @@ impl<'a> Trainer<'a> {
             if (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || last {
                 let e = self.evaluate(state.step, &mut teacher_val, &mut teacher_val_ppl)?;
                 write_line(&mut metrics, "eval", &e).map_err(io_err(&metrics_path))?;
-                bar.println(format!(
-                    "step {:>5}  val ppl {:.2}{}{}",
-                    e.step,
-                    e.val_ppl,
-                    e.val_kl.map(|k| format!("  KL {k:.3}")).unwrap_or_default(),
-                    e.top1_agreement
-                        .map(|a| format!("  top-1 agreement {:.1}%", 100.0 * a))
-                        .unwrap_or_default()
-                ));
+                say(
+                    &bar,
+                    format!(
+                        "step {:>5}  val ppl {:.2}{}{}",
+                        e.step,
+                        e.val_ppl,
+                        e.val_kl.map(|k| format!("  KL {k:.3}")).unwrap_or_default(),
+                        e.top1_agreement
+                            .map(|a| format!("  top-1 agreement {:.1}%", 100.0 * a))
+                            .unwrap_or_default()
+                    ),
+                );
                 evals.push(e);
             }
             if (cfg.checkpoint_every > 0 && state.step % cfg.checkpoint_every == 0) || last {
@@ -370,11 +379,14 @@ impl<'a> Trainer<'a> {
         }
         if interrupted {
             let dir = self.save_checkpoint(&state, &aux, &opt, start, base_elapsed)?;
-            bar.println(format!(
-                "interrupted at step {}: checkpoint saved in {}",
-                state.step,
-                dir.display()
-            ));
+            say(
+                &bar,
+                format!(
+                    "interrupted at step {}: checkpoint saved in {}",
+                    state.step,
+                    dir.display()
+                ),
+            );
         }
         bar.finish_and_clear();
         let seconds = start.elapsed().as_secs_f64();
@@ -702,6 +714,15 @@ struct LossParts {
     soft: Option<f32>,
     hard: f32,
     hidden: Option<f32>,
+}
+
+/// A message above the progress bar, or a log line when there is no terminal to draw on.
+fn say(bar: &indicatif::ProgressBar, msg: String) {
+    if bar.is_hidden() {
+        tracing::info!("{msg}");
+    } else {
+        bar.println(msg);
+    }
 }
 
 fn write_line(f: &mut std::fs::File, kind: &str, record: &impl Serialize) -> std::io::Result<()> {

@@ -25,6 +25,10 @@ pub struct Args {
     /// Stop after this many tokens of the text.
     #[arg(long)]
     max_tokens: Option<usize>,
+    /// Also write the logits of the first window to this safetensors file (`logits`, `[n, vocab]`,
+    /// and `ids`), for comparisons with other implementations.
+    #[arg(long)]
+    save_logits: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
     /// Print JSON instead of text.
@@ -85,11 +89,27 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     let mut total = NllSum::default();
     let mut seconds = 0.0;
-    for group in windows.chunks(a.batch) {
+    for (gi, group) in windows.chunks(a.batch).enumerate() {
         let (input, _) = pad_batch(group, teacher.device())?;
         let start = Instant::now();
         let logits = teacher.logits(group)?;
         seconds += start.elapsed().as_secs_f64();
+        if let (0, Some(path)) = (gi, &a.save_logits) {
+            let first = logits.get(0)?.narrow(0, 0, group[0].len())?;
+            let ids = candle_core::Tensor::new(group[0].as_slice(), &candle_core::Device::Cpu)?;
+            let tmp = distill_train::checkpoint::tmp_sibling(path);
+            candle_core::safetensors::save(
+                &std::collections::HashMap::from([
+                    (
+                        "logits".to_string(),
+                        first.to_device(&candle_core::Device::Cpu)?,
+                    ),
+                    ("ids".to_string(), ids),
+                ]),
+                &tmp,
+            )?;
+            std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
+        }
         let lengths: Vec<usize> = group.iter().map(Vec::len).collect();
         total.add(next_token_nll(&logits, &input, &lengths)?);
         bar.inc(lengths.iter().sum::<usize>() as u64);

@@ -29,7 +29,7 @@ pub struct Document {
 }
 
 /// Where documents come from.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DocumentSource {
     /// Plain-text files; each file is one document.

@@ -4,7 +4,9 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 
 /// How two hidden states are compared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum HiddenLossKind {
     /// Mean squared error.
