@@ -1,27 +1,31 @@
 #!/usr/bin/env bash
 # Does distillation help? The same student (6 layers initialised from SmolLM2's layers), the same
-# data, block order, steps and tokens, trained (a) with the teacher's soft targets (alpha 0.9,
-# forward KL at T = 2) and (b) on the labels alone (alpha 0). Writes
-# docs/results/kd-vs-scratch.{md,json}. About 25 minutes on 2 cores.
-#   scripts/bench-kd-vs-scratch.sh [steps]
+# data, block order, steps and tokens, trained (a) with the teacher's soft targets (forward KL at
+# temperature KD_TEMPERATURE, weight KD_ALPHA) and (b) on the labels alone (alpha 0). Writes
+# docs/results/kd-vs-scratch${SUFFIX}.{md,json}. About 20 minutes on 2 cores.
+#   [KD_ALPHA=0.5] [KD_TEMPERATURE=1.0] [SUFFIX=] scripts/bench-kd-vs-scratch.sh [steps]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 steps="${1:-80}"
+kd_alpha="${KD_ALPHA:-0.5}"
+kd_temperature="${KD_TEMPERATURE:-1.0}"
+suffix="${SUFFIX:-}"
 scripts/fetch-assets.sh
 cargo build --release --bin distill
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for variant in kd scratch; do
-  alpha=0.9; [[ $variant == scratch ]] && alpha=0.0
+  alpha=$kd_alpha; [[ $variant == scratch ]] && alpha=0.0
   sed -e "s/^  steps: .*/  steps: $steps/" -e "s/^  alpha: .*/  alpha: $alpha/" \
+      -e "s/^  temperature: .*/  temperature: $kd_temperature/" \
       -e "s/^  name: .*/  name: bench-$variant/" -e "s#^  dir: .*#  dir: $work#" \
       configs/quickstart.yaml > "$work/$variant.yaml"
   grep -q "alpha: $alpha" "$work/$variant.yaml"
   target/release/distill run "$work/$variant.yaml" --overwrite | tail -12
 done
-python3 - "$work" "$steps" <<'PY'
+python3 - "$work" "$steps" "$kd_alpha" "$kd_temperature" "$suffix" <<'PY'
 import json, os, sys, subprocess, datetime
-work, steps = sys.argv[1], int(sys.argv[2])
+work, steps, kd_alpha, kd_t, suffix = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 rep = {v: json.load(open(f"{work}/bench-{v}/report.json")) for v in ("kd", "scratch")}
 evals = {}
 for v in ("kd", "scratch"):
@@ -42,13 +46,16 @@ out = {
     "kd_train_tokens_per_second": kd["train_tokens_per_second"],
     "scratch_train_tokens_per_second": sc["train_tokens_per_second"],
     "curves": {v: [{"step": e["step"], "val_ppl": e["val_ppl"], "top1_agreement": e.get("top1_agreement")} for e in evals[v]] for v in evals},
-    "config": "configs/quickstart.yaml with alpha 0.9 (kd) / 0.0 (scratch)",
+    "config": f"configs/quickstart.yaml with alpha {kd_alpha}, T {kd_t} (kd) / alpha 0 (scratch)",
+    "kd_alpha": float(kd_alpha),
+    "kd_temperature": float(kd_t),
     "date": datetime.date.today().isoformat(),
     "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
 }
 os.makedirs("docs/results", exist_ok=True)
-json.dump(out, open("docs/results/kd-vs-scratch.json.tmp", "w"), indent=2)
-os.replace("docs/results/kd-vs-scratch.json.tmp", "docs/results/kd-vs-scratch.json")
+name = f"docs/results/kd-vs-scratch{suffix}"
+json.dump(out, open(f"{name}.json.tmp", "w"), indent=2)
+os.replace(f"{name}.json.tmp", f"{name}.json")
 rows = "\n".join(
     f"| {e_kd['step']} | {e_kd['val_ppl']:.2f} | {e_sc['val_ppl']:.2f} |"
     for e_kd, e_sc in zip(evals["kd"], evals["scratch"]))
@@ -63,7 +70,7 @@ Produced by `scripts/bench-kd-vs-scratch.sh` on {out['date']} (commit {out['comm
 | | validation perplexity | top-1 agreement with teacher | KL(teacher ‖ student) |
 |---|---:|---:|---:|
 | teacher | {out['teacher_val_ppl']:.2f} | | |
-| student, distilled (α = 0.9, T = 2) | {out['kd_val_ppl']:.2f} | {100*out['kd_top1_agreement']:.1f}% | {out['kd_val_kl']:.3f} |
+| student, distilled (α = {kd_alpha}, T = {kd_t}) | {out['kd_val_ppl']:.2f} | {100*out['kd_top1_agreement']:.1f}% | {out['kd_val_kl']:.3f} |
 | student, labels only (α = 0) | {out['scratch_val_ppl']:.2f} | {100*out['scratch_top1_agreement']:.1f}% | {out['scratch_val_kl']:.3f} |
 
 Training throughput: {out['kd_train_tokens_per_second']:.0f} tokens/s distilled (teacher forward included),
@@ -75,7 +82,7 @@ Validation perplexity during training:
 |---:|---:|---:|
 {rows}
 """
-open("docs/results/kd-vs-scratch.md.tmp", "w").write(md)
-os.replace("docs/results/kd-vs-scratch.md.tmp", "docs/results/kd-vs-scratch.md")
+open(f"{name}.md.tmp", "w").write(md)
+os.replace(f"{name}.md.tmp", f"{name}.md")
 print(md)
 PY
