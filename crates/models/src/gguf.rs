@@ -139,31 +139,13 @@ impl GgufFile {
         }
     }
 
-    /// A required array of strings.
-    pub fn get_strings(&self, key: &str) -> Result<Vec<&str>> {
-        let arr = match self.get(key) {
-            None => return Err(self.config_err(key, "missing")),
-            Some(Value::Array(a)) => a,
-            Some(v) => {
-                return Err(
-                    self.config_err(key, format!("expected an array, found {}", type_name(v)))
-                )
-            }
-        };
-        arr.iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::String(s) => Ok(s.as_str()),
-                v => Err(self.config_err(
-                    key,
-                    format!("element {i}: expected a string, found {}", type_name(v)),
-                )),
-            })
-            .collect()
-    }
-
-    /// A required array of integers.
-    pub fn get_ints(&self, key: &str) -> Result<Vec<i64>> {
+    /// A required array whose elements `convert` maps (`None` = wrong element type, named by `what`).
+    fn get_array<'a, T>(
+        &'a self,
+        key: &str,
+        what: &str,
+        convert: impl Fn(&'a Value) -> Option<T>,
+    ) -> Result<Vec<T>> {
         let arr = match self.get(key) {
             None => return Err(self.config_err(key, "missing")),
             Some(Value::Array(a)) => a,
@@ -176,14 +158,27 @@ impl GgufFile {
         arr.iter()
             .enumerate()
             .map(|(i, v)| {
-                value_as_i64(v).ok_or_else(|| {
+                convert(v).ok_or_else(|| {
                     self.config_err(
                         key,
-                        format!("element {i}: expected an integer, found {}", type_name(v)),
+                        format!("element {i}: expected {what}, found {}", type_name(v)),
                     )
                 })
             })
             .collect()
+    }
+
+    /// A required array of strings.
+    pub fn get_strings(&self, key: &str) -> Result<Vec<&str>> {
+        self.get_array(key, "a string", |v| match v {
+            Value::String(s) => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
+    /// A required array of integers.
+    pub fn get_ints(&self, key: &str) -> Result<Vec<i64>> {
+        self.get_array(key, "an integer", value_as_i64)
     }
 
     /// Reads one tensor as stored (quantised or not).

@@ -101,6 +101,33 @@ fn setup() -> Setup {
     }
 }
 
+fn trainer<'a>(
+    s: &'a Setup,
+    dir: &Path,
+    student: (&'a VarMap, &'a Llama),
+    tc: &'a TrainConfig,
+    dc: &'a DistillConfig,
+    train: &'a BlockSet,
+    stop_at: Option<usize>,
+) -> Trainer<'a> {
+    Trainer {
+        train_cfg: tc,
+        distill: dc,
+        student: student.1,
+        varmap: student.0,
+        student_hidden_size: 16,
+        teacher: Some(&s.teacher),
+        teacher_hidden_size: 32,
+        train,
+        valid: &s.valid,
+        run_dir: dir.to_path_buf(),
+        device: Device::Cpu,
+        stop: Arc::new(AtomicBool::new(false)),
+        stop_at,
+        progress: false,
+    }
+}
+
 fn run(
     s: &Setup,
     dir: &Path,
@@ -110,24 +137,9 @@ fn run(
     resume: bool,
     stop_at: Option<usize>,
 ) -> TrainOutcome {
-    Trainer {
-        train_cfg: tc,
-        distill: dc,
-        student: student.1,
-        varmap: student.0,
-        student_hidden_size: 16,
-        teacher: Some(&s.teacher),
-        teacher_hidden_size: 32,
-        train: &s.train,
-        valid: &s.valid,
-        run_dir: dir.to_path_buf(),
-        device: Device::Cpu,
-        stop: Arc::new(AtomicBool::new(false)),
-        stop_at,
-        progress: false,
-    }
-    .run(resume)
-    .unwrap()
+    trainer(s, dir, student, tc, dc, &s.train, stop_at)
+        .run(resume)
+        .unwrap()
 }
 
 #[test]
@@ -230,25 +242,11 @@ fn a_diverging_run_stops_with_a_checkpoint_naming_the_step() {
     tc.lr = 1e30;
     tc.clip_grad_norm = 0.0;
     tc.warmup_steps = 0;
-    let e = Trainer {
-        train_cfg: &tc,
-        distill: &distill(0.5),
-        student: &m,
-        varmap: &vm,
-        student_hidden_size: 16,
-        teacher: Some(&s.teacher),
-        teacher_hidden_size: 32,
-        train: &s.train,
-        valid: &s.valid,
-        run_dir: tmp.path().to_path_buf(),
-        device: Device::Cpu,
-        stop: Arc::new(AtomicBool::new(false)),
-        stop_at: None,
-        progress: false,
-    }
-    .run(false)
-    .unwrap_err()
-    .to_string();
+    let dc = distill(0.5);
+    let e = trainer(&s, tmp.path(), (&vm, &m), &tc, &dc, &s.train, None)
+        .run(false)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("at step") && e.contains("checkpoints/step-"),
         "{e}"
@@ -261,22 +259,31 @@ fn resume_without_a_checkpoint_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let (vm, m) = model(&cfg(1, 16));
     let tc = train_cfg(2);
-    let r = Trainer {
-        train_cfg: &tc,
-        distill: &distill(0.5),
-        student: &m,
-        varmap: &vm,
-        student_hidden_size: 16,
-        teacher: Some(&s.teacher),
-        teacher_hidden_size: 32,
-        train: &s.train,
-        valid: &s.valid,
-        run_dir: tmp.path().to_path_buf(),
-        device: Device::Cpu,
-        stop: Arc::new(AtomicBool::new(false)),
-        stop_at: None,
-        progress: false,
-    }
-    .run(true);
+    let dc = distill(0.5);
+    let r = trainer(&s, tmp.path(), (&vm, &m), &tc, &dc, &s.train, None).run(true);
     assert!(r.unwrap_err().to_string().contains("no checkpoint"));
+}
+
+#[test]
+fn a_teacher_with_another_vocabulary_is_refused() {
+    let s = setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut other = cfg(1, 16);
+    other.vocab_size = 50;
+    let (vm, m) = model(&other);
+    let tc = train_cfg(2);
+    // Token ids the student can embed; the teacher's logits are still over 64 tokens.
+    let mut train = blocks(10, 16, 1);
+    for b in &mut train.blocks {
+        b.iter_mut().for_each(|t| *t %= 50);
+    }
+    let dc = distill(0.5);
+    let e = trainer(&s, tmp.path(), (&vm, &m), &tc, &dc, &train, None)
+        .run(false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("vocabulary") && e.contains("64") && e.contains("50"),
+        "{e}"
+    );
 }
