@@ -283,17 +283,19 @@ impl TrainConfig {
                 ));
             }
         }
-        for (key, v) in [
-            ("beta1", self.beta1),
-            ("beta2", self.beta2),
-            ("min_lr_ratio", self.min_lr_ratio),
-        ] {
-            if !(0.0..1.0).contains(&v) && !(key == "min_lr_ratio" && v == 1.0) {
+        for (key, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&v) {
                 return Err(err(
                     &format!("train.{key}"),
                     format!("must be in [0, 1), got {v}"),
                 ));
             }
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return Err(err(
+                "train.min_lr_ratio",
+                format!("must be in [0, 1], got {}", self.min_lr_ratio),
+            ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(err(
