@@ -160,16 +160,7 @@ impl Teacher {
                 (model, folder.weight_files.clone())
             }
             Resolved::Gguf(path) => {
-                let g = Arc::new(GgufFile::open(path)?);
-                let cfg = LlamaConfig::from_gguf(&g)?;
-                let arch = g.get_str("general.architecture")?.to_string();
-                let weights = GgufWeights::new(
-                    g,
-                    gguf_names(&cfg, &arch),
-                    opts.gguf_mode,
-                    opts.dtype,
-                    &opts.device,
-                );
+                let (cfg, weights) = gguf_weights(path, opts.gguf_mode, opts.dtype, &opts.device)?;
                 (
                     TeacherModel::Llama(Llama::load(&cfg, &weights)?),
                     vec![path.clone()],
@@ -180,7 +171,7 @@ impl Teacher {
         tracing::info!(source = %source, device = ?opts.device, dtype = ?opts.dtype, "teacher loaded");
         Ok(Self {
             source: source.clone(),
-            resolved: resolved.clone(),
+            resolved,
             model,
             tokenizer,
             files,
@@ -202,16 +193,7 @@ impl Teacher {
                 &self.device,
             )?),
             Resolved::Gguf(path) => {
-                let g = Arc::new(GgufFile::open(path)?);
-                let cfg = LlamaConfig::from_gguf(&g)?;
-                let arch = g.get_str("general.architecture")?.to_string();
-                Box::new(GgufWeights::new(
-                    g,
-                    gguf_names(&cfg, &arch),
-                    GgufMode::Dequantized,
-                    dtype,
-                    &self.device,
-                ))
+                Box::new(gguf_weights(path, GgufMode::Dequantized, dtype, &self.device)?.1)
             }
         })
     }
@@ -248,6 +230,20 @@ impl Teacher {
             .to_dtype(DType::F32)
             .map_err(distill_models::ModelError::from)?)
     }
+}
+
+/// The config of a GGUF Llama-family model and its weights under Hugging Face names.
+fn gguf_weights(
+    path: &std::path::Path,
+    mode: GgufMode,
+    dtype: DType,
+    device: &Device,
+) -> Result<(LlamaConfig, GgufWeights)> {
+    let g = Arc::new(GgufFile::open(path)?);
+    let cfg = LlamaConfig::from_gguf(&g)?;
+    let arch = g.get_str("general.architecture")?.to_string();
+    let weights = GgufWeights::new(g, gguf_names(&cfg, &arch), mode, dtype, device);
+    Ok((cfg, weights))
 }
 
 /// Right-pads `batch` with id 0 into `[b, longest]` and returns the mask (`None` when no

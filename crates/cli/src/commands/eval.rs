@@ -130,7 +130,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         device: format!("{:?}", opts.device),
         dtype: format!("{:?}", opts.dtype).to_lowercase(),
         quantized: matches!(opts.gguf_mode, distill_models::GgufMode::Quantized)
-            && source.to_string().ends_with(".gguf"),
+            && matches!(source, TeacherSource::Gguf(_)),
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
