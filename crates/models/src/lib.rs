@@ -11,6 +11,7 @@
 //! Models name their tensors as the Hugging Face checkpoint does; GGUF names are mapped.
 
 pub mod bert;
+pub mod bert_classifier;
 pub mod error;
 pub mod gguf;
 pub mod llama;
@@ -18,6 +19,7 @@ pub mod nn;
 pub mod weights;
 
 pub use bert::{Bert, BertConfig, BertOutput};
+pub use bert_classifier::{BertClassifier, ClassifierOutput, Pooling};
 pub use error::{ModelError, Result};
 pub use gguf::{GgufFile, GgufMode, GgufWeights};
 pub use llama::{Llama, LlamaConfig};

@@ -241,7 +241,11 @@ pub struct VarMapWeights {
     vb: VarBuilder<'static>,
     device: Device,
     dtype: DType,
+    frozen: Option<NamePredicate>,
 }
+
+/// Decides by variable name (e.g. whether it is frozen).
+pub type NamePredicate = Box<dyn Fn(&str) -> bool>;
 
 impl VarMapWeights {
     pub fn new(varmap: &VarMap, dtype: DType, device: &Device) -> Self {
@@ -249,7 +253,15 @@ impl VarMapWeights {
             vb: VarBuilder::from_varmap(varmap, dtype, device),
             device: device.clone(),
             dtype,
+            frozen: None,
         }
+    }
+
+    /// Variables whose name matches `is_frozen` are handed out detached: they stay in the map
+    /// (and are saved with it) but carry no gradient, so backward stops below them.
+    pub fn with_frozen(mut self, is_frozen: impl Fn(&str) -> bool + 'static) -> Self {
+        self.frozen = Some(Box::new(is_frozen));
+        self
     }
 }
 
@@ -267,9 +279,14 @@ impl WeightSource for VarMapWeights {
         true
     }
     fn tensor(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
-        self.vb
+        let t = self
+            .vb
             .get_with_hints(shape, name, init)
-            .context(|| format!("trainable variable `{name}` of shape {shape:?}"))
+            .context(|| format!("trainable variable `{name}` of shape {shape:?}"))?;
+        match &self.frozen {
+            Some(is_frozen) if is_frozen(name) => Ok(t.detach()),
+            _ => Ok(t),
+        }
     }
 }
 
