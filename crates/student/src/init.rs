@@ -135,14 +135,14 @@ fn random_init(
 }
 
 /// Box–Muller on two uniforms.
-fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
+pub(crate) fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
     let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
     let u2: f64 = rng.random();
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
 /// Indices of the `k` largest scores, in ascending index order (so slices keep the layout).
-fn top_k(scores: &[f32], k: usize) -> Vec<u32> {
+pub(crate) fn top_k(scores: &[f32], k: usize) -> Vec<u32> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
     idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     let mut keep: Vec<u32> = idx[..k].iter().map(|&i| i as u32).collect();

@@ -9,11 +9,16 @@
 //! The student's weights are the variables of a `VarMap`; this crate decides their shape and
 //! starting values, the trainer (`distill-train`) owns the learning.
 
+mod bert;
 mod design;
 mod error;
 mod init;
 mod save;
 
+pub use bert::{
+    bert_classifier_shapes, build_bert_student, derive_bert_config, save_bert_classifier,
+    BertExport, BertStudent,
+};
 pub use design::{derive_config, InitConfig, StudentConfig};
 pub use error::StudentError;
 pub use init::{build_student, evenly_spaced_layers, Student};

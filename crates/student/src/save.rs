@@ -22,7 +22,7 @@ pub struct HfExport<'a> {
     pub chat_template: Option<&'a str>,
 }
 
-fn io(path: &Path) -> impl FnOnce(String) -> StudentError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(String) -> StudentError + '_ {
     move |msg| StudentError::Io {
         path: path.to_path_buf(),
         msg,
@@ -31,6 +31,15 @@ fn io(path: &Path) -> impl FnOnce(String) -> StudentError + '_ {
 
 /// Writes the model into `dir` (replacing it when it exists). Returns the bytes of the weights.
 pub fn save_hf(dir: &Path, e: &HfExport) -> Result<u64, StudentError> {
+    write_folder_atomically(dir, |tmp| fill_llama_folder(dir, tmp, e))
+}
+
+/// Fills a temporary sibling of `dir` with `fill`, then puts it in place of `dir`: a reader
+/// never sees a half-written model folder. Returns what `fill` returns.
+pub(crate) fn write_folder_atomically(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> Result<u64, StudentError>,
+) -> Result<u64, StudentError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|x| io(parent)(x.to_string()))?;
     let name = dir
@@ -42,7 +51,49 @@ pub fn save_hf(dir: &Path, e: &HfExport) -> Result<u64, StudentError> {
         std::fs::remove_dir_all(&tmp).map_err(|x| io(&tmp)(x.to_string()))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|x| io(&tmp)(x.to_string()))?;
+    let out = match fill(&tmp) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|x| io(dir)(x.to_string()))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|x| io(dir)(x.to_string()))?;
+    Ok(out)
+}
 
+/// Saves the variables of `varmap` as `model.safetensors` in `dir`, converted to `dtype`.
+pub(crate) fn save_varmap(dir: &Path, varmap: &VarMap, dtype: DType) -> Result<u64, StudentError> {
+    let tensors: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(dtype)?.contiguous()?)))
+        .collect::<candle_core::Result<_>>()
+        .map_err(|x| io(dir)(x.to_string()))?;
+    let st = dir.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &st).map_err(|x| io(&st)(x.to_string()))?;
+    Ok(std::fs::metadata(&st).map(|m| m.len()).unwrap_or(0))
+}
+
+pub(crate) fn write_json(
+    dir: &Path,
+    file: &str,
+    v: &serde_json::Value,
+) -> Result<(), StudentError> {
+    let p = dir.join(file);
+    std::fs::write(
+        &p,
+        serde_json::to_string_pretty(v).expect("JSON value") + "\n",
+    )
+    .map_err(|x| io(&p)(x.to_string()))
+}
+
+fn fill_llama_folder(dir: &Path, tmp: &Path, e: &HfExport) -> Result<u64, StudentError> {
     let arch = if e.config.model_type == "qwen2" {
         "Qwen2ForCausalLM"
     } else {
@@ -57,14 +108,7 @@ pub fn save_hf(dir: &Path, e: &HfExport) -> Result<u64, StudentError> {
     if let Some(b) = e.eos_token_id {
         config["eos_token_id"] = json!(b);
     }
-    let write_json = |file: &str, v: &serde_json::Value| -> Result<(), StudentError> {
-        let p = tmp.join(file);
-        std::fs::write(
-            &p,
-            serde_json::to_string_pretty(v).expect("JSON value") + "\n",
-        )
-        .map_err(|x| io(&p)(x.to_string()))
-    };
+    let write_json = |file: &str, v: &serde_json::Value| write_json(tmp, file, v);
     write_json("config.json", &config)?;
     write_json(
         "generation_config.json",
@@ -91,22 +135,5 @@ pub fn save_hf(dir: &Path, e: &HfExport) -> Result<u64, StudentError> {
         .save(&tok_path, false)
         .map_err(|x| io(&tok_path)(x.to_string()))?;
 
-    let tensors: HashMap<String, Tensor> = e
-        .varmap
-        .data()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(DType::F32)?.contiguous()?)))
-        .collect::<candle_core::Result<_>>()
-        .map_err(|x| io(dir)(x.to_string()))?;
-    let st = tmp.join("model.safetensors");
-    candle_core::safetensors::save(&tensors, &st).map_err(|x| io(&st)(x.to_string()))?;
-    let bytes = std::fs::metadata(&st).map(|m| m.len()).unwrap_or(0);
-
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|x| io(dir)(x.to_string()))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|x| io(dir)(x.to_string()))?;
-    Ok(bytes)
+    save_varmap(tmp, e.varmap, DType::F32)
 }
