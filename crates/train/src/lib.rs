@@ -5,11 +5,14 @@
 //! deterministically from a seed), the distillation losses (forward/reverse KL at temperature T,
 //! JSD, hard-label cross-entropy, hidden-state losses), the trainer loop (AdamW, warm-up and
 //! cosine decay, clipping, accumulation), evaluation, checkpoints with exact resume, and metrics.
+//! For classification: labelled data (class folders, JSONL, CSV; e-mail parsed by `mail-parser`),
+//! stratified splits, and the classifier loop shared by fine-tuning and distillation.
 //!
 //! The trainer is generic over a model that returns logits (and hidden states); models know
 //! nothing of checkpoints or metrics.
 
 pub mod checkpoint;
+pub mod classify;
 pub mod config;
 pub mod data;
 pub mod losses;

@@ -71,7 +71,7 @@ pub enum TrainError {
     Invalid(String),
 }
 
-trait Ctx<T> {
+pub(crate) trait Ctx<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T, TrainError>;
 }
 impl<T> Ctx<T> for candle_core::Result<T> {
@@ -82,7 +82,7 @@ impl<T> Ctx<T> for candle_core::Result<T> {
         })
     }
 }
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::Io {
         path: path.to_path_buf(),
         msg: e.to_string(),
@@ -717,7 +717,7 @@ struct LossParts {
 }
 
 /// A message above the progress bar, or a log line when there is no terminal to draw on.
-fn say(bar: &indicatif::ProgressBar, msg: String) {
+pub(crate) fn say(bar: &indicatif::ProgressBar, msg: String) {
     if bar.is_hidden() {
         tracing::info!("{msg}");
     } else {
@@ -725,7 +725,11 @@ fn say(bar: &indicatif::ProgressBar, msg: String) {
     }
 }
 
-fn write_line(f: &mut std::fs::File, kind: &str, record: &impl Serialize) -> std::io::Result<()> {
+pub(crate) fn write_line(
+    f: &mut std::fs::File,
+    kind: &str,
+    record: &impl Serialize,
+) -> std::io::Result<()> {
     let mut v = serde_json::to_value(record).expect("record serialises");
     v["kind"] = serde_json::json!(kind);
     writeln!(f, "{v}")

@@ -160,7 +160,7 @@ fn describe(source: &DocumentSource) -> String {
 }
 
 /// Sort key that orders `chapter_2` before `chapter_10`.
-fn natural_key(p: &Path) -> Vec<(String, u64)> {
+pub(crate) fn natural_key(p: &Path) -> Vec<(String, u64)> {
     let name = p
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -3,9 +3,16 @@
 //! tokenizer, and packed into fixed-length blocks with EOS between documents.
 
 mod documents;
+mod email;
+mod labelled;
 mod pack;
 mod split;
 
 pub use documents::{load_documents, DataError, Document, DocumentSource};
+pub use email::{email_text, EmailOptions, EmailText, Undecodable};
+pub use labelled::{
+    load_labelled, split_stratified, Example, LabelledDataConfig, LabelledSet, LabelledSource,
+    LabelledSplit, Skipped, TextFormat,
+};
 pub use pack::{pack_blocks, BlockSet};
 pub use split::{split_documents, Split};
