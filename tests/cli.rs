@@ -51,16 +51,35 @@ fn help_shows_examples() {
 #[test]
 fn schema_describes_every_section_and_refuses_unknown_keys() {
     let v: serde_json::Value = serde_json::from_str(&ok(&distill(&["schema"], &[]))).unwrap();
-    for section in ["teacher", "data", "student", "distill", "train", "output"] {
-        assert!(
-            v["properties"].get(section).is_some(),
-            "no {section} in the schema"
-        );
+    // One alternative per task: causal-LM and classification runs.
+    let alternatives = v["anyOf"].as_array().expect("anyOf of the two run kinds");
+    assert_eq!(alternatives.len(), 2, "{v}");
+    let defs = &v["$defs"];
+    let resolve = |a: &serde_json::Value| -> serde_json::Value {
+        match a.get("$ref").and_then(|r| r.as_str()) {
+            Some(r) => defs[r.trim_start_matches("#/$defs/")].clone(),
+            None => a.clone(),
+        }
+    };
+    for alt in alternatives {
+        let alt = resolve(alt);
+        for section in ["teacher", "data", "student", "distill", "train", "output"] {
+            assert!(
+                alt["properties"].get(section).is_some(),
+                "no {section} in {alt}"
+            );
+        }
+        assert_eq!(alt["additionalProperties"], false);
     }
-    assert_eq!(v["additionalProperties"], false);
     let text = v.to_string();
     assert!(
         text.contains("forward_kl") && text.contains("from_teacher") && text.contains("block_size"),
+        "{text}"
+    );
+    assert!(
+        text.contains("class_folders")
+            && text.contains("freeze_layers")
+            && text.contains("scratch_baseline"),
         "{text}"
     );
 }
@@ -449,4 +468,233 @@ fn run_config_and_data_errors_are_clear() {
         s.replace("{kind: from_teacher}", "{kind: from_teacher, layers: [7]}")
     });
     assert!(e.contains("teacher layer 7"), "{e}");
+}
+
+/// A classification run on a small, seeded subset of SpamAssassin with the real MiniLM teacher.
+fn spam_setup(tmp: &Path, finetune: &str, extra_data: &str) -> std::path::PathBuf {
+    let yaml = format!(
+        "task: classification
+teacher: {{source: {minilm}, device: cpu}}
+data:
+  source:
+    kind: class_folders
+    path: {spam}
+    classes: {{easy-ham-1: ham, hard-ham-1: ham, spam-1: spam, spam-2: spam}}
+  format: email
+  labels: [ham, spam]
+  max_length: 32
+  max_per_class: 16
+  seed: 3
+{extra_data}
+{finetune}
+student: {{layers: 1, hidden: 64, heads: 2, intermediate: 128}}
+distill: {{alpha: 0.5, temperature: 2.0, scratch_baseline: true}}
+train: {{epochs: 2, batch_size: 8, lr: 0.001}}
+output: {{dir: {runs}, name: spam, dtype: f16}}
+",
+        minilm = common::minilm_dir().display(),
+        spam = common::asset("spam-assassin").display(),
+        runs = tmp.join("runs").display(),
+    );
+    let path = tmp.join("spam.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+const FINETUNE: &str = "finetune: {epochs: 1, batch_size: 8, lr: 0.0001, freeze_embeddings: true, freeze_layers: [0, 1, 2, 3]}";
+
+fn safetensors_dtypes(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut d: Vec<String> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(_, v)| v["dtype"].as_str().unwrap().to_string())
+        .collect();
+    d.sort();
+    d.dedup();
+    d
+}
+
+#[test]
+fn classification_run_finetunes_distils_exports_and_reports_on_real_spam() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = spam_setup(tmp.path(), FINETUNE, "");
+    let out = ok(&distill(&["run", config.to_str().unwrap()], &[]));
+    assert!(out.contains("classification report"), "{out}");
+    let run = tmp.path().join("runs/spam");
+    for (model, dtype) in [("teacher", "F32"), ("student", "F16"), ("scratch", "F16")] {
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join(model).join("config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cfg["architectures"][0], "BertForSequenceClassification");
+        assert_eq!(cfg["id2label"]["1"], "spam");
+        assert_eq!(cfg["label2id"]["ham"], 0);
+        assert!(run.join(model).join("tokenizer.json").is_file());
+        assert_eq!(
+            safetensors_dtypes(&run.join(model).join("model.safetensors")),
+            vec![dtype.to_string()],
+            "{model}"
+        );
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    // Every message of the four folders was read and decoded (2500 + 250 + 500 + 1396).
+    let data = &report["data"];
+    assert_eq!(
+        data["examples"].as_u64().unwrap() + data["skipped"].as_array().unwrap().len() as u64,
+        4646
+    );
+    assert!(data["truncated"][0].as_u64().unwrap() > 0, "{data}");
+    let stages: Vec<&str> = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, vec!["finetune", "distill", "scratch"]);
+    let s = &report["summary"];
+    for k in [
+        "teacher_acc",
+        "kd_acc",
+        "scratch_acc",
+        "teacher_bytes",
+        "student_bytes",
+        "teacher_msgs_per_s_b32",
+        "student_msgs_per_s_b32",
+    ] {
+        assert!(s[k].as_f64().is_some(), "summary lacks {k}: {s}");
+    }
+    assert!(s["student_bytes"].as_f64().unwrap() * 8.0 < s["teacher_bytes"].as_f64().unwrap());
+    let split: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
+    assert_eq!(split["test"].as_array().unwrap().len(), 4);
+    assert_eq!(split["train"].as_array().unwrap().len(), 24);
+    assert!(std::fs::read_to_string(run.join("report.md"))
+        .unwrap()
+        .contains("true \\ pred"));
+
+    // `distill eval` scores the exported student on the same test split, the same way.
+    let student = run.join("student");
+    let e = ok(&distill(
+        &[
+            "eval",
+            student.to_str().unwrap(),
+            "--labelled",
+            config.to_str().unwrap(),
+            "--split",
+            "test",
+            "--json",
+        ],
+        &[],
+    ));
+    let e: serde_json::Value = serde_json::from_str(&e).unwrap();
+    assert_eq!(e["examples"], 4);
+    assert_eq!(e["accuracy"], report["models"][1]["accuracy"]);
+    assert_eq!(e["confusion"], report["models"][1]["confusion"]);
+    let text = ok(&distill(
+        &[
+            "eval",
+            student.to_str().unwrap(),
+            "--labelled",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(
+        text.contains("confusion") && text.contains("spam"),
+        "{text}"
+    );
+}
+
+#[test]
+fn classification_input_errors_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err_of =
+        |finetune: &str, extra_data: &str, edit: &dyn Fn(String) -> String, args: &[&str]| {
+            let dir = tempfile::tempdir_in(tmp.path()).unwrap();
+            let config = spam_setup(dir.path(), finetune, extra_data);
+            std::fs::write(&config, edit(std::fs::read_to_string(&config).unwrap())).unwrap();
+            let mut a = vec!["run", config.to_str().unwrap()];
+            a.extend_from_slice(args);
+            let o = distill(&a, &[]);
+            assert!(
+                !o.status.success(),
+                "{}",
+                String::from_utf8_lossy(&o.stdout)
+            );
+            let e = String::from_utf8_lossy(&o.stderr).to_string();
+            std::mem::forget(dir);
+            e
+        };
+    let same = |s: String| s;
+    // A teacher without a head and no fine-tuning stage.
+    let e = err_of("", "", &same, &[]);
+    assert!(
+        e.contains("no classification head") && e.contains("finetune"),
+        "{e}"
+    );
+    // A class folder that does not exist.
+    let e = err_of(
+        FINETUNE,
+        "",
+        &|s| s.replace("spam-2: spam", "spam-9: spam"),
+        &[],
+    );
+    assert!(e.contains("spam-9") && e.contains("does not exist"), "{e}");
+    // A label the config does not map.
+    let e = err_of(
+        FINETUNE,
+        "",
+        &|s| s.replace("labels: [ham, spam]", "labels: [ham, junk]"),
+        &[],
+    );
+    assert!(e.contains("`spam`") && e.contains("data.labels"), "{e}");
+    // Frozen layers the teacher does not have.
+    let e = err_of(&FINETUNE.replace("[0, 1, 2, 3]", "[0, 9]"), "", &same, &[]);
+    assert!(
+        e.contains("finetune.freeze_layers") && e.contains("layer 9"),
+        "{e}"
+    );
+    // Range checks name the key.
+    let e = err_of(
+        FINETUNE,
+        "",
+        &|s| {
+            s.replace(
+                "max_per_class: 16",
+                "max_per_class: 16\n  test_fraction: 1.5",
+            )
+        },
+        &[],
+    );
+    assert!(e.contains("data.test_fraction"), "{e}");
+    let e = err_of(
+        FINETUNE,
+        "",
+        &|s| s.replace("dtype: f16", "dtype: int3"),
+        &[],
+    );
+    assert!(e.contains("output.dtype"), "{e}");
+    // A decoder teacher.
+    let gguf = common::smollm2_gguf();
+    let e = err_of(
+        FINETUNE,
+        "",
+        &|s| {
+            s.replace(
+                &common::minilm_dir().display().to_string(),
+                &gguf.display().to_string(),
+            )
+        },
+        &[],
+    );
+    assert!(e.contains("BERT"), "{e}");
+    // Classification runs do not resume.
+    let e = err_of(FINETUNE, "", &same, &["--resume"]);
+    assert!(e.contains("--resume"), "{e}");
 }

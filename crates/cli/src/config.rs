@@ -4,14 +4,47 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use distill_models::Pooling;
 use distill_student::StudentConfig;
 use distill_teacher::TeacherConfig;
+use distill_train::classify::{ClsDistillConfig, ClsTrainConfig};
 use distill_train::config::{DataConfig, DistillConfig, TrainConfig};
+use distill_train::data::LabelledDataConfig;
 use serde::{Deserialize, Serialize};
 
+/// What a run does; `causal_lm` when the key is absent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Per-token logit distillation of a decoder (the `RunConfig` sections).
+    CausalLm,
+    /// Fine-tune an encoder teacher and distil a classifier (the `ClassifyConfig` sections).
+    Classification,
+}
+
+/// A parsed run config of either task.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Job {
+    CausalLm(Box<RunConfig>),
+    Classification(Box<ClassifyConfig>),
+}
+
+/// The JSON Schema of both kinds of run config.
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum AnyConfig {
+    CausalLm(RunConfig),
+    Classification(ClassifyConfig),
+}
+
+/// A causal-LM distillation run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
+    /// `causal_lm` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<Task>,
     pub teacher: TeacherConfig,
     pub data: DataConfig,
     #[serde(default)]
@@ -47,31 +80,129 @@ impl RunConfig {
         self.data.validate()?;
         self.distill.validate()?;
         self.train.validate()?;
-        if self.output.name.is_empty()
-            || self.output.name.contains('/')
-            || self.output.name.starts_with('.')
-        {
-            bail!(
-                "output.name: `{}` must be a plain folder name",
-                self.output.name
-            );
-        }
-        Ok(())
+        check_name(&self.output.name)
     }
 }
 
-/// Reads, expands, parses and validates a run config.
-pub fn load(path: &Path) -> anyhow::Result<RunConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    parse(&text).with_context(|| format!("{}", path.display()))
+/// A classification run: fine-tune an encoder into a teacher (optional), distil a student.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyConfig {
+    /// `classification`.
+    pub task: Task,
+    /// A BERT-family encoder: a Hugging Face folder or `hf://` repo.
+    pub teacher: TeacherConfig,
+    pub data: LabelledDataConfig,
+    /// Pooling of teacher and student: `cls` (transformers' BertForSequenceClassification) or
+    /// `mean`.
+    #[serde(default = "d_pooling")]
+    pub pooling: Pooling,
+    /// Fine-tune the teacher (a fresh head on a pre-trained encoder) first; without it the
+    /// teacher must already have a classification head.
+    #[serde(default)]
+    pub finetune: Option<ClsTrainConfig>,
+    #[serde(default)]
+    pub student: StudentConfig,
+    #[serde(default)]
+    pub distill: ClsDistillConfig,
+    /// How the student is trained.
+    pub train: ClsTrainConfig,
+    pub output: ClsOutputConfig,
 }
 
+fn d_pooling() -> Pooling {
+    Pooling::Cls
+}
+
+/// `output:` of a classification run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClsOutputConfig {
+    #[serde(default = "default_runs")]
+    pub dir: PathBuf,
+    pub name: String,
+    /// Storage type of the exported student: f32, f16 or bf16 (the teacher is saved in f32).
+    #[serde(default = "d_f32")]
+    pub dtype: String,
+}
+
+fn d_f32() -> String {
+    "f32".into()
+}
+
+impl ClassifyConfig {
+    pub fn run_dir(&self) -> PathBuf {
+        self.output.dir.join(&self.output.name)
+    }
+
+    pub fn export_dtype(&self) -> anyhow::Result<candle_core::DType> {
+        Ok(match self.output.dtype.as_str() {
+            "f32" => candle_core::DType::F32,
+            "f16" => candle_core::DType::F16,
+            "bf16" => candle_core::DType::BF16,
+            other => bail!("output.dtype: expected f32, f16 or bf16, got `{other}`"),
+        })
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.data.validate()?;
+        if let Some(f) = &self.finetune {
+            f.validate("finetune", None)?;
+        }
+        self.train.validate("train", self.student.layers)?;
+        self.distill.validate()?;
+        self.export_dtype()?;
+        check_name(&self.output.name)
+    }
+}
+
+fn check_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        bail!("output.name: `{name}` must be a plain folder name");
+    }
+    Ok(())
+}
+
+/// Reads, expands, parses and validates a run config of either task.
+pub fn load_job(path: &Path) -> anyhow::Result<Job> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_job(&text).with_context(|| format!("{}", path.display()))
+}
+
+#[cfg(test)]
 pub fn parse(text: &str) -> anyhow::Result<RunConfig> {
+    match parse_job(text)? {
+        Job::CausalLm(c) => Ok(*c),
+        Job::Classification(_) => bail!("a classification config, not a causal-LM one"),
+    }
+}
+
+/// Parses the text once as a YAML value to read `task`, then as the matching config (so
+/// errors keep their line and column).
+pub fn parse_job(text: &str) -> anyhow::Result<Job> {
     let expanded = expand_env(text)?;
-    let cfg: RunConfig = serde_yaml::from_str(&expanded).map_err(|e| anyhow::anyhow!("{e}"))?;
-    cfg.validate()?;
-    Ok(cfg)
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(&expanded).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let task = match value.get("task") {
+        None => Task::CausalLm,
+        Some(t) => serde_yaml::from_value(t.clone())
+            .map_err(|e| anyhow::anyhow!("task: {e} (causal_lm or classification)"))?,
+    };
+    Ok(match task {
+        Task::CausalLm => {
+            let cfg: RunConfig =
+                serde_yaml::from_str(&expanded).map_err(|e| anyhow::anyhow!("{e}"))?;
+            cfg.validate()?;
+            Job::CausalLm(Box::new(cfg))
+        }
+        Task::Classification => {
+            let cfg: ClassifyConfig =
+                serde_yaml::from_str(&expanded).map_err(|e| anyhow::anyhow!("{e}"))?;
+            cfg.validate()?;
+            Job::Classification(Box::new(cfg))
+        }
+    })
 }
 
 /// Replaces `${NAME}` and `${NAME:-default}` (a default starting with `~/` is under `$HOME`);

@@ -49,7 +49,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => commands::run::run(a),
-        Command::Schema => serde_json::to_string_pretty(&schemars::schema_for!(config::RunConfig))
+        Command::Schema => serde_json::to_string_pretty(&schemars::schema_for!(config::AnyConfig))
             .map(|s| println!("{s}"))
             .map_err(Into::into),
         Command::Inspect(a) => commands::inspect::run(a),

@@ -13,9 +13,23 @@ use super::ModelArgs;
 pub struct Args {
     /// A .gguf file, a Hugging Face model folder, or hf://org/name[@revision]
     source: String,
-    /// Plain-text file to measure perplexity on.
+    /// Plain-text file to measure perplexity on (causal LMs).
+    #[arg(
+        long,
+        required_unless_present = "labelled",
+        conflicts_with = "labelled"
+    )]
+    text: Option<PathBuf>,
+    /// Labelled examples to score a classifier on: a .jsonl (`text`, `label`) or .csv file, or
+    /// a classification run config (its `data:` section, split as the run split it).
     #[arg(long)]
-    text: PathBuf,
+    labelled: Option<PathBuf>,
+    /// With a run config: which part of its split to score (all, train, validation, test).
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// With --json and --labelled: also list every example's text, label and logits.
+    #[arg(long, requires = "labelled")]
+    predictions: bool,
     /// Tokens per window; windows do not overlap.
     #[arg(long, default_value_t = 256)]
     block: usize,
@@ -54,14 +68,29 @@ struct Report {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let Some(text_path) = a.text.clone() else {
+        let labelled = a
+            .labelled
+            .as_ref()
+            .expect("clap requires --text or --labelled");
+        let opts = a.model.load_options()?;
+        return super::classify::eval_classifier(
+            &a.source,
+            labelled,
+            &a.split,
+            &opts.device,
+            a.json,
+            a.predictions,
+        );
+    };
     anyhow::ensure!(
         a.block >= 2,
         "--block must be at least 2 tokens, got {}",
         a.block
     );
     anyhow::ensure!(a.batch >= 1, "--batch must be at least 1");
-    let text = std::fs::read_to_string(&a.text)
-        .with_context(|| format!("reading {}", a.text.display()))?;
+    let text = std::fs::read_to_string(&text_path)
+        .with_context(|| format!("reading {}", text_path.display()))?;
     let opts = a.model.load_options()?;
     let source = TeacherSource::parse(&a.source)?;
     let teacher = Teacher::load(&source, &opts)?;
@@ -77,7 +106,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         !windows.is_empty(),
         "{}: fewer than 2 tokens of text",
-        a.text.display()
+        text_path.display()
     );
 
     let bar = ProgressBar::new(windows.iter().map(Vec::len).sum::<usize>() as u64);
@@ -118,7 +147,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let tokens: usize = windows.iter().map(Vec::len).sum();
     let report = Report {
         source: source.to_string(),
-        text: a.text.display().to_string(),
+        text: text_path.display().to_string(),
         tokens,
         predicted_tokens: total.tokens,
         perplexity: total.perplexity(),

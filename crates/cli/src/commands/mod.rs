@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod classify;
 pub mod eval;
 pub mod inspect;
 pub mod run;

@@ -27,14 +27,24 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let cfg = config::load(&a.config)?;
-    let run_dir = cfg.run_dir();
-    prepare_run_dir(&cfg, &run_dir, a.resume, a.overwrite)?;
+    match config::load_job(&a.config)? {
+        config::Job::CausalLm(cfg) => run_causal_lm(*cfg, a),
+        config::Job::Classification(cfg) => {
+            if a.resume {
+                bail!("--resume: classification runs restart from the beginning (they are short); use --overwrite");
+            }
+            let run_dir = cfg.run_dir();
+            prepare_run_dir(&*cfg, &run_dir, false, a.overwrite)?;
+            super::classify::run(&cfg, &run_dir, interrupt_flag())
+        }
+    }
+}
 
+/// Set by Ctrl-C; a second Ctrl-C while the checkpoint is written exits at once.
+fn interrupt_flag() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        // A second Ctrl-C while the checkpoint is written exits at once.
         let _ = ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
@@ -42,6 +52,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             eprintln!("\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to abort)");
         });
     }
+    stop
+}
+
+fn run_causal_lm(cfg: RunConfig, a: Args) -> anyhow::Result<()> {
+    let run_dir = cfg.run_dir();
+    prepare_run_dir(&cfg, &run_dir, a.resume, a.overwrite)?;
+    let stop = interrupt_flag();
 
     let opts = cfg.teacher.load_options().context("teacher")?;
     let source = TeacherSource::parse(&cfg.teacher.source).context("teacher.source")?;
@@ -181,7 +198,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 }
 
 fn prepare_run_dir(
-    cfg: &RunConfig,
+    cfg: &impl serde::Serialize,
     run_dir: &std::path::Path,
     resume: bool,
     overwrite: bool,
