@@ -87,6 +87,10 @@ pub fn build_student(
             let t = t
                 .to_device(device)
                 .and_then(|t| t.to_dtype(DType::F32))
+                // A deep copy: a teacher tensor that is itself a variable (a fine-tuned
+                // teacher) must not share storage with the student's, or training the student
+                // would change the teacher.
+                .and_then(|t| t.copy())
                 .ctx(|| format!("placing {name}"))?;
             data.insert(
                 name.clone(),
