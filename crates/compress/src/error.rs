@@ -1,0 +1,24 @@
+use std::path::PathBuf;
+
+use distill_models::ModelError;
+
+/// Errors of compression passes and exports; each names the key, file or tensor concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum CompressError {
+    /// A compression setting is invalid.
+    #[error("{key}: {msg}")]
+    Config { key: String, msg: String },
+    /// The model or format is not one this pass handles.
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{context}: {source}")]
+    Tensor {
+        context: String,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error("{path}: {msg}")]
+    Io { path: PathBuf, msg: String },
+}

@@ -1,0 +1,343 @@
+//! GGUF export of Llama-family models, as llama.cpp's converter writes them: its tensor names,
+//! Q/K rows permuted for its interleaved rope, the `llama.*` hyper-parameters, the tokenizer
+//! metadata, and matrices quantised through `candle_core::quantized` with a per-tensor fallback
+//! (llama.cpp's own) where a row length is not a multiple of the type's block size.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Tensor;
+use candle_nn::Init;
+use distill_models::{LlamaConfig, WeightSource};
+
+use crate::error::CompressError;
+
+/// The GGUF types an export can ask for.
+pub const EXPORT_TYPES: &[&str] = &["f32", "f16", "q8_0", "q6_k", "q5_k", "q4_k", "q5_0", "q4_0"];
+
+/// Parses a type name (`q4_k`, `Q4_K`, `q8_0`, `f16`, ...).
+pub fn parse_qtype(s: &str) -> Result<GgmlDType, CompressError> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "f32" => GgmlDType::F32,
+        "f16" => GgmlDType::F16,
+        "q8_0" => GgmlDType::Q8_0,
+        "q6_k" => GgmlDType::Q6K,
+        "q5_k" => GgmlDType::Q5K,
+        "q4_k" => GgmlDType::Q4K,
+        "q5_0" => GgmlDType::Q5_0,
+        "q4_0" => GgmlDType::Q4_0,
+        other => {
+            return Err(CompressError::Config {
+                key: "quantize".into(),
+                msg: format!(
+                    "unknown type `{other}`; expected one of {}",
+                    EXPORT_TYPES.join(", ")
+                ),
+            })
+        }
+    })
+}
+
+/// The type a tensor whose rows have `cols` values gets when `wanted` does not fit: llama.cpp's
+/// fallbacks (K-quants to the 32-block type of about the same size), then f16.
+pub fn fitting_type(wanted: GgmlDType, cols: usize) -> GgmlDType {
+    let fits = |t: GgmlDType| cols % t.block_size() == 0;
+    if fits(wanted) {
+        return wanted;
+    }
+    let next = match wanted {
+        GgmlDType::Q4K => GgmlDType::Q5_0,
+        GgmlDType::Q5K => GgmlDType::Q5_1,
+        GgmlDType::Q6K => GgmlDType::Q8_0,
+        _ => GgmlDType::F16,
+    };
+    if fits(next) {
+        next
+    } else {
+        GgmlDType::F16
+    }
+}
+
+/// llama.cpp's `general.file_type` for the model's main type.
+fn file_type(t: GgmlDType) -> u32 {
+    match t {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q4_0 => 2,
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q8_0 => 7,
+        GgmlDType::Q5_0 => 8,
+        GgmlDType::Q5_1 => 9,
+        GgmlDType::Q4K => 15,
+        GgmlDType::Q5K => 17,
+        GgmlDType::Q6K => 18,
+        _ => 0,
+    }
+}
+
+/// What to export.
+pub struct GgufExport<'a> {
+    pub config: &'a LlamaConfig,
+    /// Dense weights under Hugging Face names (`model.layers.0.self_attn.q_proj.weight`, ...).
+    pub weights: &'a dyn WeightSource,
+    /// `tokenizer.ggml.*` (and `tokenizer.chat_template`) keys, e.g. from the teacher's GGUF.
+    pub tokenizer: BTreeMap<String, Value>,
+    /// Type of the matrices (embeddings included); norms stay f32.
+    pub qtype: GgmlDType,
+    pub name: String,
+}
+
+/// A tensor stored in another type than asked, and why.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Fallback {
+    pub tensor: String,
+    pub wanted: String,
+    pub used: String,
+    pub row_length: usize,
+}
+
+/// What an export wrote.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GgufSummary {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub tensors: usize,
+    pub fallbacks: Vec<Fallback>,
+}
+
+/// Reads the tokenizer keys of a GGUF file (all `tokenizer.*` metadata).
+pub fn tokenizer_metadata(path: &Path) -> Result<BTreeMap<String, Value>, CompressError> {
+    let mut f = std::fs::File::open(path).map_err(|e| CompressError::Io {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let content = gguf_file::Content::read(&mut f).map_err(|e| CompressError::Io {
+        path: path.to_path_buf(),
+        msg: format!("not a readable GGUF file: {e}"),
+    })?;
+    let keys: BTreeMap<String, Value> = content
+        .metadata
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("tokenizer."))
+        .collect();
+    if !keys.contains_key("tokenizer.ggml.tokens") {
+        return Err(CompressError::Io {
+            path: path.to_path_buf(),
+            msg: "has no tokenizer.ggml.tokens metadata".into(),
+        });
+    }
+    Ok(keys)
+}
+
+/// llama.cpp's conversion-time permutation of Q/K rows (`[heads, 2, hd/2, cols]` → swap 1, 2).
+fn permute_qk(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (rows, cols) = t.dims2()?;
+    let hd = rows / heads;
+    t.reshape((heads, 2, hd / 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))
+}
+
+/// Writes `e` to `path` (through a temporary file, renamed when complete).
+pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressError> {
+    let cfg = e.config;
+    if !matches!(cfg.model_type.as_str(), "llama" | "mistral") {
+        return Err(CompressError::Unsupported(format!(
+            "GGUF export knows the llama architecture (llama, mistral configs); `{}` is not supported",
+            cfg.model_type
+        )));
+    }
+    if !e.tokenizer.contains_key("tokenizer.ggml.tokens") {
+        return Err(CompressError::Config {
+            key: "tokenizer".into(),
+            msg: "GGUF export needs tokenizer.ggml.* metadata (e.g. from the teacher's GGUF)"
+                .into(),
+        });
+    }
+    let ctx = |what: &str| {
+        let what = what.to_string();
+        move |source: candle_core::Error| CompressError::Tensor {
+            context: what,
+            source,
+        }
+    };
+    let get = |name: &str, shape: &[usize]| -> Result<Tensor, CompressError> {
+        Ok(e.weights.tensor(name, shape, Init::Const(0.0))?)
+    };
+    let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+    let hd = cfg.head_dim();
+    let (heads, kv) = (cfg.num_attention_heads, cfg.kv_heads());
+    let mut fallbacks = vec![];
+    let mut tensors: Vec<(String, QTensor)> = vec![];
+    let mut matrix = |gguf: String, t: Tensor| -> Result<(), CompressError> {
+        let cols = t.dim(1).map_err(ctx(&gguf))?;
+        let used = fitting_type(e.qtype, cols);
+        if used != e.qtype {
+            fallbacks.push(Fallback {
+                tensor: gguf.clone(),
+                wanted: format!("{:?}", e.qtype),
+                used: format!("{used:?}"),
+                row_length: cols,
+            });
+        }
+        let q = QTensor::quantize(&t, used).map_err(ctx(&gguf))?;
+        tensors.push((gguf, q));
+        Ok(())
+    };
+    matrix(
+        "token_embd.weight".into(),
+        get("model.embed_tokens.weight", &[cfg.vocab_size, h])?,
+    )?;
+    if !cfg.tie_word_embeddings {
+        matrix(
+            "output.weight".into(),
+            get("lm_head.weight", &[cfg.vocab_size, h])?,
+        )?;
+    }
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let q = get(&format!("{p}.self_attn.q_proj.weight"), &[heads * hd, h])?;
+        matrix(
+            format!("blk.{i}.attn_q.weight"),
+            permute_qk(&q, heads).map_err(ctx("q"))?,
+        )?;
+        let k = get(&format!("{p}.self_attn.k_proj.weight"), &[kv * hd, h])?;
+        matrix(
+            format!("blk.{i}.attn_k.weight"),
+            permute_qk(&k, kv).map_err(ctx("k"))?,
+        )?;
+        matrix(
+            format!("blk.{i}.attn_v.weight"),
+            get(&format!("{p}.self_attn.v_proj.weight"), &[kv * hd, h])?,
+        )?;
+        matrix(
+            format!("blk.{i}.attn_output.weight"),
+            get(&format!("{p}.self_attn.o_proj.weight"), &[h, heads * hd])?,
+        )?;
+        matrix(
+            format!("blk.{i}.ffn_gate.weight"),
+            get(&format!("{p}.mlp.gate_proj.weight"), &[f, h])?,
+        )?;
+        matrix(
+            format!("blk.{i}.ffn_up.weight"),
+            get(&format!("{p}.mlp.up_proj.weight"), &[f, h])?,
+        )?;
+        matrix(
+            format!("blk.{i}.ffn_down.weight"),
+            get(&format!("{p}.mlp.down_proj.weight"), &[h, f])?,
+        )?;
+    }
+    let mut norm = |gguf: String, name: String| -> Result<(), CompressError> {
+        let t = get(&name, &[h])?;
+        tensors.push((
+            gguf.clone(),
+            QTensor::quantize(&t, GgmlDType::F32).map_err(ctx(&gguf))?,
+        ));
+        Ok(())
+    };
+    norm("output_norm.weight".into(), "model.norm.weight".into())?;
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        norm(
+            format!("blk.{i}.attn_norm.weight"),
+            format!("{p}.input_layernorm.weight"),
+        )?;
+        norm(
+            format!("blk.{i}.ffn_norm.weight"),
+            format!("{p}.post_attention_layernorm.weight"),
+        )?;
+    }
+
+    let u32v = |v: usize| Value::U32(v as u32);
+    let mut md: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        ("general.name".into(), Value::String(e.name.clone())),
+        ("general.file_type".into(), Value::U32(file_type(e.qtype))),
+        ("general.quantization_version".into(), Value::U32(2)),
+        ("llama.vocab_size".into(), u32v(cfg.vocab_size)),
+        (
+            "llama.context_length".into(),
+            u32v(cfg.max_position_embeddings),
+        ),
+        ("llama.embedding_length".into(), u32v(h)),
+        ("llama.block_count".into(), u32v(cfg.num_hidden_layers)),
+        ("llama.feed_forward_length".into(), u32v(f)),
+        ("llama.attention.head_count".into(), u32v(heads)),
+        ("llama.attention.head_count_kv".into(), u32v(kv)),
+        ("llama.rope.dimension_count".into(), u32v(hd)),
+        (
+            "llama.rope.freq_base".into(),
+            Value::F32(cfg.rope_theta as f32),
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
+    ];
+    if hd * heads != h {
+        md.push(("llama.attention.key_length".into(), u32v(hd)));
+        md.push(("llama.attention.value_length".into(), u32v(hd)));
+    }
+    md.extend(e.tokenizer.iter().map(|(k, v)| (k.clone(), v.clone())));
+
+    let tmp = path.with_extension(format!("gguf.tmp-{}", std::process::id()));
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: std::io::Error| CompressError::Io {
+            path: p,
+            msg: e.to_string(),
+        }
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let written = (|| -> Result<(), CompressError> {
+        let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut file, &md_refs, &t_refs).map_err(ctx("writing GGUF"))?;
+        file.sync_all().map_err(io(&tmp))?;
+        Ok(())
+    })();
+    if let Err(err) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err);
+    }
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    for fb in &fallbacks {
+        tracing::warn!(
+            tensor = %fb.tensor,
+            wanted = %fb.wanted,
+            used = %fb.used,
+            "row length {} is not a multiple of the block size; stored in a type that fits",
+            fb.row_length
+        );
+    }
+    Ok(GgufSummary {
+        path: path.to_path_buf(),
+        bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        tensors: tensors.len(),
+        fallbacks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallbacks_follow_llama_cpp() {
+        assert_eq!(fitting_type(GgmlDType::Q4K, 512), GgmlDType::Q4K);
+        assert_eq!(fitting_type(GgmlDType::Q4K, 576), GgmlDType::Q5_0);
+        assert_eq!(fitting_type(GgmlDType::Q6K, 576), GgmlDType::Q8_0);
+        assert_eq!(fitting_type(GgmlDType::Q5K, 576), GgmlDType::Q5_1);
+        assert_eq!(fitting_type(GgmlDType::Q8_0, 48), GgmlDType::F16);
+        assert_eq!(fitting_type(GgmlDType::Q8_0, 64), GgmlDType::Q8_0);
+        assert!(parse_qtype("Q4_K").is_ok());
+        let e = parse_qtype("q3_xs").unwrap_err().to_string();
+        assert!(e.contains("q3_xs") && e.contains("q4_k"), "{e}");
+    }
+}
