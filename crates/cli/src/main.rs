@@ -18,6 +18,9 @@ Examples:
   distill tokenize model.gguf 'Call me Ishmael.' --json
   distill eval model.gguf --text moby-dick/chapter_1.txt --max-tokens 2048
   distill eval ./my-model-folder --text valid.txt --device cuda:0 --dtype bf16
+  distill run configs/spam-minilm.yaml           # fine-tune a classifier teacher, distil a student
+  distill eval runs/spam-minilm/student --labelled configs/spam-minilm.yaml --split test
+  distill compress runs/quickstart/final --gguf student.gguf --quantize q8_0 --tokenizer-from teacher.gguf
 
 Sources: a .gguf file, a Hugging Face model folder, or hf://org/name[@revision]
 (Hub access honours HF_TOKEN, HF_ENDPOINT, HF_HUB_CACHE, HF_HOME and HF_HUB_OFFLINE).
@@ -40,8 +43,11 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// The token ids a model's tokenizer gives for a text.
     Tokenize(commands::tokenize::Args),
-    /// Perplexity and speed of a causal language model on a text file.
+    /// Perplexity and speed of a causal language model on a text file, or accuracy and
+    /// confusion matrix of a classifier on labelled data.
     Eval(commands::eval::Args),
+    /// Quantise a Llama-family model and export it as GGUF (llama.cpp).
+    Compress(commands::compress::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +61,7 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Eval(a) => commands::eval::run(a),
+        Command::Compress(a) => commands::compress::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

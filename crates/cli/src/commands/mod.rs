@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod classify;
+pub mod compress;
 pub mod eval;
 pub mod inspect;
 pub mod run;
