@@ -307,13 +307,19 @@ pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressE
         return Err(err);
     }
     std::fs::rename(&tmp, path).map_err(io(path))?;
+    // One line per kind of fallback, not per tensor.
+    let mut kinds: BTreeMap<(String, String, usize), Vec<&str>> = BTreeMap::new();
     for fb in &fallbacks {
+        kinds
+            .entry((fb.wanted.clone(), fb.used.clone(), fb.row_length))
+            .or_default()
+            .push(&fb.tensor);
+    }
+    for ((wanted, used, cols), names) in kinds {
         tracing::warn!(
-            tensor = %fb.tensor,
-            wanted = %fb.wanted,
-            used = %fb.used,
-            "row length {} is not a multiple of the block size; stored in a type that fits",
-            fb.row_length
+            "{} tensors with rows of {cols} values do not fit {wanted} blocks; stored as {used} (e.g. {})",
+            names.len(),
+            names[0]
         );
     }
     Ok(GgufSummary {

@@ -145,8 +145,12 @@ pub fn clip_grad_norm(
     grads: &mut HashMap<String, Tensor>,
     max_norm: f64,
 ) -> candle_core::Result<f64> {
+    // Summed in name order: a HashMap's order differs between processes, and a float sum in a
+    // different order differs in the last bits, which would make runs irreproducible.
+    let mut names: Vec<&String> = grads.keys().collect();
+    names.sort();
     let mut total = 0f64;
-    for g in grads.values() {
+    for g in names.into_iter().map(|n| &grads[n]) {
         total += g
             .to_dtype(DType::F32)?
             .sqr()?
