@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Init, VarMap};
 use distill_models::{BertClassifier, BertConfig, Pooling, VarMapWeights, WeightSource};
 use rand::SeedableRng;
@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::design::{InitConfig, StudentConfig};
 use crate::error::{cfg_err, Ctx, StudentError};
-use crate::init::{evenly_spaced_layers, standard_normal, top_k};
+use crate::init::{layer_map, standard_normal, top_k, varmap_from};
 use crate::save::{io, save_varmap, write_folder_atomically, write_json};
 
 /// A trainable BERT classifier student.
@@ -95,37 +95,11 @@ pub fn build_bert_student(
         InitConfig::FromTeacher { layers } => {
             let (src, prefix) = teacher
                 .ok_or_else(|| cfg_err("init", "from_teacher needs the teacher's weights"))?;
-            let map = match layers {
-                Some(l) if l.len() != cfg.num_hidden_layers => {
-                    return Err(cfg_err(
-                        "init.layers",
-                        format!(
-                            "lists {} teacher layers for a student of {} layers",
-                            l.len(),
-                            cfg.num_hidden_layers
-                        ),
-                    ))
-                }
-                Some(l) => {
-                    if let Some(bad) = l.iter().find(|&&x| x >= teacher_cfg.num_hidden_layers) {
-                        return Err(cfg_err(
-                            "init.layers",
-                            format!(
-                                "teacher layer {bad} does not exist (the teacher has {})",
-                                teacher_cfg.num_hidden_layers
-                            ),
-                        ));
-                    }
-                    l.clone()
-                }
-                None if cfg.num_hidden_layers > teacher_cfg.num_hidden_layers => {
-                    return Err(cfg_err(
-                        "layers",
-                        "more layers than the teacher: list init.layers or use init: random",
-                    ))
-                }
-                None => evenly_spaced_layers(teacher_cfg.num_hidden_layers, cfg.num_hidden_layers),
-            };
+            let map = layer_map(
+                layers.as_deref(),
+                cfg.num_hidden_layers,
+                teacher_cfg.num_hidden_layers,
+            )?;
             let t = from_teacher(teacher_cfg, &cfg, src, prefix, &map, num_labels, pooling)?;
             (t, Some(map))
         }
@@ -133,24 +107,7 @@ pub fn build_bert_student(
             (random_init(&cfg, num_labels, pooling, *seed, device)?, None)
         }
     };
-    let varmap = VarMap::new();
-    {
-        let mut data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
-        for (name, t) in init {
-            let t = t
-                .to_device(device)
-                .and_then(|t| t.to_dtype(DType::F32))
-                // A deep copy: a teacher tensor that is itself a variable (a fine-tuned
-                // teacher) must not share storage with the student's, or training the student
-                // would change the teacher.
-                .and_then(|t| t.copy())
-                .ctx(|| format!("placing {name}"))?;
-            data.insert(
-                name.clone(),
-                Var::from_tensor(&t).ctx(|| format!("variable {name}"))?,
-            );
-        }
-    }
+    let varmap = varmap_from(init, device)?;
     let model = BertClassifier::load(
         &cfg,
         &VarMapWeights::new(&varmap, DType::F32, device),

@@ -43,43 +43,69 @@ pub fn build_student(
         InitConfig::FromTeacher { layers } => {
             let src = teacher
                 .ok_or_else(|| cfg_err("init", "from_teacher needs the teacher's weights"))?;
-            let map = match layers {
-                Some(l) => {
-                    if l.len() != cfg.num_hidden_layers {
-                        return Err(cfg_err(
-                            "init.layers",
-                            format!(
-                                "lists {} teacher layers for a student of {} layers",
-                                l.len(),
-                                cfg.num_hidden_layers
-                            ),
-                        ));
-                    }
-                    if let Some(bad) = l.iter().find(|&&x| x >= teacher_cfg.num_hidden_layers) {
-                        return Err(cfg_err(
-                            "init.layers",
-                            format!(
-                                "teacher layer {bad} does not exist (the teacher has {})",
-                                teacher_cfg.num_hidden_layers
-                            ),
-                        ));
-                    }
-                    l.clone()
-                }
-                None => {
-                    if cfg.num_hidden_layers > teacher_cfg.num_hidden_layers {
-                        return Err(cfg_err(
-                            "layers",
-                            "more layers than the teacher: list init.layers or use init: random",
-                        ));
-                    }
-                    evenly_spaced_layers(teacher_cfg.num_hidden_layers, cfg.num_hidden_layers)
-                }
-            };
+            let map = layer_map(
+                layers.as_deref(),
+                cfg.num_hidden_layers,
+                teacher_cfg.num_hidden_layers,
+            )?;
             (from_teacher(teacher_cfg, &cfg, src, &map)?, Some(map))
         }
         InitConfig::Random { seed } => (random_init(&cfg, *seed, device)?, None),
     };
+    let varmap = varmap_from(init, device)?;
+    let n_before = varmap.all_vars().len();
+    let model = Llama::load(&cfg, &VarMapWeights::new(&varmap, DType::F32, device))?;
+    debug_assert_eq!(
+        n_before,
+        varmap.all_vars().len(),
+        "every variable was initialised"
+    );
+    Ok(Student {
+        config: cfg,
+        varmap,
+        model,
+        layer_map,
+    })
+}
+
+/// The teacher layer each of `student` layers starts from: `listed`, checked, or evenly spaced.
+pub(crate) fn layer_map(
+    listed: Option<&[usize]>,
+    student: usize,
+    teacher: usize,
+) -> Result<Vec<usize>, StudentError> {
+    match listed {
+        Some(l) => {
+            if l.len() != student {
+                return Err(cfg_err(
+                    "init.layers",
+                    format!(
+                        "lists {} teacher layers for a student of {student} layers",
+                        l.len()
+                    ),
+                ));
+            }
+            if let Some(bad) = l.iter().find(|&&x| x >= teacher) {
+                return Err(cfg_err(
+                    "init.layers",
+                    format!("teacher layer {bad} does not exist (the teacher has {teacher})"),
+                ));
+            }
+            Ok(l.to_vec())
+        }
+        None if student > teacher => Err(cfg_err(
+            "layers",
+            "more layers than the teacher: list init.layers or use init: random",
+        )),
+        None => Ok(evenly_spaced_layers(teacher, student)),
+    }
+}
+
+/// Trainable variables holding deep copies of `init` (f32, on `device`).
+pub(crate) fn varmap_from(
+    init: BTreeMap<String, Tensor>,
+    device: &Device,
+) -> Result<VarMap, StudentError> {
     let varmap = VarMap::new();
     {
         let mut data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
@@ -98,19 +124,7 @@ pub fn build_student(
             );
         }
     }
-    let n_before = varmap.all_vars().len();
-    let model = Llama::load(&cfg, &VarMapWeights::new(&varmap, DType::F32, device))?;
-    debug_assert_eq!(
-        n_before,
-        varmap.all_vars().len(),
-        "every variable was initialised"
-    );
-    Ok(Student {
-        config: cfg,
-        varmap,
-        model,
-        layer_map,
-    })
+    Ok(varmap)
 }
 
 /// Normal(0, 0.02) matrices and embeddings, unit norms, zero biases, from a seeded ChaCha8.
