@@ -13,13 +13,11 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Init, VarMap};
 use distill_models::{BertClassifier, BertConfig, Pooling, VarMapWeights, WeightSource};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
 use crate::design::{InitConfig, StudentConfig};
 use crate::error::{cfg_err, Ctx, StudentError};
-use crate::init::{layer_map, standard_normal, top_k, varmap_from};
+use crate::init::{layer_map, norms, seeded_init, top_k, varmap_from};
 use crate::save::{io, save_varmap, write_folder_atomically, write_json};
 
 /// A trainable BERT classifier student.
@@ -180,27 +178,17 @@ fn random_init(
     seed: u64,
     device: &Device,
 ) -> Result<BTreeMap<String, Tensor>, StudentError> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut out = BTreeMap::new();
-    for (name, shape) in bert_classifier_shapes(cfg, num_labels, pooling) {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = if name.contains("LayerNorm.weight") {
-            vec![1.0; n]
-        } else if name.ends_with(".bias") {
-            vec![0.0; n]
-        } else {
-            (0..n).map(|_| 0.02 * standard_normal(&mut rng)).collect()
-        };
-        out.insert(
-            name.clone(),
-            Tensor::from_vec(data, shape, device).ctx(|| name.clone())?,
-        );
-    }
-    Ok(out)
+    seeded_init(
+        bert_classifier_shapes(cfg, num_labels, pooling),
+        |n| n.contains("LayerNorm.weight"),
+        seed,
+        device,
+    )
 }
 
+/// L2 norm of each row of a matrix.
 fn row_norms(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.sqr()?.sum(1)?.sqrt()?.to_vec1()
+    norms(t, 0)
 }
 
 fn from_teacher(

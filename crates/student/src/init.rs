@@ -133,11 +133,27 @@ fn random_init(
     seed: u64,
     device: &Device,
 ) -> Result<BTreeMap<String, Tensor>, StudentError> {
+    seeded_init(
+        cfg.tensor_shapes(),
+        |n| n.ends_with("norm.weight"),
+        seed,
+        device,
+    )
+}
+
+/// Ones for the norm gains `is_gain` names, zeros for biases, Normal(0, 0.02) for the rest,
+/// drawn in `shapes` order from a ChaCha8 seeded with `seed`.
+pub(crate) fn seeded_init(
+    shapes: Vec<(String, Vec<usize>)>,
+    is_gain: impl Fn(&str) -> bool,
+    seed: u64,
+    device: &Device,
+) -> Result<BTreeMap<String, Tensor>, StudentError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = BTreeMap::new();
-    for (name, shape) in cfg.tensor_shapes() {
+    for (name, shape) in shapes {
         let n: usize = shape.iter().product();
-        let data: Vec<f32> = if name.ends_with("norm.weight") {
+        let data: Vec<f32> = if is_gain(&name) {
             vec![1.0; n]
         } else if name.ends_with(".bias") {
             vec![0.0; n]
@@ -153,7 +169,7 @@ fn random_init(
 }
 
 /// Box–Muller on two uniforms.
-pub(crate) fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
+fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
     let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
     let u2: f64 = rng.random();
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
@@ -168,7 +184,7 @@ pub(crate) fn top_k(scores: &[f32], k: usize) -> Vec<u32> {
     keep
 }
 
-fn norms(t: &Tensor, dim: usize) -> candle_core::Result<Vec<f32>> {
+pub(crate) fn norms(t: &Tensor, dim: usize) -> candle_core::Result<Vec<f32>> {
     // L2 norm of each slice along `dim` (the other dimension is reduced).
     let other = 1 - dim;
     t.sqr()?.sum(other)?.sqrt()?.to_vec1()
