@@ -25,11 +25,13 @@ fn terr(what: impl Into<String>) -> impl FnOnce(candle_core::Error) -> CompressE
     move |source| CompressError::Tensor { context, source }
 }
 
-/// Whether `name` is a linear matrix inside a decoder layer (the prunable weights).
+/// Whether `name` is a linear matrix inside a transformer layer (the prunable weights): a Llama
+/// decoder layer's attention or MLP projection, or a BERT encoder layer's dense weight.
 pub fn is_layer_matrix(name: &str) -> bool {
-    name.starts_with("model.layers.")
-        && name.ends_with(".weight")
-        && (name.contains(".self_attn.") || name.contains(".mlp."))
+    let llama = name.starts_with("model.layers.")
+        && (name.contains(".self_attn.") || name.contains(".mlp."));
+    let bert = name.contains("encoder.layer.") && !name.contains("LayerNorm");
+    (llama || bert) && name.ends_with(".weight")
 }
 
 /// How a sparsity target is shared among tensors.
@@ -80,7 +82,7 @@ pub fn magnitude_prune(
         .collect();
     if names.is_empty() {
         return Err(CompressError::Unsupported(
-            "no decoder-layer matrices (model.layers.N.self_attn/mlp) to prune".into(),
+            "no layer matrices (model.layers.N.self_attn/mlp or encoder.layer.N) to prune".into(),
         ));
     }
     let abs = |t: &Tensor, n: &str| -> Result<Vec<f32>, CompressError> {
@@ -440,10 +442,7 @@ mod tests {
     }
 
     fn logits(cfg: &LlamaConfig, t: &Tensors) -> Tensor {
-        let src = TensorMap {
-            tensors: t.clone(),
-            device: Device::Cpu,
-        };
+        let src = TensorMap::from_tensors(t.clone(), Device::Cpu);
         let m = Llama::load(cfg, &src).unwrap();
         let ids = Tensor::new(&[[1u32, 5, 9, 2, 7]], &Device::Cpu).unwrap();
         m.forward(&ids, None, false).unwrap().logits

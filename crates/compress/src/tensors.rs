@@ -5,11 +5,16 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Init;
-use distill_models::{ModelError, WeightSource};
+use distill_models::{Matrix, ModelError, WeightSource};
 
-/// Tensors by Hugging Face name.
+use crate::stored::Stored;
+
+/// Tensors by Hugging Face name. `tensors` always holds the dense value a model computes with;
+/// `stored` says which of them are kept in a compressed form (and that form), for saving and,
+/// for low-rank factors, for running.
 pub struct TensorMap {
     pub tensors: BTreeMap<String, Tensor>,
+    pub stored: BTreeMap<String, Stored>,
     pub device: Device,
 }
 
@@ -24,15 +29,27 @@ impl TensorMap {
             let t = src.tensor(&name, &shape, Init::Const(0.0))?;
             tensors.insert(name, t);
         }
-        Ok(Self {
-            tensors,
-            device: src.device().clone(),
-        })
+        Ok(Self::from_tensors(tensors, src.device().clone()))
     }
 
-    /// Number of values in all tensors.
+    /// Dense tensors, none of them compressed yet.
+    pub fn from_tensors(tensors: BTreeMap<String, Tensor>, device: Device) -> Self {
+        Self {
+            tensors,
+            stored: BTreeMap::new(),
+            device,
+        }
+    }
+
+    /// Number of values in all tensors (a low-rank matrix counts its factors).
     pub fn parameters(&self) -> usize {
-        self.tensors.values().map(|t| t.elem_count()).sum()
+        self.tensors
+            .iter()
+            .map(|(n, t)| match self.stored.get(n) {
+                Some(Stored::LowRank { u, v }) => u.elem_count() + v.elem_count(),
+                _ => t.elem_count(),
+            })
+            .sum()
     }
 }
 
@@ -48,6 +65,17 @@ impl WeightSource for TensorMap {
     }
     fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
+    }
+    fn matrix(&self, name: &str, out: usize, inp: usize, init: Init) -> Result<Matrix, ModelError> {
+        if let Some(Stored::LowRank { u, v }) = self.stored.get(name) {
+            if u.dims() == [out, u.dims()[1]] && v.dims()[1] == inp {
+                return Ok(Matrix::LowRank {
+                    u: u.clone(),
+                    v: v.clone(),
+                });
+            }
+        }
+        Ok(Matrix::Dense(self.tensor(name, &[out, inp], init)?))
     }
     fn tensor(&self, name: &str, shape: &[usize], _init: Init) -> Result<Tensor, ModelError> {
         let t = self

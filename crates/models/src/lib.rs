@@ -12,6 +12,7 @@
 
 pub mod bert;
 pub mod bert_classifier;
+pub mod encoded;
 pub mod error;
 pub mod gguf;
 pub mod llama;

@@ -12,6 +12,9 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Init, VarBuilder, VarMap};
 
+use crate::encoded::{
+    decode_int8, decode_shared, f32_values, CODEBOOK, INDICES, LOW_RANK_U, LOW_RANK_V, SCALE,
+};
 use crate::error::{ModelError, Result, TensorContext};
 
 /// A provider of named tensors for building a model.
@@ -36,13 +39,19 @@ pub trait WeightSource {
     }
 }
 
-/// A weight matrix `[out, inp]`: dense, or quantised and multiplied through [`QMatMul`].
+/// A weight matrix `[out, inp]`: dense, quantised and multiplied through [`QMatMul`], or the
+/// product `u · v` of two low-rank factors, applied one after the other.
 #[derive(Clone, Debug)]
 pub enum Matrix {
     Dense(Tensor),
     Quantized {
         qtensor: Arc<QTensor>,
         matmul: QMatMul,
+    },
+    /// `u`: `[out, r]`, `v`: `[r, inp]`.
+    LowRank {
+        u: Tensor,
+        v: Tensor,
     },
 }
 
@@ -59,6 +68,7 @@ impl Matrix {
         match self {
             Matrix::Dense(t) => Ok(t.clone()),
             Matrix::Quantized { qtensor, .. } => qtensor.dequantize(device),
+            Matrix::LowRank { u, v } => u.matmul(v),
         }
     }
 }
@@ -109,22 +119,25 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.weight {
-            Matrix::Dense(w) => {
-                let dims = x.dims();
-                let k = dims[dims.len() - 1];
-                let rows = x.elem_count() / k.max(1);
-                let mut out_dims = dims.to_vec();
-                let out = w.dim(0)?;
-                *out_dims.last_mut().expect("non-scalar input") = out;
-                x.reshape((rows, k))?.matmul(&w.t()?)?.reshape(out_dims)?
-            }
+            Matrix::Dense(w) => times_transposed(x, w)?,
             Matrix::Quantized { matmul, .. } => matmul.forward(x)?,
+            Matrix::LowRank { u, v } => times_transposed(&times_transposed(x, v)?, u)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
     }
+}
+
+/// `x wᵀ` over the last dimension of `x`, for any number of leading dimensions.
+fn times_transposed(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let dims = x.dims();
+    let k = dims[dims.len() - 1];
+    let rows = x.elem_count() / k.max(1);
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("non-scalar input") = w.dim(0)?;
+    x.reshape((rows, k))?.matmul(&w.t()?)?.reshape(out_dims)
 }
 
 fn check_shape(source_name: &str, name: &str, expected: &[usize], got: &[usize]) -> Result<()> {
@@ -193,7 +206,83 @@ impl SafetensorsWeights {
     }
 }
 
+impl SafetensorsWeights {
+    /// A weight stored in one of the compressed forms of [`crate::encoded`], decoded to a dense
+    /// f32 tensor of `shape`; `None` when `name` is stored densely.
+    fn decoded(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        let src = self.source_name();
+        let get = |suffix: &str| self.st.get(&format!("{name}{suffix}")).ok();
+        if let (Some(u), Some(v)) = (get(LOW_RANK_U), get(LOW_RANK_V)) {
+            let (us, vs) = (u.shape().to_vec(), v.shape().to_vec());
+            let fits = us.len() == 2 && vs.len() == 2 && us[1] == vs[0];
+            check_shape(&src, name, shape, &[us[0], if fits { vs[1] } else { 0 }])?;
+            let (u, v) = (
+                self.dense(&format!("{name}{LOW_RANK_U}"))?,
+                self.dense(&format!("{name}{LOW_RANK_V}"))?,
+            );
+            return Ok(Some(u.matmul(&v)?));
+        }
+        if let (Some(codebook), Some(indices)) = (get(CODEBOOK), get(INDICES)) {
+            let codebook = f32_values(
+                &src,
+                &format!("{name}{CODEBOOK}"),
+                codebook.dtype(),
+                codebook.data(),
+            )?;
+            return decode_shared(&src, name, &codebook, indices.data(), shape, &self.device)
+                .map(Some);
+        }
+        match (self.st.get(name).ok(), get(SCALE)) {
+            (Some(q), Some(scale)) if q.dtype() == safetensors::Dtype::I8 => {
+                check_shape(&src, name, shape, q.shape())?;
+                let scales =
+                    f32_values(&src, &format!("{name}{SCALE}"), scale.dtype(), scale.data())?;
+                decode_int8(&src, name, q.data(), &scales, shape, &self.device).map(Some)
+            }
+            (Some(q), _) if q.dtype() == safetensors::Dtype::I8 => Err(ModelError::Format {
+                path: src.into(),
+                msg: format!("int8 tensor `{name}` has no `{name}{SCALE}`"),
+            }),
+            _ => Ok(None),
+        }
+    }
+
+    /// A dense tensor as stored, in the source's dtype.
+    fn dense(&self, name: &str) -> Result<Tensor> {
+        let t = self
+            .st
+            .load(name, &self.device)
+            .context(|| format!("{}: reading tensor `{name}`", self.source_name()))?;
+        Ok(t.to_dtype(self.dtype)?)
+    }
+}
+
 impl WeightSource for SafetensorsWeights {
+    fn matrix(&self, name: &str, out: usize, inp: usize, init: Init) -> Result<Matrix> {
+        let u_name = format!("{name}{LOW_RANK_U}");
+        if let (Ok(u), Ok(v)) = (
+            self.st.get(&u_name),
+            self.st.get(&format!("{name}{LOW_RANK_V}")),
+        ) {
+            let (us, vs) = (u.shape().to_vec(), v.shape().to_vec());
+            if us.len() != 2 || vs.len() != 2 || us[1] != vs[0] || us[0] != out || vs[1] != inp {
+                return Err(ModelError::Shape {
+                    source_name: self.source_name(),
+                    name: format!("{name} (low-rank factors {us:?} · {vs:?})"),
+                    expected: vec![out, inp],
+                    got: vec![
+                        us.first().copied().unwrap_or(0),
+                        vs.last().copied().unwrap_or(0),
+                    ],
+                });
+            }
+            return Ok(Matrix::LowRank {
+                u: self.dense(&u_name)?,
+                v: self.dense(&format!("{name}{LOW_RANK_V}"))?,
+            });
+        }
+        Ok(Matrix::Dense(self.tensor(name, &[out, inp], init)?))
+    }
     fn source_name(&self) -> String {
         match self.files.as_slice() {
             [one] => one.display().to_string(),
@@ -214,8 +303,13 @@ impl WeightSource for SafetensorsWeights {
     }
     fn contains(&self, name: &str) -> bool {
         self.st.get(name).is_ok()
+            || self.st.get(&format!("{name}{CODEBOOK}")).is_ok()
+            || self.st.get(&format!("{name}{LOW_RANK_U}")).is_ok()
     }
     fn tensor(&self, name: &str, shape: &[usize], _init: Init) -> Result<Tensor> {
+        if let Some(t) = self.decoded(name, shape)? {
+            return Ok(t.to_dtype(self.dtype)?);
+        }
         let view = self.st.get(name).map_err(|_| ModelError::MissingTensor {
             source_name: self.source_name(),
             name: name.to_string(),
