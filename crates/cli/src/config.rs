@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use distill_compress::config::CompressConfig;
 use distill_models::Pooling;
 use distill_student::StudentConfig;
 use distill_teacher::TeacherConfig;
@@ -53,6 +54,9 @@ pub struct RunConfig {
     pub distill: DistillConfig,
     pub train: TrainConfig,
     pub output: OutputConfig,
+    /// Compressed variants of the trained student, measured step by step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<CompressConfig>,
 }
 
 /// `output:` — where the run folder goes.
@@ -80,6 +84,9 @@ impl RunConfig {
         self.data.validate()?;
         self.distill.validate()?;
         self.train.validate()?;
+        if let Some(c) = &self.compress {
+            c.validate()?;
+        }
         check_name(&self.output.name)
     }
 }
@@ -108,6 +115,9 @@ pub struct ClassifyConfig {
     /// How the student is trained.
     pub train: ClsTrainConfig,
     pub output: ClsOutputConfig,
+    /// Compressed variants of the trained student, measured step by step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<CompressConfig>,
 }
 
 fn d_pooling() -> Pooling {
@@ -152,6 +162,9 @@ impl ClassifyConfig {
         self.train.validate("train", self.student.layers)?;
         self.distill.validate()?;
         self.export_dtype()?;
+        if let Some(c) = &self.compress {
+            c.validate()?;
+        }
         check_name(&self.output.name)
     }
 }

@@ -11,6 +11,7 @@
 //! (truncated SVD), [`share`] (k-means codebooks), [`int8`] (per-channel), and the exports
 //! [`stored::write_model_folder`] (safetensors) and [`export_gguf`] (llama.cpp).
 
+pub mod config;
 mod error;
 pub mod gguf_export;
 pub mod int8;

@@ -87,10 +87,7 @@ fn dense_bytes(name: &str, t: &Tensor, dtype: DType) -> Result<(Dtype, Vec<u8>),
 
 /// Every tensor of `map` as it is written: name → (dtype, shape, bytes). Dense tensors and
 /// low-rank factors are converted to `dtype`.
-pub fn encode_all(
-    map: &TensorMap,
-    dtype: DType,
-) -> Result<BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>, CompressError> {
+pub fn encode_all(map: &TensorMap, dtype: DType) -> Result<Encoded, CompressError> {
     let mut out = BTreeMap::new();
     for (name, t) in &map.tensors {
         let shape = t.dims().to_vec();
@@ -148,17 +145,35 @@ pub fn encode_all(
 /// place). Returns its size in bytes.
 pub fn save_safetensors(map: &TensorMap, dtype: DType, path: &Path) -> Result<u64, CompressError> {
     let encoded = encode_all(map, dtype)?;
-    let mut views = vec![];
-    for (name, (d, shape, bytes)) in &encoded {
-        let view = safetensors::tensor::TensorView::new(*d, shape.clone(), bytes)
-            .map_err(|e| io(path)(format!("tensor `{name}`: {e}")))?;
-        views.push((name.clone(), view));
-    }
     let tmp = path.with_extension("safetensors.tmp");
-    safetensors::tensor::serialize_to_file(views, None, &tmp)
+    safetensors::tensor::serialize_to_file(views(&encoded, path)?, None, &tmp)
         .map_err(|e| io(&tmp)(e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| io(path)(e.to_string()))?;
     Ok(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))
+}
+
+/// Exact size of the safetensors file [`save_safetensors`] would write.
+pub fn serialized_bytes(map: &TensorMap, dtype: DType) -> Result<u64, CompressError> {
+    let encoded = encode_all(map, dtype)?;
+    let bytes = safetensors::tensor::serialize(views(&encoded, Path::new("(memory)"))?, None)
+        .map_err(|e| io(Path::new("(memory)"))(e.to_string()))?;
+    Ok(bytes.len() as u64)
+}
+
+type Encoded = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
+
+fn views<'a>(
+    encoded: &'a Encoded,
+    path: &Path,
+) -> Result<Vec<(String, safetensors::tensor::TensorView<'a>)>, CompressError> {
+    encoded
+        .iter()
+        .map(|(name, (d, shape, bytes))| {
+            safetensors::tensor::TensorView::new(*d, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| io(path)(format!("tensor `{name}`: {e}")))
+        })
+        .collect()
 }
 
 /// Writes a compressed model folder at `dir`: the files of `template` other than weights

@@ -582,6 +582,11 @@ pub fn run(cfg: &ClassifyConfig, run_dir: &Path, stop: Arc<AtomicBool>) -> anyho
     write_atomic(&run_dir.join("report.md"), md.as_bytes())?;
     println!("\n{md}");
     println!("report: {}", run_dir.join("report.md").display());
+    if let Some(c) = &cfg.compress {
+        let subject =
+            super::pipeline::cls::ClsSubject::new(&student_dir.display().to_string(), cfg)?;
+        super::pipeline::run_in(&subject, c, run_dir)?;
+    }
     Ok(())
 }
 

@@ -68,6 +68,10 @@ pub struct Args {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Run the `compress:` section of this run config on MODEL (its data measures each step
+    /// and heals), instead of the flags above. Output: --out, or RUN/compressed.
+    #[arg(long, conflicts_with_all = ["sparsity", "two_four", "ffn_neurons", "kv_heads", "drop_layers", "gguf"])]
+    config: Option<PathBuf>,
 }
 
 /// One row of the size/quality table.
@@ -100,6 +104,9 @@ fn measure(
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    if let Some(path) = &a.config {
+        return run_config(&a, path);
+    }
     let source = TeacherSource::parse(&a.model)?;
     let resolved = resolve(&source, &HubOptions::from_env())?;
     let tokenizer = load_tokenizer(&resolved)?;
@@ -306,6 +313,37 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "GGUF: {} stored as {} (rows of {} do not fit {} blocks)",
             f.tensor, f.used, f.row_length, f.wanted
         );
+    }
+    Ok(())
+}
+
+/// `distill compress MODEL --config RUN.yaml`: the run's `compress:` section on MODEL.
+fn run_config(a: &Args, path: &std::path::Path) -> anyhow::Result<()> {
+    use super::pipeline;
+    let job = crate::config::load_job(path)?;
+    let (section, default_out, subject): (_, PathBuf, Box<dyn pipeline::Subject>) = match &job {
+        crate::config::Job::CausalLm(cfg) => {
+            let c = cfg.compress.clone().with_context(|| {
+                format!("{}: no `compress:` section", path.display())
+            })?;
+            let s = pipeline::lm::LmSubject::new(&a.model, cfg, c.eval_blocks)?;
+            (c, cfg.run_dir().join("compressed"), Box::new(s))
+        }
+        crate::config::Job::Classification(cfg) => {
+            let c = cfg.compress.clone().with_context(|| {
+                format!("{}: no `compress:` section", path.display())
+            })?;
+            let s = pipeline::cls::ClsSubject::new(&a.model, cfg)?;
+            (c, cfg.run_dir().join("compressed"), Box::new(s))
+        }
+    };
+    let out = a.out.clone().unwrap_or(default_out);
+    let o = pipeline::run(subject.as_ref(), &section, &out)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&o)?);
+    } else {
+        println!("{}\n{}", pipeline::table(&o), pipeline::headline_text(&o));
+        println!("report: {}", out.join("compress.md").display());
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ pub mod classify;
 pub mod compress;
 pub mod eval;
 pub mod inspect;
+pub mod pipeline;
 pub mod run;
 pub mod tokenize;
 

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Tensor};
 use distill_models::Llama;
 use distill_student::{build_student, save_hf, HfExport, InitConfig};
-use distill_teacher::{Teacher, TeacherModel, TeacherSource};
+use distill_teacher::{LoadedTokenizer, Teacher, TeacherModel, TeacherSource};
 use distill_train::data::{load_documents, pack_blocks, split_documents, BlockSet};
 use distill_train::trainer::{LogitsModel, Trainer};
 
@@ -69,7 +69,7 @@ fn run_causal_lm(cfg: RunConfig, a: Args) -> anyhow::Result<()> {
     };
     let teacher_cfg = teacher_lm.config().clone();
 
-    let (train, valid) = build_data(&cfg, &teacher, teacher_cfg.vocab_size)?;
+    let (train, valid) = build_data(&cfg, &teacher.tokenizer, teacher_cfg.vocab_size)?;
     tracing::info!(
         train_blocks = train.len(),
         validation_blocks = valid.len(),
@@ -194,6 +194,15 @@ fn run_causal_lm(cfg: RunConfig, a: Args) -> anyhow::Result<()> {
     println!("\n{}", report.table());
     println!("report: {}", run_dir.join("report.md").display());
     println!("student: {}", final_dir.display());
+    if let Some(c) = &cfg.compress {
+        drop(teacher);
+        let subject = super::pipeline::lm::LmSubject::new(
+            &final_dir.display().to_string(),
+            &cfg,
+            c.eval_blocks,
+        )?;
+        super::pipeline::run_in(&subject, c, &run_dir)?;
+    }
     Ok(())
 }
 
@@ -231,20 +240,20 @@ fn prepare_run_dir(
 }
 
 /// Documents → split by whole documents → tokenised and packed blocks.
-fn build_data(
+pub(crate) fn build_data(
     cfg: &RunConfig,
-    teacher: &Teacher,
+    tokenizer: &LoadedTokenizer,
     vocab: usize,
 ) -> anyhow::Result<(BlockSet, BlockSet)> {
     let docs = load_documents(&cfg.data.source).context("data.source")?;
     let split =
         split_documents(docs, cfg.data.validation_fraction, cfg.data.seed).context("data")?;
-    let tok = &teacher.tokenizer.tokenizer;
+    let tok = &tokenizer.tokenizer;
     let sep = match &cfg.data.separator_token {
         Some(t) => tok.token_to_id(t).with_context(|| format!("data.separator_token: `{t}` is not in the vocabulary"))?,
         None => tok
             .token_to_id("<|endoftext|>")
-            .or(teacher.tokenizer.info.eos_token_id)
+            .or(tokenizer.info.eos_token_id)
             .context("data.separator_token: the tokenizer has neither <|endoftext|> nor an EOS token; name one")?,
     };
     let encode = |text: &str| -> Result<Vec<u32>, String> {
