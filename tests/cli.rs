@@ -778,3 +778,242 @@ fn compress_prunes_saves_and_exports_gguf_with_measured_quality() {
     let e = err(&["--ffn-neurons", "0"]);
     assert!(e.contains("zero"), "{e}");
 }
+
+/// A run whose `compress:` section prunes, heals, factorises, shares, quantises to int8 and to
+/// GGUF: every variant is measured after every step and its artifact reloads.
+#[test]
+fn run_compresses_the_student_step_by_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_llama_config();
+    // A GGUF teacher: the GGUF export copies its tokenizer metadata.
+    let teacher = tmp.path().join("teacher.gguf");
+    write_tiny_llama_gguf(&teacher, &cfg, &tiny_llama(&cfg), GgmlDType::F32, true);
+    let data = tmp.path().join("docs");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..6 {
+        let text = format!("Document {i}. Call me Ishmael. Some years ago, never mind how long. ")
+            .repeat(4);
+        std::fs::write(data.join(format!("doc_{i}.txt")), text).unwrap();
+    }
+    let base = format!(
+        "teacher: {{source: {teacher}, gguf_weights: dequantized}}
+data:
+  source: {{kind: folder, path: {data}, pattern: '*.txt'}}
+  block_size: 32
+  validation_fraction: 0.34
+student: {{layers: 2, init: {{kind: from_teacher}}}}
+distill: {{alpha: 0.5, temperature: 1.0}}
+train: {{steps: 2, batch_size: 2, lr: 0.001, eval_every: 2, eval_blocks: 4, checkpoint_every: 2}}
+output: {{dir: {runs}, name: tiny}}
+",
+        teacher = teacher.display(),
+        data = data.display(),
+        runs = tmp.path().join("runs").display(),
+    );
+    let config = tmp.path().join("run.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{base}compress:
+  eval_blocks: 4
+  variants:
+    - name: pruned
+      steps:
+        - {{step: prune, ffn_neurons: 32, drop_layers: {{least_important: 1}}, sparsity: 0.2}}
+        - {{step: heal, steps: 2, lr: 0.01}}
+        - {{step: quantize, type: q8_0}}
+    - name: factored
+      steps: [{{step: low_rank, rank: 4}}]
+    - name: shared
+      steps: [{{step: share, bits: 4}}]
+    - name: int8
+      steps: [{{step: quantize, type: int8}}]
+"
+        ),
+    )
+    .unwrap();
+    ok(&distill(&["run", config.to_str().unwrap()], &[]));
+    let run = tmp.path().join("runs/tiny");
+    let out = run.join("compressed");
+    let o: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compress.json")).unwrap()).unwrap();
+    let rows = o["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "uncompressed",
+            "pruned",
+            "pruned",
+            "pruned",
+            "factored",
+            "shared",
+            "int8"
+        ]
+    );
+    let p = |i: usize, k: &str| rows[i][k].as_f64().unwrap();
+    for (i, r) in rows.iter().enumerate() {
+        assert!(
+            p(i, "val_ppl").is_finite() && p(i, "tokens_per_s") > 0.0,
+            "{r}"
+        );
+    }
+    // Pruning shrank the model; healing moved its weights but kept its zeros.
+    assert!(p(1, "params") < p(0, "params"));
+    assert!(p(1, "nonzero_params") < p(1, "params"));
+    assert_eq!(rows[2]["steps"][1], "heal 2 steps");
+    assert_ne!(p(2, "val_ppl"), p(1, "val_ppl"));
+    assert_eq!(p(2, "nonzero_params"), p(1, "nonzero_params"));
+    // The GGUF is the pruned, healed model: one layer, 32 neurons, Q8_0.
+    let gguf = rows[3]["artifact"].as_str().unwrap();
+    assert!(gguf.ends_with("pruned.gguf"));
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&distill(&["inspect", gguf, "--json"], &[]))).unwrap();
+    assert_eq!(info["layers"], 1, "{info}");
+    assert_eq!(info["intermediate_size"], 32, "{info}");
+    // Factors hold fewer values; k-means and int8 hold fewer bytes.
+    assert!(p(4, "params") < p(0, "params"));
+    assert!(p(5, "bytes") < p(0, "bytes") / 4.0);
+    assert!(p(6, "bytes") < p(0, "bytes") / 2.0);
+    assert!(safetensors_dtypes(&out.join("int8/model.safetensors")).contains(&"I8".to_string()));
+    // Every safetensors artifact is a model the other commands load.
+    let doc = data.join("doc_0.txt");
+    for v in ["factored", "shared", "int8"] {
+        let e: serde_json::Value = serde_json::from_str(&ok(&distill(
+            &[
+                "eval",
+                out.join(v).to_str().unwrap(),
+                "--text",
+                doc.to_str().unwrap(),
+                "--block",
+                "32",
+                "--json",
+            ],
+            &[],
+        )))
+        .unwrap();
+        assert!(e["perplexity"].as_f64().unwrap().is_finite(), "{v}: {e}");
+    }
+    let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(
+        md.contains("## Compression") && md.contains("k-means 4-bit"),
+        "{md}"
+    );
+    assert!(std::fs::read_to_string(out.join("compress.svg"))
+        .unwrap()
+        .contains("<svg"));
+
+    // Bad input, each named: a rank larger than the matrix, more heads than the model has,
+    // a step after an encoding step.
+    let final_dir = run.join("final");
+    for (steps, want) in [
+        ("[{step: low_rank, rank: 1000}]", "1..="),
+        ("[{step: prune, heads: 5}]", "heads"),
+        ("[{step: share, bits: 4}, {step: heal}]", "after"),
+    ] {
+        let bad = tmp.path().join("bad.yaml");
+        std::fs::write(
+            &bad,
+            format!("{base}compress:\n  variants:\n    - name: bad\n      steps: {steps}\n"),
+        )
+        .unwrap();
+        let o = distill(
+            &[
+                "compress",
+                final_dir.to_str().unwrap(),
+                "--config",
+                bad.to_str().unwrap(),
+                "--out",
+                tmp.path().join("bad-out").to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(!o.status.success(), "{steps} was accepted");
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains(want), "{steps}: {e}");
+    }
+}
+
+/// The spam student compressed by the run's `compress:` section: structured pruning healed
+/// by distillation then int8, k-means; a GGUF type is refused for a BERT classifier.
+#[test]
+fn classification_run_compresses_the_student() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = spam_setup(tmp.path(), FINETUNE, "");
+    let mut yaml = std::fs::read_to_string(&config).unwrap();
+    yaml.push_str(
+        "compress:
+  variants:
+    - name: pruned
+      steps:
+        - {step: prune, ffn_neurons: 64, sparsity: 0.3}
+        - {step: heal, epochs: 1}
+        - {step: quantize, type: int8}
+    - name: shared
+      steps: [{step: share, bits: 4}]
+",
+    );
+    std::fs::write(&config, &yaml).unwrap();
+    ok(&distill(&["run", config.to_str().unwrap()], &[]));
+    let run = tmp.path().join("runs/spam");
+    let out = run.join("compressed");
+    let o: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compress.json")).unwrap()).unwrap();
+    let rows = o["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 5, "{o}");
+    for r in rows {
+        let acc = r["acc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc) && r["msgs_per_s"].as_f64().unwrap() > 0.0);
+    }
+    assert!(rows[1]["params"].as_u64() < rows[0]["params"].as_u64());
+    assert_eq!(rows[2]["steps"][1], "heal 1 epoch(s)");
+    assert_eq!(rows[2]["nonzero_params"], rows[1]["nonzero_params"]);
+    let int8 = out.join("pruned");
+    assert!(safetensors_dtypes(&int8.join("model.safetensors")).contains(&"I8".to_string()));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(int8.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["intermediate_size"], 64);
+    assert_eq!(cfg["id2label"]["1"], "spam");
+    // The compressed classifiers are classifiers `distill eval` scores exactly as measured.
+    for (i, v) in [(3, "pruned"), (4, "shared")] {
+        let e: serde_json::Value = serde_json::from_str(&ok(&distill(
+            &[
+                "eval",
+                out.join(v).to_str().unwrap(),
+                "--labelled",
+                config.to_str().unwrap(),
+                "--split",
+                "validation",
+                "--json",
+            ],
+            &[],
+        )))
+        .unwrap();
+        assert_eq!(e["accuracy"], rows[i]["acc"], "{v}");
+    }
+    // GGUF quantisation of a BERT classifier is refused by name.
+    let bad = tmp.path().join("bad.yaml");
+    let head = yaml.split("compress:").next().unwrap().to_string();
+    std::fs::write(
+        &bad,
+        format!("{head}compress:\n  variants:\n    - {{name: q, steps: [{{step: quantize, type: q4_k}}]}}\n"),
+    )
+    .unwrap();
+    let o = distill(
+        &[
+            "compress",
+            run.join("student").to_str().unwrap(),
+            "--config",
+            bad.to_str().unwrap(),
+            "--out",
+            tmp.path().join("bad").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("Llama-family") && e.contains("int8"), "{e}");
+}

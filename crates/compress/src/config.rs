@@ -50,6 +50,21 @@ pub enum DropLayers {
     LeastImportant { least_important: usize },
 }
 
+/// How FFN neurons are ranked for `ffn_neurons`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum NeuronImportance {
+    /// Norms of the neuron's weights: ‖gate row‖·‖up row‖·‖down column‖ (Llama),
+    /// ‖in row‖·‖out column‖ (BERT).
+    #[default]
+    Weights,
+    /// Mean |silu(gate)·up| of the neuron over calibration data (the first training blocks)
+    /// times ‖down column‖: what it actually adds to the residual stream (Llama).
+    Activations,
+}
+
 /// One step of a variant.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "step", rename_all = "snake_case", deny_unknown_fields)]
@@ -61,10 +76,11 @@ pub enum Step {
         /// Llama: key/value head groups kept per layer; BERT: attention heads kept.
         #[serde(default)]
         heads: Option<usize>,
-        /// FFN neurons kept per layer, ranked by the norms of their weights
-        /// (‖gate row‖·‖up row‖·‖down column‖ for Llama, ‖in row‖·‖out column‖ for BERT).
+        /// FFN neurons kept per layer, ranked by `importance`.
         #[serde(default)]
         ffn_neurons: Option<usize>,
+        #[serde(default)]
+        importance: NeuronImportance,
         /// Unstructured magnitude sparsity in [0, 1).
         #[serde(default)]
         sparsity: Option<f64>,
@@ -122,6 +138,7 @@ impl Step {
                 drop_layers,
                 heads,
                 ffn_neurons,
+                importance,
                 sparsity,
                 scope,
                 two_four,
@@ -138,7 +155,11 @@ impl Step {
                     parts.push(format!("{h} heads"));
                 }
                 if let Some(n) = ffn_neurons {
-                    parts.push(format!("{n} FFN neurons"));
+                    let by = match importance {
+                        NeuronImportance::Weights => "",
+                        NeuronImportance::Activations => " by activations",
+                    };
+                    parts.push(format!("{n} FFN neurons{by}"));
                 }
                 if let Some(s) = sparsity {
                     let scope = match scope {
@@ -191,8 +212,7 @@ impl CompressConfig {
         for (vi, v) in self.variants.iter().enumerate() {
             let key = format!("compress.variants[{vi}]");
             let ok_name = !v.name.is_empty()
-                && v
-                    .name
+                && v.name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
                 && !v.name.starts_with('.');
@@ -203,7 +223,10 @@ impl CompressConfig {
                 ));
             }
             if !names.insert(v.name.clone()) {
-                return Err(bad(format!("{key}.name"), format!("`{}` is used twice", v.name)));
+                return Err(bad(
+                    format!("{key}.name"),
+                    format!("`{}` is used twice", v.name),
+                ));
             }
             if v.steps.is_empty() {
                 return Err(bad(format!("{key}.steps"), "is empty"));
@@ -256,17 +279,23 @@ impl CompressConfig {
                         if *steps == 0 || *epochs == 0 {
                             return Err(bad(key, "heal needs at least one step / epoch"));
                         }
-                        if matches!(lr, Some(l) if !(*l > 0.0)) {
+                        if matches!(lr, Some(l) if l.is_nan() || *l <= 0.0) {
                             return Err(bad(format!("{key}.lr"), "must be > 0"));
                         }
                     }
                     Step::LowRank { rank, energy } => match (rank, energy) {
                         (Some(_), Some(_)) | (None, None) => {
-                            return Err(bad(key, "low_rank takes exactly one of `rank` and `energy`"))
+                            return Err(bad(
+                                key,
+                                "low_rank takes exactly one of `rank` and `energy`",
+                            ))
                         }
                         (Some(0), _) => return Err(bad(format!("{key}.rank"), "must be >= 1")),
                         (_, Some(e)) if !(*e > 0.0 && *e <= 1.0) => {
-                            return Err(bad(format!("{key}.energy"), format!("{e} is outside (0, 1]")))
+                            return Err(bad(
+                                format!("{key}.energy"),
+                                format!("{e} is outside (0, 1]"),
+                            ))
                         }
                         _ => {}
                     },
@@ -323,7 +352,10 @@ mod tests {
             ("[{step: share, bits: 9}]", "bits"),
             ("[{step: quantize, type: q3_x}]", "type"),
             ("[{step: share, bits: 4}, {step: heal}]", "after"),
-            ("[{step: quantize, type: int8}, {step: quantize, type: q4_k}]", "after"),
+            (
+                "[{step: quantize, type: int8}, {step: quantize, type: q4_k}]",
+                "after",
+            ),
             ("[{step: prune, ffn_neuronz: 3}]", "unknown field"),
         ];
         for (steps, want) in cases {

@@ -48,12 +48,14 @@ pub fn factorise(
     let (out, inp) = w.dims2().map_err(terr)?;
     let full = out.min(inp);
     match target {
-        RankTarget::Rank(r) if r == 0 || r > full => return Err(CompressError::Config {
-            key: "low_rank.rank".into(),
-            msg: format!(
+        RankTarget::Rank(r) if r == 0 || r > full => {
+            return Err(CompressError::Config {
+                key: "low_rank.rank".into(),
+                msg: format!(
                 "rank {r} does not fit `{name}` of shape [{out}, {inp}]: it must be in 1..={full}"
             ),
-        }),
+            })
+        }
         RankTarget::Energy(e) if !(e > 0.0 && e <= 1.0) => {
             return Err(CompressError::Config {
                 key: "low_rank.energy".into(),
@@ -90,17 +92,19 @@ pub fn factorise(
     let kept: f64 = s[..rank].iter().map(|x| x * x).sum();
     let energy = if total > 0.0 { kept / total } else { 1.0 };
     let (u, v) = (svd.U(), svd.V());
+    let roots: Vec<f64> = s[..rank].iter().map(|x| x.sqrt()).collect();
     let mut uf = Vec::with_capacity(out * rank);
     for i in 0..out {
-        for k in 0..rank {
-            uf.push((*u.get(i, k) * s[k].sqrt()) as f32);
-        }
+        uf.extend(
+            roots
+                .iter()
+                .enumerate()
+                .map(|(k, r)| (*u.get(i, k) * r) as f32),
+        );
     }
     let mut vf = Vec::with_capacity(rank * inp);
-    for k in 0..rank {
-        for j in 0..inp {
-            vf.push((*v.get(j, k) * s[k].sqrt()) as f32);
-        }
+    for (k, r) in roots.iter().enumerate() {
+        vf.extend((0..inp).map(|j| (*v.get(j, k) * r) as f32));
     }
     let dev = w.device();
     let u = Tensor::from_vec(uf, (out, rank), dev).map_err(terr)?;

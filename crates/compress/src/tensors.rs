@@ -41,6 +41,27 @@ impl TensorMap {
         }
     }
 
+    /// Rounds every dense value (and low-rank factor) to `dtype` and back, so that the model
+    /// measured in memory is exactly the one written in `dtype`.
+    pub fn round_dense_to(&mut self, dtype: DType) -> candle_core::Result<()> {
+        if dtype == DType::F32 {
+            return Ok(());
+        }
+        let round = |t: &Tensor| t.to_dtype(dtype)?.to_dtype(DType::F32);
+        for (name, t) in self.tensors.iter_mut() {
+            match self.stored.get_mut(name) {
+                None => *t = round(t)?,
+                Some(Stored::LowRank { u, v }) => {
+                    *u = round(u)?;
+                    *v = round(v)?;
+                    *t = u.matmul(v)?;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Number of values in all tensors (a low-rank matrix counts its factors).
     pub fn parameters(&self) -> usize {
         self.tensors

@@ -116,12 +116,17 @@ fn labels_of(
     st: &SafetensorsWeights,
     source: &str,
 ) -> anyhow::Result<Vec<String>> {
-    let rows = st
-        .tensor_infos()
-        .into_iter()
-        .find(|(n, _, _)| n == "classifier.weight")
-        .map(|(_, _, s)| s[0])
-        .unwrap_or(0);
+    // The head's rows: `id2label` when the config has it (a compressed head may be stored as
+    // codes rather than as `classifier.weight`), else the head's shape.
+    let rows = match &cfg.id2label {
+        Some(m) => m.len(),
+        None => st
+            .tensor_infos()
+            .into_iter()
+            .find(|(n, _, _)| n == "classifier.weight")
+            .map(|(_, _, s)| s[0])
+            .unwrap_or(0),
+    };
     let labels: Vec<String> = match &cfg.id2label {
         Some(m) => (0..rows)
             .map(|i| {

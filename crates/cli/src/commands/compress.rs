@@ -323,16 +323,18 @@ fn run_config(a: &Args, path: &std::path::Path) -> anyhow::Result<()> {
     let job = crate::config::load_job(path)?;
     let (section, default_out, subject): (_, PathBuf, Box<dyn pipeline::Subject>) = match &job {
         crate::config::Job::CausalLm(cfg) => {
-            let c = cfg.compress.clone().with_context(|| {
-                format!("{}: no `compress:` section", path.display())
-            })?;
+            let c = cfg
+                .compress
+                .clone()
+                .with_context(|| format!("{}: no `compress:` section", path.display()))?;
             let s = pipeline::lm::LmSubject::new(&a.model, cfg, c.eval_blocks)?;
             (c, cfg.run_dir().join("compressed"), Box::new(s))
         }
         crate::config::Job::Classification(cfg) => {
-            let c = cfg.compress.clone().with_context(|| {
-                format!("{}: no `compress:` section", path.display())
-            })?;
+            let c = cfg
+                .compress
+                .clone()
+                .with_context(|| format!("{}: no `compress:` section", path.display()))?;
             let s = pipeline::cls::ClsSubject::new(&a.model, cfg)?;
             (c, cfg.run_dir().join("compressed"), Box::new(s))
         }

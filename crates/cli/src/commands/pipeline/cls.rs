@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use candle_nn::Init;
-use distill_compress::config::{DropLayers, Step};
+use distill_compress::config::{DropLayers, NeuronImportance, Step};
 use distill_compress::prune::{magnitude_prune, two_four_prune};
 use distill_compress::TensorMap;
 use distill_models::{
@@ -153,7 +153,10 @@ impl ClsSubject {
             let best = row
                 .iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                )
                 .0;
             correct += (best == label as usize) as usize;
         }
@@ -290,7 +293,9 @@ impl Subject for ClsSubject {
         self.dtype
     }
     fn measure(&self, arch: &ArchConfig, map: &TensorMap) -> anyhow::Result<Measured> {
-        Ok(self.score(&self.model(Self::bert(arch)?, map)?, &self.valid)?.0)
+        Ok(self
+            .score(&self.model(Self::bert(arch)?, map)?, &self.valid)?
+            .0)
     }
     fn prune(
         &self,
@@ -302,6 +307,7 @@ impl Subject for ClsSubject {
             drop_layers,
             heads,
             ffn_neurons,
+            importance,
             sparsity,
             scope,
             two_four,
@@ -309,6 +315,9 @@ impl Subject for ClsSubject {
         else {
             bail!("not a prune step")
         };
+        if *importance == NeuronImportance::Activations {
+            bail!("importance: activations is implemented for Llama-family decoders; a BERT classifier's neurons are ranked by weights");
+        }
         let cfg = Self::bert(arch)?.clone();
         let mut notes = vec![];
         if drop_layers.is_some() || heads.is_some() || ffn_neurons.is_some() {

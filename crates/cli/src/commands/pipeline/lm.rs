@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use distill_compress::config::{DropLayers, Step};
+use distill_compress::config::{DropLayers, NeuronImportance, Step};
 use distill_compress::prune::{
     drop_layers, magnitude_prune, prune_ffn_neurons, prune_heads, two_four_prune, zero_share,
 };
@@ -55,7 +55,10 @@ impl LmSubject {
             bail!("{model}: the compress pipeline starts from a Hugging Face folder; convert a GGUF file first with `distill compress {model} --out DIR`");
         };
         let ArchConfig::Llama(config) = &folder.config else {
-            bail!("{model}: a causal-LM run compresses a Llama-family decoder; this is a `{}` model", folder.config.family());
+            bail!(
+                "{model}: a causal-LM run compresses a Llama-family decoder; this is a `{}` model",
+                folder.config.family()
+            );
         };
         let tokenizer = load_tokenizer(&resolved)?;
         let (train, mut valid) = super::super::run::build_data(run, &tokenizer, config.vocab_size)?;
@@ -106,6 +109,28 @@ impl LmSubject {
             quality: total.perplexity(),
             speed: tokens as f64 / start.elapsed().as_secs_f64().max(1e-9),
         })
+    }
+
+    /// Per layer and FFN neuron: mean |silu(gate)·up| over the calibration blocks times the
+    /// norm of the neuron's down-projection column.
+    fn activation_scores(
+        &self,
+        cfg: &LlamaConfig,
+        map: &TensorMap,
+    ) -> anyhow::Result<Vec<Vec<f32>>> {
+        let calib = &self.train.blocks[..self.train.len().min(CALIBRATION_BLOCKS)];
+        let flat: Vec<u32> = calib.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, (calib.len(), self.train.block_size), &Device::Cpu)?;
+        let means = Llama::load(cfg, map)?.ffn_activation_means(&ids)?;
+        means
+            .into_iter()
+            .enumerate()
+            .map(|(l, m)| {
+                let down = &map.tensors[&format!("model.layers.{l}.mlp.down_proj.weight")];
+                let norms = down.sqr()?.sum(0)?.sqrt()?.to_vec1::<f32>()?;
+                Ok(m.iter().zip(norms).map(|(a, n)| a * n).collect())
+            })
+            .collect()
     }
 
     /// The `n` layers whose removal (each alone) raises the calibration loss least.
@@ -204,6 +229,7 @@ impl Subject for LmSubject {
             drop_layers: drop,
             heads,
             ffn_neurons,
+            importance,
             sparsity,
             scope,
             two_four,
@@ -228,7 +254,11 @@ impl Subject for LmSubject {
             cfg = prune_heads(&cfg, &mut map.tensors, *k)?;
         }
         if let Some(n) = ffn_neurons {
-            cfg = prune_ffn_neurons(&cfg, &mut map.tensors, *n, None)?;
+            let scores = match importance {
+                NeuronImportance::Weights => None,
+                NeuronImportance::Activations => Some(self.activation_scores(&cfg, map)?),
+            };
+            cfg = prune_ffn_neurons(&cfg, &mut map.tensors, *n, scores.as_deref())?;
         }
         if let Some(s) = sparsity {
             magnitude_prune(&mut map.tensors, *s, *scope)?;

@@ -176,7 +176,11 @@ pub fn run(subject: &dyn Subject, cfg: &CompressConfig, out: &Path) -> anyhow::R
         base,
     )];
     drop(map0);
-    tracing::info!(quality = base.quality, speed = base.speed, "uncompressed model");
+    tracing::info!(
+        quality = base.quality,
+        speed = base.speed,
+        "uncompressed model"
+    );
 
     for v in &cfg.variants {
         let (mut arch, mut map) = subject.base()?;
@@ -201,7 +205,9 @@ pub fn run(subject: &dyn Subject, cfg: &CompressConfig, out: &Path) -> anyhow::R
                 }
                 Step::Heal { .. } => {
                     let dir = out.join(format!(".heal-{}", v.name));
-                    subject.heal(&arch, &mut map, step, &dir).with_context(ctx)?;
+                    subject
+                        .heal(&arch, &mut map, step, &dir)
+                        .with_context(ctx)?;
                     let _ = std::fs::remove_dir_all(&dir);
                 }
                 Step::LowRank { rank, energy } => {
@@ -246,6 +252,8 @@ pub fn run(subject: &dyn Subject, cfg: &CompressConfig, out: &Path) -> anyhow::R
                     written = Some((bytes, m));
                 }
             }
+            // Measure the model exactly as it is stored.
+            map.round_dense_to(subject.dense_dtype())?;
             let (bytes, m) = match written {
                 Some(w) => w,
                 None if i == last => {
@@ -385,7 +393,11 @@ fn write_reports(o: &Outcome, out: &Path) -> anyhow::Result<()> {
     md.push_str("\n![size vs quality](compress.svg)\n\nNotes:\n");
     for r in &o.rows {
         for n in &r.notes {
-            md.push_str(&format!("- {} / {}: {n}\n", r.variant, r.steps.last().map(String::as_str).unwrap_or("")));
+            md.push_str(&format!(
+                "- {} / {}: {n}\n",
+                r.variant,
+                r.steps.last().map(String::as_str).unwrap_or("")
+            ));
         }
     }
     write(out.join("compress.md"), md.as_bytes())?;
@@ -398,7 +410,8 @@ fn write_reports(o: &Outcome, out: &Path) -> anyhow::Result<()> {
 }
 
 fn write(path: PathBuf, bytes: &[u8]) -> anyhow::Result<()> {
-    distill_train::checkpoint::write_atomic(&path, bytes).with_context(|| path.display().to_string())
+    distill_train::checkpoint::write_atomic(&path, bytes)
+        .with_context(|| path.display().to_string())
 }
 
 /// Size (MB, log scale) against quality, one point per variant's final artifact plus the
@@ -418,14 +431,22 @@ fn plot(o: &Outcome, path: &Path) -> anyhow::Result<()> {
     if pts.is_empty() {
         return Ok(());
     }
-    let (xmin, xmax) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    let (ymin, ymax) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.2), b.max(p.2)));
+    let (xmin, xmax) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (ymin, ymax) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.2), b.max(p.2)));
     let pad = ((ymax - ymin) * 0.1).max(1e-3);
     let tmp = path.with_extension("svg.tmp");
     {
         let root = SVGBackend::new(&tmp, (800, 500)).into_drawing_area();
         root.fill(&WHITE)?;
-        let ylabel = if o.task == "causal_lm" { "validation perplexity" } else { "validation accuracy (%)" };
+        let ylabel = if o.task == "causal_lm" {
+            "validation perplexity"
+        } else {
+            "validation accuracy (%)"
+        };
         let mut chart = ChartBuilder::on(&root)
             .caption(format!("{}: size vs quality", o.model), ("sans-serif", 18))
             .margin(15)
@@ -440,10 +461,14 @@ fn plot(o: &Outcome, path: &Path) -> anyhow::Result<()> {
             .x_desc("weights on disk (MB, log scale)")
             .y_desc(ylabel)
             .draw()?;
-        chart.draw_series(pts.iter().map(|(_, x, y)| Circle::new((*x, *y), 4, BLUE.filled())))?;
-        chart.draw_series(pts.iter().map(|(n, x, y)| {
-            Text::new(n.clone(), (*x, *y), ("sans-serif", 12).into_font())
-        }))?;
+        chart.draw_series(
+            pts.iter()
+                .map(|(_, x, y)| Circle::new((*x, *y), 4, BLUE.filled())),
+        )?;
+        chart.draw_series(
+            pts.iter()
+                .map(|(n, x, y)| Text::new(n.clone(), (*x, *y), ("sans-serif", 12).into_font())),
+        )?;
         root.present()?;
     }
     std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
