@@ -1,12 +1,12 @@
 //! Post-training int8 quantisation with one symmetric scale per output channel (row): the
 //! layout of compressed-tensors' `int8` weights (`weight` I8 + `weight_scale` `[out, 1]`).
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use serde::Serialize;
 
 use crate::error::CompressError;
 use crate::stored::Stored;
-use crate::tensors::TensorMap;
+use crate::tensors::{values_f32, TensorMap};
 
 /// What quantising one matrix did.
 #[derive(Clone, Debug, Serialize)]
@@ -37,17 +37,7 @@ pub fn quantize_int8(
     map: &mut TensorMap,
     select: impl Fn(&str) -> bool,
 ) -> Result<Vec<Quantised>, CompressError> {
-    let names: Vec<String> = map
-        .tensors
-        .iter()
-        .filter(|(n, t)| select(n) && t.rank() == 2 && !map.stored.contains_key(*n))
-        .map(|(n, _)| n.clone())
-        .collect();
-    if names.is_empty() {
-        return Err(CompressError::Unsupported(
-            "int8: no dense matrices to quantise".into(),
-        ));
-    }
+    let names = map.dense_matrices(select, "int8")?;
     let mut done = vec![];
     for name in names {
         let t = &map.tensors[&name];
@@ -56,11 +46,7 @@ pub fn quantize_int8(
             source,
         };
         let (rows, cols) = t.dims2().map_err(terr)?;
-        let values = t
-            .to_dtype(DType::F32)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(terr)?;
+        let values = values_f32(&name, t)?;
         let (q, scales) = quantize_rows(&values, cols);
         let decoded: Vec<f32> = q
             .iter()

@@ -119,17 +119,7 @@ pub fn low_rank(
     select: impl Fn(&str) -> bool,
     target: RankTarget,
 ) -> Result<Vec<Factorised>, CompressError> {
-    let names: Vec<String> = map
-        .tensors
-        .iter()
-        .filter(|(n, t)| select(n) && t.rank() == 2 && !map.stored.contains_key(*n))
-        .map(|(n, _)| n.clone())
-        .collect();
-    if names.is_empty() {
-        return Err(CompressError::Unsupported(
-            "low_rank: no dense layer matrices to factorise".into(),
-        ));
-    }
+    let names = map.dense_matrices(select, "low_rank")?;
     let mut done = vec![];
     for name in names {
         let w = &map.tensors[&name];

@@ -8,11 +8,11 @@
 
 use serde::Serialize;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use crate::error::CompressError;
 use crate::stored::Stored;
-use crate::tensors::TensorMap;
+use crate::tensors::{values_f32, TensorMap};
 
 /// Lloyd iterations; the assignment rarely changes after a few dozen.
 const ITERATIONS: usize = 30;
@@ -100,17 +100,7 @@ pub fn share_weights(
             msg: format!("{bits} bits: expected 1 to 8 (2 to 256 centroids)"),
         });
     }
-    let names: Vec<String> = map
-        .tensors
-        .iter()
-        .filter(|(n, t)| select(n) && t.rank() == 2 && !map.stored.contains_key(*n))
-        .map(|(n, _)| n.clone())
-        .collect();
-    if names.is_empty() {
-        return Err(CompressError::Unsupported(
-            "share: no dense matrices to share".into(),
-        ));
-    }
+    let names = map.dense_matrices(select, "share")?;
     let mut done = vec![];
     for name in names {
         let t = &map.tensors[&name];
@@ -119,11 +109,7 @@ pub fn share_weights(
             source,
         };
         let shape = t.dims().to_vec();
-        let values = t
-            .to_dtype(DType::F32)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(terr)?;
+        let values = values_f32(&name, t)?;
         let (codebook, indices) = kmeans_1d(&values, bits);
         let decoded: Vec<f32> = indices.iter().map(|&i| codebook[i as usize]).collect();
         let sq: f64 = values

@@ -187,16 +187,7 @@ pub fn write_model_folder(
     map: &TensorMap,
     dtype: DType,
 ) -> Result<u64, CompressError> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| io(parent)(e.to_string()))?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp)(e.to_string()))?;
-    let fill = || -> Result<u64, CompressError> {
+    let fill = |tmp: &Path| -> Result<u64, CompressError> {
         let entries = std::fs::read_dir(template).map_err(|e| io(template)(e.to_string()))?;
         for entry in entries {
             let entry = entry.map_err(|e| io(template)(e.to_string()))?;
@@ -218,16 +209,5 @@ pub fn write_model_folder(
         .map_err(|e| io(&cfg_path)(e.to_string()))?;
         save_safetensors(map, dtype, &tmp.join("model.safetensors"))
     };
-    let bytes = match fill() {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    };
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| io(dir)(e.to_string()))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| io(dir)(e.to_string()))?;
-    Ok(bytes)
+    distill_models::files::write_folder_atomically(dir, fill, |p, e| io(p)(e.to_string()))
 }

@@ -7,7 +7,19 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::Init;
 use distill_models::{Matrix, ModelError, WeightSource};
 
+use crate::error::CompressError;
 use crate::stored::Stored;
+
+/// Every value of `t` as f32, row-major; errors name `name`.
+pub fn values_f32(name: &str, t: &Tensor) -> Result<Vec<f32>, CompressError> {
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|source| CompressError::Tensor {
+            context: format!("reading `{name}`"),
+            source,
+        })
+}
 
 /// Tensors by Hugging Face name. `tensors` always holds the dense value a model computes with;
 /// `stored` says which of them are kept in a compressed form (and that form), for saving and,
@@ -39,6 +51,27 @@ impl TensorMap {
             stored: BTreeMap::new(),
             device,
         }
+    }
+
+    /// Names of the 2-D tensors that `select` accepts and no pass has encoded yet; an error
+    /// naming `pass` when there are none.
+    pub fn dense_matrices(
+        &self,
+        select: impl Fn(&str) -> bool,
+        pass: &str,
+    ) -> Result<Vec<String>, CompressError> {
+        let names: Vec<String> = self
+            .tensors
+            .iter()
+            .filter(|(n, t)| select(n) && t.rank() == 2 && !self.stored.contains_key(*n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if names.is_empty() {
+            return Err(CompressError::Unsupported(format!(
+                "{pass}: no dense matrices left to encode"
+            )));
+        }
+        Ok(names)
     }
 
     /// Rounds every dense value (and low-rank factor) to `dtype` and back, so that the model

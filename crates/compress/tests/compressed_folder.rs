@@ -16,17 +16,6 @@ use distill_compress::{write_model_folder, Stored, TensorMap};
 use distill_models::{Llama, Matrix, SafetensorsWeights, WeightSource};
 use distill_teacher::{LoadOptions, Teacher, TeacherSource};
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn every_encoding_reloads_to_the_model_it_was_measured_as() {
     let tmp = tempfile::tempdir().unwrap();
@@ -90,7 +79,7 @@ fn every_encoding_reloads_to_the_model_it_was_measured_as() {
         let got = teacher
             .logits(&[ids.to_vec2::<u32>().unwrap()[0].clone()])
             .unwrap();
-        let d = max_diff(&want, &got);
+        let d = common::max_abs_diff(&want, &got);
         assert!(d < 1e-4, "{what}: reloaded logits differ by {d}");
 
         // Low-rank matrices are run as two factors, not multiplied out.

@@ -26,17 +26,6 @@ fn load(path: &std::path::Path) -> Teacher {
     .unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn exported_gguf_reproduces_the_folder_model_in_both_readers() {
     let tmp = tempfile::tempdir().unwrap();
@@ -98,7 +87,7 @@ fn exported_gguf_reproduces_the_folder_model_in_both_readers() {
         // Our reader: same logits, same tokenizer.
         let back = load(&out);
         let got = back.logits(&ids).unwrap();
-        let d = max_diff(&got, &want);
+        let d = common::max_abs_diff(&got, &want);
         assert!(d < tol, "{qtype:?}: max |Δlogit| {d}");
         assert_eq!(
             back.tokenizer.encode("abc ab <|endoftext|>").unwrap(),
@@ -126,7 +115,7 @@ fn exported_gguf_reproduces_the_folder_model_in_both_readers() {
             .unwrap();
         let last = model.forward(&input, 0).unwrap().squeeze(0).unwrap();
         let ours_last = got.get(0).unwrap().get(ids[0].len() - 1).unwrap();
-        let d = max_diff(&last, &ours_last);
+        let d = common::max_abs_diff(&last, &ours_last);
         assert!(
             d < cross,
             "{qtype:?}: quantized_llama differs from our reader by {d}"

@@ -14,6 +14,7 @@ pub mod bert;
 pub mod bert_classifier;
 pub mod encoded;
 pub mod error;
+pub mod files;
 pub mod gguf;
 pub mod llama;
 pub mod nn;

@@ -40,29 +40,7 @@ pub(crate) fn write_folder_atomically(
     dir: &Path,
     fill: impl FnOnce(&Path) -> Result<u64, StudentError>,
 ) -> Result<u64, StudentError> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|x| io(parent)(x.to_string()))?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|x| io(&tmp)(x.to_string()))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|x| io(&tmp)(x.to_string()))?;
-    let out = match fill(&tmp) {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    };
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|x| io(dir)(x.to_string()))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|x| io(dir)(x.to_string()))?;
-    Ok(out)
+    distill_models::files::write_folder_atomically(dir, fill, |p, e| io(p)(e.to_string()))
 }
 
 /// Saves the variables of `varmap` as `model.safetensors` in `dir`, converted to `dtype`.

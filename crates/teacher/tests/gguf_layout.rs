@@ -30,17 +30,6 @@ fn logits(path: &std::path::Path, mode: GgufMode) -> Tensor {
     t.logits(&[a, b]).unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
 #[test]
 fn gguf_and_hf_folder_of_the_same_weights_agree() {
     let tmp = tempfile::tempdir().unwrap();
@@ -53,7 +42,7 @@ fn gguf_and_hf_folder_of_the_same_weights_agree() {
     let f32_gguf = tmp.path().join("f32.gguf");
     write_tiny_llama_gguf(&f32_gguf, &cfg, &vm, GgmlDType::F32, true);
     for mode in [GgufMode::Quantized, GgufMode::Dequantized] {
-        let d = max_diff(&reference, &logits(&f32_gguf, mode));
+        let d = common::max_abs_diff(&reference, &logits(&f32_gguf, mode));
         assert!(
             d < 1e-5,
             "f32 GGUF ({mode:?}) differs from the HF folder by {d}"
@@ -72,15 +61,15 @@ fn gguf_and_hf_folder_of_the_same_weights_agree() {
         .to_scalar()
         .unwrap();
     assert!(
-        max_diff(&reference, &q) < 0.05 * scale,
+        common::max_abs_diff(&reference, &q) < 0.05 * scale,
         "Q8_0 quantised logits drift {}",
-        max_diff(&reference, &q)
+        common::max_abs_diff(&reference, &q)
     );
     assert!(
-        max_diff(&reference, &dq) < 0.05 * scale,
+        common::max_abs_diff(&reference, &dq) < 0.05 * scale,
         "Q8_0 dequantised logits drift {}",
-        max_diff(&reference, &dq)
+        common::max_abs_diff(&reference, &dq)
     );
     // The QMatMul path and the dequantised path read the same rows.
-    assert!(max_diff(&q, &dq) < 0.05 * scale);
+    assert!(common::max_abs_diff(&q, &dq) < 0.05 * scale);
 }

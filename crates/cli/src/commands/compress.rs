@@ -9,8 +9,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use distill_compress::prune::{
-    drop_layers, magnitude_prune, prune_ffn_neurons, prune_heads, two_four_prune, zero_share,
-    PruneScope,
+    drop_layers, magnitude_prune, prune_ffn_neurons, prune_heads, two_four_prune, PruneScope,
 };
 use distill_compress::{export_gguf, parse_qtype, tokenizer_metadata, GgufExport, TensorMap};
 use distill_models::{GgufMode, Llama, LlamaConfig};
@@ -147,13 +146,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let (ppl, tps) = measure(|x| Ok(m.forward(x, None, false)?.logits), ids)?;
             Ok((Some(ppl), Some(tps)))
         };
-    let nonzero = |map: &TensorMap| -> anyhow::Result<usize> {
-        let mut n = 0usize;
-        for t in map.tensors.values() {
-            n += ((1.0 - zero_share(t)?) * t.elem_count() as f64).round() as usize;
-        }
-        Ok(n)
-    };
+    let nonzero = super::pipeline::nonzero;
     let mut rows = vec![];
     let (ppl, tps) = quality(&cfg, &map)?;
     rows.push(Row {

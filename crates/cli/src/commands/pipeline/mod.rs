@@ -131,7 +131,8 @@ pub fn overlay(
     Ok(out)
 }
 
-fn nonzero(map: &TensorMap) -> anyhow::Result<usize> {
+/// Values that are not exact zeros (a factorised matrix counts its factors).
+pub fn nonzero(map: &TensorMap) -> anyhow::Result<usize> {
     let mut n = 0usize;
     for (name, t) in &map.tensors {
         if let Some(distill_compress::Stored::LowRank { u, v }) = map.stored.get(name) {
