@@ -13,22 +13,27 @@ use distill_compress::low_rank::{low_rank, RankTarget};
 use distill_compress::prune::is_layer_matrix;
 use distill_compress::share::share_weights;
 use distill_compress::{write_model_folder, Stored, TensorMap};
-use distill_models::{Llama, Matrix, SafetensorsWeights, WeightSource};
+use distill_models::{Llama, LlamaConfig, Matrix, SafetensorsWeights, WeightSource};
 use distill_teacher::{LoadOptions, Teacher, TeacherSource};
 
-#[test]
-fn every_encoding_reloads_to_the_model_it_was_measured_as() {
-    let tmp = tempfile::tempdir().unwrap();
+/// A tiny random Llama saved as a Hugging Face folder under `dir`, and its weights.
+fn tiny_folder(dir: &std::path::Path) -> (LlamaConfig, std::path::PathBuf, SafetensorsWeights) {
     let cfg = tiny_llama_config();
-    let vm = tiny_llama(&cfg);
-    let folder = tmp.path().join("model");
-    write_tiny_llama_folder(&folder, &cfg, &vm);
+    let folder = dir.join("model");
+    write_tiny_llama_folder(&folder, &cfg, &tiny_llama(&cfg));
     let src = SafetensorsWeights::open(
         &[folder.join("model.safetensors")],
         DType::F32,
         &Device::Cpu,
     )
     .unwrap();
+    (cfg, folder, src)
+}
+
+#[test]
+fn every_encoding_reloads_to_the_model_it_was_measured_as() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, folder, src) = tiny_folder(tmp.path());
     let original_bytes = std::fs::metadata(folder.join("model.safetensors"))
         .unwrap()
         .len();
@@ -104,16 +109,7 @@ fn every_encoding_reloads_to_the_model_it_was_measured_as() {
 #[test]
 fn a_damaged_encoding_is_an_error_naming_the_tensor() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = tiny_llama_config();
-    let vm = tiny_llama(&cfg);
-    let folder = tmp.path().join("model");
-    write_tiny_llama_folder(&folder, &cfg, &vm);
-    let src = SafetensorsWeights::open(
-        &[folder.join("model.safetensors")],
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (cfg, folder, src) = tiny_folder(tmp.path());
     let mut map = TensorMap::read(&src, cfg.tensor_shapes()).unwrap();
     share_weights(&mut map, is_layer_matrix, 3).unwrap();
     // Cut the indices of one matrix short.

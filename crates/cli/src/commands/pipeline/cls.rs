@@ -10,7 +10,6 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use candle_nn::Init;
 use distill_compress::config::{DropLayers, NeuronImportance, Step};
-use distill_compress::prune::{magnitude_prune, two_four_prune};
 use distill_compress::TensorMap;
 use distill_models::{
     ArchConfig, BertClassifier, BertConfig, Pooling, SafetensorsWeights, VarMapWeights,
@@ -308,9 +307,7 @@ impl Subject for ClsSubject {
             heads,
             ffn_neurons,
             importance,
-            sparsity,
-            scope,
-            two_four,
+            ..
         } = step
         else {
             bail!("not a prune step")
@@ -343,12 +340,6 @@ impl Subject for ClsSubject {
             let (c, m) = self.shrink(&cfg, map, &keep, *heads, *ffn_neurons)?;
             *arch = ArchConfig::Bert(c);
             *map = m;
-        }
-        if let Some(s) = sparsity {
-            magnitude_prune(&mut map.tensors, *s, *scope)?;
-        }
-        if *two_four {
-            two_four_prune(&mut map.tensors)?;
         }
         Ok(notes)
     }

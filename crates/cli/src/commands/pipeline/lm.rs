@@ -11,9 +11,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use distill_compress::config::{DropLayers, NeuronImportance, Step};
-use distill_compress::prune::{
-    drop_layers, magnitude_prune, prune_ffn_neurons, prune_heads, two_four_prune, zero_share,
-};
+use distill_compress::prune::{drop_layers, prune_ffn_neurons, prune_heads, zero_share};
 use distill_compress::{export_gguf, parse_qtype, tokenizer_metadata, GgufExport, TensorMap};
 use distill_models::{ArchConfig, GgufMode, Llama, LlamaConfig, SafetensorsWeights, VarMapWeights};
 use distill_teacher::{
@@ -230,9 +228,7 @@ impl Subject for LmSubject {
             heads,
             ffn_neurons,
             importance,
-            sparsity,
-            scope,
-            two_four,
+            ..
         } = step
         else {
             bail!("not a prune step")
@@ -259,12 +255,6 @@ impl Subject for LmSubject {
                 NeuronImportance::Activations => Some(self.activation_scores(&cfg, map)?),
             };
             cfg = prune_ffn_neurons(&cfg, &mut map.tensors, *n, scores.as_deref())?;
-        }
-        if let Some(s) = sparsity {
-            magnitude_prune(&mut map.tensors, *s, *scope)?;
-        }
-        if *two_four {
-            two_four_prune(&mut map.tensors)?;
         }
         *arch = ArchConfig::Llama(cfg);
         Ok(notes)

@@ -14,7 +14,7 @@ use candle_core::DType;
 use distill_compress::config::{CompressConfig, Step};
 use distill_compress::int8::quantize_int8;
 use distill_compress::low_rank::{low_rank, RankTarget};
-use distill_compress::prune::{is_layer_matrix, zero_share};
+use distill_compress::prune::{is_layer_matrix, magnitude_prune, two_four_prune, zero_share};
 use distill_compress::share::share_weights;
 use distill_compress::stored::serialized_bytes;
 use distill_compress::{write_model_folder, TensorMap};
@@ -44,7 +44,8 @@ pub trait Subject {
     fn dense_dtype(&self) -> DType;
     /// Runs the model on the validation data.
     fn measure(&self, arch: &ArchConfig, map: &TensorMap) -> anyhow::Result<Measured>;
-    /// A `prune` step; returns notes for the report.
+    /// The structured parts of a `prune` step (layers, heads, FFN neurons), which change the
+    /// architecture; returns notes for the report. The runner applies sparsity after it.
     fn prune(
         &self,
         arch: &mut ArchConfig,
@@ -201,8 +202,19 @@ pub fn run(subject: &dyn Subject, cfg: &CompressConfig, out: &Path) -> anyhow::R
             let mut artifact = None;
             let mut written: Option<(u64, Measured)> = None;
             match step {
-                Step::Prune { .. } => {
-                    notes = subject.prune(&mut arch, &mut map, step).with_context(ctx)?
+                Step::Prune {
+                    sparsity,
+                    scope,
+                    two_four,
+                    ..
+                } => {
+                    notes = subject.prune(&mut arch, &mut map, step).with_context(ctx)?;
+                    if let Some(s) = sparsity {
+                        magnitude_prune(&mut map.tensors, *s, *scope).with_context(ctx)?;
+                    }
+                    if *two_four {
+                        two_four_prune(&mut map.tensors).with_context(ctx)?;
+                    }
                 }
                 Step::Heal { .. } => {
                     let dir = out.join(format!(".heal-{}", v.name));
