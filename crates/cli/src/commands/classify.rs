@@ -34,6 +34,8 @@ pub struct LoadedClassifier {
     pub bytes: u64,
     pub parameters: usize,
     pub pad_id: u32,
+    /// `distill_pooling` of the config (`cls` when absent).
+    pub pooling: Pooling,
     /// Token limit the model was trained with (`model_max_length` of `tokenizer_config.json`).
     pub max_length: usize,
 }
@@ -92,6 +94,7 @@ pub fn load_classifier(source: &str, device: &Device) -> anyhow::Result<LoadedCl
         .unwrap_or(cfg.max_position_embeddings);
     Ok(LoadedClassifier {
         max_length,
+        pooling,
         pad_id: pad_id(&tokenizer, cfg),
         model,
         labels,
@@ -102,7 +105,7 @@ pub fn load_classifier(source: &str, device: &Device) -> anyhow::Result<LoadedCl
     })
 }
 
-fn bert_prefix(src: &dyn WeightSource) -> &'static str {
+pub(crate) fn bert_prefix(src: &dyn WeightSource) -> &'static str {
     if src.contains("bert.embeddings.word_embeddings.weight") {
         "bert."
     } else {
@@ -218,7 +221,7 @@ fn speed(
     Ok((latency_ms, n32 as f64 / t.elapsed().as_secs_f64().max(1e-9)))
 }
 
-fn argmaxes(logits: &[Vec<f32>]) -> Vec<u32> {
+pub(crate) fn argmaxes(logits: &[Vec<f32>]) -> Vec<u32> {
     logits
         .iter()
         .map(|r| {

@@ -3,11 +3,9 @@
 //! it on a text.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::VarMap;
+use candle_core::{DType, Device};
 use distill_compress::prune::{
     drop_layers, magnitude_prune, prune_ffn_neurons, prune_heads, two_four_prune, PruneScope,
 };
@@ -18,7 +16,6 @@ use distill_teacher::{
     load_tokenizer, resolve, HubOptions, LoadOptions, Resolved, Teacher, TeacherModel,
     TeacherSource,
 };
-use distill_train::metrics::{next_token_nll, NllSum};
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -86,20 +83,15 @@ struct Row {
 
 const BLOCK: usize = 128;
 
-/// Perplexity of `forward` over non-overlapping windows of `ids`, and its tokens/s.
-fn measure(
-    forward: impl Fn(&Tensor) -> anyhow::Result<Tensor>,
-    ids: &[u32],
-) -> anyhow::Result<(f64, f64)> {
-    let mut total = NllSum::default();
-    let start = Instant::now();
-    for w in ids.chunks(BLOCK).filter(|w| w.len() >= 2) {
-        let input = Tensor::new(w, &Device::Cpu)?.unsqueeze(0)?;
-        let logits = forward(&input)?;
-        total.add(next_token_nll(&logits, &input, &[w.len()])?);
-    }
-    let secs = start.elapsed().as_secs_f64().max(1e-9);
-    Ok((total.perplexity(), ids.len() as f64 / secs))
+/// Perplexity of `model` over non-overlapping windows of `ids`, and its tokens/s.
+fn measure(model: &Llama, ids: &[u32]) -> anyhow::Result<(f64, f64)> {
+    let windows: Vec<Vec<u32>> = ids
+        .chunks(BLOCK)
+        .filter(|w| w.len() >= 2)
+        .map(<[u32]>::to_vec)
+        .collect();
+    let m = super::pipeline::lm::score(model, &windows)?;
+    Ok((m.quality, m.speed))
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -143,7 +135,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 return Ok((None, None));
             };
             let m = Llama::load(cfg, map)?;
-            let (ppl, tps) = measure(|x| Ok(m.forward(x, None, false)?.logits), ids)?;
+            let (ppl, tps) = measure(&m, ids)?;
             Ok((Some(ppl), Some(tps)))
         };
     let nonzero = super::pipeline::nonzero;
@@ -187,13 +179,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let mut bytes = None;
     if let Some(out) = &a.out {
-        let vm = VarMap::new();
-        {
-            let mut data = vm.data().lock().unwrap_or_else(|p| p.into_inner());
-            for (n, t) in &map.tensors {
-                data.insert(n.clone(), Var::from_tensor(t)?);
-            }
-        }
+        let vm = super::pipeline::varmap_of(&map)?;
         bytes = Some(save_hf(
             out,
             &HfExport {
@@ -256,7 +242,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 let TeacherModel::Llama(m) = &q.model else {
                     unreachable!("GGUF is a decoder")
                 };
-                let (p, t) = measure(|x| Ok(m.forward(x, None, false)?.logits), ids)?;
+                let (p, t) = measure(m, ids)?;
                 (Some(p), Some(t))
             }
             None => (None, None),

@@ -22,9 +22,8 @@ use distill_train::classify::{
 };
 use distill_train::data::{load_labelled, split_stratified};
 
-use super::lm::{take_back, varmap_of};
-use super::{Measured, Subject};
-use crate::commands::classify::load_classifier;
+use super::{least_important, take_back, varmap_of, Measured, Subject};
+use crate::commands::classify::{argmaxes, bert_prefix, load_classifier};
 use crate::config::ClassifyConfig;
 
 /// Training examples used to rank layers for dropping.
@@ -46,14 +45,6 @@ pub struct ClsSubject {
     distill: ClsDistillConfig,
     /// The uncompressed classifier's logits on the training split, for healing.
     soft_targets: OnceCell<Vec<Vec<f32>>>,
-}
-
-fn prefix(src: &dyn WeightSource) -> &'static str {
-    if src.contains("bert.embeddings.word_embeddings.weight") {
-        "bert."
-    } else {
-        ""
-    }
 }
 
 impl ClsSubject {
@@ -99,10 +90,6 @@ impl ClsSubject {
                 loaded.config.vocab_size,
             )
         };
-        let pooling = match config_json.get("distill_pooling").and_then(|p| p.as_str()) {
-            Some("mean") => Pooling::Mean,
-            _ => Pooling::Cls,
-        };
         Ok(Self {
             name: model.to_string(),
             folder: folder.dir.clone(),
@@ -110,7 +97,7 @@ impl ClsSubject {
             config: loaded.config.clone(),
             config_json,
             labels: loaded.labels.clone(),
-            pooling,
+            pooling: loaded.pooling,
             pad: loaded.pad_id,
             dtype,
             train: encode(&split.train)?,
@@ -134,7 +121,7 @@ impl ClsSubject {
             map,
             self.labels.len(),
             self.pooling,
-            prefix(map),
+            bert_prefix(map),
         )?)
     }
 
@@ -143,22 +130,17 @@ impl ClsSubject {
         let t = Instant::now();
         let logits = predict_logits(model, set, 32, self.pad, &Device::Cpu)?;
         let secs = t.elapsed().as_secs_f64().max(1e-9);
-        let mut correct = 0;
         let mut ce = 0.0;
         for (row, &label) in logits.iter().zip(&set.labels) {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
             ce += (lse - row[label as usize]) as f64;
-            let best = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                )
-                .0;
-            correct += (best == label as usize) as usize;
         }
+        let correct = argmaxes(&logits)
+            .iter()
+            .zip(&set.labels)
+            .filter(|(p, l)| p == l)
+            .count();
         let n = set.len().max(1) as f64;
         Ok((
             Measured {
@@ -170,40 +152,24 @@ impl ClsSubject {
     }
 
     /// The `n` layers whose removal (each alone) raises the calibration loss least.
-    fn least_important(
+    fn least_important_layers(
         &self,
         cfg: &BertConfig,
         map: &TensorMap,
         n: usize,
     ) -> anyhow::Result<(Vec<usize>, String)> {
         let layers = cfg.num_hidden_layers;
-        if n >= layers {
-            bail!("drop_layers.least_important: {n} of {layers} layers would leave none");
-        }
         let k = self.train.len().min(CALIBRATION_EXAMPLES);
         let calib = EncodedSet {
             ids: self.train.ids[..k].to_vec(),
             labels: self.train.labels[..k].to_vec(),
             truncated: 0,
         };
-        let mut scores = vec![];
-        for l in 0..layers {
+        least_important(layers, n, "calibration loss", |l| {
             let keep: Vec<usize> = (0..layers).filter(|&i| i != l).collect();
             let (c, m) = self.shrink(cfg, map, &keep, None, None)?;
-            scores.push((self.score(&self.model(&c, &m)?, &calib)?.1, l));
-        }
-        scores.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let mut chosen: Vec<usize> = scores[..n].iter().map(|s| s.1).collect();
-        chosen.sort();
-        let note = format!(
-            "calibration loss without each layer: {}; dropped {chosen:?}",
-            scores
-                .iter()
-                .map(|(p, l)| format!("{l}: {p:.3}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        Ok((chosen, note))
+            Ok(self.score(&self.model(&c, &m)?, &calib)?.1)
+        })
     }
 
     /// Structured pruning through the student builder: keep layers `keep`, `heads` heads
@@ -246,7 +212,7 @@ impl ClsSubject {
         };
         let s = build_bert_student(
             cfg,
-            Some((map, prefix(map))),
+            Some((map, bert_prefix(map))),
             &spec,
             self.labels.len(),
             self.pooling,
@@ -328,7 +294,7 @@ impl Subject for ClsSubject {
                     l.clone()
                 }
                 Some(DropLayers::LeastImportant { least_important }) => {
-                    let (l, note) = self.least_important(&cfg, map, *least_important)?;
+                    let (l, note) = self.least_important_layers(&cfg, map, *least_important)?;
                     notes.push(note);
                     l
                 }
@@ -362,7 +328,7 @@ impl Subject for ClsSubject {
         }
         let targets = self.soft_targets.get().expect("set above");
         let vm = varmap_of(map)?;
-        let pre = prefix(map);
+        let pre = bert_prefix(map);
         let model = BertClassifier::load(
             cfg,
             &VarMapWeights::new(&vm, DType::F32, &Device::Cpu),

@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::VarMap;
+use candle_core::{DType, Device, Tensor};
 use distill_compress::config::{DropLayers, NeuronImportance, Step};
-use distill_compress::prune::{drop_layers, prune_ffn_neurons, prune_heads, zero_share};
+use distill_compress::prune::{drop_layers, prune_ffn_neurons, prune_heads};
 use distill_compress::{export_gguf, parse_qtype, tokenizer_metadata, GgufExport, TensorMap};
 use distill_models::{ArchConfig, GgufMode, Llama, LlamaConfig, SafetensorsWeights, VarMapWeights};
 use distill_teacher::{
@@ -23,7 +22,7 @@ use distill_train::data::BlockSet;
 use distill_train::metrics::{next_token_nll, NllSum};
 use distill_train::trainer::Trainer;
 
-use super::{Measured, Subject};
+use super::{least_important, take_back, varmap_of, Measured, Subject};
 use crate::config::RunConfig;
 
 /// Blocks of the training split used to rank layers for dropping.
@@ -92,23 +91,6 @@ impl LmSubject {
         }
     }
 
-    /// Perplexity over `blocks` (one block per forward) and tokens/s.
-    fn score(model: &Llama, blocks: &[Vec<u32>]) -> anyhow::Result<Measured> {
-        let mut total = NllSum::default();
-        let start = Instant::now();
-        let mut tokens = 0;
-        for b in blocks {
-            let ids = Tensor::new(b.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
-            let logits = model.forward(&ids, None, false)?.logits;
-            total.add(next_token_nll(&logits, &ids, &[b.len()])?);
-            tokens += b.len();
-        }
-        Ok(Measured {
-            quality: total.perplexity(),
-            speed: tokens as f64 / start.elapsed().as_secs_f64().max(1e-9),
-        })
-    }
-
     /// Per layer and FFN neuron: mean |silu(gate)·up| over the calibration blocks times the
     /// norm of the neuron's down-projection column.
     fn activation_scores(
@@ -131,68 +113,21 @@ impl LmSubject {
             .collect()
     }
 
-    /// The `n` layers whose removal (each alone) raises the calibration loss least.
-    fn least_important(
+    /// The `n` layers whose removal (each alone) raises the calibration perplexity least.
+    fn least_important_layers(
         &self,
         cfg: &LlamaConfig,
         map: &TensorMap,
         n: usize,
     ) -> anyhow::Result<(Vec<usize>, String)> {
-        if n >= cfg.num_hidden_layers {
-            bail!(
-                "drop_layers.least_important: {n} of {} layers would leave none",
-                cfg.num_hidden_layers
-            );
-        }
         let calib = &self.train.blocks[..self.train.len().min(CALIBRATION_BLOCKS)];
-        let mut scores = vec![];
-        for l in 0..cfg.num_hidden_layers {
+        least_important(cfg.num_hidden_layers, n, "calibration perplexity", |l| {
             let mut t = map.tensors.clone();
             let c = drop_layers(cfg, &mut t, &[l])?;
             let m = Llama::load(&c, &TensorMap::from_tensors(t, Device::Cpu))?;
-            scores.push((Self::score(&m, calib)?.quality, l));
-        }
-        scores.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let mut chosen: Vec<usize> = scores[..n].iter().map(|s| s.1).collect();
-        chosen.sort();
-        let note = format!(
-            "calibration perplexity without each layer: {}; dropped {chosen:?}",
-            scores
-                .iter()
-                .map(|(p, l)| format!("{l}: {p:.1}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        Ok((chosen, note))
+            Ok(score(&m, calib)?.quality)
+        })
     }
-}
-
-/// The variables of a new `VarMap` holding copies of `map`'s tensors.
-pub(super) fn varmap_of(map: &TensorMap) -> anyhow::Result<VarMap> {
-    let vm = VarMap::new();
-    {
-        let mut data = vm.data().lock().unwrap_or_else(|p| p.into_inner());
-        for (n, t) in &map.tensors {
-            data.insert(n.clone(), Var::from_tensor(&t.copy()?)?);
-        }
-    }
-    Ok(vm)
-}
-
-/// Copies trained variables back into `map`, keeping pruned (zero) weights at zero: healing
-/// must not regrow what sparsity removed.
-pub(super) fn take_back(map: &mut TensorMap, vm: &VarMap) -> anyhow::Result<()> {
-    let data = vm.data().lock().unwrap_or_else(|p| p.into_inner());
-    for (n, t) in map.tensors.iter_mut() {
-        let Some(v) = data.get(n) else { continue };
-        let trained = v.as_tensor().detach();
-        *t = if zero_share(t)? > 0.0 {
-            trained.mul(&t.ne(0.0)?.to_dtype(t.dtype())?)?
-        } else {
-            trained
-        };
-    }
-    Ok(())
 }
 
 impl Subject for LmSubject {
@@ -215,7 +150,7 @@ impl Subject for LmSubject {
     }
     fn measure(&self, arch: &ArchConfig, map: &TensorMap) -> anyhow::Result<Measured> {
         let m = Llama::load(Self::llama(arch)?, map)?;
-        Self::score(&m, &self.valid.blocks)
+        score(&m, &self.valid.blocks)
     }
     fn prune(
         &self,
@@ -239,7 +174,7 @@ impl Subject for LmSubject {
             let list = match d {
                 DropLayers::These(l) => l.clone(),
                 DropLayers::LeastImportant { least_important } => {
-                    let (l, note) = self.least_important(&cfg, map, *least_important)?;
+                    let (l, note) = self.least_important_layers(&cfg, map, *least_important)?;
                     notes.push(note);
                     l
                 }
@@ -350,7 +285,7 @@ impl Subject for LmSubject {
         let TeacherModel::Llama(m) = &q.model else {
             bail!("{}: not a decoder", path.display())
         };
-        let measured = Self::score(m, &self.valid.blocks)?;
+        let measured = score(m, &self.valid.blocks)?;
         let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
         for f in &summary.fallbacks {
             *kinds
@@ -366,4 +301,24 @@ impl Subject for LmSubject {
             .collect();
         Ok((summary.bytes, measured, notes))
     }
+}
+
+/// Perplexity over `blocks` (one block per forward) and tokens/s.
+pub(crate) fn score<'a>(
+    model: &Llama,
+    blocks: impl IntoIterator<Item = &'a Vec<u32>>,
+) -> anyhow::Result<Measured> {
+    let mut total = NllSum::default();
+    let start = Instant::now();
+    let mut tokens = 0;
+    for b in blocks {
+        let ids = Tensor::new(b.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let logits = model.forward(&ids, None, false)?.logits;
+        total.add(next_token_nll(&logits, &ids, &[b.len()])?);
+        tokens += b.len();
+    }
+    Ok(Measured {
+        quality: total.perplexity(),
+        speed: tokens as f64 / start.elapsed().as_secs_f64().max(1e-9),
+    })
 }

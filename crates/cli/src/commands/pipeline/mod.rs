@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::DType;
+use candle_core::{DType, Var};
+use candle_nn::VarMap;
 use distill_compress::config::{CompressConfig, Step};
 use distill_compress::int8::quantize_int8;
 use distill_compress::low_rank::{low_rank, RankTarget};
@@ -112,6 +113,63 @@ pub struct Outcome {
     pub rows: Vec<Row>,
     /// The smallest variant within 3% perplexity (1 pt accuracy) of the uncompressed model.
     pub headline: Option<Row>,
+}
+
+/// The variables of a new `VarMap` holding copies of `map`'s tensors.
+pub(crate) fn varmap_of(map: &TensorMap) -> anyhow::Result<VarMap> {
+    let vm = VarMap::new();
+    {
+        let mut data = vm.data().lock().unwrap_or_else(|p| p.into_inner());
+        for (n, t) in &map.tensors {
+            data.insert(n.clone(), Var::from_tensor(&t.copy()?)?);
+        }
+    }
+    Ok(vm)
+}
+
+/// Copies trained variables back into `map`, keeping pruned (zero) weights at zero: healing
+/// must not regrow what sparsity removed.
+pub(super) fn take_back(map: &mut TensorMap, vm: &VarMap) -> anyhow::Result<()> {
+    let data = vm.data().lock().unwrap_or_else(|p| p.into_inner());
+    for (n, t) in map.tensors.iter_mut() {
+        let Some(v) = data.get(n) else { continue };
+        let trained = v.as_tensor().detach();
+        *t = if zero_share(t)? > 0.0 {
+            trained.mul(&t.ne(0.0)?.to_dtype(t.dtype())?)?
+        } else {
+            trained
+        };
+    }
+    Ok(())
+}
+
+/// The `n` of `layers` layers whose removal, each alone, gives the lowest `loss_without(l)`;
+/// and a report note listing every layer's loss (`what`).
+pub(super) fn least_important(
+    layers: usize,
+    n: usize,
+    what: &str,
+    mut loss_without: impl FnMut(usize) -> anyhow::Result<f64>,
+) -> anyhow::Result<(Vec<usize>, String)> {
+    if n >= layers {
+        anyhow::bail!("drop_layers.least_important: {n} of {layers} layers would leave none");
+    }
+    let mut scores = vec![];
+    for l in 0..layers {
+        scores.push((loss_without(l)?, l));
+    }
+    scores.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut chosen: Vec<usize> = scores[..n].iter().map(|s| s.1).collect();
+    chosen.sort();
+    let note = format!(
+        "{what} without each layer: {}; dropped {chosen:?}",
+        scores
+            .iter()
+            .map(|(p, l)| format!("{l}: {p:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok((chosen, note))
 }
 
 /// `base` with every non-null key of `changes` (a serialised config) written over it: the
