@@ -9,7 +9,8 @@ use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{DType, Device, Tensor};
 use common::tiny::{tiny_llama, tiny_llama_config, write_tiny_llama_folder, write_tiny_llama_gguf};
 use distill_compress::{export_gguf, tokenizer_metadata, GgufExport};
-use distill_models::{GgufMode, SafetensorsWeights};
+use distill_models::SafetensorsWeights;
+use distill_teacher::GgufCompute;
 use distill_teacher::{LoadOptions, Teacher, TeacherSource};
 
 fn load(path: &std::path::Path) -> Teacher {
@@ -19,7 +20,7 @@ fn load(path: &std::path::Path) -> Teacher {
         &LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
-            gguf_mode: GgufMode::Quantized,
+            gguf_mode: GgufCompute::Quantized,
             ..Default::default()
         },
     )

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use distill_models::llama::gguf_names;
 use distill_models::{
-    ArchConfig, Bert, GgufFile, GgufMode, GgufWeights, Llama, LlamaConfig, SafetensorsWeights,
-    WeightSource,
+    ArchConfig, Bert, GgmlLlama, GgufFile, GgufMode, GgufWeights, Llama, LlamaConfig,
+    SafetensorsWeights, WeightSource,
 };
 
 use crate::error::{Result, TeacherError};
@@ -23,8 +23,8 @@ pub struct LoadOptions {
     pub device: Device,
     /// Dtype of dense weights and activations.
     pub dtype: DType,
-    /// For GGUF sources: keep matrices quantised (default) or dequantise them.
-    pub gguf_mode: GgufMode,
+    /// For GGUF sources: how matrices are multiplied.
+    pub gguf_mode: GgufCompute,
     pub hub: HubOptions,
 }
 
@@ -33,8 +33,32 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             dtype: DType::F32,
-            gguf_mode: GgufMode::Quantized,
+            gguf_mode: GgufCompute::Quantized,
             hub: HubOptions::from_env(),
+        }
+    }
+}
+
+/// How a GGUF teacher's matrices are multiplied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GgufCompute {
+    /// In their stored format through candle's `QMatMul` (any device, any GGUF type).
+    Quantized,
+    /// Dequantised to dense matrices (fastest on CPU; no activation quantisation).
+    Dequantized,
+    /// With llama.cpp's CPU arithmetic ([`GgmlLlama`]): the logits llama.cpp computes from the
+    /// same file, bit for bit. CPU only; `llama` architecture with `Q4_1`/`Q8_0` matrices.
+    Ggml,
+}
+
+impl GgufCompute {
+    /// Parses `quantized | dequantized | ggml`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "quantized" => Some(Self::Quantized),
+            "dequantized" => Some(Self::Dequantized),
+            "ggml" => Some(Self::Ggml),
+            _ => None,
         }
     }
 }
@@ -88,8 +112,9 @@ pub struct TeacherConfig {
     /// `auto | f32 | f16 | bf16`.
     #[serde(default = "auto")]
     pub dtype: String,
-    /// For GGUF teachers: `dequantized` (default: dense matrices, fastest on CPU) or `quantized`
-    /// (multiply in the stored format through QMatMul, as llama.cpp does; least memory).
+    /// For GGUF teachers: `dequantized` (default: dense matrices, fastest on CPU), `quantized`
+    /// (multiply in the stored format through candle's QMatMul; least memory, any device) or
+    /// `ggml` (llama.cpp's CPU arithmetic: its logits bit for bit; CPU, Q4_1/Q8_0 files).
     #[serde(default = "dequantized")]
     pub gguf_weights: String,
 }
@@ -106,18 +131,14 @@ impl TeacherConfig {
     pub fn load_options(&self) -> Result<LoadOptions> {
         let device = crate::device::parse_device(&self.device)?;
         let dtype = crate::device::parse_dtype(&self.dtype, &device)?;
-        let gguf_mode = match self.gguf_weights.as_str() {
-            "dequantized" => GgufMode::Dequantized,
-            "quantized" => GgufMode::Quantized,
-            other => {
-                return Err(TeacherError::Source {
-                    source_spec: self.source.clone(),
-                    msg: format!(
-                    "teacher.gguf_weights: expected `quantized` or `dequantized`, got `{other}`"
+        let gguf_mode =
+            GgufCompute::parse(&self.gguf_weights).ok_or_else(|| TeacherError::Source {
+                source_spec: self.source.clone(),
+                msg: format!(
+                    "teacher.gguf_weights: expected `quantized`, `dequantized` or `ggml`, got `{}`",
+                    self.gguf_weights
                 ),
-                })
-            }
-        };
+            })?;
         Ok(LoadOptions {
             device,
             dtype,
@@ -130,6 +151,8 @@ impl TeacherConfig {
 /// The network of a teacher.
 pub enum TeacherModel {
     Llama(Llama),
+    /// A GGUF decoder run with llama.cpp's CPU arithmetic.
+    Ggml(GgmlLlama),
     Bert(Bert),
 }
 
@@ -160,11 +183,30 @@ impl Teacher {
                 (model, folder.weight_files.clone())
             }
             Resolved::Gguf(path) => {
-                let (cfg, weights) = gguf_weights(path, opts.gguf_mode, opts.dtype, &opts.device)?;
-                (
-                    TeacherModel::Llama(Llama::load(&cfg, &weights)?),
-                    vec![path.clone()],
-                )
+                let model = match opts.gguf_mode {
+                    GgufCompute::Ggml => {
+                        if !opts.device.is_cpu() {
+                            return Err(TeacherError::Source {
+                                source_spec: source.to_string(),
+                                msg: format!(
+                                    "gguf_weights `ggml` runs on the CPU, not {:?}; use `quantized` or `dequantized` on an accelerator",
+                                    opts.device
+                                ),
+                            });
+                        }
+                        TeacherModel::Ggml(GgmlLlama::load(&GgufFile::open(path)?)?)
+                    }
+                    mode => {
+                        let mode = if mode == GgufCompute::Dequantized {
+                            GgufMode::Dequantized
+                        } else {
+                            GgufMode::Quantized
+                        };
+                        let (cfg, weights) = gguf_weights(path, mode, opts.dtype, &opts.device)?;
+                        TeacherModel::Llama(Llama::load(&cfg, &weights)?)
+                    }
+                };
+                (model, vec![path.clone()])
             }
         };
         let tokenizer = load_tokenizer(&resolved)?;
@@ -207,6 +249,7 @@ impl Teacher {
     pub fn vocab_size(&self) -> usize {
         match &self.model {
             TeacherModel::Llama(m) => m.config().vocab_size,
+            TeacherModel::Ggml(m) => m.config().vocab_size,
             TeacherModel::Bert(m) => m.config().vocab_size,
         }
     }
@@ -216,6 +259,7 @@ impl Teacher {
     pub fn logits(&self, batch: &[Vec<u32>]) -> Result<Tensor> {
         let lm = match &self.model {
             TeacherModel::Llama(m) => m,
+            TeacherModel::Ggml(m) => return Ok(m.forward_tensors(batch, false)?.0),
             TeacherModel::Bert(_) => {
                 return Err(TeacherError::Source {
                     source_spec: self.source.to_string(),

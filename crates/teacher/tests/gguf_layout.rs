@@ -7,10 +7,10 @@ mod common;
 use candle_core::quantized::GgmlDType;
 use candle_core::Tensor;
 use common::tiny::{tiny_llama, tiny_llama_config, write_tiny_llama_folder, write_tiny_llama_gguf};
-use distill_models::GgufMode;
+use distill_teacher::GgufCompute;
 use distill_teacher::{LoadOptions, Teacher, TeacherSource};
 
-fn logits(path: &std::path::Path, mode: GgufMode) -> Tensor {
+fn logits(path: &std::path::Path, mode: GgufCompute) -> Tensor {
     let t = Teacher::load(
         &TeacherSource::parse(path.to_str().unwrap()).unwrap(),
         &LoadOptions {
@@ -37,11 +37,11 @@ fn gguf_and_hf_folder_of_the_same_weights_agree() {
     let vm = tiny_llama(&cfg);
     let dir = tmp.path().join("hf");
     write_tiny_llama_folder(&dir, &cfg, &vm);
-    let reference = logits(&dir, GgufMode::Quantized);
+    let reference = logits(&dir, GgufCompute::Quantized);
 
     let f32_gguf = tmp.path().join("f32.gguf");
     write_tiny_llama_gguf(&f32_gguf, &cfg, &vm, GgmlDType::F32, true);
-    for mode in [GgufMode::Quantized, GgufMode::Dequantized] {
+    for mode in [GgufCompute::Quantized, GgufCompute::Dequantized] {
         let d = common::max_abs_diff(&reference, &logits(&f32_gguf, mode));
         assert!(
             d < 1e-5,
@@ -51,8 +51,8 @@ fn gguf_and_hf_folder_of_the_same_weights_agree() {
 
     let q8 = tmp.path().join("q8.gguf");
     write_tiny_llama_gguf(&q8, &cfg, &vm, GgmlDType::Q8_0, true);
-    let q = logits(&q8, GgufMode::Quantized);
-    let dq = logits(&q8, GgufMode::Dequantized);
+    let q = logits(&q8, GgufCompute::Quantized);
+    let dq = logits(&q8, GgufCompute::Dequantized);
     let scale: f32 = reference
         .abs()
         .unwrap()
@@ -72,4 +72,61 @@ fn gguf_and_hf_folder_of_the_same_weights_agree() {
     );
     // The QMatMul path and the dequantised path read the same rows.
     assert!(common::max_abs_diff(&q, &dq) < 0.05 * scale);
+}
+
+/// Logits of one sentence run alone (no padding), `[1, n, vocab]`.
+fn logits_alone(path: &std::path::Path, mode: GgufCompute) -> Tensor {
+    let t = Teacher::load(
+        &TeacherSource::parse(path.to_str().unwrap()).unwrap(),
+        &LoadOptions {
+            gguf_mode: mode,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ids = t
+        .tokenizer
+        .encode("It is a way I have of driving off the spleen")
+        .unwrap();
+    t.logits(&[ids]).unwrap()
+}
+
+#[test]
+fn ggml_path_runs_q8_0_and_f32_files_and_names_what_it_cannot_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_llama_config();
+    let vm = tiny_llama(&cfg);
+    // F32 matrices: nothing is quantised, so only summation orders differ from candle.
+    let f32_gguf = tmp.path().join("f32.gguf");
+    write_tiny_llama_gguf(&f32_gguf, &cfg, &vm, GgmlDType::F32, true);
+    let d = common::max_abs_diff(
+        &logits_alone(&f32_gguf, GgufCompute::Quantized),
+        &logits_alone(&f32_gguf, GgufCompute::Ggml),
+    );
+    assert!(d < 1e-5, "F32 file: ggml path differs from candle by {d}");
+    // Q8_0: both quantise activations to Q8_0 before each product.
+    let q8 = tmp.path().join("q8.gguf");
+    write_tiny_llama_gguf(&q8, &cfg, &vm, GgmlDType::Q8_0, true);
+    let d = common::max_abs_diff(
+        &logits_alone(&q8, GgufCompute::Quantized),
+        &logits_alone(&q8, GgufCompute::Ggml),
+    );
+    assert!(d < 1e-2, "Q8_0 file: ggml path differs from QMatMul by {d}");
+
+    let f16_gguf = tmp.path().join("f16.gguf");
+    write_tiny_llama_gguf(&f16_gguf, &cfg, &vm, GgmlDType::F16, true);
+    let err = Teacher::load(
+        &TeacherSource::parse(f16_gguf.to_str().unwrap()).unwrap(),
+        &LoadOptions {
+            gguf_mode: GgufCompute::Ggml,
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("F16 matrices are not a ggml-path format")
+    .to_string();
+    assert!(
+        err.contains("blk.0.attn_q.weight") && err.contains("Q4_1, Q8_0 and F32"),
+        "{err}"
+    );
 }

@@ -5,23 +5,23 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, D};
-use distill_models::{GgufFile, GgufMode};
+use distill_models::GgufFile;
 use distill_teacher::tokenizer::tokenizer_from_gguf;
-use distill_teacher::{inspect, HubOptions, LoadOptions, Teacher, TeacherSource};
+use distill_teacher::{inspect, GgufCompute, HubOptions, LoadOptions, Teacher, TeacherSource};
+use sha2::{Digest, Sha256};
 
-/// Largest |ours − llama.cpp| over the compared logits for the Q4_1 file. Both sides quantise
-/// activations to Q8_1 before every product with a Q4_1 matrix; a float difference of one ulp
-/// anywhere upstream (rope tables, exp, summation order) flips some of those roundings, and the
-/// flips are amplified through 30 layers. Our own logits move by as much between a prompt run
-/// alone and in a batch (different GEMM shapes), so the quantised path is compared at this
-/// tolerance and the exact arithmetic is proven on the F32 file instead.
+/// Largest |ours − llama.cpp| over the compared logits for the Q4_1 file through candle's
+/// `QMatMul` (`gguf_weights: quantized`). Both sides quantise activations to Q8_1 before every
+/// product with a Q4_1 matrix; a float difference of one ulp anywhere upstream (rope tables, exp,
+/// summation order) flips some of those roundings, and the flips are amplified through 30 layers.
+/// The `ggml` path removes every such difference and is compared bit for bit below.
 const LOGIT_TOLERANCE: f32 = 2.5;
 /// A disagreement on the top token is accepted only where llama.cpp's top two logits are this close.
 const NEAR_TIE: f32 = 0.5;
 /// The same for the F32 file, where neither side quantises anything.
 const F32_LOGIT_TOLERANCE: f32 = 1e-3;
 
-fn teacher(mode: GgufMode) -> Teacher {
+fn teacher(mode: GgufCompute) -> Teacher {
     let source = TeacherSource::parse(common::smollm2_gguf().to_str().unwrap()).unwrap();
     Teacher::load(
         &source,
@@ -141,7 +141,7 @@ fn compare(t: &Teacher, prompts: &[Prompt], sample_ids: &Tensor) -> (usize, usiz
 
 #[test]
 fn real_smollm2_dequantized_f32_matches_llamacpp_f32_at_every_position() {
-    let t = teacher(GgufMode::Dequantized);
+    let t = teacher(GgufCompute::Dequantized);
     let (prompts, sample_ids) = reference_from("smollm2-f32-logits.safetensors");
     let (agree, total, worst_top, worst_sample) = compare(&t, &prompts, &sample_ids);
     eprintln!(
@@ -169,7 +169,7 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn real_smollm2_logits_match_llamacpp_at_every_position() {
-    let t = teacher(GgufMode::Quantized);
+    let t = teacher(GgufCompute::Quantized);
     let (prompts, sample_ids) = reference();
     let (agree, total, worst_top, worst_sample) = compare(&t, &prompts, &sample_ids);
     let rate = agree as f64 / total as f64;
@@ -222,11 +222,84 @@ fn real_smollm2_logits_match_llamacpp_at_every_position() {
     );
 }
 
+/// llama.cpp's logits for four prompts (83 + 335 positions), from
+/// `scripts/ref-llamacpp-exact.py`: per prompt the ids, the argmax and top-8 at every position,
+/// and the SHA-256 of all `[n, 49152]` logits.
+fn exact_reference() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(common::fixture("smollm2-exact-logits.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["prompts"].as_array().unwrap().clone()
+}
+
+fn u32s(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn real_smollm2_ggml_path_reproduces_llamacpp_logits_bit_for_bit() {
+    let t = teacher(GgufCompute::Ggml);
+    let (mut agree, mut total) = (0, 0);
+    for p in exact_reference() {
+        let name = p["name"].as_str().unwrap();
+        let ids = u32s(&p["ids"]);
+        let logits = t
+            .logits(std::slice::from_ref(&ids))
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let rows: Vec<Vec<f32>> = logits.to_vec2().unwrap();
+        // The top 8 of every position, value for value.
+        for (pos, row) in rows.iter().enumerate() {
+            let top_ids = u32s(&p["top8_ids"][pos]);
+            for (k, &id) in top_ids.iter().enumerate() {
+                let theirs = p["top8_logits"][pos][k].as_f64().unwrap() as f32;
+                assert_eq!(
+                    row[id as usize].to_bits(),
+                    theirs.to_bits(),
+                    "{name} position {pos}, token {id}: {} vs llama.cpp {theirs}",
+                    row[id as usize]
+                );
+            }
+        }
+        let ours: Vec<u32> = logits.argmax(D::Minus1).unwrap().to_vec1().unwrap();
+        agree += ours
+            .iter()
+            .zip(u32s(&p["argmax"]))
+            .filter(|(a, b)| **a == *b)
+            .count();
+        total += ids.len();
+        // Every logit: the hash of all n × 49152 values, as llama.cpp's f32 bytes.
+        let bytes: Vec<u8> = rows
+            .iter()
+            .flatten()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let digest: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            digest,
+            p["sha256"].as_str().unwrap(),
+            "{name}: logits differ"
+        );
+    }
+    eprintln!(
+        "SmolLM2 Q4_1, ggml path vs llama.cpp: top-1 {agree}/{total}, all logits bit-identical"
+    );
+    assert_eq!(agree, total);
+    assert!(total >= 400, "{total} positions");
+}
+
 #[test]
 fn real_smollm2_dequantized_agrees_with_quantized() {
     let (prompts, _) = reference();
-    let q = teacher(GgufMode::Quantized);
-    let f = teacher(GgufMode::Dequantized);
+    let q = teacher(GgufCompute::Quantized);
+    let f = teacher(GgufCompute::Dequantized);
     let (mut agree, mut total) = (0, 0);
     for p in &prompts {
         let a: Vec<u32> = q
@@ -257,7 +330,7 @@ fn real_smollm2_dequantized_agrees_with_quantized() {
 #[test]
 fn real_smollm2_batched_logits_equal_one_by_one() {
     // Dequantised, so that what is compared is padding and masking, not Q8 rounding flips.
-    let t = teacher(GgufMode::Dequantized);
+    let t = teacher(GgufCompute::Dequantized);
     let (prompts, _) = reference();
     let batch: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
     let all = t.logits(&batch).unwrap();

@@ -50,6 +50,31 @@ impl LogitsModel for distill_models::Llama {
     }
 }
 
+/// A GGUF teacher run with llama.cpp's CPU arithmetic: every sequence of the batch is run alone
+/// (the batch holds equal-length blocks, so no padding is involved).
+impl LogitsModel for distill_models::GgmlLlama {
+    fn logits(
+        &self,
+        ids: &Tensor,
+        want_hidden: bool,
+    ) -> candle_core::Result<(Tensor, Option<Vec<Tensor>>)> {
+        let batch: Vec<Vec<u32>> = ids.to_vec2::<u32>()?;
+        let (logits, hidden) = self
+            .forward_tensors(&batch, want_hidden)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let device = ids.device();
+        let hidden = match hidden {
+            Some(h) => Some(
+                h.iter()
+                    .map(|t| t.to_device(device))
+                    .collect::<candle_core::Result<Vec<_>>>()?,
+            ),
+            None => None,
+        };
+        Ok((logits.to_device(device)?, hidden))
+    }
+}
+
 /// Errors of a training run.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

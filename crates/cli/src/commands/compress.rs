@@ -10,8 +10,9 @@ use distill_compress::prune::{
     drop_layers, magnitude_prune, prune_ffn_neurons, prune_heads, two_four_prune, PruneScope,
 };
 use distill_compress::{export_gguf, parse_qtype, tokenizer_metadata, GgufExport, TensorMap};
-use distill_models::{GgufMode, Llama, LlamaConfig};
+use distill_models::{Llama, LlamaConfig};
 use distill_student::{save_hf, HfExport};
+use distill_teacher::GgufCompute;
 use distill_teacher::{
     load_tokenizer, resolve, HubOptions, LoadOptions, Resolved, Teacher, TeacherModel,
     TeacherSource,
@@ -104,7 +105,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let opts = LoadOptions {
         device: Device::Cpu,
         dtype: DType::F32,
-        gguf_mode: GgufMode::Dequantized,
+        gguf_mode: GgufCompute::Dequantized,
         ..Default::default()
     };
     let teacher = Teacher::load(&source, &opts)?;
@@ -235,7 +236,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 let q = Teacher::load(
                     &TeacherSource::Gguf(path.clone()),
                     &LoadOptions {
-                        gguf_mode: GgufMode::Quantized,
+                        gguf_mode: GgufCompute::Quantized,
                         ..opts.clone()
                     },
                 )?;

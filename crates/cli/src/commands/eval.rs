@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use distill_teacher::{pad_batch, Teacher, TeacherSource};
+use distill_teacher::{pad_batch, GgufCompute, Teacher, TeacherSource};
 use distill_train::metrics::{next_token_nll, NllSum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -64,7 +64,10 @@ struct Report {
     batch: usize,
     device: String,
     dtype: String,
+    /// Whether matrices were multiplied in their stored (quantised) format.
     quantized: bool,
+    /// For a GGUF model: `quantized`, `dequantized` or `ggml`.
+    gguf_weights: Option<String>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -158,8 +161,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         batch: a.batch,
         device: format!("{:?}", opts.device),
         dtype: format!("{:?}", opts.dtype).to_lowercase(),
-        quantized: matches!(opts.gguf_mode, distill_models::GgufMode::Quantized)
+        quantized: opts.gguf_mode != GgufCompute::Dequantized
             && matches!(source, TeacherSource::Gguf(_)),
+        gguf_weights: matches!(source, TeacherSource::Gguf(_))
+            .then(|| format!("{:?}", opts.gguf_mode).to_lowercase()),
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -8,7 +8,7 @@ pub mod pipeline;
 pub mod run;
 pub mod tokenize;
 
-use distill_teacher::{parse_device, parse_dtype, HubOptions, LoadOptions};
+use distill_teacher::{parse_device, parse_dtype, GgufCompute, HubOptions, LoadOptions};
 
 /// Options shared by commands that load a model.
 #[derive(clap::Args, Debug, Clone)]
@@ -20,8 +20,12 @@ pub struct ModelArgs {
     #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// Dequantise a GGUF model instead of multiplying in its quantised format.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ggml")]
     pub dequantize: bool,
+    /// Run a GGUF model with llama.cpp's CPU arithmetic: the logits llama.cpp computes from the
+    /// same file, bit for bit (CPU; `llama` architecture with Q4_1/Q8_0 matrices).
+    #[arg(long)]
+    pub ggml: bool,
 }
 
 impl ModelArgs {
@@ -32,9 +36,11 @@ impl ModelArgs {
             device,
             dtype,
             gguf_mode: if self.dequantize {
-                distill_models::GgufMode::Dequantized
+                GgufCompute::Dequantized
+            } else if self.ggml {
+                GgufCompute::Ggml
             } else {
-                distill_models::GgufMode::Quantized
+                GgufCompute::Quantized
             },
             hub: HubOptions::from_env(),
         })

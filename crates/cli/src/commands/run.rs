@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Tensor};
-use distill_models::Llama;
 use distill_student::{build_student, save_hf, HfExport, InitConfig};
 use distill_teacher::{LoadedTokenizer, Teacher, TeacherModel, TeacherSource};
 use distill_train::data::{load_documents, pack_blocks, split_documents, BlockSet};
@@ -64,10 +63,11 @@ fn run_causal_lm(cfg: RunConfig, a: Args) -> anyhow::Result<()> {
     let source = TeacherSource::parse(&cfg.teacher.source).context("teacher.source")?;
     tracing::info!(source = %source, "loading the teacher");
     let teacher = Teacher::load(&source, &opts)?;
-    let TeacherModel::Llama(teacher_lm) = &teacher.model else {
-        bail!("teacher.source: a causal-LM run needs a decoder teacher (Llama family); {source} is an encoder");
+    let (teacher_lm, teacher_cfg): (&dyn LogitsModel, _) = match &teacher.model {
+        TeacherModel::Llama(m) => (m, m.config().clone()),
+        TeacherModel::Ggml(m) => (m, m.config().clone()),
+        TeacherModel::Bert(_) => bail!("teacher.source: a causal-LM run needs a decoder teacher (Llama family); {source} is an encoder"),
     };
-    let teacher_cfg = teacher_lm.config().clone();
 
     let (train, valid) = build_data(&cfg, &teacher.tokenizer, teacher_cfg.vocab_size)?;
     tracing::info!(
@@ -114,7 +114,7 @@ fn run_causal_lm(cfg: RunConfig, a: Args) -> anyhow::Result<()> {
         student: &student.model,
         varmap: &student.varmap,
         student_hidden_size: student.config.hidden_size,
-        teacher: Some(teacher_lm as &dyn LogitsModel),
+        teacher: Some(teacher_lm),
         teacher_hidden_size: teacher_cfg.hidden_size,
         train: &train,
         valid: &valid,
@@ -282,7 +282,7 @@ pub(crate) fn build_data(
 
 /// Full-sequence scoring throughput over up to two batches of validation blocks.
 fn scoring_speed(
-    model: &Llama,
+    model: &dyn LogitsModel,
     valid: &BlockSet,
     batch: usize,
     device: &candle_core::Device,

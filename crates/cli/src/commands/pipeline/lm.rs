@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use distill_compress::config::{DropLayers, NeuronImportance, Step};
 use distill_compress::prune::{drop_layers, prune_ffn_neurons, prune_heads};
 use distill_compress::{export_gguf, parse_qtype, tokenizer_metadata, GgufExport, TensorMap};
-use distill_models::{ArchConfig, GgufMode, Llama, LlamaConfig, SafetensorsWeights, VarMapWeights};
+use distill_models::{ArchConfig, Llama, LlamaConfig, SafetensorsWeights, VarMapWeights};
 use distill_teacher::{
     load_tokenizer, resolve, HubOptions, LoadOptions, Resolved, Teacher, TeacherModel,
     TeacherSource,
@@ -278,7 +278,7 @@ impl Subject for LmSubject {
             &LoadOptions {
                 device: Device::Cpu,
                 dtype: DType::F32,
-                gguf_mode: GgufMode::Quantized,
+                gguf_mode: distill_teacher::GgufCompute::Quantized,
                 ..Default::default()
             },
         )?;
