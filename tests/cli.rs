@@ -152,6 +152,81 @@ fn inspect_tokenize_and_eval_a_tiny_gguf_and_folder() {
     // A random model over 260 tokens is close to uniform.
     assert!(ppl > 50.0 && ppl < 1000.0, "{v}");
     assert!(v["tokens_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["gguf_weights"], "quantized");
+
+    // llama.cpp's arithmetic: the same Q8_0 activation quantisation, so nearly the same score.
+    let eval = |flags: &[&str]| {
+        let mut args = vec![
+            "eval",
+            gguf.to_str().unwrap(),
+            "--text",
+            text.to_str().unwrap(),
+            "--block",
+            "16",
+            "--json",
+        ];
+        args.extend_from_slice(flags);
+        distill(&args, &[])
+    };
+    let g: serde_json::Value = serde_json::from_str(&ok(&eval(&["--ggml"]))).unwrap();
+    assert_eq!(g["gguf_weights"], "ggml");
+    let ggml_ppl = g["perplexity"].as_f64().unwrap();
+    assert!((ggml_ppl / ppl - 1.0).abs() < 0.01, "{ggml_ppl} vs {ppl}");
+    let o = eval(&["--ggml", "--dequantize"]);
+    assert!(!o.status.success(), "conflicting flags accepted");
+}
+
+#[test]
+fn run_distils_from_a_teacher_run_with_llamacpp_arithmetic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_llama_config();
+    let teacher = tmp.path().join("teacher.gguf");
+    write_tiny_llama_gguf(&teacher, &cfg, &tiny_llama(&cfg), GgmlDType::Q8_0, true);
+    let data = tmp.path().join("docs");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..6 {
+        let text = format!("Document {i}. Call me Ishmael. Some years ago, never mind how long. ")
+            .repeat(3);
+        std::fs::write(data.join(format!("doc_{i}.txt")), text).unwrap();
+    }
+    let config = tmp.path().join("run.yaml");
+    let yaml = |weights: &str| {
+        format!(
+            "teacher: {{source: {teacher}, gguf_weights: {weights}}}
+data:
+  source: {{kind: folder, path: {data}, pattern: '*.txt'}}
+  block_size: 32
+  validation_fraction: 0.34
+student: {{layers: 1, init: {{kind: from_teacher}}}}
+distill:
+  alpha: 0.5
+  temperature: 2.0
+  hidden: [{{student_layer: 1, teacher_layer: 2, loss: mse, weight: 0.1}}]
+train: {{steps: 2, batch_size: 2, lr: 0.001, eval_every: 2, eval_blocks: 4, checkpoint_every: 2}}
+output: {{dir: {runs}, name: tiny}}
+",
+            teacher = teacher.display(),
+            data = data.display(),
+            runs = tmp.path().join("runs").display(),
+        )
+    };
+    std::fs::write(&config, yaml("ggml")).unwrap();
+    ok(&distill(&["run", config.to_str().unwrap()], &[]));
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("runs/tiny/report.json")).unwrap(),
+    )
+    .unwrap();
+    let teacher_ppl = report["teacher"]["val_ppl"].as_f64().unwrap();
+    assert!(teacher_ppl.is_finite() && teacher_ppl > 1.0, "{report}");
+    assert_eq!(report["steps"], 2);
+
+    std::fs::write(&config, yaml("llama.cpp")).unwrap();
+    let o = distill(&["run", config.to_str().unwrap(), "--overwrite"], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("gguf_weights") && err.contains("`ggml`"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -17,6 +17,7 @@ Examples:
   distill inspect hf://HuggingFaceTB/SmolLM2-135M-Instruct --json
   distill tokenize model.gguf 'Call me Ishmael.' --json
   distill eval model.gguf --text moby-dick/chapter_1.txt --max-tokens 2048
+  distill eval model.gguf --text moby-dick/chapter_1.txt --ggml   # llama.cpp's exact logits
   distill eval ./my-model-folder --text valid.txt --device cuda:0 --dtype bf16
   distill run configs/spam-minilm.yaml           # fine-tune a classifier teacher, distil a student
   distill eval runs/spam-minilm/student --labelled configs/spam-minilm.yaml --split test
