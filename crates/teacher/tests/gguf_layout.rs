@@ -104,6 +104,39 @@ fn ggml_path_runs_q8_0_and_f32_files_and_names_what_it_cannot_run() {
         &logits_alone(&f32_gguf, GgufCompute::Ggml),
     );
     assert!(d < 1e-5, "F32 file: ggml path differs from candle by {d}");
+    // Hidden states follow `Llama::forward`'s convention (the last one after the final norm).
+    let g = distill_models::GgufFile::open(&f32_gguf).unwrap();
+    let ggml = distill_models::GgmlLlama::load(&g).unwrap();
+    let ids = vec![5u32, 17, 200, 3, 99, 42, 7];
+    let (_, hidden) = ggml
+        .forward_tensors(std::slice::from_ref(&ids), true)
+        .unwrap();
+    let hidden = hidden.unwrap();
+    let candle_model = distill_models::Llama::load(
+        &cfg,
+        &distill_models::GgufWeights::new(
+            std::sync::Arc::new(g),
+            distill_models::llama::gguf_names(&cfg, "llama"),
+            distill_models::GgufMode::Dequantized,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        ),
+    )
+    .unwrap();
+    let input = Tensor::new(ids.as_slice(), &candle_core::Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let reference = candle_model
+        .forward(&input, None, true)
+        .unwrap()
+        .hidden_states
+        .unwrap();
+    assert_eq!(hidden.len(), reference.len());
+    for (i, (a, b)) in hidden.iter().zip(&reference).enumerate() {
+        let d = common::max_abs_diff(a, b);
+        assert!(d < 1e-4, "hidden state {i} differs by {d}");
+    }
     // Q8_0: both quantise activations to Q8_0 before each product.
     let q8 = tmp.path().join("q8.gguf");
     write_tiny_llama_gguf(&q8, &cfg, &vm, GgmlDType::Q8_0, true);

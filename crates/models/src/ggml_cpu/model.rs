@@ -100,8 +100,8 @@ pub struct GgmlLlama {
 pub struct GgmlOutput {
     /// Per sequence, `len × vocab` logits.
     pub logits: Vec<Vec<f32>>,
-    /// Per sequence, the embedding output then every layer's output (`len × hidden` each);
-    /// empty unless asked for.
+    /// Per sequence, the embedding output then every layer's output, the last after the final
+    /// norm (`len × hidden` each); empty unless asked for.
     pub hidden: Vec<Vec<Vec<f32>>>,
 }
 
@@ -189,9 +189,18 @@ impl GgmlLlama {
         };
         for ids in batch {
             let mut hidden = Vec::new();
+            // transformers' convention, as `Llama::forward`: the embedding output, then every
+            // layer's, the last one after the final norm.
             let logits = self.forward_traced(ids, &mut |name, v| {
-                if want_hidden && (name == "embd" || name.starts_with("l_out-")) {
+                if !want_hidden {
+                    return;
+                }
+                if name == "embd" || name.starts_with("l_out-") {
                     hidden.push(v.to_vec());
+                } else if name == "result_norm" {
+                    if let Some(last) = hidden.last_mut() {
+                        *last = v.to_vec();
+                    }
                 }
             })?;
             out.logits.push(logits);
