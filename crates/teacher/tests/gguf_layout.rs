@@ -10,15 +10,18 @@ use common::tiny::{tiny_llama, tiny_llama_config, write_tiny_llama_folder, write
 use distill_teacher::GgufCompute;
 use distill_teacher::{LoadOptions, Teacher, TeacherSource};
 
-fn logits(path: &std::path::Path, mode: GgufCompute) -> Tensor {
-    let t = Teacher::load(
+fn load(path: &std::path::Path, mode: GgufCompute) -> distill_teacher::Result<Teacher> {
+    Teacher::load(
         &TeacherSource::parse(path.to_str().unwrap()).unwrap(),
         &LoadOptions {
             gguf_mode: mode,
             ..Default::default()
         },
     )
-    .unwrap();
+}
+
+fn logits(path: &std::path::Path, mode: GgufCompute) -> Tensor {
+    let t = load(path, mode).unwrap();
     let a = t
         .tokenizer
         .encode("It is a way I have of driving off the spleen")
@@ -76,14 +79,7 @@ fn gguf_and_hf_folder_of_the_same_weights_agree() {
 
 /// Logits of one sentence run alone (no padding), `[1, n, vocab]`.
 fn logits_alone(path: &std::path::Path, mode: GgufCompute) -> Tensor {
-    let t = Teacher::load(
-        &TeacherSource::parse(path.to_str().unwrap()).unwrap(),
-        &LoadOptions {
-            gguf_mode: mode,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let t = load(path, mode).unwrap();
     let ids = t
         .tokenizer
         .encode("It is a way I have of driving off the spleen")
@@ -148,16 +144,10 @@ fn ggml_path_runs_q8_0_and_f32_files_and_names_what_it_cannot_run() {
 
     let f16_gguf = tmp.path().join("f16.gguf");
     write_tiny_llama_gguf(&f16_gguf, &cfg, &vm, GgmlDType::F16, true);
-    let err = Teacher::load(
-        &TeacherSource::parse(f16_gguf.to_str().unwrap()).unwrap(),
-        &LoadOptions {
-            gguf_mode: GgufCompute::Ggml,
-            ..Default::default()
-        },
-    )
-    .err()
-    .expect("F16 matrices are not a ggml-path format")
-    .to_string();
+    let err = load(&f16_gguf, GgufCompute::Ggml)
+        .err()
+        .expect("F16 matrices are not a ggml-path format")
+        .to_string();
     assert!(
         err.contains("blk.0.attn_q.weight") && err.contains("Q4_1, Q8_0 and F32"),
         "{err}"

@@ -125,13 +125,13 @@ fn compare(t: &Teacher, prompts: &[Prompt], sample_ids: &Tensor) -> (usize, usiz
             .filter(|(a, b)| a == b)
             .count();
         total += p.ids.len();
-        worst_top = worst_top.max(max_abs(
+        worst_top = worst_top.max(common::max_abs_diff(
             &logits
                 .gather(&p.topk_ids.contiguous().unwrap(), D::Minus1)
                 .unwrap(),
             &p.topk_logits,
         ));
-        worst_sample = worst_sample.max(max_abs(
+        worst_sample = worst_sample.max(common::max_abs_diff(
             &logits.index_select(sample_ids, 1).unwrap(),
             &p.sample_logits,
         ));
@@ -154,17 +154,6 @@ fn real_smollm2_dequantized_f32_matches_llamacpp_f32_at_every_position() {
         "{}",
         worst_top.max(worst_sample)
     );
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 #[test]
@@ -341,7 +330,7 @@ fn real_smollm2_batched_logits_equal_one_by_one() {
             .squeeze(0)
             .unwrap();
         let part = all.get(i).unwrap().narrow(0, 0, p.ids.len()).unwrap();
-        let d = max_abs(&one, &part);
+        let d = common::max_abs_diff(&one, &part);
         assert!(d < 1e-3, "prompt {i}: batched logits differ by {d}");
     }
 }

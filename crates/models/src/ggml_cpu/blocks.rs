@@ -11,6 +11,8 @@
 
 use half::f16;
 
+#[cfg(target_arch = "x86_64")]
+use super::simd::has_avx2_fma;
 use super::vec::with_fma;
 
 /// Elements per block (all formats here).
@@ -151,7 +153,7 @@ pub fn hsum8(a: &[f32; 8]) -> f32 {
 /// `ggml_vec_dot_q4_1_q8_1`: one `Q4_1` weight row against one `Q8_1` activation row.
 pub fn dot_q4_1_q8_1(w: &[BlockQ4_1], act: &[Q8Block]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA.
         return unsafe { avx2::q4_1(w, act) };
     }
@@ -162,7 +164,7 @@ pub fn dot_q4_1_q8_1(w: &[BlockQ4_1], act: &[Q8Block]) -> f32 {
 /// output): one `Q8_0` weight row against one `Q8_0` activation row.
 pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], act: &[Q8Block]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA.
         return unsafe { avx2::q8_0(w, act) };
     }
@@ -212,22 +214,11 @@ mod portable {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-}
-
-#[cfg(target_arch = "x86_64")]
 mod avx2 {
     //! llama.cpp's AVX2 kernels, instruction for instruction.
     use super::{hsum8, BlockQ4_1, BlockQ8_0, Q8Block};
+    use crate::ggml_cpu::simd::lanes;
     use std::arch::x86_64::*;
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn lanes(acc: __m256) -> [f32; 8] {
-        let mut out = [0f32; 8];
-        _mm256_storeu_ps(out.as_mut_ptr(), acc);
-        out
-    }
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn q4_1(w: &[BlockQ4_1], act: &[Q8Block]) -> f32 {

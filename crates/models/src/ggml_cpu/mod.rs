@@ -12,6 +12,7 @@
 mod blocks;
 mod model;
 mod rope;
+mod simd;
 mod vec;
 
 pub use model::{GgmlLlama, GgmlOutput};

@@ -3,6 +3,8 @@
 //! `tinyBLAS`), and RMS normalisation with its double-precision sum.
 
 use super::blocks::hsum8;
+#[cfg(target_arch = "x86_64")]
+use super::simd::has_avx2_fma;
 
 /// Defines a function whose body is compiled a second time with AVX2 + FMA and picked at run
 /// time when the CPU has them, so that `mul_add` is one instruction rather than a libm call.
@@ -19,9 +21,7 @@ macro_rules! with_fma {
                 unsafe fn fast($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
+                if $crate::ggml_cpu::simd::has_avx2_fma() {
                     // SAFETY: the CPU has AVX2 and FMA.
                     return unsafe { fast($($arg),*) };
                 }
@@ -82,7 +82,7 @@ with_fma! {
 pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     let n = x.len().min(y.len());
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA; every load is within `n`.
         return unsafe { avx2::dot_f32(&x[..n], &y[..n]) };
     }
@@ -107,7 +107,7 @@ fn reduce_f32(v: &[f32; 8], x: &[f32], y: &[f32]) -> f32 {
 pub fn dot_lanes8(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA; every load is within `n`.
         return unsafe { avx2::dot_lanes8(&a[..n], &b[..n]) };
     }
@@ -144,22 +144,11 @@ mod portable {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-}
-
-#[cfg(target_arch = "x86_64")]
 mod avx2 {
     //! The two f32 dot products with AVX2 registers, lane for lane as above.
     use super::{hsum8, reduce_f32};
+    use crate::ggml_cpu::simd::lanes;
     use std::arch::x86_64::*;
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn lanes(v: __m256) -> [f32; 8] {
-        let mut out = [0f32; 8];
-        _mm256_storeu_ps(out.as_mut_ptr(), v);
-        out
-    }
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
