@@ -64,9 +64,13 @@ fi
 
 log "installing ${pins[*]} into $venv (llama.cpp is compiled from source; this takes a while)"
 start=$(date +%s)
-# llama-cpp-python ships only an sdist on PyPI: pip builds llama.cpp with CMake (CPU backend,
-# tuned to this machine's CPU by llama.cpp's default GGML_NATIVE=ON). Build tools (cmake, ninja,
-# scikit-build-core) come as wheels into pip's isolated build environment.
+# llama-cpp-python ships only an sdist on PyPI: pip builds llama.cpp with CMake (CPU backend).
+# The build is for AVX2 + FMA rather than llama.cpp's default GGML_NATIVE=ON: the native build
+# segfaults on the first eval of a Q4_1 model on AVX-512/AMX machines of this kind, and the
+# AVX2 build is the one whose arithmetic the ggml teacher path reproduces bit for bit. Set
+# CMAKE_ARGS to build otherwise. Build tools (cmake, ninja, scikit-build-core) come as wheels
+# into pip's isolated build environment.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
 export MAKEFLAGS="${MAKEFLAGS:--j2}"
 "$venv/bin/python" -m pip install --disable-pip-version-check --no-cache-dir "${pins[@]}"

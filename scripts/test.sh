@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README → "Test"; CI runs exactly this).
 # Fetches the real assets if missing, checks formatting and lints, then runs every test in the
-# release profile: the binary under test is the one users run, built once.
+# release profile (the binary under test is the one users run, built once), and the library
+# example, which distils the real teacher through the library API alone.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -9,3 +10,4 @@ scripts/fetch-assets.sh
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace
+cargo run --release --example distil_tiny -p distill

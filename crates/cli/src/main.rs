@@ -1,10 +1,10 @@
-//! `distill`: knowledge distillation from one YAML file. This binary only parses arguments and
-//! dispatches to the library crates.
+//! `distill`: knowledge distillation from one YAML file. This binary parses arguments, turns
+//! Ctrl-C into a stop request, shows progress and prints results; the `distill` library does
+//! the work.
 
 mod commands;
-mod config;
 mod logging;
-mod report;
+mod progress;
 
 use clap::{Parser, Subcommand};
 
@@ -43,11 +43,11 @@ enum Command {
     /// Architecture, sizes, dtypes, bytes on disk and tokenizer of a model.
     Inspect(commands::inspect::Args),
     /// The token ids a model's tokenizer gives for a text.
-    Tokenize(commands::tokenize::Args),
+    Tokenize(commands::inspect::TokenizeArgs),
     /// Perplexity and speed of a causal language model on a text file, or accuracy and
     /// confusion matrix of a classifier on labelled data.
     Eval(commands::eval::Args),
-    /// Quantise a Llama-family model and export it as GGUF (llama.cpp).
+    /// Prune, factorise, share or quantise a model and export it (safetensors, GGUF).
     Compress(commands::compress::Args),
 }
 
@@ -56,11 +56,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => commands::run::run(a),
-        Command::Schema => serde_json::to_string_pretty(&schemars::schema_for!(config::AnyConfig))
+        Command::Schema => serde_json::to_string_pretty(&distill::schema())
             .map(|s| println!("{s}"))
             .map_err(Into::into),
-        Command::Inspect(a) => commands::inspect::run(a),
-        Command::Tokenize(a) => commands::tokenize::run(a),
+        Command::Inspect(a) => commands::inspect::inspect(a),
+        Command::Tokenize(a) => commands::inspect::tokenize(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Compress(a) => commands::compress::run(a),
     };

@@ -10,11 +10,20 @@
 //!         - {step: heal, steps: 100}
 //!         - {step: quantize, type: q4_k}
 //! ```
+//!
+//! `step:` names a technique of the [`crate::registry`]; the other keys are its settings.
+//! [`CompressConfig::plans`] turns every variant into a [`Plan`]: passes, then the sink that
+//! writes the artifact. A GGUF `quantize` becomes the GGUF sink, so it can only close a
+//! variant, and nothing follows a pass that encodes weights.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::CompressError;
-use crate::prune::PruneScope;
+use crate::pass::Pass;
+use crate::registry::{technique, TECHNIQUES};
+use crate::sink::Sink;
+use crate::technique::Built;
+pub use crate::technique::Defaults;
 
 /// `compress:`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -36,179 +45,63 @@ fn d_eval_blocks() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct Variant {
     pub name: String,
-    pub steps: Vec<Step>,
+    pub steps: Vec<StepConfig>,
 }
 
-/// Where layers to drop come from.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(untagged)]
-pub enum DropLayers {
-    /// These layers (0-based).
-    These(Vec<usize>),
-    /// This many layers, the ones whose removal changes the validation loss least, each
-    /// measured by dropping it alone.
-    LeastImportant { least_important: usize },
+/// One step as written: a technique's name and its settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepConfig {
+    pub step: String,
+    #[serde(flatten)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
 }
 
-/// How FFN neurons are ranked for `ffn_neurons`.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum NeuronImportance {
-    /// Norms of the neuron's weights: ‖gate row‖·‖up row‖·‖down column‖ (Llama),
-    /// ‖in row‖·‖out column‖ (BERT).
-    #[default]
-    Weights,
-    /// Mean |silu(gate)·up| of the neuron over calibration data (the first training blocks)
-    /// times ‖down column‖: what it actually adds to the residual stream (Llama).
-    Activations,
-}
+impl schemars::JsonSchema for StepConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Step".into()
+    }
 
-/// One step of a variant.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(tag = "step", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Step {
-    /// Pruning; structured parts (layers, heads, neurons) run first, then sparsity.
-    Prune {
-        #[serde(default)]
-        drop_layers: Option<DropLayers>,
-        /// Llama: key/value head groups kept per layer; BERT: attention heads kept.
-        #[serde(default)]
-        heads: Option<usize>,
-        /// FFN neurons kept per layer, ranked by `importance`.
-        #[serde(default)]
-        ffn_neurons: Option<usize>,
-        #[serde(default)]
-        importance: NeuronImportance,
-        /// Unstructured magnitude sparsity in [0, 1).
-        #[serde(default)]
-        sparsity: Option<f64>,
-        #[serde(default = "d_scope")]
-        scope: PruneScope,
-        /// 2:4 semi-structured sparsity.
-        #[serde(default)]
-        two_four: bool,
-    },
-    /// Distillation from the uncompressed model with the run's objective.
-    Heal {
-        /// Optimiser steps (causal LM).
-        #[serde(default = "d_heal_steps")]
-        steps: usize,
-        /// Epochs over the training split (classification).
-        #[serde(default = "d_heal_epochs")]
-        epochs: usize,
-        /// Peak learning rate (default: the run's `train.lr`).
-        #[serde(default)]
-        lr: Option<f64>,
-    },
-    /// Truncated SVD of the layer matrices: a fixed `rank`, or the smallest rank keeping
-    /// `energy` of the spectrum.
-    LowRank {
-        #[serde(default)]
-        rank: Option<usize>,
-        #[serde(default)]
-        energy: Option<f64>,
-    },
-    /// k-means weight sharing with `2^bits` values per matrix.
-    Share { bits: u32 },
-    /// `int8` (per-channel, safetensors) or a GGUF type (`q8_0`, `q6_k`, `q5_k`, `q4_k`,
-    /// `q4_0`, `f16`; Llama only, exported as GGUF and measured through QMatMul).
-    Quantize {
-        #[serde(rename = "type")]
-        to: String,
-    },
-}
-
-fn d_scope() -> PruneScope {
-    PruneScope::PerTensor
-}
-fn d_heal_steps() -> usize {
-    100
-}
-fn d_heal_epochs() -> usize {
-    1
-}
-
-impl Step {
-    /// A short label for report rows.
-    pub fn label(&self) -> String {
-        match self {
-            Step::Prune {
-                drop_layers,
-                heads,
-                ffn_neurons,
-                importance,
-                sparsity,
-                scope,
-                two_four,
-            } => {
-                let mut parts = vec![];
-                match drop_layers {
-                    Some(DropLayers::These(l)) => parts.push(format!("drop layers {l:?}")),
-                    Some(DropLayers::LeastImportant { least_important }) => {
-                        parts.push(format!("drop {least_important} least important layers"))
+    /// One alternative per registered technique: its settings plus `step: <name>`.
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let alternatives: Vec<serde_json::Value> = TECHNIQUES
+            .iter()
+            .map(|t| {
+                let mut s = (t.schema)(generator);
+                if let Some(o) = s.as_object_mut() {
+                    let props = o
+                        .entry("properties")
+                        .or_insert_with(|| serde_json::json!({}));
+                    props["step"] = serde_json::json!({"const": t.name});
+                    let required = o.entry("required").or_insert_with(|| serde_json::json!([]));
+                    if let Some(r) = required.as_array_mut() {
+                        r.push("step".into());
                     }
-                    None => {}
+                    o.insert("description".into(), t.summary.into());
                 }
-                if let Some(h) = heads {
-                    parts.push(format!("{h} heads"));
-                }
-                if let Some(n) = ffn_neurons {
-                    let by = match importance {
-                        NeuronImportance::Weights => "",
-                        NeuronImportance::Activations => " by activations",
-                    };
-                    parts.push(format!("{n} FFN neurons{by}"));
-                }
-                if let Some(s) = sparsity {
-                    let scope = match scope {
-                        PruneScope::PerTensor => "per tensor",
-                        PruneScope::Global => "global",
-                    };
-                    parts.push(format!("{:.0}% sparse ({scope})", s * 100.0));
-                }
-                if *two_four {
-                    parts.push("2:4".into());
-                }
-                format!("prune: {}", parts.join(", "))
-            }
-            Step::Heal { steps, epochs, .. } => format!("heal ({steps} steps / {epochs} epochs)"),
-            Step::LowRank { rank, energy } => match (rank, energy) {
-                (Some(r), _) => format!("low rank {r}"),
-                (_, Some(e)) => format!("low rank ({:.0}% energy)", e * 100.0),
-                _ => "low rank".into(),
-            },
-            Step::Share { bits } => format!("k-means {bits}-bit"),
-            Step::Quantize { to } => format!("quantize {to}"),
-        }
-    }
-
-    /// Whether the step changes how weights are stored (after which nothing may train or
-    /// prune them).
-    pub fn encodes(&self) -> bool {
-        matches!(
-            self,
-            Step::LowRank { .. } | Step::Share { .. } | Step::Quantize { .. }
-        )
+                s.to_value()
+            })
+            .collect();
+        schemars::json_schema!({ "oneOf": alternatives })
     }
 }
 
-fn bad(key: String, msg: impl Into<String>) -> CompressError {
-    CompressError::Config {
-        key,
-        msg: msg.into(),
-    }
+/// A variant ready to run: its passes in order, then the sink that writes its artifact.
+pub struct Plan {
+    pub name: String,
+    pub passes: Vec<Box<dyn Pass>>,
+    pub sink: Sink,
 }
 
 impl CompressConfig {
-    /// Range and order checks of every step; the model-dependent ones (rank against a
-    /// matrix, heads against the config) run when the step does.
-    pub fn validate(&self) -> Result<(), CompressError> {
+    /// Builds every variant's plan, checking names, settings and order; errors name
+    /// `compress.variants[i]...`. Model-dependent checks (a rank against a matrix, heads
+    /// against the config) happen when the step runs.
+    pub fn plans(&self, defaults: &Defaults) -> Result<Vec<Plan>, CompressError> {
         if self.variants.is_empty() {
             return Err(bad("compress.variants".into(), "is empty"));
         }
         let mut names = std::collections::BTreeSet::new();
+        let mut plans = Vec::with_capacity(self.variants.len());
         for (vi, v) in self.variants.iter().enumerate() {
             let key = format!("compress.variants[{vi}]");
             let ok_name = !v.name.is_empty()
@@ -231,99 +124,71 @@ impl CompressConfig {
             if v.steps.is_empty() {
                 return Err(bad(format!("{key}.steps"), "is empty"));
             }
+            let mut passes: Vec<Box<dyn Pass>> = vec![];
+            let mut sink = None;
             let mut encoded: Option<String> = None;
             for (si, s) in v.steps.iter().enumerate() {
                 let key = format!("{key}.steps[{si}]");
+                let t = technique(&s.step).ok_or_else(|| {
+                    bad(
+                        format!("{key}.step"),
+                        format!(
+                            "unknown step `{}`; expected one of: {}",
+                            s.step,
+                            TECHNIQUES
+                                .iter()
+                                .map(|t| t.name)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                })?;
+                let built = (t.build)(&s.settings, defaults).map_err(|e| match e {
+                    CompressError::Config { key: k, msg } if k.is_empty() => bad(key.clone(), msg),
+                    CompressError::Config { key: k, msg } => bad(format!("{key}.{k}"), msg),
+                    other => other,
+                })?;
+                let label = built.label();
                 if let Some(prev) = &encoded {
                     return Err(bad(
                         key,
                         format!(
-                            "`{}` after `{prev}`: once weights are factorised, shared or quantised, nothing further can prune, train or re-encode them; put it earlier",
-                            s.label()
+                            "`{label}` after `{prev}`: once weights are factorised, shared or quantised, nothing further can prune, train or re-encode them; put it earlier"
                         ),
                     ));
                 }
-                match s {
-                    Step::Prune {
-                        drop_layers,
-                        heads,
-                        ffn_neurons,
-                        sparsity,
-                        two_four,
-                        ..
-                    } => {
-                        if let Some(s) = sparsity {
-                            if !(0.0..1.0).contains(s) {
-                                return Err(bad(
-                                    format!("{key}.sparsity"),
-                                    format!("{s} is outside [0, 1)"),
-                                ));
-                            }
+                match built {
+                    Built::Pass(p) => {
+                        if p.encodes() {
+                            encoded = Some(label);
                         }
-                        if *heads == Some(0) || *ffn_neurons == Some(0) {
+                        passes.push(p);
+                    }
+                    Built::Sink(s) => {
+                        if si + 1 != v.steps.len() {
                             return Err(bad(
                                 key,
-                                "pruning to zero heads or zero FFN neurons leaves no layer",
+                                format!("`{label}` writes the variant's GGUF file: it must be the last step"),
                             ));
                         }
-                        let nothing = drop_layers.is_none()
-                            && heads.is_none()
-                            && ffn_neurons.is_none()
-                            && sparsity.is_none()
-                            && !two_four;
-                        if nothing {
-                            return Err(bad(key, "prunes nothing: set drop_layers, heads, ffn_neurons, sparsity or two_four"));
-                        }
+                        sink = Some(s);
                     }
-                    Step::Heal { steps, epochs, lr } => {
-                        if *steps == 0 || *epochs == 0 {
-                            return Err(bad(key, "heal needs at least one step / epoch"));
-                        }
-                        if matches!(lr, Some(l) if l.is_nan() || *l <= 0.0) {
-                            return Err(bad(format!("{key}.lr"), "must be > 0"));
-                        }
-                    }
-                    Step::LowRank { rank, energy } => match (rank, energy) {
-                        (Some(_), Some(_)) | (None, None) => {
-                            return Err(bad(
-                                key,
-                                "low_rank takes exactly one of `rank` and `energy`",
-                            ))
-                        }
-                        (Some(0), _) => return Err(bad(format!("{key}.rank"), "must be >= 1")),
-                        (_, Some(e)) if !(*e > 0.0 && *e <= 1.0) => {
-                            return Err(bad(
-                                format!("{key}.energy"),
-                                format!("{e} is outside (0, 1]"),
-                            ))
-                        }
-                        _ => {}
-                    },
-                    Step::Share { bits } => {
-                        if !(1..=8).contains(bits) {
-                            return Err(bad(
-                                format!("{key}.bits"),
-                                format!("{bits}: expected 1 to 8"),
-                            ));
-                        }
-                    }
-                    Step::Quantize { to } => {
-                        if to != "int8" {
-                            crate::parse_qtype(to).map_err(|_| {
-                                bad(
-                                    format!("{key}.type"),
-                                    format!("`{to}`: expected int8, f16, q8_0, q6_k, q5_k, q5_0, q4_k or q4_0"),
-                                )
-                            })?;
-                        }
-                    }
-                }
-                if s.encodes() {
-                    encoded = Some(s.label());
                 }
             }
+            plans.push(Plan {
+                name: v.name.clone(),
+                passes,
+                sink: sink.unwrap_or(Sink::Folder),
+            });
         }
-        Ok(())
+        Ok(plans)
+    }
+}
+
+fn bad(key: String, msg: impl Into<String>) -> CompressError {
+    CompressError::Config {
+        key,
+        msg: msg.into(),
     }
 }
 
@@ -333,7 +198,9 @@ mod tests {
 
     fn parse(y: &str) -> Result<(), String> {
         let c: CompressConfig = serde_yaml::from_str(y).map_err(|e| e.to_string())?;
-        c.validate().map_err(|e| e.to_string())
+        c.plans(&Defaults::causal_lm())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -364,5 +231,41 @@ mod tests {
         }
         let err = parse("variants:\n  - {name: a, steps: [{step: share, bits: 4}]}\n  - {name: a, steps: [{step: share, bits: 4}]}\n").unwrap_err();
         assert!(err.contains("used twice"), "{err}");
+    }
+
+    #[test]
+    fn a_gguf_type_closes_a_variant_and_unknown_steps_are_named() {
+        let err = parse("variants:\n  - {name: v, steps: [{step: quantize, type: q4_k}, {step: prune, sparsity: 0.5}]}\n")
+            .unwrap_err();
+        assert!(err.contains("last step"), "{err}");
+        let err = parse("variants:\n  - {name: v, steps: [{step: prunez, sparsity: 0.5}]}\n")
+            .unwrap_err();
+        assert!(
+            err.contains("prunez") && err.contains("prune, heal"),
+            "{err}"
+        );
+        let c: CompressConfig = serde_yaml::from_str(
+            "variants:\n  - {name: v, steps: [{step: prune, sparsity: 0.5}, {step: quantize, type: q8_0}]}\n",
+        )
+        .unwrap();
+        let plans = c.plans(&Defaults::causal_lm()).unwrap();
+        assert_eq!(plans[0].passes.len(), 1);
+        assert!(matches!(plans[0].sink, Sink::Gguf { .. }));
+    }
+
+    #[test]
+    fn the_schema_has_one_alternative_per_technique() {
+        let s = serde_json::to_value(schemars::schema_for!(CompressConfig)).unwrap();
+        let text = s.to_string();
+        for t in TECHNIQUES {
+            assert!(
+                text.contains(&format!("{{\"const\":\"{}\"}}", t.name)),
+                "{text}"
+            );
+        }
+        assert!(
+            text.contains("ffn_neurons") && text.contains("energy"),
+            "{text}"
+        );
     }
 }

@@ -12,7 +12,7 @@ pub enum CompressError {
     #[error("{0}")]
     Unsupported(String),
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Model(Box<ModelError>),
     #[error("{context}: {source}")]
     Tensor {
         context: String,
@@ -21,4 +21,20 @@ pub enum CompressError {
     },
     #[error("{path}: {msg}")]
     Io { path: PathBuf, msg: String },
+    /// An error with what was being done when it happened.
+    #[error("{context}: {source}")]
+    Context {
+        context: String,
+        #[source]
+        source: Box<CompressError>,
+    },
+    /// An error of the task layer (evaluation, training) passes call into.
+    #[error(transparent)]
+    External(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<ModelError> for CompressError {
+    fn from(e: ModelError) -> Self {
+        CompressError::Model(Box::new(e))
+    }
 }

@@ -5,8 +5,31 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use crate::error::CompressError;
+use crate::pass::{Candidate, Context, Pass, PassReport};
 use crate::stored::Stored;
 use crate::tensors::{values_f32, TensorMap};
+
+/// The int8 pass: every dense matrix, per output channel.
+pub struct Int8;
+
+impl Pass for Int8 {
+    fn name(&self) -> &'static str {
+        "quantize"
+    }
+    fn label(&self) -> String {
+        "quantize int8".into()
+    }
+    fn encodes(&self) -> bool {
+        true
+    }
+    fn apply(&self, c: &mut Candidate, _: &Context) -> Result<PassReport, CompressError> {
+        let done = quantize_int8(&mut c.weights, |_| true)?;
+        Ok(PassReport::note(format!(
+            "{} matrices int8 per channel",
+            done.len()
+        )))
+    }
+}
 
 /// What quantising one matrix did.
 #[derive(Clone, Debug, Serialize)]

@@ -8,8 +8,84 @@ use faer::Mat;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CompressError;
+use crate::pass::{Candidate, Context, Pass, PassReport};
+use crate::sparsity::is_layer_matrix;
 use crate::stored::Stored;
+use crate::technique::{schema_of, settings, Built, Defaults, Settings, Technique};
 use crate::tensors::TensorMap;
+
+/// Settings of `low_rank`: exactly one of `rank` and `energy`.
+#[derive(Clone, Debug, PartialEq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LowRankSettings {
+    /// The same rank for every layer matrix.
+    #[serde(default)]
+    pub rank: Option<usize>,
+    /// Per matrix, the smallest rank keeping this share of the spectral energy, in (0, 1].
+    #[serde(default)]
+    pub energy: Option<f64>,
+}
+
+pub(crate) const TECHNIQUE: Technique = Technique {
+    name: "low_rank",
+    summary: "truncated SVD of the layer matrices, run as two factors",
+    build,
+    schema: schema_of::<LowRankSettings>,
+};
+
+fn build(s: &Settings, _: &Defaults) -> Result<Built, CompressError> {
+    let c: LowRankSettings = settings("low_rank", s)?;
+    let bad = |key: &str, msg: String| CompressError::Config {
+        key: key.into(),
+        msg,
+    };
+    let target = match (c.rank, c.energy) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(bad(
+                "",
+                "low_rank takes exactly one of `rank` and `energy`".into(),
+            ))
+        }
+        (Some(0), _) => return Err(bad("rank", "must be >= 1".into())),
+        (Some(r), _) => RankTarget::Rank(r),
+        (_, Some(e)) if !(e > 0.0 && e <= 1.0) => {
+            return Err(bad("energy", format!("{e} is outside (0, 1]")))
+        }
+        (_, Some(e)) => RankTarget::Energy(e),
+    };
+    Ok(Built::Pass(Box::new(LowRank(target))))
+}
+
+/// The low-rank pass over every layer matrix.
+pub struct LowRank(pub RankTarget);
+
+impl Pass for LowRank {
+    fn name(&self) -> &'static str {
+        "low_rank"
+    }
+    fn label(&self) -> String {
+        match self.0 {
+            RankTarget::Rank(r) => format!("low rank {r}"),
+            RankTarget::Energy(e) => format!("low rank ({:.0}% energy)", e * 100.0),
+        }
+    }
+    fn encodes(&self) -> bool {
+        true
+    }
+    fn apply(&self, c: &mut Candidate, _: &Context) -> Result<PassReport, CompressError> {
+        let done = low_rank(&mut c.weights, is_layer_matrix, self.0)?;
+        let applied: Vec<_> = done.iter().filter(|f| f.applied).collect();
+        let ranks: Vec<usize> = applied.iter().map(|f| f.rank).collect();
+        Ok(PassReport::note(format!(
+            "{} of {} matrices factorised, ranks {}..={}, mean energy kept {:.3}",
+            applied.len(),
+            done.len(),
+            ranks.iter().min().unwrap_or(&0),
+            ranks.iter().max().unwrap_or(&0),
+            applied.iter().map(|f| f.energy).sum::<f64>() / applied.len().max(1) as f64
+        )))
+    }
+}
 
 /// How the rank of each factorised matrix is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -6,13 +6,64 @@
 //! is a binary search and the update a difference of prefix sums. Centroids start at evenly
 //! spaced quantiles (deterministic, and dense where the weights are).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use candle_core::Tensor;
 
 use crate::error::CompressError;
+use crate::pass::{Candidate, Context, Pass, PassReport};
 use crate::stored::Stored;
+use crate::technique::{schema_of, settings, Built, Defaults, Settings, Technique};
 use crate::tensors::{values_f32, TensorMap};
+
+/// Settings of `share`.
+#[derive(Clone, Debug, PartialEq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShareSettings {
+    /// k-means weight sharing with `2^bits` values per matrix (1 to 8).
+    pub bits: u32,
+}
+
+pub(crate) const TECHNIQUE: Technique = Technique {
+    name: "share",
+    summary: "k-means weight sharing: 2^bits shared values per matrix, bit-packed indices",
+    build,
+    schema: schema_of::<ShareSettings>,
+};
+
+fn build(s: &Settings, _: &Defaults) -> Result<Built, CompressError> {
+    let c: ShareSettings = settings("share", s)?;
+    if !(1..=8).contains(&c.bits) {
+        return Err(CompressError::Config {
+            key: "bits".into(),
+            msg: format!("{}: expected 1 to 8", c.bits),
+        });
+    }
+    Ok(Built::Pass(Box::new(Share(c))))
+}
+
+/// The k-means sharing pass over every dense matrix.
+pub struct Share(pub ShareSettings);
+
+impl Pass for Share {
+    fn name(&self) -> &'static str {
+        "share"
+    }
+    fn label(&self) -> String {
+        format!("k-means {}-bit", self.0.bits)
+    }
+    fn encodes(&self) -> bool {
+        true
+    }
+    fn apply(&self, c: &mut Candidate, _: &Context) -> Result<PassReport, CompressError> {
+        let done = share_weights(&mut c.weights, |_| true, self.0.bits)?;
+        Ok(PassReport::note(format!(
+            "{} matrices, mean RMS error {:.2e}",
+            done.len(),
+            done.iter().map(|s| s.rms_error).sum::<f64>() / done.len().max(1) as f64
+        )))
+    }
+}
 
 /// Lloyd iterations; the assignment rarely changes after a few dozen.
 const ITERATIONS: usize = 30;

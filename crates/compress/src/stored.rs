@@ -10,33 +10,8 @@ use distill_models::encoded::{pack_bits, CODEBOOK, INDICES, LOW_RANK_U, LOW_RANK
 use safetensors::Dtype;
 
 use crate::error::CompressError;
+pub use crate::tensors::Stored;
 use crate::tensors::TensorMap;
-
-/// A weight stored in a compressed form (a weight absent from [`TensorMap::stored`] is dense).
-#[derive(Clone, Debug)]
-pub enum Stored {
-    /// Int8 values `[out, in]` with one f32 scale per row.
-    Int8 { q: Vec<i8>, scales: Vec<f32> },
-    /// `2^bits` centroids and one `bits`-bit index per weight.
-    Shared {
-        codebook: Vec<f32>,
-        indices: Vec<u16>,
-        bits: u32,
-    },
-    /// Factors `u [out, r]` and `v [r, in]`.
-    LowRank { u: Tensor, v: Tensor },
-}
-
-impl Stored {
-    /// Short name for reports and errors.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Stored::Int8 { .. } => "int8",
-            Stored::Shared { .. } => "k-means shared",
-            Stored::LowRank { .. } => "low-rank",
-        }
-    }
-}
 
 fn io(path: &Path) -> impl Fn(String) -> CompressError + '_ {
     move |msg| CompressError::Io {

@@ -8,7 +8,6 @@ use candle_nn::Init;
 use distill_models::{Matrix, ModelError, WeightSource};
 
 use crate::error::CompressError;
-use crate::stored::Stored;
 
 /// Every value of `t` as f32, row-major; errors name `name`.
 pub fn values_f32(name: &str, t: &Tensor) -> Result<Vec<f32>, CompressError> {
@@ -21,9 +20,36 @@ pub fn values_f32(name: &str, t: &Tensor) -> Result<Vec<f32>, CompressError> {
         })
 }
 
+/// A weight stored in a compressed form (a weight absent from [`TensorMap::stored`] is dense).
+#[derive(Clone, Debug)]
+pub enum Stored {
+    /// Int8 values `[out, in]` with one f32 scale per row.
+    Int8 { q: Vec<i8>, scales: Vec<f32> },
+    /// `2^bits` centroids and one `bits`-bit index per weight.
+    Shared {
+        codebook: Vec<f32>,
+        indices: Vec<u16>,
+        bits: u32,
+    },
+    /// Factors `u [out, r]` and `v [r, in]`.
+    LowRank { u: Tensor, v: Tensor },
+}
+
+impl Stored {
+    /// Short name for reports and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Stored::Int8 { .. } => "int8",
+            Stored::Shared { .. } => "k-means shared",
+            Stored::LowRank { .. } => "low-rank",
+        }
+    }
+}
+
 /// Tensors by Hugging Face name. `tensors` always holds the dense value a model computes with;
 /// `stored` says which of them are kept in a compressed form (and that form), for saving and,
 /// for low-rank factors, for running.
+#[derive(Clone)]
 pub struct TensorMap {
     pub tensors: BTreeMap<String, Tensor>,
     pub stored: BTreeMap<String, Stored>,

@@ -283,6 +283,10 @@ impl Bert {
         &self.cfg
     }
 
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The name prefix of the checkpoint (`""` or `"bert."`).
     pub fn prefix(&self) -> &str {
         &self.prefix

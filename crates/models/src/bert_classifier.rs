@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::bert::{mean_pool, Bert, BertConfig};
 use crate::error::{ModelError, Result, TensorContext};
+use crate::model::ModelOutput;
+use crate::model::{Input, Model};
 use crate::weights::{Linear, WeightSource};
 
 /// Name of the head's weight: its presence marks a checkpoint with a classification head.
@@ -36,15 +38,6 @@ impl Pooling {
     }
 }
 
-/// Output of a classifier forward.
-#[derive(Debug)]
-pub struct ClassifierOutput {
-    /// `[batch, num_labels]`.
-    pub logits: Tensor,
-    /// Embedding output then every layer's output, when asked for.
-    pub hidden_states: Option<Vec<Tensor>>,
-}
-
 /// A BERT encoder with a sequence-classification head.
 pub struct BertClassifier {
     pub bert: Bert,
@@ -61,15 +54,16 @@ impl BertClassifier {
     }
 
     /// Builds the classifier from `src`: the encoder under `bert.` or no prefix (whichever the
-    /// source has), the pooler under the same prefix, the head under `classifier`. A trainable
-    /// source creates missing tensors (a fresh head); a frozen one must hold them all.
+    /// source has, see [`encoder_prefix`]), the pooler under the same prefix, the head under
+    /// `classifier`. A trainable source creates missing tensors (a fresh head, `bert.` names);
+    /// a frozen one must hold them all.
     pub fn load(
         cfg: &BertConfig,
         src: &dyn WeightSource,
         num_labels: usize,
         pooling: Pooling,
-        prefix: &str,
     ) -> Result<Self> {
+        let prefix = encoder_prefix(src);
         if num_labels < 2 {
             return Err(ModelError::Config {
                 source_name: src.source_name(),
@@ -120,7 +114,7 @@ impl BertClassifier {
         attention_mask: &Tensor,
         dropout_mask: Option<&Tensor>,
         want_hidden: bool,
-    ) -> Result<ClassifierOutput> {
+    ) -> Result<ModelOutput> {
         let out = self
             .bert
             .forward(input_ids, None, Some(attention_mask), want_hidden)?;
@@ -133,7 +127,7 @@ impl BertClassifier {
             self.classifier.forward(&pooled)
         })()
         .context(|| "classification head".into())?;
-        Ok(ClassifierOutput {
+        Ok(ModelOutput {
             logits,
             hidden_states: out.hidden_states,
         })
@@ -163,6 +157,41 @@ impl BertClassifier {
     }
 }
 
+/// Where a checkpoint keeps its encoder: at the top level when it has `embeddings.*` and no
+/// `bert.embeddings.*` (`BertModel`, e.g. a sentence-transformers encoder), else under
+/// `bert.` (`BertForSequenceClassification`, and a fresh trainable source, which creates
+/// these names).
+pub fn encoder_prefix(src: &dyn WeightSource) -> &'static str {
+    if src.contains("embeddings.word_embeddings.weight")
+        && !src.contains("bert.embeddings.word_embeddings.weight")
+    {
+        ""
+    } else {
+        "bert."
+    }
+}
+
+impl Model for BertClassifier {
+    fn run(&self, input: &Input) -> Result<ModelOutput> {
+        let ones;
+        let mask = match input.mask {
+            Some(m) => m,
+            None => {
+                ones = Tensor::ones(input.ids.dims(), candle_core::DType::U8, input.ids.device())
+                    .context(|| "attention mask".into())?;
+                &ones
+            }
+        };
+        self.forward(input.ids, mask, input.pooled_dropout, input.hidden)
+    }
+    fn hidden_size(&self) -> usize {
+        self.config().hidden_size
+    }
+    fn device(&self) -> &candle_core::Device {
+        self.bert.device()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,7 +214,7 @@ mod tests {
         for pooling in [Pooling::Cls, Pooling::Mean] {
             let vm = VarMap::new();
             let src = VarMapWeights::new(&vm, DType::F32, &dev);
-            let m = BertClassifier::load(&tiny(), &src, 3, pooling, "bert.").unwrap();
+            let m = BertClassifier::load(&tiny(), &src, 3, pooling).unwrap();
             let ids = Tensor::new(&[[2u32, 7, 9, 3, 0, 0], [2, 5, 5, 6, 8, 3]], &dev).unwrap();
             let mask = Tensor::new(&[[1u8, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], &dev).unwrap();
             let batched = m.forward(&ids, &mask, None, false).unwrap().logits;
@@ -237,7 +266,7 @@ mod tests {
         let vm = VarMap::new();
         let src = VarMapWeights::new(&vm, DType::F32, &dev)
             .with_frozen(|n: &str| n.contains("embeddings") || n.contains("encoder.layer.0."));
-        let m = BertClassifier::load(&tiny(), &src, 2, Pooling::Cls, "bert.").unwrap();
+        let m = BertClassifier::load(&tiny(), &src, 2, Pooling::Cls).unwrap();
         let ids = Tensor::new(&[[2u32, 7, 9, 3]], &dev).unwrap();
         let mask = Tensor::ones((1, 4), DType::U8, &dev).unwrap();
         let loss = m
@@ -263,7 +292,7 @@ mod tests {
     fn fewer_than_two_classes_is_refused() {
         let vm = VarMap::new();
         let src = VarMapWeights::new(&vm, DType::F32, &Device::Cpu);
-        let e = BertClassifier::load(&tiny(), &src, 1, Pooling::Mean, "bert.")
+        let e = BertClassifier::load(&tiny(), &src, 1, Pooling::Mean)
             .err()
             .unwrap()
             .to_string();

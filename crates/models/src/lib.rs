@@ -18,27 +18,19 @@ pub mod files;
 pub mod ggml_cpu;
 pub mod gguf;
 pub mod llama;
+pub mod model;
 pub mod nn;
+pub mod surgery;
 pub mod weights;
 
 pub use bert::{Bert, BertConfig, BertOutput};
-pub use bert_classifier::{BertClassifier, ClassifierOutput, Pooling};
+pub use bert_classifier::{encoder_prefix, BertClassifier, Pooling};
 pub use error::{ModelError, Result};
 pub use ggml_cpu::GgmlLlama;
 pub use gguf::{GgufFile, GgufMode, GgufWeights};
 pub use llama::{Llama, LlamaConfig};
+pub use model::{pad_batch, Input, Model, ModelOutput, Padded};
 pub use weights::{Linear, Matrix, SafetensorsWeights, VarMapWeights, WeightSource};
-
-use candle_core::Tensor;
-
-/// Output of a causal language model.
-#[derive(Debug)]
-pub struct ModelOutput {
-    /// `[batch, seq, vocab]`: logits for every position.
-    pub logits: Tensor,
-    /// Embedding output then every layer's output, when asked for.
-    pub hidden_states: Option<Vec<Tensor>>,
-}
 
 /// The architecture named by a `config.json`, with its parsed config.
 #[derive(Clone, Debug)]

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result, TensorContext};
 use crate::gguf::{GgufFile, GgufTensorRef, NameMap};
+use crate::model::ModelOutput;
 use crate::nn::{attention, attention_bias, rms_norm, Rope};
 use crate::weights::{Linear, WeightSource};
-use crate::ModelOutput;
 
 /// `config.json` of a Llama-family checkpoint (the keys this implementation reads).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -536,6 +536,19 @@ impl Llama {
             logits,
             hidden_states: hidden,
         })
+    }
+}
+
+impl crate::model::Model for Llama {
+    fn run(&self, input: &crate::model::Input) -> Result<ModelOutput> {
+        input.refuse_dropout("a Llama-family decoder")?;
+        self.forward(input.ids, input.mask, input.hidden)
+    }
+    fn hidden_size(&self) -> usize {
+        self.cfg.hidden_size
+    }
+    fn device(&self) -> &Device {
+        &self.device
     }
 }
 

@@ -25,7 +25,8 @@ pub trait WeightSource {
     fn device(&self) -> &Device;
     /// Floating-point dtype of dense tensors.
     fn dtype(&self) -> DType;
-    /// Whether a tensor of this name exists (always true for trainable sources, which create it).
+    /// Whether a tensor of this name exists (for a trainable source: whether the variable was
+    /// created already; [`WeightSource::tensor`] creates a missing one).
     fn contains(&self, name: &str) -> bool;
     /// A dense tensor of the given shape. `init` is used only by sources that create tensors.
     fn tensor(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor>;
@@ -332,6 +333,7 @@ impl WeightSource for SafetensorsWeights {
 /// Trainable weights: variables of a [`VarMap`], created on first use with the given init
 /// (or taken as they are when the map already holds them, e.g. after loading a checkpoint).
 pub struct VarMapWeights {
+    varmap: VarMap,
     vb: VarBuilder<'static>,
     device: Device,
     dtype: DType,
@@ -344,6 +346,7 @@ pub type NamePredicate = Box<dyn Fn(&str) -> bool>;
 impl VarMapWeights {
     pub fn new(varmap: &VarMap, dtype: DType, device: &Device) -> Self {
         Self {
+            varmap: varmap.clone(),
             vb: VarBuilder::from_varmap(varmap, dtype, device),
             device: device.clone(),
             dtype,
@@ -369,8 +372,13 @@ impl WeightSource for VarMapWeights {
     fn dtype(&self) -> DType {
         self.dtype
     }
-    fn contains(&self, _name: &str) -> bool {
-        true
+    /// Whether the variable exists already (a missing one is created on first use).
+    fn contains(&self, name: &str) -> bool {
+        self.varmap
+            .data()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
     }
     fn tensor(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
         let t = self

@@ -10,24 +10,19 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{Init, VarMap};
-use distill_models::{BertClassifier, BertConfig, Pooling, VarMapWeights, WeightSource};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use distill_models::surgery::{self, bert::Head, top_k, Keep, LayerKeep};
+use distill_models::{BertClassifier, BertConfig, Pooling, WeightSource};
 use serde_json::json;
 
-use crate::design::{InitConfig, StudentConfig};
-use crate::error::{cfg_err, Ctx, StudentError};
-use crate::init::{layer_map, norms, seeded_init, top_k, varmap_from};
+use crate::design::StudentConfig;
+use crate::error::{cfg_err, StudentError};
+use crate::init::{build, unless_all, Family, Student};
 use crate::save::{io, save_varmap, write_folder_atomically, write_json};
 
 /// A trainable BERT classifier student.
-pub struct BertStudent {
-    pub config: BertConfig,
-    pub varmap: VarMap,
-    pub model: BertClassifier,
-    /// For `from_teacher` init: the teacher layer each student layer started from.
-    pub layer_map: Option<Vec<usize>>,
-}
+pub type BertStudent = Student<BertConfig, BertClassifier>;
 
 /// The student's `BertConfig` from the teacher's and the shrink rules. Unset sizes follow the
 /// teacher; a narrower `hidden` keeps the teacher's head size.
@@ -79,46 +74,130 @@ pub fn derive_bert_config(t: &BertConfig, s: &StudentConfig) -> Result<BertConfi
 }
 
 /// Designs the student and initialises its weights. `teacher` holds the teacher's encoder
-/// (under `teacher_prefix`), pooler and `classifier` head; needed for `from_teacher`.
+/// (under `bert.` or at the top level), pooler and `classifier` head; needed for `from_teacher`.
 pub fn build_bert_student(
     teacher_cfg: &BertConfig,
-    teacher: Option<(&dyn WeightSource, &str)>,
+    teacher: Option<&dyn WeightSource>,
     spec: &StudentConfig,
     num_labels: usize,
     pooling: Pooling,
     device: &Device,
 ) -> Result<BertStudent, StudentError> {
-    let cfg = derive_bert_config(teacher_cfg, spec)?;
-    let (init, layer_map) = match &spec.init {
-        InitConfig::FromTeacher { layers } => {
-            let (src, prefix) = teacher
-                .ok_or_else(|| cfg_err("init", "from_teacher needs the teacher's weights"))?;
-            let map = layer_map(
-                layers.as_deref(),
-                cfg.num_hidden_layers,
-                teacher_cfg.num_hidden_layers,
-            )?;
-            let t = from_teacher(teacher_cfg, &cfg, src, prefix, &map, num_labels, pooling)?;
-            (t, Some(map))
+    build(
+        &BertFamily {
+            num_labels,
+            pooling,
+        },
+        teacher_cfg,
+        teacher,
+        spec,
+        device,
+    )
+}
+
+struct BertFamily {
+    num_labels: usize,
+    pooling: Pooling,
+}
+
+impl Family for BertFamily {
+    type Config = BertConfig;
+    type Model = BertClassifier;
+
+    fn derive(&self, t: &BertConfig, spec: &StudentConfig) -> Result<BertConfig, StudentError> {
+        derive_bert_config(t, spec)
+    }
+    fn layers(&self, cfg: &BertConfig) -> usize {
+        cfg.num_hidden_layers
+    }
+    fn keep(
+        &self,
+        t: &BertConfig,
+        s: &BertConfig,
+        src: &dyn WeightSource,
+        layer_map: &[usize],
+    ) -> Result<Keep, StudentError> {
+        let t_hd = t.hidden_size / t.num_attention_heads;
+        let s_hd = s.hidden_size / s.num_attention_heads;
+        if s_hd != t_hd || s.num_attention_heads > t.num_attention_heads {
+            return Err(cfg_err(
+                "init",
+                format!(
+                    "from_teacher keeps whole heads of size {t_hd} (at most {}); the student has {} heads of size {s_hd}: use init: random or hidden = heads × {t_hd}",
+                    t.num_attention_heads, s.num_attention_heads
+                ),
+            ));
         }
-        InitConfig::Random { seed } => {
-            (random_init(&cfg, num_labels, pooling, *seed, device)?, None)
+        if s.hidden_size > t.hidden_size || s.intermediate_size > t.intermediate_size {
+            return Err(cfg_err(
+                "init",
+                "from_teacher can only narrow the teacher; use init: random for a wider student",
+            ));
         }
-    };
-    let varmap = varmap_from(init, device)?;
-    let model = BertClassifier::load(
-        &cfg,
-        &VarMapWeights::new(&varmap, DType::F32, device),
-        num_labels,
-        pooling,
-        "bert.",
-    )?;
-    Ok(BertStudent {
-        config: cfg,
-        varmap,
-        model,
-        layer_map,
-    })
+        let residual = (s.hidden_size != t.hidden_size)
+            .then(|| {
+                Ok::<_, StudentError>(top_k(
+                    &surgery::bert::residual_norms(t, src)?,
+                    s.hidden_size,
+                ))
+            })
+            .transpose()?;
+        let mut per_layer = Vec::with_capacity(layer_map.len());
+        for &ti in layer_map {
+            let heads = top_k(
+                &surgery::bert::head_norms(t, src, ti)?,
+                s.num_attention_heads,
+            );
+            let neurons = (s.intermediate_size != t.intermediate_size)
+                .then(|| {
+                    Ok::<_, StudentError>(top_k(
+                        &surgery::bert::neuron_norms(t, src, ti)?,
+                        s.intermediate_size,
+                    ))
+                })
+                .transpose()?;
+            per_layer.push(LayerKeep {
+                heads: unless_all(heads, t.num_attention_heads),
+                kv_heads: None,
+                neurons,
+            });
+        }
+        Ok(Keep {
+            layers: layer_map.to_vec(),
+            residual,
+            per_layer,
+        })
+    }
+    fn cut(
+        &self,
+        t: &BertConfig,
+        src: &dyn WeightSource,
+        keep: &Keep,
+    ) -> Result<BTreeMap<String, Tensor>, StudentError> {
+        let head = Head {
+            num_labels: self.num_labels,
+            pooler: self.pooling == Pooling::Cls,
+        };
+        Ok(surgery::bert::cut(t, src, keep, Some(head))?.1)
+    }
+    fn shapes(&self, cfg: &BertConfig) -> Vec<(String, Vec<usize>)> {
+        bert_classifier_shapes(cfg, self.num_labels, self.pooling)
+    }
+    fn is_gain(&self, name: &str) -> bool {
+        name.contains("LayerNorm.weight")
+    }
+    fn load(
+        &self,
+        cfg: &BertConfig,
+        src: &dyn WeightSource,
+    ) -> Result<BertClassifier, StudentError> {
+        Ok(BertClassifier::load(
+            cfg,
+            src,
+            self.num_labels,
+            self.pooling,
+        )?)
+    }
 }
 
 /// Names and shapes of a `BertForSequenceClassification` checkpoint of `cfg`.
@@ -169,193 +248,6 @@ pub fn bert_classifier_shapes(
     v.push(("classifier.weight".into(), vec![num_labels, h]));
     v.push(("classifier.bias".into(), vec![num_labels]));
     v
-}
-
-fn random_init(
-    cfg: &BertConfig,
-    num_labels: usize,
-    pooling: Pooling,
-    seed: u64,
-    device: &Device,
-) -> Result<BTreeMap<String, Tensor>, StudentError> {
-    seeded_init(
-        bert_classifier_shapes(cfg, num_labels, pooling),
-        |n| n.contains("LayerNorm.weight"),
-        seed,
-        device,
-    )
-}
-
-/// L2 norm of each row of a matrix.
-fn row_norms(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    norms(t, 0)
-}
-
-fn from_teacher(
-    t: &BertConfig,
-    s: &BertConfig,
-    src: &dyn WeightSource,
-    tp: &str,
-    layer_map: &[usize],
-    num_labels: usize,
-    pooling: Pooling,
-) -> Result<BTreeMap<String, Tensor>, StudentError> {
-    let t_hd = t.hidden_size / t.num_attention_heads;
-    let s_hd = s.hidden_size / s.num_attention_heads;
-    if s_hd != t_hd || s.num_attention_heads > t.num_attention_heads {
-        return Err(cfg_err(
-            "init",
-            format!(
-                "from_teacher keeps whole heads of size {t_hd} (at most {}); the student has {} heads of size {s_hd}: use init: random or hidden = heads × {t_hd}",
-                t.num_attention_heads, s.num_attention_heads
-            ),
-        ));
-    }
-    if s.hidden_size > t.hidden_size || s.intermediate_size > t.intermediate_size {
-        return Err(cfg_err(
-            "init",
-            "from_teacher can only narrow the teacher; use init: random for a wider student",
-        ));
-    }
-    let dev = src.device().clone();
-    let get = |name: &str, shape: &[usize]| src.tensor(name, shape, Init::Const(0.0));
-    let idx = |v: &[u32]| Tensor::new(v, &dev).ctx(|| "index".into());
-    let (th, tf) = (t.hidden_size, t.intermediate_size);
-    let mut out = BTreeMap::new();
-
-    let word = get(
-        &format!("{tp}embeddings.word_embeddings.weight"),
-        &[t.vocab_size, th],
-    )?;
-    let res: Vec<u32> = if s.hidden_size == th {
-        (0..th as u32).collect()
-    } else {
-        let w = word.t().ctx(|| "embedding".into())?;
-        top_k(
-            &row_norms(&w).ctx(|| "embedding norms".into())?,
-            s.hidden_size,
-        )
-    };
-    let res_t = idx(&res)?;
-    let cols = |w: &Tensor| w.index_select(&res_t, D::Minus1);
-    let rows = |w: &Tensor| w.index_select(&res_t, 0);
-    let mut put = |name: String, t: candle_core::Result<Tensor>| -> Result<(), StudentError> {
-        let t = t.ctx(|| format!("slicing {name}"))?;
-        out.insert(name, t);
-        Ok(())
-    };
-
-    put("bert.embeddings.word_embeddings.weight".into(), cols(&word))?;
-    for (n, len) in [
-        ("position_embeddings", t.max_position_embeddings),
-        ("token_type_embeddings", t.type_vocab_size),
-    ] {
-        let w = get(&format!("{tp}embeddings.{n}.weight"), &[len, th])?;
-        put(format!("bert.embeddings.{n}.weight"), cols(&w))?;
-    }
-    for p in ["weight", "bias"] {
-        let w = get(&format!("{tp}embeddings.LayerNorm.{p}"), &[th])?;
-        put(format!("bert.embeddings.LayerNorm.{p}"), rows(&w))?;
-    }
-
-    for (si, &ti) in layer_map.iter().enumerate() {
-        let tl = format!("{tp}encoder.layer.{ti}");
-        let sl = format!("bert.encoder.layer.{si}");
-        let w = |n: &str, shape: &[usize]| get(&format!("{tl}.{n}"), shape);
-        let (q, k, v, o) = (
-            w("attention.self.query.weight", &[th, th])?,
-            w("attention.self.key.weight", &[th, th])?,
-            w("attention.self.value.weight", &[th, th])?,
-            w("attention.output.dense.weight", &[th, th])?,
-        );
-        // Head importance: norms of its q/k/v rows and o columns.
-        let head_rows: Vec<u32> = {
-            let (qn, kn, vn) = (
-                row_norms(&q).ctx(|| tl.clone())?,
-                row_norms(&k).ctx(|| tl.clone())?,
-                row_norms(&v).ctx(|| tl.clone())?,
-            );
-            let on = row_norms(&o.t().ctx(|| tl.clone())?).ctx(|| tl.clone())?;
-            let score: Vec<f32> = (0..t.num_attention_heads)
-                .map(|hh| {
-                    (hh * t_hd..(hh + 1) * t_hd)
-                        .map(|r| qn[r] * qn[r] + kn[r] * kn[r] + vn[r] * vn[r] + on[r] * on[r])
-                        .sum()
-                })
-                .collect();
-            top_k(&score, s.num_attention_heads)
-                .into_iter()
-                .flat_map(|hh| (hh * t_hd as u32)..((hh + 1) * t_hd as u32))
-                .collect()
-        };
-        let heads_t = idx(&head_rows)?;
-        for (n, m) in [("query", &q), ("key", &k), ("value", &v)] {
-            put(
-                format!("{sl}.attention.self.{n}.weight"),
-                m.index_select(&heads_t, 0).and_then(|x| cols(&x)),
-            )?;
-            let b = w(&format!("attention.self.{n}.bias"), &[th])?;
-            put(
-                format!("{sl}.attention.self.{n}.bias"),
-                b.index_select(&heads_t, 0),
-            )?;
-        }
-        put(
-            format!("{sl}.attention.output.dense.weight"),
-            rows(&o).and_then(|x| x.index_select(&heads_t, 1)),
-        )?;
-        let ffn_in = w("intermediate.dense.weight", &[tf, th])?;
-        let ffn_out = w("output.dense.weight", &[th, tf])?;
-        let neurons = if s.intermediate_size == tf {
-            (0..tf as u32).collect()
-        } else {
-            let a = row_norms(&ffn_in).ctx(|| tl.clone())?;
-            let b = row_norms(&ffn_out.t().ctx(|| tl.clone())?).ctx(|| tl.clone())?;
-            let score: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x * y).collect();
-            top_k(&score, s.intermediate_size)
-        };
-        let neurons_t = idx(&neurons)?;
-        put(
-            format!("{sl}.intermediate.dense.weight"),
-            ffn_in.index_select(&neurons_t, 0).and_then(|x| cols(&x)),
-        )?;
-        put(
-            format!("{sl}.intermediate.dense.bias"),
-            w("intermediate.dense.bias", &[tf])?.index_select(&neurons_t, 0),
-        )?;
-        put(
-            format!("{sl}.output.dense.weight"),
-            rows(&ffn_out).and_then(|x| x.index_select(&neurons_t, 1)),
-        )?;
-        for n in [
-            "attention.output.dense.bias",
-            "output.dense.bias",
-            "attention.output.LayerNorm.weight",
-            "attention.output.LayerNorm.bias",
-            "output.LayerNorm.weight",
-            "output.LayerNorm.bias",
-        ] {
-            put(format!("{sl}.{n}"), rows(&w(n, &[th])?))?;
-        }
-    }
-    if pooling == Pooling::Cls {
-        let pw = get(&format!("{tp}pooler.dense.weight"), &[th, th])?;
-        put(
-            "bert.pooler.dense.weight".into(),
-            rows(&pw).and_then(|x| cols(&x)),
-        )?;
-        put(
-            "bert.pooler.dense.bias".into(),
-            rows(&get(&format!("{tp}pooler.dense.bias"), &[th])?),
-        )?;
-    }
-    let cw = get("classifier.weight", &[num_labels, th])?;
-    put("classifier.weight".into(), cols(&cw))?;
-    put(
-        "classifier.bias".into(),
-        Ok(get("classifier.bias", &[num_labels])?),
-    )?;
-    Ok(out)
 }
 
 /// What goes into an exported classifier folder.
@@ -422,6 +314,7 @@ pub fn save_bert_classifier(dir: &Path, e: &BertExport) -> Result<u64, StudentEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::design::InitConfig;
     use distill_models::SafetensorsWeights;
 
     fn teacher_cfg() -> BertConfig {
@@ -529,7 +422,7 @@ mod tests {
         // Same shape, all layers: the student computes exactly what the teacher does.
         let same = build_bert_student(
             &t,
-            Some((&src, "bert.")),
+            Some(&src),
             &StudentConfig::default(),
             3,
             Pooling::Cls,
@@ -551,7 +444,7 @@ mod tests {
         // Narrower and shallower: shapes follow the student config.
         let small = build_bert_student(
             &t,
-            Some((&src, "bert.")),
+            Some(&src),
             &StudentConfig {
                 layers: Some(2),
                 hidden: Some(16),

@@ -13,6 +13,7 @@ mod bert;
 mod design;
 mod error;
 mod init;
+mod llama;
 mod save;
 
 pub use bert::{
@@ -21,5 +22,6 @@ pub use bert::{
 };
 pub use design::{derive_config, InitConfig, StudentConfig};
 pub use error::StudentError;
-pub use init::{build_student, evenly_spaced_layers, Student};
+pub use init::{evenly_spaced_layers, Student};
+pub use llama::{build_student, LlamaStudent};
 pub use save::{save_hf, HfExport};

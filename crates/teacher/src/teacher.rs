@@ -7,8 +7,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use distill_models::llama::gguf_names;
 use distill_models::{
-    ArchConfig, Bert, GgmlLlama, GgufFile, GgufMode, GgufWeights, Llama, LlamaConfig,
-    SafetensorsWeights, WeightSource,
+    pad_batch as pad_rows, ArchConfig, Bert, GgmlLlama, GgufFile, GgufMode, GgufWeights, Input,
+    Llama, LlamaConfig, Model, SafetensorsWeights, WeightSource,
 };
 
 use crate::error::{Result, TeacherError};
@@ -245,6 +245,20 @@ impl Teacher {
         distill_models::weights::bytes_on_disk(&self.files)
     }
 
+    /// The teacher as a language model (every weight path behind the one forward
+    /// interface), with its config; an encoder is an error.
+    pub fn language_model(&self) -> Result<(&dyn Model, &LlamaConfig)> {
+        match &self.model {
+            TeacherModel::Llama(m) => Ok((m, m.config())),
+            TeacherModel::Ggml(m) => Ok((m, m.config())),
+            TeacherModel::Bert(_) => Err(TeacherError::Source {
+                source_spec: self.source.to_string(),
+                msg: "a causal-LM run needs a decoder teacher (Llama family); this is an encoder"
+                    .into(),
+            }),
+        }
+    }
+
     /// Vocabulary size of the model's output.
     pub fn vocab_size(&self) -> usize {
         match &self.model {
@@ -257,18 +271,12 @@ impl Teacher {
     /// Logits `[batch, longest, vocab]` (f32) for every position of every sequence; shorter
     /// sequences are right-padded and their padding positions carry no meaning.
     pub fn logits(&self, batch: &[Vec<u32>]) -> Result<Tensor> {
-        let lm = match &self.model {
-            TeacherModel::Llama(m) => m,
-            TeacherModel::Ggml(m) => return Ok(m.forward_tensors(batch, false)?.0),
-            TeacherModel::Bert(_) => {
-                return Err(TeacherError::Source {
-                    source_spec: self.source.to_string(),
-                    msg: "a BERT encoder has no language-model logits".into(),
-                })
-            }
-        };
+        let (lm, _) = self.language_model().map_err(|_| TeacherError::Source {
+            source_spec: self.source.to_string(),
+            msg: "a BERT encoder has no language-model logits".into(),
+        })?;
         let (ids, mask) = pad_batch(batch, &self.device)?;
-        let out = lm.forward(&ids, mask.as_ref(), false)?;
+        let out = lm.run(&Input::new(&ids).with_mask(mask.as_ref()))?;
         Ok(out
             .logits
             .to_dtype(DType::F32)
@@ -293,29 +301,11 @@ fn gguf_weights(
 /// Right-pads `batch` with id 0 into `[b, longest]` and returns the mask (`None` when no
 /// sequence needed padding).
 pub fn pad_batch(batch: &[Vec<u32>], device: &Device) -> Result<(Tensor, Option<Tensor>)> {
-    let longest = batch.iter().map(Vec::len).max().unwrap_or(0);
-    if batch.is_empty() || longest == 0 {
-        return Err(TeacherError::Source {
-            source_spec: "input".into(),
-            msg: "empty batch: no tokens to run".into(),
-        });
-    }
-    let mut ids = Vec::with_capacity(batch.len() * longest);
-    let mut mask = Vec::with_capacity(batch.len() * longest);
-    for seq in batch {
-        ids.extend_from_slice(seq);
-        ids.extend(std::iter::repeat_n(0u32, longest - seq.len()));
-        mask.extend(std::iter::repeat_n(1u8, seq.len()));
-        mask.extend(std::iter::repeat_n(0u8, longest - seq.len()));
-    }
-    let b = batch.len();
-    let t = |e| TeacherError::Model(distill_models::ModelError::from(e));
-    let ids = Tensor::from_vec(ids, (b, longest), device).map_err(t)?;
-    let padded = batch.iter().any(|s| s.len() != longest);
-    let mask = if padded {
-        Some(Tensor::from_vec(mask, (b, longest), device).map_err(t)?)
-    } else {
-        None
-    };
-    Ok((ids, mask))
+    let rows: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
+    let p = pad_rows(&rows, 0, device).map_err(|_| TeacherError::Source {
+        source_spec: "input".into(),
+        msg: "empty batch: no tokens to run".into(),
+    })?;
+    let mask = p.padded.then_some(p.mask);
+    Ok((p.ids, mask))
 }

@@ -1,5 +1,6 @@
-//! The `data`, `distill` and `train` sections of a run config. Every struct refuses unknown
-//! keys; `validate` checks ranges and names the offending key.
+//! The `data` and `distill` sections of a causal-LM run config (the `train:` section is
+//! [`crate::training`]). Every struct refuses unknown keys; `validate` checks ranges and
+//! names the offending key.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +15,7 @@ pub struct ConfigError {
     pub msg: String,
 }
 
-fn err(key: &str, msg: impl Into<String>) -> ConfigError {
+pub(crate) fn err(key: &str, msg: impl Into<String>) -> ConfigError {
     ConfigError {
         key: key.to_string(),
         msg: msg.into(),
@@ -67,6 +68,10 @@ pub struct DistillConfig {
     /// Hidden-state losses between layer pairs.
     #[serde(default)]
     pub hidden: Vec<HiddenPairConfig>,
+    /// Classification: also train the same student from random weights on labels alone, as
+    /// the baseline.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scratch_baseline: bool,
 }
 fn d_loss() -> String {
     "forward_kl".into()
@@ -89,6 +94,7 @@ impl Default for DistillConfig {
             alpha: d_alpha(),
             jsd_beta: d_beta(),
             hidden: vec![],
+            scratch_baseline: false,
         }
     }
 }
@@ -109,93 +115,6 @@ fn d_hidden_kind() -> HiddenLossKind {
 }
 fn d_hidden_weight() -> f64 {
     1.0
-}
-
-/// `train:` — optimisation, evaluation and checkpoints.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TrainConfig {
-    /// Optimiser steps.
-    pub steps: usize,
-    /// Blocks per micro-batch.
-    #[serde(default = "d_batch")]
-    pub batch_size: usize,
-    /// Micro-batches per optimiser step.
-    #[serde(default = "d_one")]
-    pub grad_accum: usize,
-    /// Peak learning rate.
-    #[serde(default = "d_lr")]
-    pub lr: f64,
-    /// Final learning rate as a share of `lr` (cosine decay).
-    #[serde(default = "d_min_lr")]
-    pub min_lr_ratio: f64,
-    #[serde(default)]
-    pub warmup_steps: usize,
-    #[serde(default = "d_wd")]
-    pub weight_decay: f64,
-    #[serde(default = "d_b1")]
-    pub beta1: f64,
-    #[serde(default = "d_b2")]
-    pub beta2: f64,
-    #[serde(default = "d_eps")]
-    pub eps: f64,
-    /// Global gradient-norm clip (0 = off).
-    #[serde(default = "d_clip")]
-    pub clip_grad_norm: f64,
-    /// Evaluate every this many steps (0 = only at the end).
-    #[serde(default = "d_eval_every")]
-    pub eval_every: usize,
-    /// Validation blocks used by each evaluation (0 = all).
-    #[serde(default = "d_eval_blocks")]
-    pub eval_blocks: usize,
-    /// Checkpoint every this many steps (0 = only at the end).
-    #[serde(default = "d_ckpt")]
-    pub checkpoint_every: usize,
-    /// Checkpoints kept on disk.
-    #[serde(default = "d_keep")]
-    pub keep_checkpoints: usize,
-    /// Seed of the block order.
-    #[serde(default)]
-    pub seed: u64,
-}
-fn d_batch() -> usize {
-    8
-}
-fn d_one() -> usize {
-    1
-}
-fn d_lr() -> f64 {
-    3e-4
-}
-fn d_min_lr() -> f64 {
-    0.1
-}
-fn d_wd() -> f64 {
-    0.01
-}
-fn d_b1() -> f64 {
-    0.9
-}
-fn d_b2() -> f64 {
-    0.95
-}
-fn d_eps() -> f64 {
-    1e-8
-}
-fn d_clip() -> f64 {
-    1.0
-}
-fn d_eval_every() -> usize {
-    50
-}
-fn d_eval_blocks() -> usize {
-    32
-}
-fn d_ckpt() -> usize {
-    100
-}
-fn d_keep() -> usize {
-    2
 }
 
 impl DataConfig {
@@ -261,57 +180,5 @@ impl DistillConfig {
     /// Whether the objective needs the teacher at all.
     pub fn needs_teacher(&self) -> bool {
         self.alpha > 0.0 || self.hidden.iter().any(|h| h.weight > 0.0)
-    }
-}
-
-impl TrainConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        for (key, v) in [
-            ("steps", self.steps),
-            ("batch_size", self.batch_size),
-            ("grad_accum", self.grad_accum),
-        ] {
-            if v == 0 {
-                return Err(err(&format!("train.{key}"), "must be at least 1"));
-            }
-        }
-        for (key, v) in [("lr", self.lr), ("eps", self.eps)] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(err(
-                    &format!("train.{key}"),
-                    format!("must be positive, got {v}"),
-                ));
-            }
-        }
-        for (key, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
-            if !(0.0..1.0).contains(&v) {
-                return Err(err(
-                    &format!("train.{key}"),
-                    format!("must be in [0, 1), got {v}"),
-                ));
-            }
-        }
-        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return Err(err(
-                "train.min_lr_ratio",
-                format!("must be in [0, 1], got {}", self.min_lr_ratio),
-            ));
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(err(
-                "train.weight_decay",
-                format!("must be non-negative, got {}", self.weight_decay),
-            ));
-        }
-        if !(self.clip_grad_norm.is_finite() && self.clip_grad_norm >= 0.0) {
-            return Err(err(
-                "train.clip_grad_norm",
-                format!("must be non-negative, got {}", self.clip_grad_norm),
-            ));
-        }
-        if self.keep_checkpoints == 0 {
-            return Err(err("train.keep_checkpoints", "must be at least 1"));
-        }
-        Ok(())
     }
 }

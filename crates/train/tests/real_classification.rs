@@ -187,7 +187,6 @@ fn cls_pooling_equals_transformers_pooler_output() {
         &VarMapWeights::new(&vm, DType::F32, &dev),
         2,
         Pooling::Cls,
-        "",
     )
     .unwrap();
     let mut worst = 0f32;

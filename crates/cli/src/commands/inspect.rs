@@ -1,4 +1,4 @@
-use distill_teacher::{inspect, HubOptions, TeacherSource};
+//! `distill inspect SOURCE` and `distill tokenize SOURCE TEXT`.
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -9,13 +9,37 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
-    let source = TeacherSource::parse(&a.source)?;
-    let info = inspect(&source, &HubOptions::from_env())?;
+pub fn inspect(a: Args) -> anyhow::Result<()> {
+    let info = distill::models::inspect(&a.source)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
         print!("{}", info.to_text());
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct TokenizeArgs {
+    /// A .gguf file, a Hugging Face model folder, or hf://org/name[@revision]
+    source: String,
+    /// The text to tokenise.
+    text: String,
+    /// Print a JSON array of ids.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn tokenize(a: TokenizeArgs) -> anyhow::Result<()> {
+    let tokens = distill::models::tokenize(&a.source, &a.text)?;
+    if a.json {
+        let ids: Vec<u32> = tokens.iter().map(|t| t.0).collect();
+        println!("{}", serde_json::to_string(&ids)?);
+    } else {
+        for (id, piece) in &tokens {
+            println!("{id:>7}  {piece:?}");
+        }
+        println!("{} tokens", tokens.len());
     }
     Ok(())
 }

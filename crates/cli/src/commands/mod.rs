@@ -1,14 +1,11 @@
-//! One module per subcommand.
+//! One module per subcommand: arguments, a call into the library, printing.
 
-pub mod classify;
 pub mod compress;
 pub mod eval;
 pub mod inspect;
-pub mod pipeline;
 pub mod run;
-pub mod tokenize;
 
-use distill_teacher::{parse_device, parse_dtype, GgufCompute, HubOptions, LoadOptions};
+use distill::models::{load_options, GgufMode};
 
 /// Options shared by commands that load a model.
 #[derive(clap::Args, Debug, Clone)]
@@ -29,20 +26,30 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn load_options(&self) -> anyhow::Result<LoadOptions> {
-        let device = parse_device(&self.device)?;
-        let dtype = parse_dtype(&self.dtype, &device)?;
-        Ok(LoadOptions {
-            device,
-            dtype,
-            gguf_mode: if self.dequantize {
-                GgufCompute::Dequantized
+    pub fn load_options(&self) -> distill::Result<distill::models::LoadOptions> {
+        load_options(
+            &self.device,
+            &self.dtype,
+            if self.dequantize {
+                GgufMode::Dequantized
             } else if self.ggml {
-                GgufCompute::Ggml
+                GgufMode::Ggml
             } else {
-                GgufCompute::Quantized
+                GgufMode::Quantized
             },
-            hub: HubOptions::from_env(),
-        })
+        )
     }
+}
+
+/// Sets a stop flag on Ctrl-C; a second Ctrl-C while the checkpoint is written exits at once.
+pub fn interrupt_flag() -> distill::StopFlag {
+    let stop = distill::StopFlag::new();
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.request() {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to abort)");
+    });
+    stop
 }

@@ -13,7 +13,7 @@ use half::f16;
 
 #[cfg(target_arch = "x86_64")]
 use super::simd::has_avx2_fma;
-use super::vec::with_fma;
+use super::simd::{hsum8, with_fma};
 
 /// Elements per block (all formats here).
 pub const QK: usize = 32;
@@ -141,13 +141,6 @@ with_fma! {
         }
         out
     }
-}
-
-/// `hsum_float_8`: `((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7))`.
-#[inline(always)]
-pub fn hsum8(a: &[f32; 8]) -> f32 {
-    let r = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
-    (r[0] + r[2]) + (r[1] + r[3])
 }
 
 /// `ggml_vec_dot_q4_1_q8_1`: one `Q4_1` weight row against one `Q8_1` activation row.

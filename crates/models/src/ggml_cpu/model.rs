@@ -88,6 +88,8 @@ struct Layer {
 pub struct GgmlLlama {
     cfg: LlamaConfig,
     source: String,
+    /// Always the CPU: this path is llama.cpp's CPU arithmetic.
+    device: Device,
     embed: BlockMatrix,
     output: Option<BlockMatrix>,
     norm: Vec<f32>,
@@ -103,6 +105,38 @@ pub struct GgmlOutput {
     /// Per sequence, the embedding output then every layer's output, the last after the final
     /// norm (`len × hidden` each); empty unless asked for.
     pub hidden: Vec<Vec<Vec<f32>>>,
+}
+
+/// A GGUF teacher with llama.cpp's arithmetic behind the common forward interface: every
+/// sequence runs alone, so a padded batch is cut back to each row's real length first.
+impl crate::model::Model for GgmlLlama {
+    fn run(&self, input: &crate::model::Input) -> Result<crate::model::ModelOutput> {
+        input.refuse_dropout(&self.source)?;
+        let mut rows: Vec<Vec<u32>> = input
+            .ids
+            .to_vec2::<u32>()
+            .context(|| "ggml forward input ids".into())?;
+        if let Some(mask) = input.mask {
+            for (row, len) in rows.iter_mut().zip(crate::model::mask_lengths(mask)?) {
+                row.truncate(len);
+            }
+        }
+        let (logits, hidden) = self.forward_tensors(&rows, input.hidden)?;
+        let device = input.ids.device();
+        let to_device = |t: Tensor| t.to_device(device).context(|| "ggml forward output".into());
+        Ok(crate::model::ModelOutput {
+            logits: to_device(logits)?,
+            hidden_states: hidden
+                .map(|h| h.into_iter().map(to_device).collect::<Result<Vec<_>>>())
+                .transpose()?,
+        })
+    }
+    fn hidden_size(&self) -> usize {
+        self.cfg.hidden_size
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
 }
 
 impl GgmlLlama {
@@ -172,6 +206,7 @@ impl GgmlLlama {
             eps: cfg.rms_norm_eps as f32,
             rope: RopeCache::new(hd, cfg.rope_theta as f32),
             source,
+            device: Device::Cpu,
             cfg,
         })
     }

@@ -3,7 +3,7 @@
 //! `theta_scale` multiplied in `i` times (not `base^(−2i/d)` in one go), cosines and sines come
 //! from libm, and the rotation is the two FMAs GCC emits for `rotate_pairs`.
 
-use super::vec::with_fma;
+use super::simd::with_fma;
 
 /// Per-position cosines and sines for one head dimension.
 #[derive(Clone, Debug)]

@@ -2,35 +2,9 @@
 //! behind softmax and SiLU, the two f32 dot-product orders (`ggml_vec_dot_f32` and llamafile's
 //! `tinyBLAS`), and RMS normalisation with its double-precision sum.
 
-use super::blocks::hsum8;
 #[cfg(target_arch = "x86_64")]
 use super::simd::has_avx2_fma;
-
-/// Defines a function whose body is compiled a second time with AVX2 + FMA and picked at run
-/// time when the CPU has them, so that `mul_add` is one instruction rather than a libm call.
-/// Both builds compute the same bits: FMA is correctly rounded either way.
-macro_rules! with_fma {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
-        $(#[$m])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            fn imp($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn fast($($arg: $ty),*) $(-> $ret)? {
-                    imp($($arg),*)
-                }
-                if $crate::ggml_cpu::simd::has_avx2_fma() {
-                    // SAFETY: the CPU has AVX2 and FMA.
-                    return unsafe { fast($($arg),*) };
-                }
-            }
-            imp($($arg),*)
-        }
-    };
-}
-pub(crate) use with_fma;
+use super::simd::{hsum8, with_fma};
 
 /// `ggml_v_expf` on one lane: ggml's vectorised `expf` (about 1.5 ulp, not libm's).
 #[inline(always)]

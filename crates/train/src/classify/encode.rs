@@ -1,11 +1,8 @@
 //! Labelled examples to token ids: the tokenizer's own special tokens ([CLS] … [SEP]), the
-//! head of a long text kept up to `max_length` with the closing special tokens, and batches
-//! padded only to their longest member.
-
-use candle_core::{Device, Tensor};
+//! head of a long text kept up to `max_length` with the closing special tokens.
 
 use crate::data::Example;
-use crate::trainer::{Ctx, TrainError};
+use crate::error::TrainError;
 
 /// Token ids and labels of a set of examples.
 #[derive(Clone, Debug, Default)]
@@ -65,26 +62,4 @@ pub fn encode_examples(
         set.labels.push(examples[i].label as u32);
     }
     Ok(set)
-}
-
-/// `[batch, longest]` ids (padded with `pad_id`) and the matching 0/1 attention mask.
-pub fn pad_batch(
-    rows: &[&[u32]],
-    pad_id: u32,
-    device: &Device,
-) -> Result<(Tensor, Tensor), TrainError> {
-    let len = rows.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
-    let mut ids = Vec::with_capacity(rows.len() * len);
-    let mut mask = Vec::with_capacity(rows.len() * len);
-    for r in rows {
-        ids.extend_from_slice(r);
-        ids.extend(std::iter::repeat_n(pad_id, len - r.len()));
-        mask.extend(std::iter::repeat_n(1u8, r.len()));
-        mask.extend(std::iter::repeat_n(0u8, len - r.len()));
-    }
-    let b = rows.len();
-    Ok((
-        Tensor::from_vec(ids, (b, len), device).ctx(|| "batch ids".into())?,
-        Tensor::from_vec(mask, (b, len), device).ctx(|| "batch mask".into())?,
-    ))
 }

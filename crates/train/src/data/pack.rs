@@ -26,15 +26,20 @@ impl BlockSet {
         self.blocks.len() * self.block_size
     }
 
-    /// The visiting order of blocks in `epoch`: a permutation drawn from `seed` and the epoch, so
-    /// any position of any epoch can be recomputed exactly on resume.
+    /// The visiting order of blocks in `epoch` (see [`epoch_order`]).
     pub fn epoch_order(&self, seed: u64, epoch: u64) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.blocks.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-            seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        ));
-        order
+        epoch_order(self.blocks.len(), seed, epoch)
     }
+}
+
+/// The visiting order of `n` items in `epoch`: a permutation drawn from `seed` and the epoch,
+/// so any position of any epoch can be recomputed exactly on resume.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+        seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    ));
+    order
 }
 
 /// Tokenises each document with `encode`, joins them with `eos` after every document, and cuts

@@ -1,16 +1,15 @@
-//! The trainer on tiny random models: resume is bit-exact, distillation moves the student
-//! towards the teacher, and bad states are reported.
+//! The learner on the causal-LM task with tiny random models: resume is bit-exact,
+//! distillation moves the student towards the teacher, and bad states are reported.
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use distill_models::{Llama, LlamaConfig, VarMapWeights};
-use distill_train::config::{DistillConfig, TrainConfig};
+use distill_train::config::DistillConfig;
 use distill_train::data::BlockSet;
-use distill_train::trainer::{TrainOutcome, Trainer};
+use distill_train::tasks::CausalLm;
+use distill_train::{LearnOutcome, Learner, TaskKind, TrainConfig, TrainError, Training};
 
 fn cfg(layers: usize, hidden: usize) -> LlamaConfig {
     LlamaConfig::from_json(
@@ -57,6 +56,10 @@ fn train_cfg(steps: usize) -> TrainConfig {
     ))
 }
 
+fn resolved(tc: &TrainConfig) -> Training {
+    tc.resolve(TaskKind::CausalLm, "train").unwrap()
+}
+
 fn from_json<T: serde::de::DeserializeOwned>(json: &str) -> T {
     serde_json::from_str(json).unwrap()
 }
@@ -101,31 +104,35 @@ fn setup() -> Setup {
     }
 }
 
-fn trainer<'a>(
-    s: &'a Setup,
+/// Trains `student` on `train` (with the setup's teacher and validation blocks) in `dir`.
+#[allow(clippy::too_many_arguments)] // each test varies a different one
+fn fit(
+    s: &Setup,
     dir: &Path,
-    student: (&'a VarMap, &'a Llama),
-    tc: &'a TrainConfig,
-    dc: &'a DistillConfig,
-    train: &'a BlockSet,
+    student: (&VarMap, &Llama),
+    tc: &TrainConfig,
+    dc: &DistillConfig,
+    train: &BlockSet,
+    resume: bool,
     stop_at: Option<usize>,
-) -> Trainer<'a> {
-    Trainer {
-        train_cfg: tc,
-        distill: dc,
-        student: student.1,
-        varmap: student.0,
-        student_hidden_size: 16,
-        teacher: Some(&s.teacher),
-        teacher_hidden_size: 32,
+) -> Result<(LearnOutcome, Option<f64>), TrainError> {
+    let training = resolved(tc);
+    let mut task = CausalLm::new(
+        student.1,
+        student.0,
+        Some(&s.teacher),
+        dc,
+        &training,
         train,
-        valid: &s.valid,
-        run_dir: dir.to_path_buf(),
-        device: Device::Cpu,
-        stop: Arc::new(AtomicBool::new(false)),
-        stop_at,
-        progress: false,
-    }
+        &s.valid,
+        &Device::Cpu,
+    )?;
+    let out = Learner::new(&training, "train")
+        .checkpoints(dir.join("checkpoints"))
+        .metrics(dir.join("metrics.jsonl"))
+        .stop_at(stop_at)
+        .fit(&mut task, resume)?;
+    Ok((out, task.teacher_val_ppl()))
 }
 
 fn run(
@@ -136,10 +143,10 @@ fn run(
     dc: &DistillConfig,
     resume: bool,
     stop_at: Option<usize>,
-) -> TrainOutcome {
-    trainer(s, dir, student, tc, dc, &s.train, stop_at)
-        .run(resume)
+) -> LearnOutcome {
+    fit(s, dir, student, tc, dc, &s.train, resume, stop_at)
         .unwrap()
+        .0
 }
 
 #[test]
@@ -224,13 +231,23 @@ fn distillation_moves_the_student_towards_the_teacher() {
     let tmp = tempfile::tempdir().unwrap();
     let (vm, m) = model(&cfg(1, 16));
     let mut tc = train_cfg(30);
-    tc.eval_every = 30;
-    let out = run(&s, tmp.path(), (&vm, &m), &tc, &distill(1.0), false, None);
-    let first = out.steps_log.first().unwrap().soft.unwrap();
-    let last = out.steps_log.last().unwrap().soft.unwrap();
+    tc.eval_every = Some(30);
+    let (out, teacher_val_ppl) = fit(
+        &s,
+        tmp.path(),
+        (&vm, &m),
+        &tc,
+        &distill(1.0),
+        &s.train,
+        false,
+        None,
+    )
+    .unwrap();
+    let first = out.steps_log.first().unwrap().part("soft").unwrap();
+    let last = out.steps_log.last().unwrap().part("soft").unwrap();
     assert!(last < 0.7 * first, "KL did not fall: {first} → {last}");
-    assert!(out.evals.last().unwrap().val_kl.unwrap() > 0.0);
-    assert!(out.teacher_val_ppl.unwrap() > 1.0);
+    assert!(out.evals.last().unwrap().get("val_kl").unwrap() > 0.0);
+    assert!(teacher_val_ppl.unwrap() > 1.0);
 }
 
 #[test]
@@ -239,12 +256,11 @@ fn a_diverging_run_stops_with_a_checkpoint_naming_the_step() {
     let tmp = tempfile::tempdir().unwrap();
     let (vm, m) = model(&cfg(1, 16));
     let mut tc = train_cfg(20);
-    tc.lr = 1e30;
-    tc.clip_grad_norm = 0.0;
-    tc.warmup_steps = 0;
+    tc.lr = Some(1e30);
+    tc.max_grad_norm = Some(0.0);
+    tc.warmup_steps = Some(0);
     let dc = distill(0.5);
-    let e = trainer(&s, tmp.path(), (&vm, &m), &tc, &dc, &s.train, None)
-        .run(false)
+    let e = fit(&s, tmp.path(), (&vm, &m), &tc, &dc, &s.train, false, None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -260,7 +276,7 @@ fn resume_without_a_checkpoint_is_an_error() {
     let (vm, m) = model(&cfg(1, 16));
     let tc = train_cfg(2);
     let dc = distill(0.5);
-    let r = trainer(&s, tmp.path(), (&vm, &m), &tc, &dc, &s.train, None).run(true);
+    let r = fit(&s, tmp.path(), (&vm, &m), &tc, &dc, &s.train, true, None);
     assert!(r.unwrap_err().to_string().contains("no checkpoint"));
 }
 
@@ -278,8 +294,7 @@ fn a_teacher_with_another_vocabulary_is_refused() {
         b.iter_mut().for_each(|t| *t %= 50);
     }
     let dc = distill(0.5);
-    let e = trainer(&s, tmp.path(), (&vm, &m), &tc, &dc, &train, None)
-        .run(false)
+    let e = fit(&s, tmp.path(), (&vm, &m), &tc, &dc, &train, false, None)
         .unwrap_err()
         .to_string();
     assert!(

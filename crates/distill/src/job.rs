@@ -1,25 +1,30 @@
-//! The run config: one YAML file composed of the sections each crate owns. Unknown keys are
-//! refused; `${VAR}` and `${VAR:-default}` in values are replaced from the environment.
+//! A run file as a typed job: one YAML document composed of the sections each crate owns,
+//! parsed once as a value to read `task` and once as the matching config (so errors keep
+//! their line and column), with `${VAR}` / `${VAR:-default}` expanded from the environment
+//! and every range checked before any work starts.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
-use distill_compress::config::CompressConfig;
+use distill_compress::{CompressConfig, Defaults};
 use distill_models::Pooling;
 use distill_student::StudentConfig;
 use distill_teacher::TeacherConfig;
-use distill_train::classify::{ClsDistillConfig, ClsTrainConfig};
-use distill_train::config::{DataConfig, DistillConfig, TrainConfig};
+use distill_train::config::{ConfigError, DataConfig, DistillConfig};
 use distill_train::data::LabelledDataConfig;
+use distill_train::training::serde_as;
+use distill_train::{TrainConfig, Training};
 use serde::{Deserialize, Serialize};
+
+use crate::env::expand_env;
+use crate::error::{Error, Result};
 
 /// What a run does; `causal_lm` when the key is absent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
-    /// Per-token logit distillation of a decoder (the `RunConfig` sections).
+    /// Per-token logit distillation of a decoder (the [`RunConfig`] sections).
     CausalLm,
-    /// Fine-tune an encoder teacher and distil a classifier (the `ClassifyConfig` sections).
+    /// Fine-tune an encoder teacher and distil a classifier (the [`ClassifyConfig`] sections).
     Classification,
 }
 
@@ -30,13 +35,23 @@ pub enum Job {
     Classification(Box<ClassifyConfig>),
 }
 
+impl Job {
+    /// The run's folder.
+    pub fn run_dir(&self) -> PathBuf {
+        match self {
+            Job::CausalLm(c) => c.run_dir(),
+            Job::Classification(c) => c.run_dir(),
+        }
+    }
+}
+
 /// The JSON Schema of both kinds of run config.
 #[derive(schemars::JsonSchema)]
 #[allow(dead_code)]
 #[serde(untagged)]
 pub enum AnyConfig {
-    CausalLm(RunConfig),
-    Classification(ClassifyConfig),
+    CausalLm(Box<RunConfig>),
+    Classification(Box<ClassifyConfig>),
 }
 
 /// A causal-LM distillation run.
@@ -52,7 +67,12 @@ pub struct RunConfig {
     pub student: StudentConfig,
     #[serde(default)]
     pub distill: DistillConfig,
-    pub train: TrainConfig,
+    #[serde(
+        deserialize_with = "serde_as::causal_lm",
+        serialize_with = "serde_as::write"
+    )]
+    #[schemars(with = "TrainConfig")]
+    pub train: Training,
     pub output: OutputConfig,
     /// Compressed variants of the trained student, measured step by step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,12 +100,18 @@ impl RunConfig {
     }
 
     /// Range checks of every section.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<()> {
         self.data.validate()?;
         self.distill.validate()?;
-        self.train.validate()?;
+        if self.distill.scratch_baseline {
+            return Err(ConfigError {
+                key: "distill.scratch_baseline".into(),
+                msg: "is for classification runs; for a causal LM, scripts/bench-kd-vs-scratch.sh trains the labels-only baseline".into(),
+            }
+            .into());
+        }
         if let Some(c) = &self.compress {
-            c.validate()?;
+            c.plans(&Defaults::causal_lm())?;
         }
         check_name(&self.output.name)
     }
@@ -106,14 +132,27 @@ pub struct ClassifyConfig {
     pub pooling: Pooling,
     /// Fine-tune the teacher (a fresh head on a pre-trained encoder) first; without it the
     /// teacher must already have a classification head.
-    #[serde(default)]
-    pub finetune: Option<ClsTrainConfig>,
+    #[serde(
+        default,
+        deserialize_with = "serde_as::finetune",
+        serialize_with = "serde_as::write_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<TrainConfig>")]
+    pub finetune: Option<Training>,
     #[serde(default)]
     pub student: StudentConfig,
+    /// The objective on class logits (every soft loss, hidden-state losses) and the
+    /// labels-only baseline.
     #[serde(default)]
-    pub distill: ClsDistillConfig,
+    pub distill: DistillConfig,
     /// How the student is trained.
-    pub train: ClsTrainConfig,
+    #[serde(
+        deserialize_with = "serde_as::classification",
+        serialize_with = "serde_as::write"
+    )]
+    #[schemars(with = "TrainConfig")]
+    pub train: Training,
     pub output: ClsOutputConfig,
     /// Compressed variants of the trained student, measured step by step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,115 +184,97 @@ impl ClassifyConfig {
         self.output.dir.join(&self.output.name)
     }
 
-    pub fn export_dtype(&self) -> anyhow::Result<candle_core::DType> {
+    pub fn export_dtype(&self) -> Result<candle_core::DType> {
         Ok(match self.output.dtype.as_str() {
             "f32" => candle_core::DType::F32,
             "f16" => candle_core::DType::F16,
             "bf16" => candle_core::DType::BF16,
-            other => bail!("output.dtype: expected f32, f16 or bf16, got `{other}`"),
+            other => {
+                return Err(Error::Job(format!(
+                    "output.dtype: expected f32, f16 or bf16, got `{other}`"
+                )))
+            }
         })
     }
 
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<()> {
         self.data.validate()?;
-        if let Some(f) = &self.finetune {
-            f.validate("finetune", None)?;
+        if let Some(layers) = self.student.layers {
+            self.train.check_layers("train", layers)?;
         }
-        self.train.validate("train", self.student.layers)?;
         self.distill.validate()?;
         self.export_dtype()?;
         if let Some(c) = &self.compress {
-            c.validate()?;
+            c.plans(&Defaults::classification())?;
         }
         check_name(&self.output.name)
     }
 }
 
-fn check_name(name: &str) -> anyhow::Result<()> {
+fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        bail!("output.name: `{name}` must be a plain folder name");
+        return Err(Error::Job(format!(
+            "output.name: `{name}` must be a plain folder name"
+        )));
     }
     Ok(())
 }
 
 /// Reads, expands, parses and validates a run config of either task.
-pub fn load_job(path: &Path) -> anyhow::Result<Job> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    parse_job(&text).with_context(|| format!("{}", path.display()))
-}
-
-#[cfg(test)]
-pub fn parse(text: &str) -> anyhow::Result<RunConfig> {
-    match parse_job(text)? {
-        Job::CausalLm(c) => Ok(*c),
-        Job::Classification(_) => bail!("a classification config, not a causal-LM one"),
-    }
+pub fn load_job(path: &Path) -> Result<Job> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        msg: format!("reading: {e}"),
+    })?;
+    parse_job(&text).map_err(|e| Error::Context {
+        context: path.display().to_string(),
+        source: Box::new(e),
+    })
 }
 
 /// Parses the text once as a YAML value to read `task`, then as the matching config (so
 /// errors keep their line and column).
-pub fn parse_job(text: &str) -> anyhow::Result<Job> {
+pub fn parse_job(text: &str) -> Result<Job> {
     let expanded = expand_env(text)?;
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(&expanded).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let yaml = |e: serde_yaml::Error| Error::Job(e.to_string());
+    let value: serde_yaml::Value = serde_yaml::from_str(&expanded).map_err(yaml)?;
     let task = match value.get("task") {
         None => Task::CausalLm,
         Some(t) => serde_yaml::from_value(t.clone())
-            .map_err(|e| anyhow::anyhow!("task: {e} (causal_lm or classification)"))?,
+            .map_err(|e| Error::Job(format!("task: {e} (causal_lm or classification)")))?,
     };
     Ok(match task {
         Task::CausalLm => {
-            let cfg: RunConfig =
-                serde_yaml::from_str(&expanded).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let cfg: RunConfig = serde_yaml::from_str(&expanded).map_err(yaml)?;
             cfg.validate()?;
             Job::CausalLm(Box::new(cfg))
         }
         Task::Classification => {
-            let cfg: ClassifyConfig =
-                serde_yaml::from_str(&expanded).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let cfg: ClassifyConfig = serde_yaml::from_str(&expanded).map_err(yaml)?;
             cfg.validate()?;
             Job::Classification(Box::new(cfg))
         }
     })
 }
 
-/// Replaces `${NAME}` and `${NAME:-default}` (a default starting with `~/` is under `$HOME`);
-/// an unset variable without a default is an error naming the line.
-fn expand_env(text: &str) -> anyhow::Result<String> {
-    let mut out = String::with_capacity(text.len());
-    for (n, line) in text.lines().enumerate() {
-        let mut rest = line;
-        while let Some(start) = rest.find("${") {
-            out.push_str(&rest[..start]);
-            let Some(end) = rest[start..].find('}') else {
-                bail!("line {}: unterminated `${{`", n + 1);
-            };
-            let inner = &rest[start + 2..start + end];
-            let (name, default) = match inner.split_once(":-") {
-                Some((a, b)) => (a, Some(b)),
-                None => (inner, None),
-            };
-            let value = match (std::env::var(name).ok().filter(|v| !v.is_empty()), default) {
-                (Some(v), _) => v,
-                (None, Some(d)) => match (d.strip_prefix("~/"), std::env::var("HOME")) {
-                    (Some(rest), Ok(home)) => format!("{home}/{rest}"),
-                    _ => d.to_string(),
-                },
-                (None, None) => bail!("line {}: environment variable `{name}` is not set", n + 1),
-            };
-            out.push_str(&value);
-            rest = &rest[start + end + 1..];
-        }
-        out.push_str(rest);
-        out.push('\n');
-    }
-    Ok(out)
+/// The JSON Schema of run configs, for editors (yaml-language-server) to validate and
+/// complete YAML files.
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(AnyConfig)).expect("a schema serialises")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(text: &str) -> Result<RunConfig> {
+        match parse_job(text)? {
+            Job::CausalLm(c) => Ok(*c),
+            Job::Classification(_) => Err(Error::Job(
+                "a classification config, not a causal-LM one".into(),
+            )),
+        }
+    }
 
     const MINIMAL: &str = "
 teacher: {source: model.gguf}
@@ -321,16 +342,20 @@ output: {name: x}
     }
 
     #[test]
-    fn environment_variables_expand() {
-        std::env::set_var("DISTILL_TEST_ASSETS", "/assets");
-        let t = expand_env("a: ${DISTILL_TEST_ASSETS}/x\nb: ${DISTILL_TEST_UNSET:-/d}/y").unwrap();
-        assert_eq!(t, "a: /assets/x\nb: /d/y\n");
-        let e = expand_env("ok: 1\nb: ${DISTILL_TEST_UNSET}")
+    fn both_tasks_share_the_training_keys() {
+        // The classification spelling of the clip works in a causal-LM run, and the old
+        // causal-LM spelling still parses.
+        let c = parse(&MINIMAL.replace("steps: 10", "steps: 10, max_grad_norm: 0.5")).unwrap();
+        assert_eq!(c.train.max_grad_norm, 0.5);
+        let c = parse(&MINIMAL.replace("steps: 10", "steps: 10, clip_grad_norm: 0.25")).unwrap();
+        assert_eq!(c.train.max_grad_norm, 0.25);
+        let e = parse(&MINIMAL.replace("steps: 10", "steps: 10, dropout: 0.1"))
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains("line 2") && e.contains("DISTILL_TEST_UNSET"),
-            "{e}"
-        );
+        assert!(e.contains("train.dropout"), "{e}");
+        let e = parse(&format!("{MINIMAL}distill: {{scratch_baseline: true}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("distill.scratch_baseline"), "{e}");
     }
 }

@@ -1,0 +1,32 @@
+//! A tiny random Llama for the unit tests of the passes.
+
+use candle_core::{DType, Device, Tensor};
+use distill_models::LlamaConfig;
+
+use crate::sparsity::Tensors;
+
+pub fn tiny_config() -> LlamaConfig {
+    LlamaConfig::from_json(
+        r#"{"model_type":"llama","vocab_size":50,"hidden_size":32,"intermediate_size":64,
+            "num_hidden_layers":3,"num_attention_heads":4,"num_key_value_heads":2,
+            "max_position_embeddings":64,"tie_word_embeddings":true}"#,
+        "tiny",
+    )
+    .unwrap()
+}
+
+/// Unit norms and small random matrices.
+pub fn random_tensors(cfg: &LlamaConfig) -> Tensors {
+    let dev = Device::Cpu;
+    cfg.tensor_shapes()
+        .into_iter()
+        .map(|(n, s)| {
+            let t = if n.contains("norm") {
+                Tensor::ones(s.as_slice(), DType::F32, &dev).unwrap()
+            } else {
+                (Tensor::randn(0f32, 1.0, s.as_slice(), &dev).unwrap() * 0.1).unwrap()
+            };
+            (n, t)
+        })
+        .collect()
+}

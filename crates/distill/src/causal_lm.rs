@@ -1,0 +1,183 @@
+//! A causal-LM job: teacher → data → student → the learner → Hugging Face export → report
+//! (→ the `compress:` section).
+
+use std::path::PathBuf;
+
+use candle_core::DType;
+use distill_student::{build_student, save_hf, HfExport, InitConfig};
+use distill_teacher::{Teacher, TeacherSource};
+use distill_train::scoring::scoring_speed;
+use distill_train::tasks::CausalLm;
+use distill_train::Learner;
+
+use crate::compression::{self, Compression};
+use crate::data::build_data;
+use crate::error::{Context, Error, Result};
+use crate::job::RunConfig;
+use crate::options::RunOptions;
+use crate::report::{ModelStats, RunReport};
+use crate::run_dir::prepare_run_dir;
+
+/// What a causal-LM run produced.
+#[derive(Debug)]
+pub struct LmRun {
+    pub run_dir: PathBuf,
+    /// Steps trained, over all sessions of the run.
+    pub steps: usize,
+    /// Stopped by the stop flag (a checkpoint was written; `--resume` continues).
+    pub interrupted: bool,
+    /// The report, unless interrupted.
+    pub report: Option<RunReport>,
+    /// The exported student (Hugging Face layout), unless interrupted.
+    pub student: Option<PathBuf>,
+    pub compression: Option<Compression>,
+}
+
+/// Runs a causal-LM job.
+pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
+    let run_dir = cfg.run_dir();
+    prepare_run_dir(cfg, &run_dir, opts.resume, opts.overwrite)?;
+    let load = cfg.teacher.load_options().context("teacher")?;
+    let device = load.device.clone();
+    let source = TeacherSource::parse(&cfg.teacher.source).context("teacher.source")?;
+    tracing::info!(source = %source, "loading the teacher");
+    let teacher = Teacher::load(&source, &load)?;
+    let (teacher_lm, teacher_cfg) = teacher.language_model().context("teacher.source")?;
+    let teacher_cfg = teacher_cfg.clone();
+
+    let (train, valid) = build_data(cfg, &teacher.tokenizer, teacher_cfg.vocab_size)?;
+    tracing::info!(
+        train_blocks = train.len(),
+        validation_blocks = valid.len(),
+        block = train.block_size,
+        "data"
+    );
+
+    let dense = match cfg.student.init {
+        InitConfig::FromTeacher { .. } if !opts.resume => Some(teacher.dense_weights(DType::F32)?),
+        _ => None,
+    };
+    let spec = if opts.resume {
+        // The checkpoint holds the weights; only the shape matters here.
+        distill_student::StudentConfig {
+            init: InitConfig::Random { seed: 0 },
+            ..cfg.student.clone()
+        }
+    } else {
+        cfg.student.clone()
+    };
+    let student =
+        build_student(&teacher_cfg, dense.as_deref(), &spec, &device).context("student")?;
+    drop(dense);
+    if student.config.vocab_size != teacher_cfg.vocab_size {
+        return Err(Error::Invalid(format!(
+            "student vocabulary ({}) differs from the teacher's ({}); a vocabulary mapping is not supported",
+            student.config.vocab_size, teacher_cfg.vocab_size
+        )));
+    }
+    tracing::info!(
+        layers = student.config.num_hidden_layers,
+        hidden = student.config.hidden_size,
+        params = student.config.param_count(),
+        "student"
+    );
+
+    let mut task = CausalLm::new(
+        &student.model,
+        &student.varmap,
+        Some(teacher_lm),
+        &cfg.distill,
+        &cfg.train,
+        &train,
+        &valid,
+        &device,
+    )?;
+    let outcome = Learner::new(&cfg.train, "train")
+        .checkpoints(run_dir.join("checkpoints"))
+        .metrics(run_dir.join("metrics.jsonl"))
+        .observer(opts.observer)
+        .stop_flag(&opts.stop)
+        .device(&device)
+        .fit(&mut task, opts.resume)?;
+    let teacher_val_ppl = task.teacher_val_ppl();
+    drop(task);
+    if !cfg.distill.needs_teacher() {
+        tracing::info!("alpha = 0: the teacher was used for evaluation only");
+    }
+    if outcome.interrupted {
+        return Ok(LmRun {
+            run_dir,
+            steps: outcome.steps,
+            interrupted: true,
+            report: None,
+            student: None,
+            compression: None,
+        });
+    }
+
+    let final_dir = run_dir.join("final");
+    let bytes = save_hf(
+        &final_dir,
+        &HfExport {
+            config: &student.config,
+            varmap: &student.varmap,
+            tokenizer: &teacher.tokenizer.tokenizer,
+            bos_token_id: teacher.tokenizer.info.bos_token_id,
+            eos_token_id: teacher.tokenizer.info.eos_token_id,
+            chat_template: teacher.tokenizer.chat_template.as_deref(),
+        },
+    )?;
+
+    let last = outcome.evals.last();
+    let batch = cfg.train.batch_size;
+    let report = RunReport {
+        run: cfg.output.name.clone(),
+        teacher: ModelStats {
+            name: source.to_string(),
+            parameters: teacher_cfg.param_count(),
+            embedding_parameters: teacher_cfg.vocab_size * teacher_cfg.hidden_size,
+            bytes_on_disk: teacher.bytes_on_disk(),
+            val_ppl: teacher_val_ppl,
+            tokens_per_second: scoring_speed(teacher_lm, &valid, batch)?,
+        },
+        student: ModelStats {
+            name: final_dir.display().to_string(),
+            parameters: student.config.param_count(),
+            embedding_parameters: student.config.vocab_size * student.config.hidden_size,
+            bytes_on_disk: bytes,
+            val_ppl: last.and_then(|e| e.get("val_ppl")),
+            tokens_per_second: scoring_speed(&student.model, &valid, batch)?,
+        },
+        top1_agreement: last.and_then(|e| e.get("top1_agreement")),
+        val_kl: last.and_then(|e| e.get("val_kl")),
+        steps: outcome.steps,
+        train_tokens: outcome.units,
+        train_seconds: outcome.seconds,
+        train_tokens_per_second: outcome.units_per_second,
+        student_layers_from_teacher: student.layer_map.clone(),
+        loss: cfg.distill.loss.clone(),
+        alpha: cfg.distill.alpha,
+        temperature: cfg.distill.temperature,
+    };
+    report.write(&run_dir, &outcome)?;
+    let compression = match &cfg.compress {
+        Some(c) => {
+            drop(teacher);
+            let model = final_dir.display().to_string();
+            Some(compression::in_run(
+                compression::for_causal_lm(&model, cfg, c.eval_blocks, opts)?,
+                c,
+                &run_dir,
+            )?)
+        }
+        None => None,
+    };
+    Ok(LmRun {
+        run_dir,
+        steps: outcome.steps,
+        interrupted: false,
+        report: Some(report),
+        student: Some(final_dir),
+        compression,
+    })
+}

@@ -1,0 +1,216 @@
+//! Compressing a Llama-family decoder: quality is validation perplexity over the run's
+//! validation blocks, speed is CPU tokens/s scoring them, calibration is the first training
+//! blocks, healing is the run's distillation objective with the uncompressed model as teacher.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use distill_compress::pipeline::{Evaluator, Measured};
+use distill_compress::{Calibration, Candidate, CompressError, Defaults, Length, StepHook};
+use distill_compress::{TensorMap, Trainer};
+use distill_models::{ArchConfig, Llama, LlamaConfig, SafetensorsWeights, VarMapWeights};
+use distill_teacher::{
+    load_tokenizer, resolve, GgufCompute, HubOptions, LoadOptions, Resolved, Teacher, TeacherSource,
+};
+use distill_train::config::DistillConfig;
+use distill_train::data::BlockSet;
+use distill_train::scoring::perplexity;
+use distill_train::tasks::CausalLm;
+use distill_train::training::Warmup;
+use distill_train::Training;
+
+use super::{heal, heal_training, read_config_json, take_back, varmap_of, Prepared};
+use crate::data::build_data;
+use crate::error::{external, Error, Result};
+use crate::job::RunConfig;
+use crate::options::RunOptions;
+
+/// Blocks of the training split calibration uses (layer ranking, activation statistics).
+const CALIBRATION_BLOCKS: usize = 8;
+
+fn llama(arch: &ArchConfig) -> std::result::Result<&LlamaConfig, CompressError> {
+    match arch {
+        ArchConfig::Llama(c) => Ok(c),
+        ArchConfig::Bert(_) => Err(CompressError::Unsupported(
+            "expected a Llama-family decoder".into(),
+        )),
+    }
+}
+
+fn model(c: &Candidate) -> std::result::Result<Llama, CompressError> {
+    Ok(Llama::load(llama(&c.arch)?, &c.weights)?)
+}
+
+struct LmEvaluator {
+    valid: BlockSet,
+    calibration: Vec<Vec<u32>>,
+    block_size: usize,
+}
+
+impl Calibration for LmEvaluator {
+    fn measure_name(&self) -> &str {
+        "calibration perplexity"
+    }
+    fn loss(&self, c: &Candidate) -> std::result::Result<f64, CompressError> {
+        let m = model(c)?;
+        Ok(perplexity(&m, self.calibration.iter().map(Vec::as_slice))
+            .map_err(external)?
+            .0)
+    }
+    fn token_blocks(&self) -> Option<Tensor> {
+        let flat: Vec<u32> = self.calibration.iter().flatten().copied().collect();
+        Tensor::from_vec(
+            flat,
+            (self.calibration.len(), self.block_size),
+            &Device::Cpu,
+        )
+        .ok()
+    }
+}
+
+impl Evaluator for LmEvaluator {
+    fn task(&self) -> &'static str {
+        "causal_lm"
+    }
+    fn measure(&self, c: &Candidate) -> std::result::Result<Measured, CompressError> {
+        let m = model(c)?;
+        let (quality, speed) =
+            perplexity(&m, self.valid.blocks.iter().map(Vec::as_slice)).map_err(external)?;
+        Ok(Measured { quality, speed })
+    }
+    fn measure_gguf(&self, path: &Path) -> std::result::Result<Measured, CompressError> {
+        let q = Teacher::load(
+            &TeacherSource::Gguf(path.to_path_buf()),
+            &LoadOptions {
+                device: Device::Cpu,
+                dtype: DType::F32,
+                gguf_mode: GgufCompute::Quantized,
+                ..Default::default()
+            },
+        )
+        .map_err(external)?;
+        let (m, _) = q.language_model().map_err(external)?;
+        let (quality, speed) =
+            perplexity(m, self.valid.blocks.iter().map(Vec::as_slice)).map_err(external)?;
+        Ok(Measured { quality, speed })
+    }
+    fn calibration(&self) -> &dyn Calibration {
+        self
+    }
+}
+
+struct LmTrainer<'a> {
+    train: BlockSet,
+    valid: BlockSet,
+    training: Training,
+    distill: DistillConfig,
+    teacher: Candidate,
+    opts: &'a RunOptions<'a>,
+}
+
+impl Trainer for LmTrainer<'_> {
+    fn train(
+        &self,
+        c: &mut Candidate,
+        length: Length,
+        lr: Option<f64>,
+        after_step: StepHook,
+        _scratch: &Path,
+    ) -> std::result::Result<(), CompressError> {
+        let cfg = llama(&c.arch)?.clone();
+        let vm = varmap_of(&c.weights).map_err(external)?;
+        let student = Llama::load(&cfg, &VarMapWeights::new(&vm, DType::F32, &Device::Cpu))?;
+        let teacher = model(&self.teacher)?;
+        let batches = self.train.len().div_ceil(self.training.batch_size);
+        let mut training = Training {
+            patience: 0,
+            keep_best: false,
+            ..heal_training(&self.training, length, lr)
+        };
+        let steps = training.total_steps(batches);
+        training.warmup = Warmup::Steps((steps / 10).max(1).min(steps));
+        training.eval_every = steps;
+        training.checkpoint_every = steps;
+        let mut task = CausalLm::new(
+            &student,
+            &vm,
+            Some(&teacher),
+            &self.distill,
+            &training,
+            &self.train,
+            &self.valid,
+            &Device::Cpu,
+        )
+        .map_err(external)?;
+        heal(&training, &mut task, after_step, self.opts.observer)?;
+        drop(task);
+        take_back(&mut c.weights, &vm);
+        Ok(())
+    }
+}
+
+/// The model at `model` (a Hugging Face folder or repo) with the data and objective of the
+/// run config `run`; `eval_blocks` validation blocks measure each step (0 = all).
+pub fn for_causal_lm<'a>(
+    model: &str,
+    run: &RunConfig,
+    eval_blocks: usize,
+    opts: &'a RunOptions<'a>,
+) -> Result<Prepared<'a>> {
+    let source = TeacherSource::parse(model)?;
+    let resolved = resolve(&source, &HubOptions::from_env())?;
+    let Resolved::Folder(folder) = &resolved else {
+        return Err(Error::Invalid(format!("{model}: the compress pipeline starts from a Hugging Face folder; convert a GGUF file first with `distill compress {model} --out DIR`")));
+    };
+    let ArchConfig::Llama(config) = &folder.config else {
+        return Err(Error::Invalid(format!(
+            "{model}: a causal-LM run compresses a Llama-family decoder; this is a `{}` model",
+            folder.config.family()
+        )));
+    };
+    let tokenizer = load_tokenizer(&resolved)?;
+    let (train, mut valid) = build_data(run, &tokenizer, config.vocab_size)?;
+    if eval_blocks > 0 {
+        valid.blocks.truncate(eval_blocks);
+    }
+    let src = SafetensorsWeights::open(&folder.weight_files, DType::F32, &Device::Cpu)?;
+    let base = Candidate {
+        arch: ArchConfig::Llama(config.clone()),
+        weights: TensorMap::read(&src, config.tensor_shapes())?,
+    };
+    let gguf_tokenizer = match TeacherSource::parse(&run.teacher.source) {
+        Ok(TeacherSource::Gguf(p)) => Some(p),
+        _ => None,
+    };
+    let calibration = train.blocks[..train.len().min(CALIBRATION_BLOCKS)].to_vec();
+    let evaluator = LmEvaluator {
+        valid: valid.clone(),
+        calibration,
+        block_size: train.block_size,
+    };
+    // Layer pairs of hidden-state losses refer to the trained student's layers, which
+    // pruning may have removed: healing matches logits only.
+    let distill = DistillConfig {
+        hidden: vec![],
+        ..run.distill.clone()
+    };
+    Ok(Prepared {
+        name: model.to_string(),
+        bytes: distill_models::weights::bytes_on_disk(&folder.weight_files),
+        template: folder.dir.clone(),
+        base_config: read_config_json(&folder.config_path)?,
+        dense_dtype: DType::F32,
+        gguf_tokenizer,
+        evaluator: Box::new(evaluator),
+        trainer: Box::new(LmTrainer {
+            train,
+            valid,
+            training: run.train.clone(),
+            distill,
+            teacher: base.clone(),
+            opts,
+        }),
+        base,
+        defaults: Defaults::causal_lm(),
+    })
+}

@@ -1,0 +1,303 @@
+//! `distill compress MODEL --ffn-neurons … --gguf …`: structured and unstructured pruning of a
+//! Llama-family model from flags, saved in Hugging Face layout and/or as GGUF, each step
+//! measured on a text — the same passes as the `compress:` section, without a run config.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use distill_compress::gguf_export::Fallback;
+use distill_compress::pipeline::nonzero;
+use distill_compress::sparsity::{magnitude_prune, two_four_prune, PruneScope};
+use distill_compress::structured::{cut, Cut};
+use distill_compress::TensorMap;
+use distill_compress::{export_gguf, parse_qtype, tokenizer_metadata, Candidate, GgufExport};
+use distill_models::{ArchConfig, Llama, LlamaConfig};
+use distill_student::{save_hf, HfExport};
+use distill_teacher::{
+    load_tokenizer, resolve, GgufCompute, HubOptions, LoadOptions, Resolved, Teacher, TeacherSource,
+};
+use distill_train::scoring::perplexity;
+use serde::Serialize;
+
+use super::varmap_of;
+use crate::error::{io, Error, Result};
+
+pub use distill_compress::sparsity::PruneScope as Scope;
+
+/// What to do to the model.
+#[derive(Clone, Debug, Default)]
+pub struct QuickCompress {
+    pub drop_layers: Vec<usize>,
+    /// Key/value head groups kept per layer.
+    pub kv_heads: Option<usize>,
+    pub ffn_neurons: Option<usize>,
+    pub sparsity: Option<f64>,
+    pub scope: Option<PruneScope>,
+    pub two_four: bool,
+    /// Save the result in Hugging Face layout here.
+    pub out: Option<PathBuf>,
+    /// Write a GGUF file here, with matrices of `quantize`.
+    pub gguf: Option<PathBuf>,
+    pub quantize: String,
+    /// GGUF file whose tokenizer metadata the GGUF export carries.
+    pub tokenizer_from: Option<PathBuf>,
+    /// Text to measure perplexity and speed on after each step, and its token budget.
+    pub text: Option<PathBuf>,
+    pub max_tokens: usize,
+}
+
+/// One row of the table.
+#[derive(Clone, Debug, Serialize)]
+pub struct QuickRow {
+    pub step: String,
+    pub parameters: usize,
+    pub nonzero_parameters: usize,
+    pub bytes: Option<u64>,
+    pub val_ppl: Option<f64>,
+    pub tokens_per_s: Option<f64>,
+}
+
+/// What the quick path did.
+#[derive(Clone, Debug, Serialize)]
+pub struct QuickOutcome {
+    pub model: String,
+    pub config: LlamaConfig,
+    pub rows: Vec<QuickRow>,
+    pub gguf_fallbacks: Vec<Fallback>,
+}
+
+impl QuickOutcome {
+    /// The table and the GGUF fallbacks as text.
+    pub fn text(&self) -> String {
+        let mut s = "| step | parameters | non-zero | bytes | perplexity | tokens/s |\n|---|---:|---:|---:|---:|---:|\n".to_string();
+        let opt = |v: Option<f64>, prec: usize| {
+            v.map(|x| format!("{x:.prec$}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        for r in &self.rows {
+            s += &format!(
+                "| {} | {:.2} M | {:.2} M | {} | {} | {} |\n",
+                r.step,
+                r.parameters as f64 / 1e6,
+                r.nonzero_parameters as f64 / 1e6,
+                r.bytes
+                    .map(|b| format!("{:.1} MB", b as f64 / 1e6))
+                    .unwrap_or_else(|| "-".into()),
+                opt(r.val_ppl, 2),
+                opt(r.tokens_per_s, 1)
+            );
+        }
+        for f in &self.gguf_fallbacks {
+            s += &format!(
+                "GGUF: {} stored as {} (rows of {} do not fit {} blocks)\n",
+                f.tensor, f.used, f.row_length, f.wanted
+            );
+        }
+        s
+    }
+}
+
+/// Tokens per measuring window.
+const BLOCK: usize = 128;
+
+fn llama(c: &Candidate) -> &LlamaConfig {
+    match &c.arch {
+        ArchConfig::Llama(l) => l,
+        ArchConfig::Bert(_) => unreachable!("the quick path loads decoders only"),
+    }
+}
+
+/// Runs `q` on the Llama-family model at `model` (folder, hub repo, or GGUF dequantised).
+pub fn quick_compress(model: &str, q: &QuickCompress) -> Result<QuickOutcome> {
+    let source = TeacherSource::parse(model)?;
+    let resolved = resolve(&source, &HubOptions::from_env())?;
+    let tokenizer = load_tokenizer(&resolved)?;
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        dtype: DType::F32,
+        gguf_mode: GgufCompute::Dequantized,
+        ..Default::default()
+    };
+    let teacher = Teacher::load(&source, &opts)?;
+    let (_, cfg) = teacher.language_model().map_err(|_| {
+        Error::Invalid(format!(
+            "{model}: compression knows Llama-family decoders; this is an encoder"
+        ))
+    })?;
+    let cfg = cfg.clone();
+    let dense = teacher.dense_weights(DType::F32)?;
+    let mut c = Candidate {
+        arch: ArchConfig::Llama(cfg.clone()),
+        weights: TensorMap::read(dense.as_ref(), cfg.tensor_shapes())?,
+    };
+    drop(dense);
+
+    let windows: Option<Vec<Vec<u32>>> = match &q.text {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(io(p))?;
+            let mut ids = tokenizer.encode(&text)?;
+            ids.truncate(q.max_tokens);
+            if ids.len() < 2 {
+                return Err(Error::Invalid(format!(
+                    "{}: fewer than 2 tokens",
+                    p.display()
+                )));
+            }
+            Some(
+                ids.chunks(BLOCK)
+                    .filter(|w| w.len() >= 2)
+                    .map(<[u32]>::to_vec)
+                    .collect(),
+            )
+        }
+        None => None,
+    };
+    let quality = |m: &dyn distill_models::Model| -> Result<(Option<f64>, Option<f64>)> {
+        let Some(w) = &windows else {
+            return Ok((None, None));
+        };
+        let (ppl, tps) = perplexity(m, w.iter().map(Vec::as_slice))?;
+        Ok((Some(ppl), Some(tps)))
+    };
+    let row = |step: String,
+               c: &Candidate,
+               bytes,
+               (ppl, tps): (Option<f64>, Option<f64>)|
+     -> Result<QuickRow> {
+        Ok(QuickRow {
+            step,
+            parameters: c.weights.parameters(),
+            nonzero_parameters: nonzero(&c.weights)?,
+            bytes,
+            val_ppl: ppl,
+            tokens_per_s: tps,
+        })
+    };
+    let mut rows = vec![row(
+        "original".into(),
+        &c,
+        Some(teacher.bytes_on_disk()),
+        quality(&Llama::load(llama(&c), &c.weights)?)?,
+    )?];
+    drop(teacher);
+
+    let mut steps = vec![];
+    if !q.drop_layers.is_empty() {
+        c = cut(
+            &c,
+            &Cut {
+                drop: q.drop_layers.clone(),
+                ..Default::default()
+            },
+            None,
+        )?;
+        steps.push(format!("drop layers {:?}", q.drop_layers));
+    }
+    if let Some(k) = q.kv_heads {
+        c = cut(
+            &c,
+            &Cut {
+                heads: Some(k),
+                ..Default::default()
+            },
+            None,
+        )?;
+        steps.push(format!("{k} kv heads"));
+    }
+    if let Some(n) = q.ffn_neurons {
+        c = cut(
+            &c,
+            &Cut {
+                neurons: Some(n),
+                ..Default::default()
+            },
+            None,
+        )?;
+        steps.push(format!("{n} FFN neurons"));
+    }
+    if let Some(s) = q.sparsity {
+        let scope = q.scope.unwrap_or(PruneScope::PerTensor);
+        magnitude_prune(&mut c.weights.tensors, s, scope)?;
+        let name = match scope {
+            PruneScope::PerTensor => "per-tensor",
+            PruneScope::Global => "global",
+        };
+        steps.push(format!("{:.0}% magnitude ({name})", s * 100.0));
+    }
+    if q.two_four {
+        two_four_prune(&mut c.weights.tensors)?;
+        steps.push("2:4".into());
+    }
+    let mut bytes = None;
+    if let Some(out) = &q.out {
+        let vm = varmap_of(&c.weights)?;
+        bytes = Some(save_hf(
+            out,
+            &HfExport {
+                config: llama(&c),
+                varmap: &vm,
+                tokenizer: &tokenizer.tokenizer,
+                bos_token_id: tokenizer.info.bos_token_id,
+                eos_token_id: tokenizer.info.eos_token_id,
+                chat_template: tokenizer.chat_template.as_deref(),
+            },
+        )?);
+    }
+    if !steps.is_empty() {
+        let q = quality(&Llama::load(llama(&c), &c.weights)?)?;
+        rows.push(row(steps.join(" + "), &c, bytes, q)?);
+    }
+
+    let mut fallbacks = vec![];
+    if let Some(path) = &q.gguf {
+        let qtype = parse_qtype(&q.quantize)?;
+        let tok_path = q
+            .tokenizer_from
+            .clone()
+            .or(match &resolved {
+                Resolved::Gguf(p) => Some(p.clone()),
+                Resolved::Folder(_) => None,
+            })
+            .ok_or_else(|| Error::Invalid("--tokenizer-from: a Hugging Face folder carries no GGUF tokenizer metadata; name the teacher's GGUF file".into()))?;
+        let summary = export_gguf(
+            path,
+            &GgufExport {
+                config: llama(&c),
+                weights: &c.weights,
+                tokenizer: tokenizer_metadata(&tok_path)?,
+                qtype,
+                name: Path::new(model)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "model".into()),
+            },
+        )?;
+        fallbacks = summary.fallbacks.clone();
+        // Quality of the file as llama.cpp would run it: quantised matrices through QMatMul.
+        let measured = match &windows {
+            Some(_) => {
+                let g = Teacher::load(
+                    &TeacherSource::Gguf(path.clone()),
+                    &LoadOptions {
+                        gguf_mode: GgufCompute::Quantized,
+                        ..opts.clone()
+                    },
+                )?;
+                quality(g.language_model()?.0)?
+            }
+            None => (None, None),
+        };
+        rows.push(row(
+            format!("GGUF {}", q.quantize.to_lowercase()),
+            &c,
+            Some(summary.bytes),
+            measured,
+        )?);
+    }
+    Ok(QuickOutcome {
+        model: model.to_string(),
+        config: llama(&c).clone(),
+        rows,
+        gguf_fallbacks: fallbacks,
+    })
+}

@@ -1,0 +1,148 @@
+//! `distill eval SOURCE --text FILE`: perplexity and speed of a causal LM on a text, in
+//! non-overlapping windows.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use distill_teacher::{pad_batch, GgufCompute, LoadOptions, Teacher, TeacherSource};
+use distill_train::metrics::{next_token_nll, NllSum};
+use distill_train::{Event, Observer};
+use serde::Serialize;
+
+use crate::error::{io, Error, Result};
+
+/// How the text is cut and run.
+#[derive(Clone, Debug)]
+pub struct TextEvalOptions {
+    /// Tokens per window.
+    pub block: usize,
+    /// Windows per forward pass.
+    pub batch: usize,
+    /// Stop after this many tokens of the text.
+    pub max_tokens: Option<usize>,
+    /// Also write the logits of the first window to this safetensors file (`logits`, `ids`).
+    pub save_logits: Option<PathBuf>,
+    pub load: LoadOptions,
+}
+
+/// The result.
+#[derive(Clone, Debug, Serialize)]
+pub struct TextEval {
+    pub source: String,
+    pub text: String,
+    pub tokens: usize,
+    pub predicted_tokens: usize,
+    pub perplexity: f64,
+    pub mean_nll: f64,
+    pub forward_seconds: f64,
+    pub tokens_per_second: f64,
+    pub block: usize,
+    pub batch: usize,
+    pub device: String,
+    pub dtype: String,
+    /// Whether matrices were multiplied in their stored (quantised) format.
+    pub quantized: bool,
+    /// For a GGUF model: `quantized`, `dequantized` or `ggml`.
+    pub gguf_weights: Option<String>,
+}
+
+impl TextEval {
+    pub fn text(&self) -> String {
+        format!(
+            "perplexity {:.3} over {} predicted tokens ({} tokens in windows of {})\nforward {:.2} s, {:.1} tokens/s on {} ({})",
+            self.perplexity, self.predicted_tokens, self.tokens, self.block, self.forward_seconds,
+            self.tokens_per_second, self.device, self.dtype
+        )
+    }
+}
+
+/// Scores the model at `source` on the text file `text`.
+pub fn evaluate_text(
+    source: &str,
+    text: &Path,
+    o: &TextEvalOptions,
+    observer: &dyn Observer,
+) -> Result<TextEval> {
+    if o.block < 2 {
+        return Err(Error::Invalid(format!(
+            "--block must be at least 2 tokens, got {}",
+            o.block
+        )));
+    }
+    if o.batch < 1 {
+        return Err(Error::Invalid("--batch must be at least 1".into()));
+    }
+    let content = std::fs::read_to_string(text).map_err(io(text))?;
+    let src = TeacherSource::parse(source)?;
+    let teacher = Teacher::load(&src, &o.load)?;
+    let mut ids = teacher.tokenizer.encode(&content)?;
+    if let Some(m) = o.max_tokens {
+        ids.truncate(m);
+    }
+    let windows: Vec<Vec<u32>> = ids
+        .chunks(o.block)
+        .filter(|c| c.len() >= 2)
+        .map(<[u32]>::to_vec)
+        .collect();
+    if windows.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: fewer than 2 tokens of text",
+            text.display()
+        )));
+    }
+    let tokens: usize = windows.iter().map(Vec::len).sum();
+    let stage = "eval";
+    observer.event(&Event::Started {
+        stage,
+        unit: "tokens",
+        total: tokens as u64,
+        done: 0,
+    });
+    let mut total = NllSum::default();
+    let mut seconds = 0.0;
+    let mut done = 0u64;
+    for (gi, group) in windows.chunks(o.batch).enumerate() {
+        let (input, _) = pad_batch(group, teacher.device())?;
+        let start = Instant::now();
+        let logits = teacher.logits(group)?;
+        seconds += start.elapsed().as_secs_f64();
+        if let (0, Some(path)) = (gi, &o.save_logits) {
+            let first = logits.get(0)?.narrow(0, 0, group[0].len())?;
+            let ids = candle_core::Tensor::new(group[0].as_slice(), &candle_core::Device::Cpu)?;
+            let tmp = distill_train::checkpoint::tmp_sibling(path);
+            candle_core::safetensors::save(
+                &std::collections::HashMap::from([
+                    (
+                        "logits".to_string(),
+                        first.to_device(&candle_core::Device::Cpu)?,
+                    ),
+                    ("ids".to_string(), ids),
+                ]),
+                &tmp,
+            )?;
+            std::fs::rename(&tmp, path).map_err(io(path))?;
+        }
+        let lengths: Vec<usize> = group.iter().map(Vec::len).collect();
+        total.add(next_token_nll(&logits, &input, &lengths)?);
+        done += lengths.iter().sum::<usize>() as u64;
+        observer.event(&Event::Progress { stage, done });
+    }
+    observer.event(&Event::Finished { stage });
+    let gguf = matches!(src, TeacherSource::Gguf(_));
+    Ok(TextEval {
+        source: src.to_string(),
+        text: text.display().to_string(),
+        tokens,
+        predicted_tokens: total.tokens,
+        perplexity: total.perplexity(),
+        mean_nll: total.nll / total.tokens.max(1) as f64,
+        forward_seconds: seconds,
+        tokens_per_second: tokens as f64 / seconds.max(1e-9),
+        block: o.block,
+        batch: o.batch,
+        device: format!("{:?}", o.load.device),
+        dtype: format!("{:?}", o.load.dtype).to_lowercase(),
+        quantized: o.load.gguf_mode != GgufCompute::Dequantized && gguf,
+        gguf_weights: gguf.then(|| format!("{:?}", o.load.gguf_mode).to_lowercase()),
+    })
+}

@@ -1,0 +1,162 @@
+//! Scoring a model by running it, shared by training evaluation, compression and `distill
+//! eval`: perplexity over blocks, class logits of a labelled set, accuracy, cross-entropy and
+//! argmax over rows of logits (all in f64 where they sum).
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use distill_models::{pad_batch, Input, Model};
+
+use crate::classify::EncodedSet;
+use crate::data::BlockSet;
+use crate::error::{Ctx, TrainError};
+use crate::metrics::{next_token_nll, NllSum};
+
+/// Index of the largest value of a row (the first of equal maxima).
+pub fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv {
+                (i, v)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0
+}
+
+/// [`argmax`] of every row.
+pub fn argmaxes(rows: &[Vec<f32>]) -> Vec<u32> {
+    rows.iter().map(|r| argmax(r) as u32).collect()
+}
+
+/// `−log softmax(row)[label]`, in f64.
+pub fn cross_entropy(row: &[f32], label: usize) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + row
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    lse - row[label] as f64
+}
+
+/// Mean [`cross_entropy`] of rows against their labels.
+pub fn mean_cross_entropy(rows: &[Vec<f32>], labels: &[u32]) -> f64 {
+    let sum: f64 = rows
+        .iter()
+        .zip(labels)
+        .map(|(r, &l)| cross_entropy(r, l as usize))
+        .sum();
+    sum / rows.len().max(1) as f64
+}
+
+/// Share of rows whose argmax is their label.
+pub fn accuracy(rows: &[Vec<f32>], labels: &[u32]) -> f64 {
+    let right = argmaxes(rows)
+        .iter()
+        .zip(labels)
+        .filter(|(p, l)| p == l)
+        .count();
+    right as f64 / rows.len().max(1) as f64
+}
+
+/// Class logits of every example of `set`, in order. Examples are batched by length so that
+/// little padding is computed; the mask keeps padding from changing any result.
+pub fn predict_logits(
+    model: &dyn Model,
+    set: &EncodedSet,
+    batch_size: usize,
+    pad_id: u32,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>, TrainError> {
+    let mut order: Vec<usize> = (0..set.len()).collect();
+    order.sort_by_key(|&i| set.ids[i].len());
+    let mut out = vec![vec![]; set.len()];
+    for chunk in order.chunks(batch_size.max(1)) {
+        let rows: Vec<&[u32]> = chunk.iter().map(|&i| set.ids[i].as_slice()).collect();
+        let batch = pad_batch(&rows, pad_id, device)?;
+        let logits = model
+            .run(&Input::new(&batch.ids).with_mask(Some(&batch.mask)))
+            .map_err(|e| TrainError::Invalid(format!("classifier forward: {e}")))?
+            .logits
+            .detach()
+            .to_dtype(DType::F32)
+            .and_then(|l| l.to_vec2::<f32>())
+            .ctx(|| "reading logits".into())?;
+        for (&i, row) in chunk.iter().zip(logits) {
+            out[i] = row;
+        }
+    }
+    Ok(out)
+}
+
+/// Perplexity of a causal LM over `blocks` (one block per forward) and its tokens/s.
+pub fn perplexity<'a>(
+    model: &dyn Model,
+    blocks: impl IntoIterator<Item = &'a [u32]>,
+) -> Result<(f64, f64), TrainError> {
+    let mut total = NllSum::default();
+    let start = Instant::now();
+    let mut tokens = 0;
+    for b in blocks {
+        let ids = Tensor::new(b, model.device())
+            .and_then(|t| t.unsqueeze(0))
+            .ctx(|| "block".into())?;
+        let logits = model
+            .run(&Input::new(&ids))
+            .map_err(|e| TrainError::Invalid(format!("forward: {e}")))?
+            .logits;
+        total.add(next_token_nll(&logits, &ids, &[b.len()]).ctx(|| "NLL".into())?);
+        tokens += b.len();
+    }
+    Ok((
+        total.perplexity(),
+        tokens as f64 / start.elapsed().as_secs_f64().max(1e-9),
+    ))
+}
+
+/// Full-sequence scoring throughput (tokens/s) over up to two batches of `blocks`.
+pub fn scoring_speed(
+    model: &dyn Model,
+    blocks: &BlockSet,
+    batch: usize,
+) -> Result<f64, TrainError> {
+    let n = blocks.len().min(batch * 2).max(1);
+    let start = Instant::now();
+    let mut tokens = 0;
+    for chunk in blocks.blocks[..n].chunks(batch.max(1)) {
+        let ids: Vec<u32> = chunk.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(ids, (chunk.len(), blocks.block_size), model.device())
+            .ctx(|| "batch".into())?;
+        let logits = model
+            .run(&Input::new(&ids))
+            .map_err(|e| TrainError::Invalid(format!("forward: {e}")))?
+            .logits;
+        logits
+            .sum_all()
+            .and_then(|s| s.to_dtype(DType::F32))
+            .and_then(|s| s.to_scalar::<f32>())
+            .ctx(|| "scoring".into())?;
+        tokens += chunk.len() * blocks.block_size;
+    }
+    Ok(tokens as f64 / start.elapsed().as_secs_f64().max(1e-9))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_helpers_agree_with_hand_values() {
+        assert_eq!(argmax(&[0.1, 3.0, 3.0, -1.0]), 1);
+        assert_eq!(argmaxes(&[vec![1.0, 0.0], vec![0.0, 2.0]]), vec![0, 1]);
+        // Uniform logits over 4 classes: ln 4.
+        assert!((cross_entropy(&[0.0; 4], 2) - 4f64.ln()).abs() < 1e-12);
+        let rows = vec![vec![2.0, 0.0], vec![0.0, 2.0], vec![1.0, 0.0]];
+        assert!((accuracy(&rows, &[0, 1, 1]) - 2.0 / 3.0).abs() < 1e-12);
+        assert!(mean_cross_entropy(&rows, &[0, 1, 0]) < mean_cross_entropy(&rows, &[1, 0, 1]));
+    }
+}

@@ -1,0 +1,261 @@
+//! Causal-LM distillation: packed blocks of token ids, per-token logits of student and teacher,
+//! the objective over every next-token prediction; evaluation by validation perplexity, KL to
+//! the teacher and top-1 agreement (the teacher's validation logits computed once: it is
+//! frozen).
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{Device, Tensor, Var, D};
+use candle_nn::VarMap;
+use distill_models::{Input, Model};
+
+use crate::config::DistillConfig;
+use crate::data::BlockSet;
+use crate::error::{Ctx, TrainError};
+use crate::losses::{ForwardKl, Loss, LossInputs};
+use crate::metrics::{next_token_nll, NllSum};
+use crate::objective::{Objective, Targets};
+use crate::task::{BatchAt, Evaluation, Losses, Task};
+use crate::training::Training;
+
+/// A causal-LM distillation task.
+pub struct CausalLm<'a> {
+    student: &'a dyn Model,
+    varmap: &'a VarMap,
+    teacher: Option<&'a dyn Model>,
+    objective: Objective,
+    train: &'a BlockSet,
+    valid: &'a BlockSet,
+    training: &'a Training,
+    device: Device,
+    orders: HashMap<u64, Vec<usize>>,
+    teacher_cache: Option<Vec<Tensor>>,
+    teacher_val_ppl: Option<f64>,
+}
+
+impl<'a> CausalLm<'a> {
+    /// `student` computes with the variables of `varmap`; `teacher` is needed when the
+    /// objective uses it (α > 0 or hidden-state losses) and is used for evaluation otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        student: &'a dyn Model,
+        varmap: &'a VarMap,
+        teacher: Option<&'a dyn Model>,
+        distill: &DistillConfig,
+        training: &'a Training,
+        train: &'a BlockSet,
+        valid: &'a BlockSet,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        if distill.needs_teacher() && teacher.is_none() {
+            return Err(TrainError::Invalid(
+                "the objective needs the teacher (alpha > 0 or hidden losses)".into(),
+            ));
+        }
+        let objective = Objective::new(
+            distill,
+            student.hidden_size(),
+            teacher
+                .map(|t| t.hidden_size())
+                .unwrap_or(student.hidden_size()),
+            device,
+        )?;
+        Ok(Self {
+            student,
+            varmap,
+            teacher,
+            objective,
+            train,
+            valid,
+            training,
+            device: device.clone(),
+            orders: HashMap::new(),
+            teacher_cache: None,
+            teacher_val_ppl: None,
+        })
+    }
+
+    /// The teacher's perplexity on the validation blocks (after the first evaluation).
+    pub fn teacher_val_ppl(&self) -> Option<f64> {
+        self.teacher_val_ppl
+    }
+
+    /// The token ids of the micro-batch at `at`: consecutive positions of the seeded block
+    /// order, which wraps into the next epoch's order.
+    fn batch(&mut self, at: &BatchAt) -> Vec<u32> {
+        let b = at.batch_size;
+        let n = self.train.len();
+        let first = at.index * b;
+        let mut ids = Vec::with_capacity(b * self.train.block_size);
+        for k in first..first + b {
+            let epoch = (k / n) as u64;
+            let order = self
+                .orders
+                .entry(epoch)
+                .or_insert_with(|| self.train.epoch_order(at.seed, epoch));
+            ids.extend_from_slice(&self.train.blocks[order[k % n]]);
+        }
+        ids
+    }
+}
+
+impl Task for CausalLm<'_> {
+    fn variables(&self) -> BTreeMap<String, Var> {
+        self.objective.variables_with(self.varmap)
+    }
+
+    fn is_frozen(&self, name: &str) -> bool {
+        self.training.is_frozen(name)
+    }
+
+    fn batches_per_epoch(&self, batch_size: usize) -> usize {
+        self.train.len().div_ceil(batch_size.max(1))
+    }
+
+    fn unit(&self) -> &'static str {
+        "tokens"
+    }
+
+    fn loss(&mut self, at: &BatchAt) -> Result<Losses, TrainError> {
+        let ids = self.batch(at);
+        let s = self.train.block_size;
+        let b = at.batch_size;
+        let ids = Tensor::from_vec(ids, (b, s), &self.device).ctx(|| "batch".into())?;
+        let want_hidden = self.objective.uses_hidden();
+        let out = self
+            .student
+            .run(&Input::new(&ids).with_hidden(want_hidden))
+            .map_err(|e| TrainError::Invalid(format!("student forward: {e}")))?;
+        let v = out.logits.dim(2).ctx(|| "logits".into())?;
+        let flat = |t: &Tensor| -> candle_core::Result<Tensor> {
+            t.narrow(1, 0, s - 1)?.reshape((b * (s - 1), v))
+        };
+        let student = flat(&out.logits).ctx(|| "student logits".into())?;
+        let labels = ids
+            .narrow(1, 1, s - 1)
+            .and_then(|t| t.flatten_all())
+            .ctx(|| "labels".into())?;
+        let teacher_out = match self
+            .teacher
+            .filter(|_| self.objective.uses_teacher_logits() || want_hidden)
+        {
+            Some(teacher) => {
+                let t = teacher
+                    .run(&Input::new(&ids).with_hidden(want_hidden))
+                    .map_err(|e| TrainError::Invalid(format!("teacher forward: {e}")))?;
+                let tv = t.logits.dim(2).ctx(|| "teacher logits".into())?;
+                if tv != v {
+                    return Err(TrainError::Invalid(format!(
+                        "teacher vocabulary ({tv}) differs from the student's ({v})"
+                    )));
+                }
+                Some((
+                    flat(&t.logits.detach()).ctx(|| "teacher logits".into())?,
+                    t.hidden_states,
+                ))
+            }
+            None => None,
+        };
+        let (sh, th) = (
+            out.hidden_states.unwrap_or_default(),
+            teacher_out
+                .as_ref()
+                .and_then(|t| t.1.clone())
+                .unwrap_or_default(),
+        );
+        let value = self.objective.value(&Targets {
+            student: &student,
+            teacher: teacher_out.as_ref().map(|t| &t.0),
+            labels: &labels,
+            hidden: (want_hidden && teacher_out.is_some()).then_some((&sh[..], &th[..], None)),
+        })?;
+        Ok(Losses {
+            parts: value.parts(),
+            total: value.total,
+            units: b * s,
+        })
+    }
+
+    fn evaluate(&mut self) -> Result<Evaluation, TrainError> {
+        let n = if self.training.eval_blocks == 0 {
+            self.valid.len()
+        } else {
+            self.training.eval_blocks.min(self.valid.len())
+        };
+        let bs = self.training.batch_size;
+        let s = self.valid.block_size;
+        let mut nll = NllSum::default();
+        let mut teacher_nll = NllSum::default();
+        let (mut kl_sum, mut agree, mut count) = (0f64, 0usize, 0usize);
+        let fill_cache = self.teacher_cache.is_none() && self.teacher.is_some();
+        let mut cache = self.teacher_cache.take().unwrap_or_default();
+        for (bi, chunk) in self.valid.blocks[..n].chunks(bs).enumerate() {
+            let ids: Vec<u32> = chunk.iter().flatten().copied().collect();
+            let ids = Tensor::from_vec(ids, (chunk.len(), s), &self.device)
+                .ctx(|| "validation batch".into())?;
+            let logits = self
+                .student
+                .run(&Input::new(&ids))
+                .map_err(|e| TrainError::Invalid(format!("student forward (eval): {e}")))?
+                .logits
+                .detach();
+            let lengths = vec![s; chunk.len()];
+            nll.add(next_token_nll(&logits, &ids, &lengths).ctx(|| "validation NLL".into())?);
+            if let Some(teacher) = self.teacher {
+                if fill_cache {
+                    let t = teacher
+                        .run(&Input::new(&ids))
+                        .map_err(|e| TrainError::Invalid(format!("teacher forward (eval): {e}")))?
+                        .logits;
+                    teacher_nll
+                        .add(next_token_nll(&t, &ids, &lengths).ctx(|| "teacher NLL".into())?);
+                    cache.push(t.detach());
+                }
+                let t = &cache[bi];
+                let v = logits.dim(2).ctx(|| "logits".into())?;
+                let sl = logits.reshape((chunk.len() * s, v)).ctx(|| "eval".into())?;
+                let tl = t.reshape((chunk.len() * s, v)).ctx(|| "eval".into())?;
+                let kl = ForwardKl { temperature: 1.0 }
+                    .forward(&LossInputs {
+                        student_logits: &sl,
+                        teacher_logits: Some(&tl),
+                        labels: None,
+                    })
+                    .and_then(|k| k.to_scalar::<f32>())
+                    .ctx(|| "validation KL".into())?;
+                kl_sum += kl as f64 * (chunk.len() * s) as f64;
+                let a: Vec<u32> = sl
+                    .argmax(D::Minus1)
+                    .and_then(|x| x.to_vec1())
+                    .ctx(|| "argmax".into())?;
+                let b: Vec<u32> = tl
+                    .argmax(D::Minus1)
+                    .and_then(|x| x.to_vec1())
+                    .ctx(|| "argmax".into())?;
+                agree += a.iter().zip(&b).filter(|(x, y)| x == y).count();
+                count += a.len();
+            }
+        }
+        if fill_cache {
+            self.teacher_val_ppl = Some(teacher_nll.perplexity());
+        }
+        if self.teacher.is_some() {
+            self.teacher_cache = Some(cache);
+        }
+        let ppl = nll.perplexity();
+        let mut metrics = vec![("val_ppl", ppl), ("tokens", nll.tokens as f64)];
+        let mut summary = format!("val ppl {ppl:.2}");
+        if count > 0 {
+            let kl = kl_sum / count as f64;
+            let a = agree as f64 / count as f64;
+            metrics.push(("val_kl", kl));
+            metrics.push(("top1_agreement", a));
+            summary += &format!("  KL {kl:.3}  top-1 agreement {:.1}%", 100.0 * a);
+        }
+        Ok(Evaluation {
+            metrics,
+            score: (-ppl, 0.0),
+            summary,
+        })
+    }
+}
