@@ -84,7 +84,7 @@ impl Pass for Heal {
             }
             Ok(())
         };
-        trainer.train(c, self.length, self.lr, &mut keep_zeros, cx.scratch)?;
+        trainer.train(c, self.length, self.lr, &mut keep_zeros)?;
         Ok(if masks.is_empty() {
             PassReport::default()
         } else {

@@ -3,7 +3,6 @@
 //! train, a [`Trainer`]), and reports what it did.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use candle_core::{Tensor, Var};
 use distill_models::ArchConfig;
@@ -70,14 +69,13 @@ pub type StepHook<'a> = &'a mut dyn FnMut(&BTreeMap<String, Var>) -> candle_core
 pub trait Trainer {
     /// Trains `c`'s weights in place for `length` at peak learning rate `lr` (`None`: the
     /// run's), distilling from the uncompressed model with the run's objective; `after_step`
-    /// runs after every optimiser step. `scratch` is a folder for checkpoints.
+    /// runs after every optimiser step.
     fn train(
         &self,
         c: &mut Candidate,
         length: Length,
         lr: Option<f64>,
         after_step: StepHook,
-        scratch: &Path,
     ) -> Result<(), CompressError>;
 }
 
@@ -85,8 +83,6 @@ pub trait Trainer {
 pub struct Context<'a> {
     pub calibration: &'a dyn Calibration,
     pub trainer: Option<&'a dyn Trainer>,
-    /// A folder the pass may write scratch files into.
-    pub scratch: &'a Path,
 }
 
 /// A compression technique with its settings.

@@ -161,7 +161,6 @@ pub fn run(
     for plan in &plans {
         let mut c = src.base.clone();
         let mut steps: Vec<String> = vec![];
-        let scratch = out.join(format!(".scratch-{}", plan.name));
         let artifact = plan.sink.path(out, &plan.name);
         for (i, pass) in plan.passes.iter().enumerate() {
             let t0 = Instant::now();
@@ -175,10 +174,8 @@ pub fn run(
             let cx = Context {
                 calibration: eval.calibration(),
                 trainer,
-                scratch: &scratch,
             };
             let report = pass.apply(&mut c, &cx).map_err(ctx)?;
-            let _ = std::fs::remove_dir_all(&scratch);
             // Measure the model exactly as it is stored.
             c.weights
                 .round_dense_to(dtype)

@@ -5,7 +5,6 @@
 mod common;
 
 use std::cell::Cell;
-use std::path::Path;
 use std::rc::Rc;
 
 use common::tiny::{tiny_llama, tiny_llama_config, write_tiny_llama_folder};
@@ -29,7 +28,6 @@ impl Trainer for Checking<'_> {
         length: Length,
         lr: Option<f64>,
         after_step: StepHook,
-        scratch: &Path,
     ) -> Result<(), CompressError> {
         let masks = zero_masks(&c.weights.tensors)?;
         self.masked.set(masks.len());
@@ -49,7 +47,7 @@ impl Trainer for Checking<'_> {
             self.steps.set(self.steps.get() + 1);
             Ok(())
         };
-        self.inner.train(c, length, lr, &mut check, scratch)
+        self.inner.train(c, length, lr, &mut check)
     }
 }
 
@@ -62,7 +60,6 @@ impl Trainer for NoTrainer {
         _: Length,
         _: Option<f64>,
         _: StepHook,
-        _: &Path,
     ) -> Result<(), CompressError> {
         unreachable!("replaced")
     }

@@ -125,7 +125,6 @@ impl Trainer for ClsTrainer<'_> {
         length: Length,
         lr: Option<f64>,
         after_step: StepHook,
-        _scratch: &Path,
     ) -> std::result::Result<(), CompressError> {
         if self.soft_targets.get().is_none() {
             let (logits, _) = self.head.logits(&self.teacher, &self.train)?;

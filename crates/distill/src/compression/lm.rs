@@ -115,7 +115,6 @@ impl Trainer for LmTrainer<'_> {
         length: Length,
         lr: Option<f64>,
         after_step: StepHook,
-        _scratch: &Path,
     ) -> std::result::Result<(), CompressError> {
         let cfg = llama(&c.arch)?.clone();
         let vm = varmap_of(&c.weights).map_err(external)?;
