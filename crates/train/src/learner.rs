@@ -17,7 +17,7 @@ use crate::checkpoint::{
     write_atomic, TrainerState,
 };
 use crate::error::{io_err, Ctx, TrainError};
-use crate::optim::{clip_grad_norm, AdamW, AdamWParams};
+use crate::optim::{clip_factor, global_grad_norm, AdamW, AdamWParams};
 use crate::progress::{Event, Observer, Silent, StopFlag};
 pub use crate::records::{EvalRecord, StepRecord};
 use crate::schedule::lr_at;
@@ -227,6 +227,7 @@ impl<'a> Learner<'a> {
             let mut loss_sum = 0f32;
             let mut parts: BTreeMap<String, f32> = BTreeMap::new();
             let mut units = 0usize;
+            let (mut forward_total, mut backward_total) = (0f64, 0f64);
             for micro in 0..cfg.grad_accum {
                 let at = BatchAt {
                     step,
@@ -259,6 +260,8 @@ impl<'a> Learner<'a> {
                     .ctx(|| format!("backward pass at step {step}"))?;
                 let backward_s = tb.elapsed().as_secs_f64();
                 tracing::debug!(step, micro, forward_s, backward_s, "micro-batch");
+                forward_total += forward_s;
+                backward_total += backward_s;
                 for (name, var) in &trainable {
                     if let Some(gr) = g.get(var.as_tensor()) {
                         match grads.entry(name.clone()) {
@@ -278,20 +281,16 @@ impl<'a> Learner<'a> {
                 }
                 units += losses.units;
             }
-            let norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)
-                .ctx(|| "clipping gradients".into())?;
             let lr = lr_at(step, total, cfg.lr, warmup, cfg.min_lr_ratio);
             let to = Instant::now();
-            opt.step(&grads, lr)
+            let norm = global_grad_norm(&grads).ctx(|| "gradient norm".into())?;
+            opt.step_scaled(&grads, lr, clip_factor(norm, cfg.max_grad_norm))
                 .ctx(|| format!("optimiser step {step}"))?;
             for hook in self.after_step.iter_mut() {
                 hook(&trainable)?;
             }
-            tracing::debug!(
-                step,
-                optimizer_s = to.elapsed().as_secs_f64(),
-                "optimiser step"
-            );
+            let optimizer_s = to.elapsed().as_secs_f64();
+            tracing::debug!(step, optimizer_s, "optimiser step");
             state.step += 1;
             state.units_seen += units as u64;
             let done = state.step;
@@ -309,6 +308,11 @@ impl<'a> Learner<'a> {
                     format!("{unit}_per_second"),
                     units as f64 / t0.elapsed().as_secs_f64().max(1e-9),
                 )]),
+                seconds: BTreeMap::from([
+                    ("forward".to_string(), forward_total),
+                    ("backward".to_string(), backward_total),
+                    ("optimizer".to_string(), optimizer_s),
+                ]),
             };
             state.loss_since_eval.0 += record.loss as f64;
             state.loss_since_eval.1 += 1;

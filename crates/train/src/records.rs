@@ -20,6 +20,10 @@ pub struct StepRecord {
     /// `tokens_per_second` or `examples_per_second`.
     #[serde(flatten)]
     pub throughput: BTreeMap<String, f64>,
+    /// Where the step's time went: `forward` (teacher, student and loss), `backward`,
+    /// `optimizer` (gradient norm, update and after-step hooks), in seconds.
+    #[serde(default)]
+    pub seconds: BTreeMap<String, f64>,
 }
 
 impl StepRecord {
