@@ -20,6 +20,7 @@ pub mod gguf;
 pub mod llama;
 pub mod model;
 pub mod nn;
+pub mod ops;
 pub mod surgery;
 pub mod weights;
 

@@ -1,8 +1,9 @@
 //! Building blocks written on candle primitives so that every one has a backward pass.
 //!
 //! candle-nn's fused kernels (`rms_norm`, `layer_norm`, `softmax_last_dim`, `rope`) have no
-//! gradient; a student trained through them silently stops learning. These compositions are
-//! differentiable; statistics are computed in f32 whatever the activation dtype.
+//! gradient; a student trained through them silently stops learning. These are differentiable:
+//! the fused ops of [`crate::ops`] (with analytic backward passes) for f32 on the CPU, candle
+//! compositions elsewhere; statistics are computed in f32 whatever the activation dtype.
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
@@ -12,6 +13,9 @@ pub const MASK_VALUE: f32 = f32::MIN;
 
 /// `x / sqrt(mean(x²) + eps) · w`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if let Some(y) = crate::ops::fused_rms_norm(x, weight, eps) {
+        return y;
+    }
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -35,7 +39,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 /// Softmax over the last dimension, computed in f32.
 pub fn softmax_f32(x: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
-    candle_nn::ops::softmax(&x.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(dtype)
+    crate::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)
 }
 
 /// Rotary position embeddings in the Hugging Face "half-split" layout
@@ -145,7 +149,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> R
         }
         None => scores,
     };
-    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?
+    let probs = crate::ops::softmax_last_dim(&scores)?
         .to_dtype(v.dtype())?
         .reshape((b, kv_heads, group * s, s))?;
     probs.matmul(v)?.reshape((b, heads, s, d))

@@ -1,0 +1,178 @@
+//! Softmax over the last dimension as one op with an analytic backward pass
+//! (`∂x = p ⊙ (g − Σ g ⊙ p)`), rows in parallel. The composed form (max, subtract, exp, sum,
+//! divide, and as many ops backward) allocates a tensor per step and calls libm's `expf` per
+//! element; this one makes one pass for the max and one for exp-and-sum per row.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use super::rows::{exp_into, row_max};
+use crate::multiversion;
+
+struct Softmax;
+struct SoftmaxBackward;
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("softmax: {what} must be f32")
+    };
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("softmax: {what} must be contiguous")))?;
+    Ok(&v[a..b])
+}
+
+/// Rows per parallel task: attention rows are short.
+fn rows_per_task(d: usize) -> usize {
+    (16_384 / d.max(1)).max(1)
+}
+
+fn softmax_rows(x: &[f32], d: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    let per = rows_per_task(d);
+    out.par_chunks_mut(per * d)
+        .zip(x.par_chunks(per * d))
+        .for_each(|(o, x)| {
+            for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                let m = row_max(x);
+                let s = exp_into(x, 1.0, m, o);
+                scale(o, 1.0 / s);
+            }
+        });
+    out
+}
+
+multiversion! {
+    fn scale(x: &mut [f32], by: f32) {
+        for v in x.iter_mut() {
+            *v *= by;
+        }
+    }
+}
+
+multiversion! {
+    /// `o = p ⊙ (g − Σ g ⊙ p)` for one row.
+    fn backward_row(p: &[f32], g: &[f32], o: &mut [f32]) {
+        let mut acc = [0f32; 16];
+        let n = p.len() / 16 * 16;
+        for (pc, gc) in p[..n].chunks_exact(16).zip(g[..n].chunks_exact(16)) {
+            for k in 0..16 {
+                acc[k] += pc[k] * gc[k];
+            }
+        }
+        let mut dot = 0f32;
+        for a in acc {
+            dot += a;
+        }
+        for j in n..p.len() {
+            dot += p[j] * g[j];
+        }
+        for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
+            *o = p * (g - dot);
+        }
+    }
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s, l, "input")?;
+        let d = l.shape().dims().last().copied().unwrap_or(1);
+        Ok((CpuStorage::F32(softmax_rows(x, d)), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = grad.contiguous()?;
+        Ok(Some(res.apply_op2_no_bwd(&g, &SoftmaxBackward)?))
+    }
+}
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let p = contiguous(s1, l1, "probabilities")?;
+        let g = contiguous(s2, l2, "gradient")?;
+        let d = l1.shape().dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; p.len()];
+        let per = rows_per_task(d) * d;
+        out.par_chunks_mut(per)
+            .zip(p.par_chunks(per).zip(g.par_chunks(per)))
+            .for_each(|(o, (p, g))| {
+                for ((o, p), g) in o
+                    .chunks_exact_mut(d)
+                    .zip(p.chunks_exact(d))
+                    .zip(g.chunks_exact(d))
+                {
+                    backward_row(p, g, o);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension, differentiable. `f32` on the CPU runs the fused op; other
+/// dtypes and devices the composed candle ops (which every backend has kernels for).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op1(Softmax)
+    } else {
+        candle_nn::ops::softmax(x, D::Minus1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn values_and_gradients_equal_the_composed_softmax() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&(Tensor::randn(0f32, 3.0, (3, 4, 37), &dev).unwrap())).unwrap();
+        // A masked entry, as causal attention has.
+        let mask = Tensor::from_vec(
+            (0..37)
+                .map(|j| if j > 30 { f32::MIN } else { 0.0 })
+                .collect::<Vec<_>>(),
+            37,
+            &dev,
+        )
+        .unwrap();
+        let xm = x.broadcast_add(&mask).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (3, 4, 37), &dev).unwrap();
+        let fused = softmax_last_dim(&xm).unwrap();
+        let composed = candle_nn::ops::softmax(&xm, D::Minus1).unwrap();
+        let d = (&fused - &composed)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
+        let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (composed * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (gf, gc) = (
+            gf.get(x.as_tensor()).unwrap(),
+            gc.get(x.as_tensor()).unwrap(),
+        );
+        let d = (gf - gc).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-6, "{d}");
+    }
+}
