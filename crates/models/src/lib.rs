@@ -30,7 +30,7 @@ pub use error::{ModelError, Result};
 pub use ggml_cpu::GgmlLlama;
 pub use gguf::{GgufFile, GgufMode, GgufWeights};
 pub use llama::{Llama, LlamaConfig};
-pub use model::{pad_batch, Input, Model, ModelOutput, Padded};
+pub use model::{pad_batch, Features, Input, Model, ModelOutput, Padded};
 pub use weights::{Linear, Matrix, SafetensorsWeights, VarMapWeights, WeightSource};
 
 /// The architecture named by a `config.json`, with its parsed config.

@@ -14,7 +14,7 @@ use crate::error::{ModelError, Result, TensorContext};
 use crate::gguf::{GgufFile, GgufTensorRef, NameMap};
 use crate::model::ModelOutput;
 use crate::nn::{attention, attention_bias, rms_norm, Rope};
-use crate::weights::{Linear, WeightSource};
+use crate::weights::{Linear, Matrix, WeightSource};
 
 /// `config.json` of a Llama-family checkpoint (the keys this implementation reads).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -501,6 +501,24 @@ impl Llama {
         attention_mask: Option<&Tensor>,
         want_hidden: bool,
     ) -> Result<ModelOutput> {
+        let (x, hidden) = self.features(input_ids, attention_mask, want_hidden)?;
+        let logits = self
+            .lm_head
+            .forward(&x)
+            .context(|| "llama forward (lm head)".into())?;
+        Ok(ModelOutput {
+            logits,
+            hidden_states: hidden,
+        })
+    }
+
+    /// The final-norm output `[batch, seq, hidden]` the head multiplies, and the hidden states.
+    fn features(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        want_hidden: bool,
+    ) -> Result<(Tensor, Option<Vec<Tensor>>)> {
         let (b, s) = input_ids
             .dims2()
             .context(|| "input_ids must be [batch, seq]".into())?;
@@ -531,11 +549,7 @@ impl Llama {
         if let Some(h) = hidden.as_mut() {
             *h.last_mut().expect("at least the embedding output") = x.clone();
         }
-        let logits = self.lm_head.forward(&x).context(|| ctx("lm head"))?;
-        Ok(ModelOutput {
-            logits,
-            hidden_states: hidden,
-        })
+        Ok((x, hidden))
     }
 }
 
@@ -543,6 +557,27 @@ impl crate::model::Model for Llama {
     fn run(&self, input: &crate::model::Input) -> Result<ModelOutput> {
         input.refuse_dropout("a Llama-family decoder")?;
         self.forward(input.ids, input.mask, input.hidden)
+    }
+    fn run_features(&self, input: &crate::model::Input) -> Option<Result<crate::model::Features>> {
+        let Matrix::Dense(head) = self.lm_head.weight() else {
+            return None;
+        };
+        if self.lm_head.bias().is_some() {
+            return None;
+        }
+        Some(
+            input
+                .refuse_dropout("a Llama-family decoder")
+                .and_then(|_| {
+                    let (features, hidden_states) =
+                        self.features(input.ids, input.mask, input.hidden)?;
+                    Ok(crate::model::Features {
+                        features,
+                        head: head.clone(),
+                        hidden_states,
+                    })
+                }),
+        )
     }
     fn hidden_size(&self) -> usize {
         self.cfg.hidden_size

@@ -72,11 +72,28 @@ impl<'a> Input<'a> {
     }
 }
 
+/// A language model's output before its head: `logits = features · headᵀ`. A loss that applies
+/// the head itself, chunk by chunk, never holds the `[batch·seq, vocab]` logits.
+#[derive(Debug)]
+pub struct Features {
+    /// `[batch, seq, hidden]`, after the final norm.
+    pub features: Tensor,
+    /// `[vocab, hidden]`, dense and without bias.
+    pub head: Tensor,
+    /// As in [`ModelOutput::hidden_states`].
+    pub hidden_states: Option<Vec<Tensor>>,
+}
+
 /// A network that maps token ids to logits (every position for a language model, one row per
 /// sequence for a classifier) and, on request, hidden states.
 pub trait Model {
     /// One forward pass.
     fn run(&self, input: &Input) -> Result<ModelOutput>;
+    /// [`Model::run`] stopped before a dense output head, for models that have one; `None`
+    /// where the model has no such head (encoders, quantised or factorised heads).
+    fn run_features(&self, _input: &Input) -> Option<Result<Features>> {
+        None
+    }
     /// Width of the hidden states [`Model::run`] returns.
     fn hidden_size(&self) -> usize;
     /// Device the model computes on.

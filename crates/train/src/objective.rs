@@ -12,7 +12,8 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use crate::config::DistillConfig;
 use crate::error::{Ctx, TrainError};
 use crate::losses::{
-    fused_forward_kl_ce, soft_loss, CrossEntropy, HiddenLoss, Loss, LossInputs, SoftLossParams,
+    fused_forward_kl_ce, fused_head_kl_ce, soft_loss, CrossEntropy, HiddenLoss, Loss, LossInputs,
+    SoftLossParams,
 };
 
 /// One hidden-state term: student layer, teacher layer, weight, loss.
@@ -193,8 +194,62 @@ impl Objective {
             soft_value = Some(soft.to_scalar::<f32>().ctx(|| "soft loss".into())?);
             total = (total + (soft * self.alpha).ctx(|| "loss".into())?).ctx(|| "loss".into())?;
         }
-        let mut hidden_value = None;
-        if let (false, Some((sh, th, positions))) = (self.hidden.is_empty(), x.hidden) {
+        let (total, hidden_value) = self.add_hidden(total, x.hidden)?;
+        Ok(ObjectiveValue {
+            hard: hard.to_scalar::<f32>().ctx(|| "hard loss".into())?,
+            total,
+            soft: soft_value,
+            hidden: hidden_value,
+        })
+    }
+
+    /// Whether [`Objective::value_from_heads`] applies: forward KL at T with the teacher's
+    /// logits, fused on the CPU.
+    pub fn fuses_heads(&self) -> bool {
+        self.fused_temperature.is_some() && self.alpha > 0.0
+    }
+
+    /// The objective from the student's and the teacher's features and heads
+    /// ([`crate::losses::fused_head_kl_ce`]), never forming the logits; the hidden-state terms as
+    /// in [`Objective::value`]. Only when [`Objective::fuses_heads`].
+    pub fn value_from_heads(
+        &self,
+        student: (&Tensor, &Tensor),
+        teacher: (&Tensor, &Tensor),
+        labels: &Tensor,
+        hidden: Option<(&[Tensor], &[Tensor], Option<&Tensor>)>,
+    ) -> Result<ObjectiveValue, TrainError> {
+        let Some(temperature) = self.fused_temperature.filter(|_| self.alpha > 0.0) else {
+            return Err(TrainError::Invalid(
+                "the fused head loss needs forward KL on the CPU with alpha > 0".into(),
+            ));
+        };
+        let r = fused_head_kl_ce(
+            student.0,
+            student.1,
+            teacher.0,
+            teacher.1,
+            labels,
+            temperature,
+            self.alpha,
+        )
+        .ctx(|| "fused head, KL and cross-entropy".into())?;
+        let (total, hidden_value) = self.add_hidden(r.total, hidden)?;
+        Ok(ObjectiveValue {
+            total,
+            soft: Some(r.soft),
+            hard: r.hard,
+            hidden: hidden_value,
+        })
+    }
+
+    /// `total` plus the weighted hidden-state terms, and their unweighted sum.
+    fn add_hidden(
+        &self,
+        mut total: Tensor,
+        hidden: Option<(&[Tensor], &[Tensor], Option<&Tensor>)>,
+    ) -> Result<(Tensor, Option<f32>), TrainError> {
+        if let (false, Some((sh, th, positions))) = (self.hidden.is_empty(), hidden) {
             let mut sum = 0f32;
             for term in &self.hidden {
                 let (sl, tl) = (term.student_layer, term.teacher_layer);
@@ -222,13 +277,8 @@ impl Objective {
                 sum += l.to_scalar::<f32>().ctx(|| "hidden loss".into())?;
                 total = (total + (l * term.weight).ctx(|| "loss".into())?).ctx(|| "loss".into())?;
             }
-            hidden_value = Some(sum);
+            return Ok((total, Some(sum)));
         }
-        Ok(ObjectiveValue {
-            hard: hard.to_scalar::<f32>().ctx(|| "hard loss".into())?,
-            total,
-            soft: soft_value,
-            hidden: hidden_value,
-        })
+        Ok((total, None))
     }
 }

@@ -8,6 +8,7 @@
 
 mod cross_entropy;
 mod forward_kl;
+mod fused_head;
 mod fused_kd;
 mod hidden;
 mod jsd;
@@ -15,6 +16,7 @@ mod reverse_kl;
 
 pub use cross_entropy::CrossEntropy;
 pub use forward_kl::ForwardKl;
+pub use fused_head::{fused_head_kl_ce, HeadLoss};
 pub use fused_kd::fused_forward_kl_ce;
 pub use hidden::{HiddenLoss, HiddenLossKind};
 pub use jsd::Jsd;

@@ -99,6 +99,66 @@ impl<'a> CausalLm<'a> {
     }
 }
 
+impl CausalLm<'_> {
+    /// The loss through [`Objective::value_from_heads`] when the objective fuses the heads and
+    /// both models expose dense ones: logits are multiplied out chunk by chunk inside the loss,
+    /// never whole. `None`: take the logits path.
+    fn loss_from_heads(
+        &self,
+        ids: &Tensor,
+        b: usize,
+        s: usize,
+        want_hidden: bool,
+    ) -> Result<Option<Losses>, TrainError> {
+        let Some(teacher) = self.teacher.filter(|_| self.objective.fuses_heads()) else {
+            return Ok(None);
+        };
+        let input = Input::new(ids).with_hidden(want_hidden);
+        let Some(tf) = teacher.run_features(&input) else {
+            return Ok(None);
+        };
+        let Some(sf) = self.student.run_features(&input) else {
+            return Ok(None);
+        };
+        let tf = tf.map_err(|e| TrainError::Invalid(format!("teacher forward: {e}")))?;
+        let sf = sf.map_err(|e| TrainError::Invalid(format!("student forward: {e}")))?;
+        let (sv, tv) = (
+            sf.head.dim(0).ctx(|| "student head".into())?,
+            tf.head.dim(0).ctx(|| "teacher head".into())?,
+        );
+        if sv != tv {
+            return Err(TrainError::Invalid(format!(
+                "teacher vocabulary ({tv}) differs from the student's ({sv})"
+            )));
+        }
+        let rows = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let d = t.dim(2)?;
+            t.narrow(1, 0, s - 1)?.reshape((b * (s - 1), d))
+        };
+        let hs = rows(&sf.features).ctx(|| "student features".into())?;
+        let ht = rows(&tf.features.detach()).ctx(|| "teacher features".into())?;
+        let labels = ids
+            .narrow(1, 1, s - 1)
+            .and_then(|t| t.flatten_all())
+            .ctx(|| "labels".into())?;
+        let (sh, th) = (
+            sf.hidden_states.unwrap_or_default(),
+            tf.hidden_states.unwrap_or_default(),
+        );
+        let value = self.objective.value_from_heads(
+            (&hs, &sf.head),
+            (&ht, &tf.head.detach()),
+            &labels,
+            want_hidden.then_some((&sh[..], &th[..], None)),
+        )?;
+        Ok(Some(Losses {
+            parts: value.parts(),
+            total: value.total,
+            units: b * s,
+        }))
+    }
+}
+
 impl Task for CausalLm<'_> {
     fn variables(&self) -> BTreeMap<String, Var> {
         self.objective.variables_with(self.varmap)
@@ -122,6 +182,9 @@ impl Task for CausalLm<'_> {
         let b = at.batch_size;
         let ids = Tensor::from_vec(ids, (b, s), &self.device).ctx(|| "batch".into())?;
         let want_hidden = self.objective.uses_hidden();
+        if let Some(losses) = self.loss_from_heads(&ids, b, s, want_hidden)? {
+            return Ok(losses);
+        }
         let out = self
             .student
             .run(&Input::new(&ids).with_hidden(want_hidden))
