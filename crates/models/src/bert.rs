@@ -362,7 +362,7 @@ impl Layer {
         let q = split(self.query.forward(x)?)?;
         let k = split(self.key.forward(x)?)?;
         let v = split(self.value.forward(x)?)?;
-        let a = attention(&q, &k, &v, bias)?
+        let a = attention(&q, &k, &v, bias, false)?
             .transpose(1, 2)?
             .reshape((b, s, h))?;
         let x = self

@@ -535,7 +535,7 @@ impl Llama {
         let ctx = |what: &str| format!("llama forward ({what})");
         let mut x = embed(&self.embed, input_ids).context(|| ctx("embedding lookup"))?;
         let bias =
-            attention_bias(b, s, attention_mask, true, &self.device).context(|| ctx("mask"))?;
+            attention_bias(b, s, attention_mask, false, &self.device).context(|| ctx("mask"))?;
         let mut hidden = want_hidden.then(|| vec![x.clone()]);
         for (i, block) in self.blocks.iter().enumerate() {
             x = block
@@ -596,7 +596,7 @@ impl Llama {
             .context(|| "input_ids must be [batch, seq]".into())?;
         let ctx = |what: String| move || format!("llama FFN statistics ({what})");
         let mut x = embed(&self.embed, input_ids).context(ctx("embedding lookup".into()))?;
-        let bias = attention_bias(b, s, None, true, &self.device).context(ctx("mask".into()))?;
+        let bias = attention_bias(b, s, None, false, &self.device).context(ctx("mask".into()))?;
         let eps = self.cfg.rms_norm_eps;
         let mut out = Vec::with_capacity(self.blocks.len());
         for (i, block) in self.blocks.iter().enumerate() {
@@ -653,7 +653,7 @@ impl Attention {
         let q = rope.apply(&split(self.q.forward(x)?, self.heads)?)?;
         let k = rope.apply(&split(self.k.forward(x)?, self.kv_heads)?)?;
         let v = split(self.v.forward(x)?, self.kv_heads)?;
-        let y = attention(&q, &k, &v, bias)?;
+        let y = attention(&q, &k, &v, bias, true)?;
         let y = y
             .transpose(1, 2)?
             .reshape((b, s, self.heads * self.head_dim))?;
@@ -663,8 +663,8 @@ impl Attention {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = self.gate.forward(x)?.silu()?;
-        self.down.forward(&(gate * self.up.forward(x)?)?)
+        let act = crate::ops::swiglu(&self.gate.forward(x)?, &self.up.forward(x)?)?;
+        self.down.forward(&act)
     }
 }
 

@@ -83,6 +83,9 @@ impl Rope {
         let (_, _, seq, head_dim) = x.dims4()?;
         let cos = self.cos.narrow(0, 0, seq)?;
         let sin = self.sin.narrow(0, 0, seq)?;
+        if let Some(y) = crate::ops::fused_rope(x, &cos, &sin) {
+            return y;
+        }
         let half = head_dim / 2;
         let x1 = x.narrow(D::Minus1, 0, half)?;
         let x2 = x.narrow(D::Minus1, half, half)?;
@@ -129,8 +132,15 @@ pub fn attention_bias(
 
 /// Scaled dot-product attention. `q` is `[b, heads, s, d]`; `k` and `v` are `[b, kv_heads, s, d]`
 /// with `heads` a multiple of `kv_heads` (grouped-query attention: query head `h` reads key/value
-/// head `h / (heads / kv_heads)`). `bias` is broadcast to `[b, heads, s, s]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+/// head `h / (heads / kv_heads)`). `bias` is broadcast to `[b, heads, s, s]`; `causal` also masks
+/// every key after its query (inside the fused softmax on the CPU, as a bias elsewhere).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    causal: bool,
+) -> Result<Tensor> {
     let (b, heads, s, d) = q.dims4()?;
     let kv_heads = k.dim(1)?;
     let group = heads / kv_heads;
@@ -142,15 +152,25 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> R
     let scores = scores
         .reshape((b, kv_heads, group, s, s))?
         .to_dtype(DType::F32)?;
-    let scores = match bias {
-        Some(bias) => {
-            let bias = bias.unsqueeze(1)?; // [b|1, 1, 1, s, s]
-            scores.broadcast_add(&bias)?
-        }
-        None => scores,
+    let fused_causal = causal && scores.device().is_cpu();
+    let causal_bias = if causal && !fused_causal {
+        attention_bias(b, s, None, true, scores.device())?
+    } else {
+        None
     };
-    let probs = crate::ops::softmax_last_dim(&scores)?
+    let mut scores = scores;
+    for bias in [bias, causal_bias.as_ref()].into_iter().flatten() {
+        let bias = bias.unsqueeze(1)?; // [b|1, 1, 1, s, s]
+        scores = scores.broadcast_add(&bias)?;
+    }
+    let probs = if fused_causal {
+        crate::ops::softmax::causal_softmax(&scores)?
+    } else {
+        crate::ops::softmax_last_dim(&scores)?
+    };
+    probs
         .to_dtype(v.dtype())?
-        .reshape((b, kv_heads, group * s, s))?;
-    probs.matmul(v)?.reshape((b, heads, s, d))
+        .reshape((b, kv_heads, group * s, s))?
+        .matmul(v)?
+        .reshape((b, heads, s, d))
 }

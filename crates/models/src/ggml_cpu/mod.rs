@@ -13,6 +13,6 @@ mod blocks;
 mod model;
 mod rope;
 mod simd;
-mod vec;
+pub(crate) mod vec;
 
 pub use model::{GgmlLlama, GgmlOutput};

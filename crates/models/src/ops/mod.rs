@@ -7,9 +7,13 @@
 //! time ([`simd`]); they compute the same bits on each.
 
 pub mod rms_norm;
+pub mod rope;
 pub mod rows;
 pub mod simd;
 pub mod softmax;
+pub mod swiglu;
 
 pub use rms_norm::fused_rms_norm;
+pub use rope::fused_rope;
 pub use softmax::softmax_last_dim;
+pub use swiglu::swiglu;

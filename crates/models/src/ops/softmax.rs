@@ -9,7 +9,9 @@ use rayon::prelude::*;
 use super::rows::{exp_into, row_max};
 use crate::multiversion;
 
-struct Softmax;
+struct Softmax {
+    causal: bool,
+}
 struct SoftmaxBackward;
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -27,13 +29,22 @@ fn rows_per_task(d: usize) -> usize {
     (16_384 / d.max(1)).max(1)
 }
 
-fn softmax_rows(x: &[f32], d: usize) -> Vec<f32> {
+/// Softmax of each row of `d`; with `causal`, rows are the queries of `[.., d, d]` score
+/// matrices and row `i` (mod `d`) keeps only its first `i + 1` entries, the rest exactly 0.
+fn softmax_rows(x: &[f32], d: usize, causal: bool) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
-    let per = rows_per_task(d);
+    // Whole matrices per task when causal, so that a row's position is its index in the task.
+    let per = if causal {
+        rows_per_task(d).div_ceil(d).max(1) * d
+    } else {
+        rows_per_task(d)
+    };
     out.par_chunks_mut(per * d)
         .zip(x.par_chunks(per * d))
         .for_each(|(o, x)| {
-            for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            for (i, (o, x)) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
+                let keep = if causal { i % d + 1 } else { d };
+                let (o, x) = (&mut o[..keep], &x[..keep]);
                 let m = row_max(x);
                 let s = exp_into(x, 1.0, m, o);
                 scale(o, 1.0 / s);
@@ -80,8 +91,15 @@ impl CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous(s, l, "input")?;
-        let d = l.shape().dims().last().copied().unwrap_or(1);
-        Ok((CpuStorage::F32(softmax_rows(x, d)), l.shape().clone()))
+        let dims = l.shape().dims();
+        let d = dims.last().copied().unwrap_or(1);
+        if self.causal && (dims.len() < 2 || dims[dims.len() - 2] != d) {
+            candle_core::bail!("causal softmax: scores {dims:?} are not [.., s, s]");
+        }
+        Ok((
+            CpuStorage::F32(softmax_rows(x, d, self.causal)),
+            l.shape().clone(),
+        ))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -126,16 +144,69 @@ impl CustomOp2 for SoftmaxBackward {
 /// dtypes and devices the composed candle ops (which every backend has kernels for).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
-        x.contiguous()?.apply_op1(Softmax)
+        x.contiguous()?.apply_op1(Softmax { causal: false })
     } else {
         candle_nn::ops::softmax(x, D::Minus1)
     }
+}
+
+/// Softmax of causal attention scores `[.., s, s]` (query × key): key `j` of query `i` counts
+/// only for `j ≤ i`; the others get probability 0 without a mask tensor. CPU, `f32`.
+pub fn causal_softmax(x: &Tensor) -> Result<Tensor> {
+    if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+        candle_core::bail!("causal_softmax: f32 on the CPU only (compose a bias elsewhere)");
+    }
+    x.contiguous()?.apply_op1(Softmax { causal: true })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn causal_softmax_equals_masking_with_a_bias() {
+        let dev = Device::Cpu;
+        let s = 13;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 2.0, (2, 3, s, s), &dev).unwrap()).unwrap();
+        let bias = crate::nn::attention_bias(1, s, None, true, &dev)
+            .unwrap()
+            .unwrap();
+        let w = Tensor::randn(0f32, 1.0, (2, 3, s, s), &dev).unwrap();
+        let fused = causal_softmax(&x).unwrap();
+        let composed =
+            candle_nn::ops::softmax(&x.broadcast_add(&bias).unwrap(), D::Minus1).unwrap();
+        let upper: Vec<f32> = fused
+            .get(1)
+            .unwrap()
+            .get(2)
+            .unwrap()
+            .get(3)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(upper[4..].iter().all(|&p| p == 0.0), "{upper:?}");
+        let d = (&fused - &composed)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
+        let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (composed * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (gf, gc) = (
+            gf.get(x.as_tensor()).unwrap(),
+            gc.get(x.as_tensor()).unwrap(),
+        );
+        let d = (gf - gc).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-6, "{d}");
+    }
 
     #[test]
     fn values_and_gradients_equal_the_composed_softmax() {

@@ -199,7 +199,10 @@ pub fn fused_head_kl_ce(
             (w, d, 1),
             false,
         );
-        matmul(&mut dw, (v, d, c), (zs, 1, v), (hc, d, 1), true);
+        // The first chunk writes ∂W without reading it: reading the fresh zeroed buffer would
+        // map the shared zero page and make every first write a copy-on-write fault with a TLB
+        // shootdown across threads.
+        matmul(&mut dw, (v, d, c), (zs, 1, v), (hc, d, 1), start > 0);
     }
     drop(slices);
     drop(guards);
