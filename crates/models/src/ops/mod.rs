@@ -13,6 +13,26 @@ pub mod simd;
 pub mod softmax;
 pub mod swiglu;
 
+use candle_core::{CpuStorage, Layout, WithDType};
+
+/// The contiguous elements of a CPU storage as `T`, or an error naming `what` (an op's input):
+/// what every fused op reads its operands with.
+pub fn cpu_slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))?;
+    s.as_slice::<T>()
+        .map(|v| &v[a..b])
+        .map_err(|_| candle_core::Error::Msg(format!("{what} must be {:?}", T::DTYPE)))
+}
+
+#[cfg(test)]
+pub(crate) mod testing;
+
 pub use rms_norm::fused_rms_norm;
 pub use rope::fused_rope;
 pub use softmax::softmax_last_dim;

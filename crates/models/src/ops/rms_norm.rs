@@ -6,6 +6,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_slice;
 use crate::multiversion;
 
 /// Rows per parallel task; also the unit in which `∂w` is summed, so its bits do not depend on
@@ -17,16 +18,6 @@ struct RmsNorm {
 }
 struct RmsNormBackward {
     eps: f32,
-}
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("rms_norm: {what} must be f32")
-    };
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("rms_norm: {what} must be contiguous")))?;
-    Ok(&v[a..b])
 }
 
 multiversion! {
@@ -100,8 +91,8 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, "input")?;
-        let w = contiguous(s2, l2, "weight")?;
+        let x = cpu_slice::<f32>(s1, l1, "rms_norm: input")?;
+        let w = cpu_slice::<f32>(s2, l2, "rms_norm: weight")?;
         let d = w.len();
         if l1.shape().dims().last() != Some(&d) {
             candle_core::bail!("rms_norm: input {:?} vs weight [{d}]", l1.shape());
@@ -148,9 +139,9 @@ impl CustomOp3 for RmsNormBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, "input")?;
-        let w = contiguous(s2, l2, "weight")?;
-        let g = contiguous(s3, l3, "gradient")?;
+        let x = cpu_slice::<f32>(s1, l1, "rms_norm: input")?;
+        let w = cpu_slice::<f32>(s2, l2, "rms_norm: weight")?;
+        let g = cpu_slice::<f32>(s3, l3, "rms_norm: gradient")?;
         let d = w.len();
         let rows = x.len() / d;
         let mut out = vec![0f32; x.len() + d];
@@ -195,6 +186,7 @@ pub fn fused_rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Option<Result<Tensor>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::assert_same_values_and_gradients;
     use candle_core::{DType, Device, Var, D};
 
     fn composed(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
@@ -211,41 +203,8 @@ mod tests {
         // 70 rows: more than one task of ROWS, and a partial last one.
         let x = Var::from_tensor(&Tensor::randn(0f32, 2.0, (2, 35, 48), &dev).unwrap()).unwrap();
         let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, 48, &dev).unwrap()).unwrap();
-        let up = Tensor::randn(0f32, 1.0, (2, 35, 48), &dev).unwrap();
-        let f = fused_rms_norm(&x, &w, 1e-5).unwrap().unwrap();
-        let c = composed(&x, &w, 1e-5);
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert!(diff(&f, &c) < 1e-5);
-        let gf = (f * &up).unwrap().sum_all().unwrap().backward().unwrap();
-        let gc = (c * &up).unwrap().sum_all().unwrap().backward().unwrap();
-        for v in [&x, &w] {
-            let (a, b) = (
-                gf.get(v.as_tensor()).unwrap(),
-                gc.get(v.as_tensor()).unwrap(),
-            );
-            assert_eq!(a.dims(), b.dims());
-            let scale = b
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(
-                diff(a, b) < 1e-5 * scale.max(1.0),
-                "{} vs {scale}",
-                diff(a, b)
-            );
-        }
+        let fused = fused_rms_norm(&x, &w, 1e-5).unwrap().unwrap();
+        assert_same_values_and_gradients(&[&x, &w], &fused, &composed(&x, &w, 1e-5), 1e-5);
         assert!(fused_rms_norm(&x.to_dtype(DType::F16).unwrap(), &w, 1e-5).is_none());
     }
 }

@@ -6,6 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::cpu_slice;
 use super::rows::{exp_into, row_max};
 use crate::multiversion;
 
@@ -13,16 +14,6 @@ struct Softmax {
     causal: bool,
 }
 struct SoftmaxBackward;
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("softmax: {what} must be f32")
-    };
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("softmax: {what} must be contiguous")))?;
-    Ok(&v[a..b])
-}
 
 /// Rows per parallel task: attention rows are short.
 fn rows_per_task(d: usize) -> usize {
@@ -90,7 +81,7 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s, l, "input")?;
+        let x = cpu_slice::<f32>(s, l, "softmax: input")?;
         let dims = l.shape().dims();
         let d = dims.last().copied().unwrap_or(1);
         if self.causal && (dims.len() < 2 || dims[dims.len() - 2] != d) {
@@ -120,8 +111,8 @@ impl CustomOp2 for SoftmaxBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let p = contiguous(s1, l1, "probabilities")?;
-        let g = contiguous(s2, l2, "gradient")?;
+        let p = cpu_slice::<f32>(s1, l1, "softmax: probabilities")?;
+        let g = cpu_slice::<f32>(s2, l2, "softmax: gradient")?;
         let d = l1.shape().dims().last().copied().unwrap_or(1);
         let mut out = vec![0f32; p.len()];
         let per = rows_per_task(d) * d;
@@ -162,6 +153,7 @@ pub fn causal_softmax(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::assert_same_values_and_gradients;
     use candle_core::{Device, Var};
 
     #[test]
@@ -172,11 +164,10 @@ mod tests {
         let bias = crate::nn::attention_bias(1, s, None, true, &dev)
             .unwrap()
             .unwrap();
-        let w = Tensor::randn(0f32, 1.0, (2, 3, s, s), &dev).unwrap();
         let fused = causal_softmax(&x).unwrap();
         let composed =
             candle_nn::ops::softmax(&x.broadcast_add(&bias).unwrap(), D::Minus1).unwrap();
-        let upper: Vec<f32> = fused
+        let row: Vec<f32> = fused
             .get(1)
             .unwrap()
             .get(2)
@@ -185,34 +176,15 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap();
-        assert!(upper[4..].iter().all(|&p| p == 0.0), "{upper:?}");
-        let d = (&fused - &composed)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
-        let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gc = (composed * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let (gf, gc) = (
-            gf.get(x.as_tensor()).unwrap(),
-            gc.get(x.as_tensor()).unwrap(),
-        );
-        let d = (gf - gc).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(d.to_scalar::<f32>().unwrap() < 1e-6, "{d}");
+        assert!(row[4..].iter().all(|&p| p == 0.0), "{row:?}");
+        assert_same_values_and_gradients(&[&x], &fused, &composed, 1e-6);
     }
 
     #[test]
     fn values_and_gradients_equal_the_composed_softmax() {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&(Tensor::randn(0f32, 3.0, (3, 4, 37), &dev).unwrap())).unwrap();
-        // A masked entry, as causal attention has.
+        // A masked entry, as padded attention has.
         let mask = Tensor::from_vec(
             (0..37)
                 .map(|j| if j > 30 { f32::MIN } else { 0.0 })
@@ -222,28 +194,8 @@ mod tests {
         )
         .unwrap();
         let xm = x.broadcast_add(&mask).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (3, 4, 37), &dev).unwrap();
         let fused = softmax_last_dim(&xm).unwrap();
         let composed = candle_nn::ops::softmax(&xm, D::Minus1).unwrap();
-        let d = (&fused - &composed)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
-        let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gc = (composed * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let (gf, gc) = (
-            gf.get(x.as_tensor()).unwrap(),
-            gc.get(x.as_tensor()).unwrap(),
-        );
-        let d = (gf - gc).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(d.to_scalar::<f32>().unwrap() < 1e-6, "{d}");
+        assert_same_values_and_gradients(&[&x], &fused, &composed, 1e-6);
     }
 }

@@ -12,6 +12,7 @@
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use distill_models::ops::cpu_slice;
 use distill_models::ops::rows::{exp_into, exp_sum, row_max};
 use rayon::prelude::*;
 
@@ -28,17 +29,6 @@ struct RowStats {
 struct FusedKlCe {
     temperature: f32,
     stats: Mutex<Vec<RowStats>>,
-}
-
-fn slice<'a, T: candle_core::WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    what: &str,
-) -> Result<&'a [T]> {
-    let (a, b) = l.contiguous_offsets().ok_or_else(|| {
-        candle_core::Error::Msg(format!("fused KL+CE: {what} must be contiguous"))
-    })?;
-    Ok(&s.as_slice::<T>()?[a..b])
 }
 
 thread_local! {
@@ -169,9 +159,9 @@ impl CustomOp3 for FusedKlCe {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, v) = l1.shape().dims2()?;
-        let zs = slice::<f32>(s1, l1, "student logits")?;
-        let zt = slice::<f32>(s2, l2, "teacher logits")?;
-        let y = slice::<u32>(s3, l3, "labels")?;
+        let zs = cpu_slice::<f32>(s1, l1, "fused KL+CE: student logits")?;
+        let zt = cpu_slice::<f32>(s2, l2, "fused KL+CE: teacher logits")?;
+        let y = cpu_slice::<u32>(s3, l3, "fused KL+CE: labels")?;
         if let Some(bad) = y.iter().find(|&&t| t as usize >= v) {
             candle_core::bail!("fused KL+CE: label {bad} outside a vocabulary of {v}");
         }
@@ -247,8 +237,8 @@ impl CustomOp3 for FusedKlCe {
             else {
                 candle_core::bail!("fused KL+CE: CPU tensors expected")
             };
-            let a = slice::<f32>(sa, la, "student logits")?;
-            let b = slice::<f32>(sb, lb, "teacher logits")?;
+            let a = cpu_slice::<f32>(sa, la, "fused KL+CE: student logits")?;
+            let b = cpu_slice::<f32>(sb, lb, "fused KL+CE: teacher logits")?;
             out.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
                 let (ra, rb) = (&a[i * v..(i + 1) * v], &b[i * v..(i + 1) * v]);
                 let st = &stats[i];
