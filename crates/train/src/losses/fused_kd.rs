@@ -101,6 +101,44 @@ distill_models::multiversion! {
     }
 }
 
+/// One row's KL (at T) and CE from student logits `a`, teacher logits `b` and the label, with
+/// the row's normalisers; `e` is left holding `e^(b·inv_t − mb)` (the teacher's unnormalised
+/// probabilities at T); the last value is their sum `S_b`.
+fn row_loss(
+    a: &[f32],
+    b: &[f32],
+    e: &mut Vec<f32>,
+    label: u32,
+    inv_t: f32,
+    same: bool,
+) -> (f32, f32, RowStats, f32) {
+    let ma = row_max(a) * inv_t;
+    let la = exp_sum(a, inv_t, ma).ln();
+    let mb = row_max(b) * inv_t;
+    e.resize(b.len(), 0.0);
+    let sb = exp_into(b, inv_t, mb, e);
+    let lb = sb.ln();
+    // lt − ls = (b − a)·inv_t − (mb + lb − ma − la)
+    let kl = kl_row(a, b, e, inv_t, mb + lb - ma - la, 1.0 / sb);
+    let student_1 = if same {
+        (ma, la)
+    } else {
+        let m1 = row_max(a);
+        (m1, exp_sum(a, 1.0, m1).ln())
+    };
+    let ce = student_1.0 + student_1.1 - a[label as usize];
+    (
+        kl,
+        ce,
+        RowStats {
+            student_t: (ma, la),
+            teacher_t: (mb, lb),
+            student_1,
+        },
+        sb,
+    )
+}
+
 /// Rows of student logits `zs` and teacher logits `zt` (`[rows, v]`) with their labels: returns
 /// `(Σ KL at T, Σ CE)` and leaves in `zs` the gradient of `c0/T·T²·KL… `, precisely
 /// `c0·(p_s^T − p_t^T) + c1·(p_s − onehot(y))` per row (`c0 = α·T/N`, `c1 = (1 − α)/N` for the
@@ -120,23 +158,14 @@ pub(crate) fn kl_ce_rows(
         .zip(zt.par_chunks(v))
         .zip(y.par_iter())
         .map(|((a, b), &label)| {
-            let ma = row_max(a) * inv_t;
-            let la = exp_sum(a, inv_t, ma).ln();
-            let mb = row_max(b) * inv_t;
             SCRATCH.with(|e| {
                 let mut e = e.borrow_mut();
-                e.resize(v, 0.0);
-                let sb = exp_into(b, inv_t, mb, &mut e);
-                let lb = sb.ln();
-                let kl = kl_row(a, b, &e, inv_t, mb + lb - ma - la, 1.0 / sb);
-                let (m1, l1) = if same {
-                    (ma, la)
-                } else {
-                    let m1 = row_max(a);
-                    (m1, exp_sum(a, 1.0, m1).ln())
-                };
-                let ce = m1 + l1 - a[label as usize];
-                grad_row_in_place(a, &e, 1.0 / sb, inv_t, ma + la, m1 + l1, same, c0, c1);
+                let (kl, ce, st, sb) = row_loss(a, b, &mut e, label, inv_t, same);
+                let (s_t, s_1) = (
+                    st.student_t.0 + st.student_t.1,
+                    st.student_1.0 + st.student_1.1,
+                );
+                grad_row_in_place(a, &e, 1.0 / sb, inv_t, s_t, s_1, same, c0, c1);
                 a[label as usize] -= c1;
                 (kl as f64, ce as f64)
             })
@@ -171,28 +200,8 @@ impl CustomOp3 for FusedKlCe {
             .into_par_iter()
             .map(|i| {
                 let (a, b) = (&zs[i * v..(i + 1) * v], &zt[i * v..(i + 1) * v]);
-                let ma = row_max(a) * inv_t;
-                let la = exp_sum(a, inv_t, ma).ln();
-                let mb = row_max(b) * inv_t;
                 SCRATCH.with(|e| {
-                    let mut e = e.borrow_mut();
-                    e.resize(v, 0.0);
-                    let sb = exp_into(b, inv_t, mb, &mut e);
-                    let lb = sb.ln();
-                    // lt − ls = (b − a)·inv_t − (mb + lb − ma − la)
-                    let kl = kl_row(a, b, &e, inv_t, mb + lb - ma - la, 1.0 / sb);
-                    let student_1 = if same {
-                        (ma, la)
-                    } else {
-                        let m1 = row_max(a);
-                        (m1, exp_sum(a, 1.0, m1).ln())
-                    };
-                    let ce = student_1.0 + student_1.1 - a[y[i] as usize];
-                    let st = RowStats {
-                        student_t: (ma, la),
-                        teacher_t: (mb, lb),
-                        student_1,
-                    };
+                    let (kl, ce, st, _) = row_loss(a, b, &mut e.borrow_mut(), y[i], inv_t, same);
                     (kl as f64, ce as f64, st)
                 })
             })
