@@ -132,7 +132,9 @@ impl Module for Linear {
 }
 
 /// `x wᵀ` over the last dimension of `x`, for any number of leading dimensions.
-fn times_transposed(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+/// `x · wᵀ` over the last dimension of `x` (`[.., k]` times `[n, k]`), as a dense `Linear`
+/// computes it.
+pub fn times_transposed(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let dims = x.dims();
     let k = dims[dims.len() - 1];
     let rows = x.elem_count() / k.max(1);

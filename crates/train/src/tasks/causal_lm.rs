@@ -18,6 +18,25 @@ use crate::objective::{Objective, Targets};
 use crate::task::{BatchAt, Evaluation, Losses, Task};
 use crate::training::Training;
 
+/// The frozen teacher's outputs on the validation blocks, computed once. Its features before a
+/// dense head when it has one (`[b, s, hidden]`, a few MB), from which each evaluation multiplies
+/// the logits out batch by batch; otherwise its logits (`[b, s, vocab]` per batch).
+enum TeacherCache {
+    Features { batches: Vec<Tensor>, head: Tensor },
+    Logits(Vec<Tensor>),
+}
+
+impl TeacherCache {
+    fn logits(&self, batch: usize) -> candle_core::Result<Tensor> {
+        match self {
+            TeacherCache::Features { batches, head } => {
+                distill_models::weights::times_transposed(&batches[batch], head)
+            }
+            TeacherCache::Logits(batches) => Ok(batches[batch].clone()),
+        }
+    }
+}
+
 /// A causal-LM distillation task.
 pub struct CausalLm<'a> {
     student: &'a dyn Model,
@@ -29,7 +48,7 @@ pub struct CausalLm<'a> {
     training: &'a Training,
     device: Device,
     orders: HashMap<u64, Vec<usize>>,
-    teacher_cache: Option<Vec<Tensor>>,
+    teacher_cache: Option<TeacherCache>,
     teacher_val_ppl: Option<f64>,
 }
 
@@ -251,7 +270,7 @@ impl Task for CausalLm<'_> {
         let mut teacher_nll = NllSum::default();
         let (mut kl_sum, mut agree, mut count) = (0f64, 0usize, 0usize);
         let fill_cache = self.teacher_cache.is_none() && self.teacher.is_some();
-        let mut cache = self.teacher_cache.take().unwrap_or_default();
+        let mut cache = self.teacher_cache.take();
         for (bi, chunk) in self.valid.blocks[..n].chunks(bs).enumerate() {
             let ids: Vec<u32> = chunk.iter().flatten().copied().collect();
             let ids = Tensor::from_vec(ids, (chunk.len(), s), &self.device)
@@ -266,15 +285,46 @@ impl Task for CausalLm<'_> {
             nll.add(next_token_nll(&logits, &ids, &lengths).ctx(|| "validation NLL".into())?);
             if let Some(teacher) = self.teacher {
                 if fill_cache {
-                    let t = teacher
-                        .run(&Input::new(&ids))
-                        .map_err(|e| TrainError::Invalid(format!("teacher forward (eval): {e}")))?
-                        .logits;
+                    let input = Input::new(&ids);
+                    let teacher_err = |e: distill_models::ModelError| {
+                        TrainError::Invalid(format!("teacher forward (eval): {e}"))
+                    };
+                    let t = match teacher.run_features(&input) {
+                        Some(f) => {
+                            let f = f.map_err(teacher_err)?;
+                            let features = f.features.detach();
+                            let t = distill_models::weights::times_transposed(&features, &f.head)
+                                .ctx(|| "teacher head (eval)".into())?;
+                            match cache.get_or_insert_with(|| TeacherCache::Features {
+                                batches: vec![],
+                                head: f.head.detach(),
+                            }) {
+                                TeacherCache::Features { batches, .. } => batches.push(features),
+                                TeacherCache::Logits(batches) => batches.push(t.detach()),
+                            }
+                            t
+                        }
+                        None => {
+                            let t = teacher.run(&input).map_err(teacher_err)?.logits;
+                            match cache.get_or_insert_with(|| TeacherCache::Logits(vec![])) {
+                                TeacherCache::Logits(batches) => batches.push(t.detach()),
+                                TeacherCache::Features { .. } => {
+                                    return Err(TrainError::Invalid(
+                                        "the teacher exposed its head for one validation batch and not another".into(),
+                                    ))
+                                }
+                            }
+                            t
+                        }
+                    };
                     teacher_nll
                         .add(next_token_nll(&t, &ids, &lengths).ctx(|| "teacher NLL".into())?);
-                    cache.push(t.detach());
                 }
-                let t = &cache[bi];
+                let t = &cache
+                    .as_ref()
+                    .expect("filled on the first evaluation")
+                    .logits(bi)
+                    .ctx(|| "teacher logits (eval)".into())?;
                 let v = logits.dim(2).ctx(|| "logits".into())?;
                 let sl = logits.reshape((chunk.len() * s, v)).ctx(|| "eval".into())?;
                 let tl = t.reshape((chunk.len() * s, v)).ctx(|| "eval".into())?;
@@ -303,7 +353,7 @@ impl Task for CausalLm<'_> {
             self.teacher_val_ppl = Some(teacher_nll.perplexity());
         }
         if self.teacher.is_some() {
-            self.teacher_cache = Some(cache);
+            self.teacher_cache = cache;
         }
         let ppl = nll.perplexity();
         let mut metrics = vec![("val_ppl", ppl), ("tokens", nll.tokens as f64)];
