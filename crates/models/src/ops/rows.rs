@@ -1,4 +1,4 @@
-//! Row primitives of the fused ops: a branch-free `exp` that vectorises, and the max, sum and
+//! Row primitives of the fused ops: a branch-free `exp` that vectorises, and the max and
 //! exp-sum of a row over 16 fixed lanes. The lane layout is part of the definition, so results
 //! are the same bits on every CPU and at every vector width.
 
@@ -70,25 +70,6 @@ multiversion! {
 }
 
 multiversion! {
-    /// Σ x.
-    pub fn row_sum(x: &[f32]) -> f32 {
-        let mut acc = [0f32; L];
-        let chunks = x.chunks_exact(L);
-        let rest = chunks.remainder();
-        for c in chunks {
-            for k in 0..L {
-                acc[k] += c[k];
-            }
-        }
-        let mut s = combine(&acc);
-        for &v in rest {
-            s += v;
-        }
-        s
-    }
-}
-
-multiversion! {
     /// `out[j] = e^(x[j]·scale − shift)`; returns Σ out.
     pub fn exp_into(x: &[f32], scale: f32, shift: f32, out: &mut [f32]) -> f32 {
         let n = x.len().min(out.len());
@@ -131,12 +112,6 @@ multiversion! {
     }
 }
 
-/// `(max, ln Σ e^(x·scale − max))` of a row: its log-sum-exp is `max + ln`, for `scale > 0`.
-pub fn log_sum_exp(x: &[f32], scale: f32) -> (f32, f32) {
-    let m = row_max(x) * scale;
-    (m, exp_sum(x, scale, m).ln())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,11 +141,6 @@ mod tests {
                 .collect();
             let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
             assert_eq!(row_max(&x), m, "n = {n}");
-            let s: f64 = x.iter().map(|&v| v as f64).sum();
-            assert!(
-                (row_sum(&x) as f64 - s).abs() < 1e-4 * (1.0 + s.abs()),
-                "n = {n}"
-            );
             let mut out = vec![0f32; n];
             let se = exp_into(&x, 0.5, 1.0, &mut out);
             let want: f64 = x.iter().map(|&v| ((v * 0.5 - 1.0) as f64).exp()).sum();

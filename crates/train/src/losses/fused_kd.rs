@@ -16,14 +16,15 @@ use distill_models::ops::cpu_slice;
 use distill_models::ops::rows::{exp_into, exp_sum, row_max};
 use rayon::prelude::*;
 
-/// Per-row statistics the forward pass keeps for the backward pass: the log-normalisers of
-/// the student at T, the teacher at T and the student at 1 (shift and log-sum, as
-/// [`distill_models::ops::rows::log_sum_exp`] gives them).
-#[derive(Clone, Copy, Default)]
+/// Per-row statistics the forward pass keeps for the backward pass: the log-normalisers of the
+/// student at T and at 1 (`log p_s^T = a·inv_t − s_t`, `log p_s = a − s_1`), and the teacher's
+/// shift and exp-sum at T (`p_t^T = e^(b·inv_t − t_shift) / t_sum`).
+#[derive(Clone, Copy)]
 struct RowStats {
-    student_t: (f32, f32),
-    teacher_t: (f32, f32),
-    student_1: (f32, f32),
+    s_t: f32,
+    s_1: f32,
+    t_shift: f32,
+    t_sum: f32,
 }
 
 struct FusedKlCe {
@@ -59,29 +60,6 @@ distill_models::multiversion! {
 }
 
 distill_models::multiversion! {
-    /// `o = c0·(p_s^T − p_t^T) + c1·p_s` for one row, the two (or three) softmaxes recomputed
-    /// from the row statistics.
-    #[allow(clippy::too_many_arguments)]
-    fn grad_row(a: &[f32], b: &[f32], o: &mut [f32], inv_t: f32, s_t: f32, t_t: f32, s_1: f32, same: bool, c0: f32, c1: f32) {
-        use distill_models::ops::rows::exp;
-        if same {
-            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                let ps = exp(a * inv_t - s_t);
-                let pt = exp(b * inv_t - t_t);
-                *o = (c0 + c1) * ps - c0 * pt;
-            }
-        } else {
-            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                let ps_t = exp(a * inv_t - s_t);
-                let pt = exp(b * inv_t - t_t);
-                let ps = exp(a - s_1);
-                *o = c0 * (ps_t - pt) + c1 * ps;
-            }
-        }
-    }
-}
-
-distill_models::multiversion! {
     /// In place: `a ← c0·(p_s^T − p_t^T) + c1·p_s`, with `p_t^T = e·inv_sb` already at hand.
     #[allow(clippy::too_many_arguments)]
     fn grad_row_in_place(a: &mut [f32], e: &[f32], inv_sb: f32, inv_t: f32, s_t: f32, s_1: f32, same: bool, c0: f32, c1: f32) {
@@ -102,8 +80,8 @@ distill_models::multiversion! {
 }
 
 /// One row's KL (at T) and CE from student logits `a`, teacher logits `b` and the label, with
-/// the row's normalisers; `e` is left holding `e^(b·inv_t − mb)` (the teacher's unnormalised
-/// probabilities at T); the last value is their sum `S_b`.
+/// the row's normalisers; `e` is left holding `e^(b·inv_t − t_shift)` (the teacher's
+/// unnormalised probabilities at T).
 fn row_loss(
     a: &[f32],
     b: &[f32],
@@ -111,7 +89,7 @@ fn row_loss(
     label: u32,
     inv_t: f32,
     same: bool,
-) -> (f32, f32, RowStats, f32) {
+) -> (f32, f32, RowStats) {
     let ma = row_max(a) * inv_t;
     let la = exp_sum(a, inv_t, ma).ln();
     let mb = row_max(b) * inv_t;
@@ -120,23 +98,37 @@ fn row_loss(
     let lb = sb.ln();
     // lt − ls = (b − a)·inv_t − (mb + lb − ma − la)
     let kl = kl_row(a, b, e, inv_t, mb + lb - ma - la, 1.0 / sb);
-    let student_1 = if same {
-        (ma, la)
+    let s_1 = if same {
+        ma + la
     } else {
         let m1 = row_max(a);
-        (m1, exp_sum(a, 1.0, m1).ln())
+        m1 + exp_sum(a, 1.0, m1).ln()
     };
-    let ce = student_1.0 + student_1.1 - a[label as usize];
-    (
-        kl,
-        ce,
-        RowStats {
-            student_t: (ma, la),
-            teacher_t: (mb, lb),
-            student_1,
-        },
-        sb,
-    )
+    let ce = s_1 - a[label as usize];
+    let stats = RowStats {
+        s_t: ma + la,
+        s_1,
+        t_shift: mb,
+        t_sum: sb,
+    };
+    (kl, ce, stats)
+}
+
+/// Writes the gradient of row `a` in place from its statistics and the teacher's `e`, then
+/// subtracts the label's one-hot: `c0·(p_s^T − p_t^T) + c1·(p_s − onehot(label))`.
+#[allow(clippy::too_many_arguments)]
+fn row_gradient(
+    a: &mut [f32],
+    e: &[f32],
+    st: &RowStats,
+    label: u32,
+    inv_t: f32,
+    same: bool,
+    c0: f32,
+    c1: f32,
+) {
+    grad_row_in_place(a, e, 1.0 / st.t_sum, inv_t, st.s_t, st.s_1, same, c0, c1);
+    a[label as usize] -= c1;
 }
 
 /// Rows of student logits `zs` and teacher logits `zt` (`[rows, v]`) with their labels: returns
@@ -160,13 +152,8 @@ pub(crate) fn kl_ce_rows(
         .map(|((a, b), &label)| {
             SCRATCH.with(|e| {
                 let mut e = e.borrow_mut();
-                let (kl, ce, st, sb) = row_loss(a, b, &mut e, label, inv_t, same);
-                let (s_t, s_1) = (
-                    st.student_t.0 + st.student_t.1,
-                    st.student_1.0 + st.student_1.1,
-                );
-                grad_row_in_place(a, &e, 1.0 / sb, inv_t, s_t, s_1, same, c0, c1);
-                a[label as usize] -= c1;
+                let (kl, ce, st) = row_loss(a, b, &mut e, label, inv_t, same);
+                row_gradient(a, &e, &st, label, inv_t, same, c0, c1);
                 (kl as f64, ce as f64)
             })
         })
@@ -201,7 +188,7 @@ impl CustomOp3 for FusedKlCe {
             .map(|i| {
                 let (a, b) = (&zs[i * v..(i + 1) * v], &zt[i * v..(i + 1) * v]);
                 SCRATCH.with(|e| {
-                    let (kl, ce, st, _) = row_loss(a, b, &mut e.borrow_mut(), y[i], inv_t, same);
+                    let (kl, ce, st) = row_loss(a, b, &mut e.borrow_mut(), y[i], inv_t, same);
                     (kl as f64, ce as f64, st)
                 })
             })
@@ -229,7 +216,7 @@ impl CustomOp3 for FusedKlCe {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, v) = zs.dims2()?;
         let g: Vec<f32> = grad.to_dtype(DType::F32)?.to_vec1()?;
-        let stats = self.stats.lock().expect("row statistics").clone();
+        let stats = std::mem::take(&mut *self.stats.lock().expect("row statistics"));
         if stats.len() != n {
             candle_core::bail!("fused KL+CE: backward without its forward pass");
         }
@@ -248,22 +235,17 @@ impl CustomOp3 for FusedKlCe {
             };
             let a = cpu_slice::<f32>(sa, la, "fused KL+CE: student logits")?;
             let b = cpu_slice::<f32>(sb, lb, "fused KL+CE: teacher logits")?;
+            // The teacher's exponentials are recomputed exactly as the forward pass made them.
             out.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
                 let (ra, rb) = (&a[i * v..(i + 1) * v], &b[i * v..(i + 1) * v]);
                 let st = &stats[i];
-                grad_row(
-                    ra,
-                    rb,
-                    o,
-                    inv_t,
-                    st.student_t.0 + st.student_t.1,
-                    st.teacher_t.0 + st.teacher_t.1,
-                    st.student_1.0 + st.student_1.1,
-                    same,
-                    c0,
-                    c1,
-                );
-                o[y[i] as usize] -= c1;
+                o.copy_from_slice(ra);
+                SCRATCH.with(|e| {
+                    let mut e = e.borrow_mut();
+                    e.resize(v, 0.0);
+                    exp_into(rb, inv_t, st.t_shift, &mut e);
+                    row_gradient(o, &e, st, y[i], inv_t, same, c0, c1);
+                });
             });
         }
         Ok((
