@@ -558,13 +558,14 @@ impl crate::model::Model for Llama {
         input.refuse_dropout("a Llama-family decoder")?;
         self.forward(input.ids, input.mask, input.hidden)
     }
-    fn run_features(&self, input: &crate::model::Input) -> Option<Result<crate::model::Features>> {
-        let Matrix::Dense(head) = self.lm_head.weight() else {
-            return None;
-        };
-        if self.lm_head.bias().is_some() {
-            return None;
+    fn dense_head(&self) -> Option<&Tensor> {
+        match self.lm_head.weight() {
+            Matrix::Dense(head) if self.lm_head.bias().is_none() => Some(head),
+            _ => None,
         }
+    }
+    fn run_features(&self, input: &crate::model::Input) -> Option<Result<crate::model::Features>> {
+        let head = self.dense_head()?;
         Some(
             input
                 .refuse_dropout("a Llama-family decoder")

@@ -89,8 +89,14 @@ pub struct Features {
 pub trait Model {
     /// One forward pass.
     fn run(&self, input: &Input) -> Result<ModelOutput>;
-    /// [`Model::run`] stopped before a dense output head, for models that have one; `None`
-    /// where the model has no such head (encoders, quantised or factorised heads).
+    /// The dense output head `[vocab, hidden]` (without bias) of a language model that has
+    /// one; `None` for encoders and quantised or factorised heads. Cheap: callers ask it to
+    /// choose a path before running anything.
+    fn dense_head(&self) -> Option<&Tensor> {
+        None
+    }
+    /// [`Model::run`] stopped before the head, for models with a [`Model::dense_head`]; `None`
+    /// for the others.
     fn run_features(&self, _input: &Input) -> Option<Result<Features>> {
         None
     }

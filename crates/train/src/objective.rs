@@ -206,7 +206,11 @@ impl Objective {
     /// Whether [`Objective::value_from_heads`] applies: forward KL at T with the teacher's
     /// logits, fused on the CPU.
     pub fn fuses_heads(&self) -> bool {
-        self.fused_temperature.is_some() && self.alpha > 0.0
+        self.fused_head_temperature().is_some()
+    }
+
+    fn fused_head_temperature(&self) -> Option<f64> {
+        self.fused_temperature.filter(|_| self.alpha > 0.0)
     }
 
     /// The objective from the student's and the teacher's features and heads
@@ -219,7 +223,7 @@ impl Objective {
         labels: &Tensor,
         hidden: Option<(&[Tensor], &[Tensor], Option<&Tensor>)>,
     ) -> Result<ObjectiveValue, TrainError> {
-        let Some(temperature) = self.fused_temperature.filter(|_| self.alpha > 0.0) else {
+        let Some(temperature) = self.fused_head_temperature() else {
             return Err(TrainError::Invalid(
                 "the fused head loss needs forward KL on the CPU with alpha > 0".into(),
             ));

@@ -14,6 +14,8 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
+use distill_models::ops::cpu_slice;
+
 use super::fused_kd::kl_ce_rows;
 
 /// Rows per chunk: two `[C, V]` buffers of 12.6 MB at V = 49,152.
@@ -30,7 +32,6 @@ pub struct HeadLoss {
 }
 
 /// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]`, each given by its row and column strides.
-#[allow(clippy::too_many_arguments)]
 fn matmul(
     dst: &mut [f32],
     (m, n, k): (usize, usize, usize),
@@ -151,18 +152,15 @@ pub fn fused_head_kl_ce(
     let guards: Vec<_> = all.iter().map(|t| t.storage_and_layout()).collect();
     let mut slices: Vec<&[f32]> = Vec::with_capacity(4);
     for ((s, l), what) in guards.iter().zip([
-        "student features",
-        "student head",
-        "teacher features",
-        "teacher head",
+        "fused head loss: student features",
+        "fused head loss: student head",
+        "fused head loss: teacher features",
+        "fused head loss: teacher head",
     ]) {
-        let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &**s else {
-            candle_core::bail!("fused head loss: {what} must be f32 on the CPU");
+        let candle_core::Storage::Cpu(cpu) = &**s else {
+            candle_core::bail!("{what} must be on the CPU");
         };
-        let (a, b) = l.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg(format!("fused head loss: {what} not contiguous"))
-        })?;
-        slices.push(&data[a..b]);
+        slices.push(cpu_slice::<f32>(cpu, l, what)?);
     }
     let (h, w, th, tw) = (slices[0], slices[1], slices[2], slices[3]);
     let y: Vec<u32> = labels.to_dtype(candle_core::DType::U32)?.to_vec1()?;

@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Tensor};
+use distill_models::ops::cpu_slice;
 use rayon::prelude::*;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
@@ -68,11 +69,7 @@ pub(crate) fn with_host_slice<R>(
     let candle_core::Storage::Cpu(cpu) = &*storage else {
         candle_core::bail!("host optimiser path on a non-CPU tensor")
     };
-    let all = cpu.as_slice::<f32>()?;
-    let (a, b) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("non-contiguous after contiguous()".into()))?;
-    Ok(f(&all[a..b]))
+    Ok(f(cpu_slice::<f32>(cpu, layout, "optimiser: gradient")?))
 }
 
 /// The in-place op that runs [`adamw_update`] on a variable's own storage, with the gradient as
@@ -80,13 +77,6 @@ pub(crate) fn with_host_slice<R>(
 pub(crate) struct FusedAdamW<'a> {
     pub moments: RefCell<(&'a mut [f32], &'a mut [f32])>,
     pub hyper: Hyper,
-}
-
-fn contiguous<'s>(s: &'s [f32], l: &Layout, what: &str) -> candle_core::Result<&'s [f32]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("fused AdamW: {what} is not contiguous")))?;
-    Ok(&s[a..b])
 }
 
 impl InplaceOp2 for FusedAdamW<'_> {
@@ -101,10 +91,10 @@ impl InplaceOp2 for FusedAdamW<'_> {
         g: &CpuStorage,
         gl: &Layout,
     ) -> candle_core::Result<()> {
-        let (CpuStorage::F32(w), CpuStorage::F32(g)) = (w, g) else {
-            candle_core::bail!("fused AdamW: expected f32 weight and gradient")
+        let g = cpu_slice::<f32>(g, gl, "fused AdamW: the gradient")?;
+        let CpuStorage::F32(w) = w else {
+            candle_core::bail!("fused AdamW: expected an f32 weight")
         };
-        let g = contiguous(g, gl, "the gradient")?;
         let (a, b) = wl
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::Msg("fused AdamW: weight not contiguous".into()))?;

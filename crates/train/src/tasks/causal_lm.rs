@@ -118,6 +118,18 @@ impl<'a> CausalLm<'a> {
     }
 }
 
+/// [`Model::run_features`] of a model that has a dense head, errors named after `what`.
+fn features(
+    model: &dyn Model,
+    input: &Input,
+    what: &str,
+) -> Result<distill_models::Features, TrainError> {
+    model
+        .run_features(input)
+        .ok_or_else(|| TrainError::Invalid(format!("{what}: no features despite a dense head")))?
+        .map_err(|e| TrainError::Invalid(format!("{what}: {e}")))
+}
+
 impl CausalLm<'_> {
     /// The loss through [`Objective::value_from_heads`] when the objective fuses the heads and
     /// both models expose dense ones: logits are multiplied out chunk by chunk inside the loss,
@@ -129,18 +141,16 @@ impl CausalLm<'_> {
         s: usize,
         want_hidden: bool,
     ) -> Result<Option<Losses>, TrainError> {
-        let Some(teacher) = self.teacher.filter(|_| self.objective.fuses_heads()) else {
+        let Some(teacher) = self.teacher.filter(|t| {
+            self.objective.fuses_heads()
+                && t.dense_head().is_some()
+                && self.student.dense_head().is_some()
+        }) else {
             return Ok(None);
         };
         let input = Input::new(ids).with_hidden(want_hidden);
-        let Some(tf) = teacher.run_features(&input) else {
-            return Ok(None);
-        };
-        let Some(sf) = self.student.run_features(&input) else {
-            return Ok(None);
-        };
-        let tf = tf.map_err(|e| TrainError::Invalid(format!("teacher forward: {e}")))?;
-        let sf = sf.map_err(|e| TrainError::Invalid(format!("student forward: {e}")))?;
+        let tf = features(teacher, &input, "teacher forward")?;
+        let sf = features(self.student, &input, "student forward")?;
         let (sv, tv) = (
             sf.head.dim(0).ctx(|| "student head".into())?,
             tf.head.dim(0).ctx(|| "teacher head".into())?,
@@ -289,31 +299,25 @@ impl Task for CausalLm<'_> {
                     let teacher_err = |e: distill_models::ModelError| {
                         TrainError::Invalid(format!("teacher forward (eval): {e}"))
                     };
-                    let t = match teacher.run_features(&input) {
-                        Some(f) => {
-                            let f = f.map_err(teacher_err)?;
+                    let cache = cache.get_or_insert_with(|| match teacher.dense_head() {
+                        Some(head) => TeacherCache::Features {
+                            batches: vec![],
+                            head: head.detach(),
+                        },
+                        None => TeacherCache::Logits(vec![]),
+                    });
+                    let t = match cache {
+                        TeacherCache::Features { batches, head } => {
+                            let f = features(teacher, &input, "teacher forward (eval)")?;
                             let features = f.features.detach();
-                            let t = distill_models::weights::times_transposed(&features, &f.head)
+                            let t = distill_models::weights::times_transposed(&features, head)
                                 .ctx(|| "teacher head (eval)".into())?;
-                            match cache.get_or_insert_with(|| TeacherCache::Features {
-                                batches: vec![],
-                                head: f.head.detach(),
-                            }) {
-                                TeacherCache::Features { batches, .. } => batches.push(features),
-                                TeacherCache::Logits(batches) => batches.push(t.detach()),
-                            }
+                            batches.push(features);
                             t
                         }
-                        None => {
-                            let t = teacher.run(&input).map_err(teacher_err)?.logits;
-                            match cache.get_or_insert_with(|| TeacherCache::Logits(vec![])) {
-                                TeacherCache::Logits(batches) => batches.push(t.detach()),
-                                TeacherCache::Features { .. } => {
-                                    return Err(TrainError::Invalid(
-                                        "the teacher exposed its head for one validation batch and not another".into(),
-                                    ))
-                                }
-                            }
+                        TeacherCache::Logits(batches) => {
+                            let t = teacher.run(&input).map_err(teacher_err)?.logits.detach();
+                            batches.push(t.clone());
                             t
                         }
                     };
