@@ -16,7 +16,10 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use distill_models::ops::cpu_slice;
 
+use distill_cache::TopK;
+
 use super::fused_kd::kl_ce_rows;
+use super::top_k::top_k_kl_ce_rows;
 
 /// Rows per chunk: two `[C, V]` buffers of 12.6 MB at V = 49,152.
 const CHUNK: usize = 64;
@@ -117,6 +120,81 @@ impl CustomOp2 for Carry {
     }
 }
 
+/// The students's head applied chunk by chunk to features `hs` `[N, d]` with head `ws`
+/// `[V, d]`: `rows(start, zs, c0, c1)` turns each chunk's logits (rows `start..`) into their
+/// gradient in place and returns the chunk's `(Σ KL at T, Σ CE)`; the result is
+/// `α·T²·KL + (1 − α)·CE` (means over the `N` positions) with gradients for `hs` and `ws`.
+fn head_pass(
+    hs: &Tensor,
+    ws: &Tensor,
+    temperature: f64,
+    alpha: f64,
+    mut rows: impl FnMut(usize, &mut [f32], f32, f32) -> (f64, f64),
+) -> Result<HeadLoss> {
+    let (n, d) = hs.dims2()?;
+    let (v, _) = ws.dims2()?;
+    let (hs_c, ws_c) = (hs.contiguous()?, ws.contiguous()?);
+    let (gh, gw) = (hs_c.storage_and_layout(), ws_c.storage_and_layout());
+    let (candle_core::Storage::Cpu(sh), candle_core::Storage::Cpu(sw)) = (&*gh.0, &*gw.0) else {
+        candle_core::bail!("fused head loss: the student's features and head must be on the CPU");
+    };
+    let h = cpu_slice::<f32>(sh, gh.1, "fused head loss: student features")?;
+    let w = cpu_slice::<f32>(sw, gw.1, "fused head loss: student head")?;
+    let t = temperature as f32;
+    let (c0, c1) = (alpha as f32 * t / n as f32, (1.0 - alpha as f32) / n as f32);
+    let mut zs = vec![0f32; CHUNK.min(n) * v];
+    let mut dh = vec![0f32; n * d];
+    let mut dw = vec![0f32; v * d];
+    let (mut kl, mut ce) = (0f64, 0f64);
+    for start in (0..n).step_by(CHUNK) {
+        let c = CHUNK.min(n - start);
+        let zs = &mut zs[..c * v];
+        let hc = &h[start * d..(start + c) * d];
+        matmul(zs, (c, v, d), (hc, d, 1), (w, 1, d), false);
+        let (k, e) = rows(start, zs, c0, c1);
+        kl += k;
+        ce += e;
+        // zs now holds ∂loss/∂z for the chunk's rows.
+        matmul(
+            &mut dh[start * d..(start + c) * d],
+            (c, d, v),
+            (zs, v, 1),
+            (w, d, 1),
+            false,
+        );
+        // The first chunk writes ∂W without reading it: reading the fresh zeroed buffer would
+        // map the shared zero page and make every first write a copy-on-write fault with a TLB
+        // shootdown across threads.
+        matmul(&mut dw, (v, d, c), (zs, 1, v), (hc, d, 1), start > 0);
+    }
+    drop((gh, gw));
+    let soft = (t as f64 * t as f64 * kl / n as f64) as f32;
+    let hard = (ce / n as f64) as f32;
+    let value = alpha as f32 * soft + (1.0 - alpha as f32) * hard;
+    let dev = hs.device();
+    let grads = (
+        Tensor::from_vec(dh, (n, d), dev)?.to_dtype(hs.dtype())?,
+        Tensor::from_vec(dw, (v, d), dev)?.to_dtype(ws.dtype())?,
+    );
+    let total = hs.apply_op2(
+        ws,
+        Carry {
+            value,
+            grads: Mutex::new(Some(grads)),
+        },
+    )?;
+    Ok(HeadLoss { total, soft, hard })
+}
+
+/// The labels as `u32`, each checked against the vocabulary.
+fn labels_of(labels: &Tensor, v: usize) -> Result<Vec<u32>> {
+    let y: Vec<u32> = labels.to_dtype(candle_core::DType::U32)?.to_vec1()?;
+    if let Some(bad) = y.iter().find(|&&t| t as usize >= v) {
+        candle_core::bail!("fused head loss: label {bad} outside a vocabulary of {v}");
+    }
+    Ok(y)
+}
+
 /// `α·T²·KL(teacher ‖ student) + (1 − α)·CE` over `N` positions from the student's features
 /// `hs` `[N, d]` and head `ws` `[V, d]`, the teacher's `ht` `[N, dt]` and `wt` `[V, dt]`, and
 /// next-token `labels` `[N]`; gradients flow to `hs` and `ws`.
@@ -143,42 +221,19 @@ pub fn fused_head_kl_ce(
             labels.dims()
         );
     }
-    let all = [
-        hs.contiguous()?,
-        ws.contiguous()?,
-        ht.contiguous()?,
-        wt.contiguous()?,
-    ];
-    let guards: Vec<_> = all.iter().map(|t| t.storage_and_layout()).collect();
-    let mut slices: Vec<&[f32]> = Vec::with_capacity(4);
-    for ((s, l), what) in guards.iter().zip([
-        "fused head loss: student features",
-        "fused head loss: student head",
-        "fused head loss: teacher features",
-        "fused head loss: teacher head",
-    ]) {
-        let candle_core::Storage::Cpu(cpu) = &**s else {
-            candle_core::bail!("{what} must be on the CPU");
-        };
-        slices.push(cpu_slice::<f32>(cpu, l, what)?);
-    }
-    let (h, w, th, tw) = (slices[0], slices[1], slices[2], slices[3]);
-    let y: Vec<u32> = labels.to_dtype(candle_core::DType::U32)?.to_vec1()?;
-    if let Some(bad) = y.iter().find(|&&t| t as usize >= v) {
-        candle_core::bail!("fused head loss: label {bad} outside a vocabulary of {v}");
-    }
+    let y = labels_of(labels, v)?;
+    let (ht, wt) = (ht.contiguous()?, wt.contiguous()?);
+    let (gh, gw) = (ht.storage_and_layout(), wt.storage_and_layout());
+    let (candle_core::Storage::Cpu(sh), candle_core::Storage::Cpu(sw)) = (&*gh.0, &*gw.0) else {
+        candle_core::bail!("fused head loss: the teacher's features and head must be on the CPU");
+    };
+    let th = cpu_slice::<f32>(sh, gh.1, "fused head loss: teacher features")?;
+    let tw = cpu_slice::<f32>(sw, gw.1, "fused head loss: teacher head")?;
     let t = temperature as f32;
-    let (c0, c1) = (alpha as f32 * t / n as f32, (1.0 - alpha as f32) / n as f32);
-    let mut zs = vec![0f32; CHUNK.min(n) * v];
     let mut zt = vec![0f32; CHUNK.min(n) * v];
-    let mut dh = vec![0f32; n * d];
-    let mut dw = vec![0f32; v * d];
-    let (mut kl, mut ce) = (0f64, 0f64);
-    for start in (0..n).step_by(CHUNK) {
-        let c = CHUNK.min(n - start);
-        let (zs, zt) = (&mut zs[..c * v], &mut zt[..c * v]);
-        let hc = &h[start * d..(start + c) * d];
-        matmul(zs, (c, v, d), (hc, d, 1), (w, 1, d), false);
+    head_pass(hs, ws, temperature, alpha, |start, zs, c0, c1| {
+        let c = zs.len() / v;
+        let zt = &mut zt[..c * v];
         matmul(
             zt,
             (c, v, dt),
@@ -186,40 +241,41 @@ pub fn fused_head_kl_ce(
             (tw, 1, dt),
             false,
         );
-        let (k, e) = kl_ce_rows(zs, zt, &y[start..start + c], v, t, c0, c1);
-        kl += k;
-        ce += e;
-        // zs now holds ∂loss/∂z for the chunk's rows.
-        matmul(
-            &mut dh[start * d..(start + c) * d],
-            (c, d, v),
-            (zs, v, 1),
-            (w, d, 1),
-            false,
+        kl_ce_rows(zs, zt, &y[start..start + c], v, t, c0, c1)
+    })
+}
+
+/// `α·T²·KL + (1 − α)·CE` as [`fused_head_kl_ce`], the teacher given by cached top-k targets
+/// (one row per position, see [`super::top_k`]) instead of its features and head.
+pub fn fused_head_top_k_kl_ce(
+    hs: &Tensor,
+    ws: &Tensor,
+    targets: &TopK,
+    labels: &Tensor,
+    temperature: f64,
+    alpha: f64,
+) -> Result<HeadLoss> {
+    let (n, d) = hs.dims2()?;
+    let (v, d2) = ws.dims2()?;
+    if d != d2 || targets.rows() != n || labels.elem_count() != n || targets.k > v {
+        candle_core::bail!(
+            "fused head loss: shapes differ: student {:?}·{:?}ᵀ, {} cached rows of top-{}, labels {:?}",
+            hs.dims(),
+            ws.dims(),
+            targets.rows(),
+            targets.k,
+            labels.dims()
         );
-        // The first chunk writes ∂W without reading it: reading the fresh zeroed buffer would
-        // map the shared zero page and make every first write a copy-on-write fault with a TLB
-        // shootdown across threads.
-        matmul(&mut dw, (v, d, c), (zs, 1, v), (hc, d, 1), start > 0);
     }
-    drop(slices);
-    drop(guards);
-    let soft = (t as f64 * t as f64 * kl / n as f64) as f32;
-    let hard = (ce / n as f64) as f32;
-    let value = alpha as f32 * soft + (1.0 - alpha as f32) * hard;
-    let dev = hs.device();
-    let grads = (
-        Tensor::from_vec(dh, (n, d), dev)?.to_dtype(hs.dtype())?,
-        Tensor::from_vec(dw, (v, d), dev)?.to_dtype(ws.dtype())?,
-    );
-    let total = hs.apply_op2(
-        ws,
-        Carry {
-            value,
-            grads: Mutex::new(Some(grads)),
-        },
-    )?;
-    Ok(HeadLoss { total, soft, hard })
+    let y = labels_of(labels, v)?;
+    if let Some(bad) = targets.ids.iter().find(|&&i| i as usize >= v) {
+        candle_core::bail!("fused head loss: cached token id {bad} outside a vocabulary of {v}");
+    }
+    let t = temperature as f32;
+    head_pass(hs, ws, temperature, alpha, |start, zs, c0, c1| {
+        let c = zs.len() / v;
+        top_k_kl_ce_rows(zs, targets, start, &y[start..start + c], v, t, c0, c1)
+    })
 }
 
 #[cfg(test)]

@@ -13,14 +13,16 @@ mod fused_kd;
 mod hidden;
 mod jsd;
 mod reverse_kl;
+mod top_k;
 
 pub use cross_entropy::CrossEntropy;
 pub use forward_kl::ForwardKl;
-pub use fused_head::{fused_head_kl_ce, HeadLoss};
+pub use fused_head::{fused_head_kl_ce, fused_head_top_k_kl_ce, HeadLoss};
 pub use fused_kd::fused_forward_kl_ce;
 pub use hidden::{HiddenLoss, HiddenLossKind};
 pub use jsd::Jsd;
 pub use reverse_kl::ReverseKl;
+pub use top_k::{top_k_kl, TopKTensors};
 
 use candle_core::{DType, Result, Tensor, D};
 
