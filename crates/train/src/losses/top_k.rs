@@ -43,14 +43,17 @@ impl TopKTensors {
 
 /// `T²·mean KL` over the k + 1 buckets from student logits `[N, V]`; differentiable.
 pub fn top_k_kl(student: &Tensor, t: &TopKTensors, temperature: f64) -> Result<Tensor> {
-    let ls =
-        candle_nn::ops::log_softmax(&(student.to_dtype(DType::F32)? / temperature)?, D::Minus1)?;
+    let ls = candle_nn::ops::log_softmax(&(student.to_dtype(DType::F32)? / temperature)?, D::Minus1)?;
     let lk = ls.gather(&t.ids, 1)?;
-    let q_rest = (1.0 - lk.exp()?.sum(1)?)?.clamp(MIN_REST, 1.0)?;
+    // log q_rest as a log-sum-exp over the other tokens (the top-k pushed to −10³⁰), not as
+    // log(1 − Σ q): that difference cancels to noise when the top-k hold nearly all the mass.
+    let hide = Tensor::full(-1e30f32, t.ids.dims(), student.device())?;
+    let mask = ls.zeros_like()?.scatter_add(&t.ids, &hide, 1)?;
+    let log_q_rest = (ls + mask)?.log_sum_exp(1)?;
     let p = t.logp.exp()?;
     let kl_k = (p * (&t.logp - &lk)?)?.sum(1)?;
     let log_r = t.rest.clamp(MIN_REST, 1.0)?.log()?;
-    let kl_r = (&t.rest * (log_r - q_rest.log()?)?)?;
+    let kl_r = (&t.rest * (log_r - log_q_rest.maximum(MIN_REST.ln())?)?)?;
     (kl_k + kl_r)?.mean_all()? * (temperature * temperature)
 }
 
@@ -97,13 +100,21 @@ fn row(
     };
     saved.clear();
     saved.extend(ids.iter().map(|&j| a[j as usize]));
-    let (mut q_top, mut kl) = (0f64, 0f64);
+    let mut kl = 0f64;
     for (&z, &lp) in saved.iter().zip(logp) {
         let ls = z as f64 * inv_t as f64 - s_t as f64;
-        q_top += ls.exp();
         kl += (lp as f64).exp() * (lp as f64 - ls);
     }
-    let q_rest = (1.0 - q_top).max(MIN_REST);
+    // The student's mass outside the top-k, summed directly (1 − Σ q would cancel to noise
+    // when the top-k hold nearly all of it): the top-k hidden for one more pass.
+    for &j in ids {
+        a[j as usize] = f32::NEG_INFINITY;
+    }
+    let s_rest = exp_sum(a, inv_t, ma) as f64;
+    for (&j, &z) in ids.iter().zip(saved.iter()) {
+        a[j as usize] = z;
+    }
+    let q_rest = (s_rest * (ma as f64 - s_t as f64).exp()).max(MIN_REST);
     let rest = rest as f64;
     if rest > 0.0 {
         kl += rest * (rest.max(MIN_REST).ln() - q_rest.ln());
