@@ -38,6 +38,9 @@ struct Cli {
 enum Command {
     /// Distil a student from a teacher as one YAML config describes (train, export, report).
     Run(commands::run::Args),
+    /// Run a causal-LM run's teacher once and keep its top-k targets in `teacher.cache`, so
+    /// that `distill run` trains without running the teacher. Resumes when run again.
+    CacheTeacher(commands::cache_teacher::Args),
     /// JSON Schema of the run config, for editors to validate and complete YAML files.
     Schema,
     /// Architecture, sizes, dtypes, bytes on disk and tokenizer of a model.
@@ -56,6 +59,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => commands::run::run(a),
+        Command::CacheTeacher(a) => commands::cache_teacher::run(a),
         Command::Schema => serde_json::to_string_pretty(&distill::schema())
             .map(|s| println!("{s}"))
             .map_err(Into::into),

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use candle_core::DType;
+use distill_models::{LlamaConfig, Model, WeightSource};
 use distill_student::{build_student, save_hf, HfExport, InitConfig};
-use distill_teacher::{Teacher, TeacherSource};
+use distill_teacher::{LoadedTokenizer, Teacher, TeacherFiles, TeacherSource};
 use distill_train::scoring::scoring_speed;
 use distill_train::tasks::CausalLm;
 use distill_train::Learner;
@@ -17,6 +18,52 @@ use crate::job::RunConfig;
 use crate::options::RunOptions;
 use crate::report::{ModelStats, RunReport};
 use crate::run_dir::prepare_run_dir;
+use crate::teacher_cache::{open_for_run, run_identity};
+
+/// The teacher of a run: loaded and run online, or only its files (tokenizer, config, weights
+/// for initialisation) when its outputs come from a cache.
+enum TeacherSide {
+    Online(Teacher),
+    Cached(TeacherFiles),
+}
+
+impl TeacherSide {
+    fn tokenizer(&self) -> &LoadedTokenizer {
+        match self {
+            TeacherSide::Online(t) => &t.tokenizer,
+            TeacherSide::Cached(f) => &f.tokenizer,
+        }
+    }
+
+    fn config(&self) -> Result<&LlamaConfig> {
+        Ok(match self {
+            TeacherSide::Online(t) => t.language_model().context("teacher.source")?.1,
+            TeacherSide::Cached(f) => &f.config,
+        })
+    }
+
+    /// The network, when the teacher runs online.
+    fn model(&self) -> Result<Option<&dyn Model>> {
+        Ok(match self {
+            TeacherSide::Online(t) => Some(t.language_model().context("teacher.source")?.0),
+            TeacherSide::Cached(_) => None,
+        })
+    }
+
+    fn dense_weights(&self, dtype: DType) -> Result<Box<dyn WeightSource>> {
+        Ok(match self {
+            TeacherSide::Online(t) => t.dense_weights(dtype)?,
+            TeacherSide::Cached(f) => f.dense_weights(dtype)?,
+        })
+    }
+
+    fn bytes_on_disk(&self) -> u64 {
+        match self {
+            TeacherSide::Online(t) => t.bytes_on_disk(),
+            TeacherSide::Cached(f) => f.bytes_on_disk(),
+        }
+    }
+}
 
 /// What a causal-LM run produced.
 #[derive(Debug)]
@@ -40,21 +87,40 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
     let load = cfg.teacher.load_options().context("teacher")?;
     let device = load.device.clone();
     let source = TeacherSource::parse(&cfg.teacher.source).context("teacher.source")?;
-    tracing::info!(source = %source, "loading the teacher");
-    let teacher = Teacher::load(&source, &load)?;
-    let (teacher_lm, teacher_cfg) = teacher.language_model().context("teacher.source")?;
-    let teacher_cfg = teacher_cfg.clone();
+    let side = if cfg.teacher.cache.is_some() {
+        tracing::info!(source = %source, "reading the teacher's files (its outputs come from the cache)");
+        TeacherSide::Cached(TeacherFiles::open(&source, &load)?)
+    } else {
+        tracing::info!(source = %source, "loading the teacher");
+        TeacherSide::Online(Teacher::load(&source, &load)?)
+    };
+    let teacher_cfg = side.config()?.clone();
+    let tokenizer = side.tokenizer();
 
-    let (train, valid) = build_data(cfg, &teacher.tokenizer, teacher_cfg.vocab_size)?;
+    let (train, valid) = build_data(cfg, tokenizer, teacher_cfg.vocab_size)?;
     tracing::info!(
         train_blocks = train.len(),
         validation_blocks = valid.len(),
         block = train.block_size,
         "data"
     );
+    let cache = match &side {
+        TeacherSide::Cached(files) => {
+            let identity = run_identity(cfg, &files.files, tokenizer, &load)?;
+            let cache = open_for_run(cfg, &identity, teacher_cfg.vocab_size, &train, &valid)?;
+            tracing::info!(
+                dir = %cache.dir().display(),
+                top_k = cache.manifest().layout.top_k,
+                bytes_per_position = cache.bytes_per_token(),
+                "training from the teacher cache"
+            );
+            Some(cache)
+        }
+        TeacherSide::Online(_) => None,
+    };
 
     let dense = match cfg.student.init {
-        InitConfig::FromTeacher { .. } if !opts.resume => Some(teacher.dense_weights(DType::F32)?),
+        InitConfig::FromTeacher { .. } if !opts.resume => Some(side.dense_weights(DType::F32)?),
         _ => None,
     };
     let spec = if opts.resume {
@@ -82,16 +148,29 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
         "student"
     );
 
-    let mut task = CausalLm::new(
-        &student.model,
-        &student.varmap,
-        Some(teacher_lm),
-        &cfg.distill,
-        &cfg.train,
-        &train,
-        &valid,
-        &device,
-    )?;
+    let teacher_lm = side.model()?;
+    let mut task = match &cache {
+        Some(cache) => CausalLm::from_cache(
+            &student.model,
+            &student.varmap,
+            cache,
+            &cfg.distill,
+            &cfg.train,
+            &train,
+            &valid,
+            &device,
+        )?,
+        None => CausalLm::new(
+            &student.model,
+            &student.varmap,
+            teacher_lm,
+            &cfg.distill,
+            &cfg.train,
+            &train,
+            &valid,
+            &device,
+        )?,
+    };
     let outcome = Learner::new(&cfg.train, "train")
         .checkpoints(run_dir.join("checkpoints"))
         .metrics(run_dir.join("metrics.jsonl"))
@@ -121,10 +200,10 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
         &HfExport {
             config: &student.config,
             varmap: &student.varmap,
-            tokenizer: &teacher.tokenizer.tokenizer,
-            bos_token_id: teacher.tokenizer.info.bos_token_id,
-            eos_token_id: teacher.tokenizer.info.eos_token_id,
-            chat_template: teacher.tokenizer.chat_template.as_deref(),
+            tokenizer: &tokenizer.tokenizer,
+            bos_token_id: tokenizer.info.bos_token_id,
+            eos_token_id: tokenizer.info.eos_token_id,
+            chat_template: tokenizer.chat_template.as_deref(),
         },
     )?;
 
@@ -136,9 +215,14 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
             name: source.to_string(),
             parameters: teacher_cfg.param_count(),
             embedding_parameters: teacher_cfg.vocab_size * teacher_cfg.hidden_size,
-            bytes_on_disk: teacher.bytes_on_disk(),
+            bytes_on_disk: side.bytes_on_disk(),
             val_ppl: teacher_val_ppl,
-            tokens_per_second: scoring_speed(teacher_lm, &valid, batch)?,
+            tokens_per_second: match (teacher_lm, &cache) {
+                (Some(lm), _) => scoring_speed(lm, &valid, batch)?,
+                // Measured while the cache was made.
+                (None, Some(c)) => c.manifest().teacher_tokens_per_second.unwrap_or(0.0),
+                (None, None) => 0.0,
+            },
         },
         student: ModelStats {
             name: final_dir.display().to_string(),
@@ -162,7 +246,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
     report.write(&run_dir, &outcome)?;
     let compression = match &cfg.compress {
         Some(c) => {
-            drop(teacher);
+            drop(side);
             let model = final_dir.display().to_string();
             Some(compression::in_run(
                 compression::for_causal_lm(&model, cfg, c.eval_blocks, opts)?,

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use distill_cache::CacheError;
 use distill_compress::CompressError;
 use distill_models::ModelError;
 use distill_student::StudentError;
@@ -29,6 +30,8 @@ pub enum Error {
     Data(Box<DataError>),
     #[error(transparent)]
     Config(Box<ConfigError>),
+    #[error(transparent)]
+    Cache(Box<CacheError>),
     /// A run config that does not parse or validate.
     #[error("{0}")]
     Job(String),
@@ -72,6 +75,7 @@ boxed_from!(
     Model(ModelError),
     Data(DataError),
     Config(ConfigError),
+    Cache(CacheError),
 );
 
 /// Adds what was being done to any error this crate can hold.

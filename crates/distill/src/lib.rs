@@ -43,6 +43,7 @@ pub mod models;
 mod options;
 pub mod report;
 mod run_dir;
+pub mod teacher_cache;
 
 pub use distill_train::{EvalRecord, Event, Observer, Silent, StepRecord, StopFlag};
 pub use error::{Context, Error, Result};

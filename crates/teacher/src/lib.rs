@@ -28,7 +28,7 @@ pub use hub::HubOptions;
 pub use inspect::{inspect, ModelInfo};
 pub use source::TeacherSource;
 pub use teacher::{
-    load_tokenizer, pad_batch, resolve, GgufCompute, LoadOptions, Resolved, Teacher, TeacherConfig,
-    TeacherModel,
+    load_tokenizer, pad_batch, resolve, CacheConfig, GgufCompute, LoadOptions, Resolved, Teacher,
+    TeacherConfig, TeacherFiles, TeacherModel,
 };
 pub use tokenizer::{LoadedTokenizer, TokenizerInfo};

@@ -117,6 +117,54 @@ pub struct TeacherConfig {
     /// `ggml` (llama.cpp's CPU arithmetic: its logits bit for bit; CPU, Q4_1/Q8_0 files).
     #[serde(default = "dequantized")]
     pub gguf_weights: String,
+    /// An offline teacher cache (`distill cache-teacher` makes it): training reads the
+    /// teacher's top-k targets from it instead of running the teacher.
+    #[serde(default)]
+    pub cache: Option<CacheConfig>,
+}
+
+/// `teacher.cache`: a directory, or a directory with what to keep per position.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum CacheConfig {
+    Dir(String),
+    Detailed {
+        dir: String,
+        /// Most probable tokens kept per position (default 32: ≈ 110 bytes per position for a
+        /// 49k vocabulary).
+        #[serde(default = "default_top_k")]
+        top_k: usize,
+        /// Bits per quantised log-probability: 2 to 16, or 32 for exact f32 (default 8).
+        #[serde(default = "default_logprob_bits")]
+        logprob_bits: u32,
+    },
+}
+
+fn default_top_k() -> usize {
+    32
+}
+fn default_logprob_bits() -> u32 {
+    8
+}
+
+impl CacheConfig {
+    pub fn dir(&self) -> &str {
+        match self {
+            CacheConfig::Dir(d) | CacheConfig::Detailed { dir: d, .. } => d,
+        }
+    }
+    pub fn top_k(&self) -> usize {
+        match self {
+            CacheConfig::Dir(_) => default_top_k(),
+            CacheConfig::Detailed { top_k, .. } => *top_k,
+        }
+    }
+    pub fn logprob_bits(&self) -> u32 {
+        match self {
+            CacheConfig::Dir(_) => default_logprob_bits(),
+            CacheConfig::Detailed { logprob_bits, .. } => *logprob_bits,
+        }
+    }
 }
 
 fn auto() -> String {
@@ -154,6 +202,73 @@ pub enum TeacherModel {
     /// A GGUF decoder run with llama.cpp's CPU arithmetic.
     Ggml(GgmlLlama),
     Bert(Bert),
+}
+
+/// A teacher's files, tokenizer and config without its network: what a run needs that reads
+/// the teacher's outputs from a cache (and initialises the student from its weights).
+pub struct TeacherFiles {
+    pub source: TeacherSource,
+    pub resolved: Resolved,
+    pub tokenizer: LoadedTokenizer,
+    /// The decoder's config (an encoder is an error).
+    pub config: LlamaConfig,
+    /// Files the weights are read from.
+    pub files: Vec<PathBuf>,
+    device: Device,
+}
+
+impl TeacherFiles {
+    /// Resolves `source` and reads its config and tokenizer; loads no weights.
+    pub fn open(source: &TeacherSource, opts: &LoadOptions) -> Result<Self> {
+        let resolved = resolve(source, &opts.hub)?;
+        let (config, files) = match &resolved {
+            Resolved::Folder(folder) => match &folder.config {
+                ArchConfig::Llama(c) => (c.clone(), folder.weight_files.clone()),
+                ArchConfig::Bert(_) => return Err(TeacherError::Source {
+                    source_spec: source.to_string(),
+                    msg:
+                        "a causal-LM run needs a decoder teacher (Llama family); this is an encoder"
+                            .into(),
+                }),
+            },
+            Resolved::Gguf(path) => (
+                LlamaConfig::from_gguf(&GgufFile::open(path)?)?,
+                vec![path.clone()],
+            ),
+        };
+        let tokenizer = load_tokenizer(&resolved)?;
+        Ok(Self {
+            source: source.clone(),
+            resolved,
+            tokenizer,
+            config,
+            files,
+            device: opts.device.clone(),
+        })
+    }
+
+    /// Dense reads of the teacher's tensors under Hugging Face names.
+    pub fn dense_weights(&self, dtype: DType) -> Result<Box<dyn WeightSource>> {
+        dense_weights(&self.resolved, dtype, &self.device)
+    }
+
+    /// Bytes of the teacher's weight files.
+    pub fn bytes_on_disk(&self) -> u64 {
+        distill_models::weights::bytes_on_disk(&self.files)
+    }
+}
+
+fn dense_weights(
+    resolved: &Resolved,
+    dtype: DType,
+    device: &Device,
+) -> Result<Box<dyn WeightSource>> {
+    Ok(match resolved {
+        Resolved::Folder(f) => Box::new(SafetensorsWeights::open(&f.weight_files, dtype, device)?),
+        Resolved::Gguf(path) => {
+            Box::new(gguf_weights(path, GgufMode::Dequantized, dtype, device)?.1)
+        }
+    })
 }
 
 /// A frozen teacher.
@@ -228,16 +343,7 @@ impl Teacher {
     /// Dense (dequantised) reads of the teacher's tensors under Hugging Face names, e.g. to
     /// initialise a student from its layers.
     pub fn dense_weights(&self, dtype: DType) -> Result<Box<dyn WeightSource>> {
-        Ok(match &self.resolved {
-            Resolved::Folder(f) => Box::new(SafetensorsWeights::open(
-                &f.weight_files,
-                dtype,
-                &self.device,
-            )?),
-            Resolved::Gguf(path) => {
-                Box::new(gguf_weights(path, GgufMode::Dequantized, dtype, &self.device)?.1)
-            }
-        })
+        dense_weights(&self.resolved, dtype, &self.device)
     }
 
     /// Bytes of the teacher's weight files.

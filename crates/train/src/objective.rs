@@ -12,9 +12,10 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use crate::config::DistillConfig;
 use crate::error::{Ctx, TrainError};
 use crate::losses::{
-    fused_forward_kl_ce, fused_head_kl_ce, soft_loss, CrossEntropy, HiddenLoss, Loss, LossInputs,
-    SoftLossParams,
+    fused_forward_kl_ce, fused_head_kl_ce, fused_head_top_k_kl_ce, soft_loss, top_k_kl,
+    CrossEntropy, HiddenLoss, Loss, LossInputs, SoftLossParams, TopKTensors,
 };
+use distill_cache::TopK;
 
 /// One hidden-state term: student layer, teacher layer, weight, loss.
 struct HiddenTerm {
@@ -31,6 +32,8 @@ pub struct Objective {
     fused_temperature: Option<f64>,
     hidden: Vec<HiddenTerm>,
     alpha: f64,
+    temperature: f64,
+    on_cpu: bool,
     student_width: usize,
     teacher_width: usize,
     aux: VarMap,
@@ -122,6 +125,8 @@ impl Objective {
             fused_temperature: (d.loss == "forward_kl" && device.is_cpu()).then_some(d.temperature),
             hidden,
             alpha: d.alpha,
+            temperature: d.temperature,
+            on_cpu: device.is_cpu(),
             student_width,
             teacher_width,
             aux,
@@ -244,6 +249,84 @@ impl Objective {
             soft: Some(r.soft),
             hard: r.hard,
             hidden: hidden_value,
+        })
+    }
+
+    /// Whether the objective can train from cached top-k targets: forward KL (over the k + 1
+    /// buckets) and no hidden-state terms, which need the teacher's hidden states.
+    pub fn check_cacheable(&self) -> Result<(), TrainError> {
+        if self.soft.name() != "forward_kl" {
+            return Err(TrainError::Invalid(format!(
+                "distill.loss `{}` with teacher.cache: a cache holds the teacher's top-k probabilities and residual mass, over which only forward_kl is defined",
+                self.soft.name()
+            )));
+        }
+        if !self.hidden.is_empty() {
+            return Err(TrainError::Invalid(
+                "distill.hidden with teacher.cache: a cache holds no hidden states; drop the hidden-state terms or train online".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The objective against cached targets, from the student's features and dense head
+    /// (`[N, d]`, `[V, d]`): the fused chunked pass on the CPU, the head applied whole and the
+    /// composed loss elsewhere.
+    pub fn value_from_cached(
+        &self,
+        student: (&Tensor, &Tensor),
+        targets: &TopK,
+        labels: &Tensor,
+    ) -> Result<ObjectiveValue, TrainError> {
+        if self.on_cpu && self.alpha > 0.0 {
+            let r = fused_head_top_k_kl_ce(
+                student.0,
+                student.1,
+                targets,
+                labels,
+                self.temperature,
+                self.alpha,
+            )
+            .ctx(|| "fused head, top-k KL and cross-entropy".into())?;
+            return Ok(ObjectiveValue {
+                total: r.total,
+                soft: Some(r.soft),
+                hard: r.hard,
+                hidden: None,
+            });
+        }
+        let logits = distill_models::weights::times_transposed(student.0, student.1)
+            .ctx(|| "student head".into())?;
+        self.value_cached_logits(&logits, targets, labels)
+    }
+
+    /// The objective against cached targets from the student's logits `[N, V]` (composed ops).
+    pub fn value_cached_logits(
+        &self,
+        logits: &Tensor,
+        targets: &TopK,
+        labels: &Tensor,
+    ) -> Result<ObjectiveValue, TrainError> {
+        let hard = CrossEntropy
+            .forward(&LossInputs {
+                student_logits: logits,
+                teacher_logits: None,
+                labels: Some(labels),
+            })
+            .ctx(|| "cross-entropy".into())?;
+        let mut total = (&hard * (1.0 - self.alpha)).ctx(|| "loss".into())?;
+        let mut soft_value = None;
+        if self.alpha > 0.0 {
+            let t = TopKTensors::new(targets, logits.device()).ctx(|| "cached targets".into())?;
+            let soft = top_k_kl(logits, &t, self.temperature).ctx(|| "top-k KL".into())?;
+            soft_value = Some(soft.to_scalar::<f32>().ctx(|| "soft loss".into())?);
+            total = (total + (soft * self.alpha).ctx(|| "loss".into())?).ctx(|| "loss".into())?;
+        }
+        Ok(ObjectiveValue {
+            hard: hard.to_scalar::<f32>().ctx(|| "hard loss".into())?,
+            total,
+            soft: soft_value,
+            hidden: None,
         })
     }
 

@@ -43,7 +43,8 @@ impl TopKTensors {
 
 /// `T²·mean KL` over the k + 1 buckets from student logits `[N, V]`; differentiable.
 pub fn top_k_kl(student: &Tensor, t: &TopKTensors, temperature: f64) -> Result<Tensor> {
-    let ls = candle_nn::ops::log_softmax(&(student.to_dtype(DType::F32)? / temperature)?, D::Minus1)?;
+    let ls =
+        candle_nn::ops::log_softmax(&(student.to_dtype(DType::F32)? / temperature)?, D::Minus1)?;
     let lk = ls.gather(&t.ids, 1)?;
     // log q_rest as a log-sum-exp over the other tokens (the top-k pushed to −10³⁰), not as
     // log(1 − Σ q): that difference cancels to noise when the top-k hold nearly all the mass.

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{Device, Tensor, Var, D};
 use candle_nn::VarMap;
+use distill_cache::TeacherCache as TargetCache;
 use distill_models::{Input, Model};
 
 use crate::config::DistillConfig;
@@ -42,6 +43,8 @@ pub struct CausalLm<'a> {
     student: &'a dyn Model,
     varmap: &'a VarMap,
     teacher: Option<&'a dyn Model>,
+    /// Cached teacher targets, read instead of running a teacher.
+    cache: Option<&'a TargetCache>,
     objective: Objective,
     train: &'a BlockSet,
     valid: &'a BlockSet,
@@ -83,6 +86,44 @@ impl<'a> CausalLm<'a> {
             student,
             varmap,
             teacher,
+            cache: None,
+            objective,
+            train,
+            valid,
+            training,
+            device: device.clone(),
+            orders: HashMap::new(),
+            teacher_cache: None,
+            teacher_val_ppl: None,
+        })
+    }
+
+    /// A task that reads the teacher's top-k targets from `cache` (splits `train` and `valid`)
+    /// instead of running a teacher, for training and for evaluation. The objective must be
+    /// forward KL without hidden-state terms; the caller checks the cache against the run.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_cache(
+        student: &'a dyn Model,
+        varmap: &'a VarMap,
+        cache: &'a TargetCache,
+        distill: &DistillConfig,
+        training: &'a Training,
+        train: &'a BlockSet,
+        valid: &'a BlockSet,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let objective = Objective::new(
+            distill,
+            student.hidden_size(),
+            student.hidden_size(),
+            device,
+        )?;
+        objective.check_cacheable()?;
+        Ok(Self {
+            student,
+            varmap,
+            teacher: None,
+            cache: Some(cache),
             objective,
             train,
             valid,
@@ -99,23 +140,42 @@ impl<'a> CausalLm<'a> {
         self.teacher_val_ppl
     }
 
-    /// The token ids of the micro-batch at `at`: consecutive positions of the seeded block
-    /// order, which wraps into the next epoch's order.
-    fn batch(&mut self, at: &BatchAt) -> Vec<u32> {
+    /// The block indices of the micro-batch at `at`: consecutive positions of the seeded
+    /// block order, which wraps into the next epoch's order ([`blocks_read`] lists them all).
+    fn batch_blocks(&mut self, at: &BatchAt) -> Vec<usize> {
         let b = at.batch_size;
         let n = self.train.len();
         let first = at.index * b;
-        let mut ids = Vec::with_capacity(b * self.train.block_size);
-        for k in first..first + b {
-            let epoch = (k / n) as u64;
-            let order = self
-                .orders
-                .entry(epoch)
-                .or_insert_with(|| self.train.epoch_order(at.seed, epoch));
-            ids.extend_from_slice(&self.train.blocks[order[k % n]]);
-        }
-        ids
+        (first..first + b)
+            .map(|k| {
+                let epoch = (k / n) as u64;
+                let order = self
+                    .orders
+                    .entry(epoch)
+                    .or_insert_with(|| self.train.epoch_order(at.seed, epoch));
+                order[k % n]
+            })
+            .collect()
     }
+}
+
+/// Every training block a run reads in `micro_batches` micro-batches of `batch_size` blocks
+/// from `train` with `seed`: what a teacher cache must hold for it (ascending, each once).
+pub fn blocks_read(
+    train: &BlockSet,
+    seed: u64,
+    micro_batches: usize,
+    batch_size: usize,
+) -> Vec<usize> {
+    let n = train.len();
+    let total = micro_batches * batch_size;
+    if total >= n {
+        return (0..n).collect();
+    }
+    // Fewer reads than blocks: all within the first epoch.
+    let mut read: Vec<usize> = train.epoch_order(seed, 0)[..total].to_vec();
+    read.sort_unstable();
+    read
 }
 
 /// [`Model::run_features`] of a model that has a dense head, errors named after `what`.
@@ -188,6 +248,130 @@ impl CausalLm<'_> {
     }
 }
 
+impl CausalLm<'_> {
+    /// The loss against the cached targets of `blocks` (whose tokens are `ids`).
+    fn loss_from_cache(
+        &self,
+        cache: &TargetCache,
+        blocks: &[usize],
+        ids: &Tensor,
+        b: usize,
+        s: usize,
+    ) -> Result<Losses, TrainError> {
+        let targets = cache
+            .rows("train", blocks)
+            .map_err(|e| TrainError::Invalid(format!("teacher cache: {e}")))?;
+        let labels = ids
+            .narrow(1, 1, s - 1)
+            .and_then(|t| t.flatten_all())
+            .ctx(|| "labels".into())?;
+        let rows = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let d = t.dim(2)?;
+            t.narrow(1, 0, s - 1)?.reshape((b * (s - 1), d))
+        };
+        let input = Input::new(ids);
+        let value = if self.student.dense_head().is_some() {
+            let sf = features(self.student, &input, "student forward")?;
+            let hs = rows(&sf.features).ctx(|| "student features".into())?;
+            self.objective
+                .value_from_cached((&hs, &sf.head), &targets, &labels)?
+        } else {
+            let out = self
+                .student
+                .run(&input)
+                .map_err(|e| TrainError::Invalid(format!("student forward: {e}")))?;
+            let logits = rows(&out.logits).ctx(|| "student logits".into())?;
+            self.objective
+                .value_cached_logits(&logits, &targets, &labels)?
+        };
+        Ok(Losses {
+            parts: value.parts(),
+            total: value.total,
+            units: b * s,
+        })
+    }
+
+    /// Evaluation against the cached validation targets: the student's perplexity as online;
+    /// KL (over the top-k + residual buckets, at the cache's temperature) and top-1 agreement
+    /// over the positions that have a next token; the teacher's perplexity from the cached
+    /// log-probabilities of the next tokens.
+    fn evaluate_from_cache(
+        &mut self,
+        cache: &TargetCache,
+        n: usize,
+    ) -> Result<Evaluation, TrainError> {
+        let bs = self.training.batch_size;
+        let s = self.valid.block_size;
+        let t = cache.manifest().identity.temperature;
+        let mut nll = NllSum::default();
+        let (mut kl_sum, mut agree, mut count, mut teacher_nll) = (0f64, 0usize, 0usize, 0f64);
+        let indices: Vec<usize> = (0..n).collect();
+        for blocks in indices.chunks(bs) {
+            let ids: Vec<u32> = blocks
+                .iter()
+                .flat_map(|&i| self.valid.blocks[i].iter().copied())
+                .collect();
+            let c = blocks.len();
+            let ids =
+                Tensor::from_vec(ids, (c, s), &self.device).ctx(|| "validation batch".into())?;
+            let logits = self
+                .student
+                .run(&Input::new(&ids))
+                .map_err(|e| TrainError::Invalid(format!("student forward (eval): {e}")))?
+                .logits
+                .detach();
+            nll.add(next_token_nll(&logits, &ids, &vec![s; c]).ctx(|| "validation NLL".into())?);
+            let targets = cache
+                .rows("valid", blocks)
+                .map_err(|e| TrainError::Invalid(format!("teacher cache: {e}")))?;
+            let v = logits.dim(2).ctx(|| "logits".into())?;
+            let rows = c * (s - 1);
+            let sl = logits
+                .narrow(1, 0, s - 1)
+                .and_then(|l| l.reshape((rows, v)))
+                .ctx(|| "eval".into())?;
+            let kl = crate::losses::TopKTensors::new(&targets, &self.device)
+                .and_then(|tt| crate::losses::top_k_kl(&sl, &tt, t))
+                .and_then(|k| k.to_scalar::<f32>())
+                .ctx(|| "validation KL".into())?;
+            kl_sum += kl as f64 / (t * t) * rows as f64;
+            let a: Vec<u32> = sl
+                .argmax(D::Minus1)
+                .and_then(|x| x.to_vec1())
+                .ctx(|| "argmax".into())?;
+            agree += a
+                .iter()
+                .enumerate()
+                .filter(|(r, &x)| x == targets.ids[r * targets.k])
+                .count();
+            count += rows;
+            teacher_nll -= targets.label_logp.iter().map(|&l| l as f64).sum::<f64>();
+        }
+        if self.teacher_val_ppl.is_none() && count > 0 {
+            self.teacher_val_ppl = Some((teacher_nll / count as f64).exp());
+        }
+        let ppl = nll.perplexity();
+        let (kl, a) = (
+            kl_sum / count.max(1) as f64,
+            agree as f64 / count.max(1) as f64,
+        );
+        Ok(Evaluation {
+            metrics: vec![
+                ("val_ppl", ppl),
+                ("tokens", nll.tokens as f64),
+                ("val_kl", kl),
+                ("top1_agreement", a),
+            ],
+            score: (-ppl, 0.0),
+            summary: format!(
+                "val ppl {ppl:.2}  KL {kl:.3} (cached top-{})  top-1 agreement {:.1}%",
+                cache.manifest().layout.top_k,
+                100.0 * a
+            ),
+        })
+    }
+}
+
 impl Task for CausalLm<'_> {
     fn variables(&self) -> BTreeMap<String, Var> {
         self.objective.variables_with(self.varmap)
@@ -206,10 +390,17 @@ impl Task for CausalLm<'_> {
     }
 
     fn loss(&mut self, at: &BatchAt) -> Result<Losses, TrainError> {
-        let ids = self.batch(at);
+        let blocks = self.batch_blocks(at);
+        let ids: Vec<u32> = blocks
+            .iter()
+            .flat_map(|&i| self.train.blocks[i].iter().copied())
+            .collect();
         let s = self.train.block_size;
         let b = at.batch_size;
         let ids = Tensor::from_vec(ids, (b, s), &self.device).ctx(|| "batch".into())?;
+        if let Some(cache) = self.cache {
+            return self.loss_from_cache(cache, &blocks, &ids, b, s);
+        }
         let want_hidden = self.objective.uses_hidden();
         if let Some(losses) = self.loss_from_heads(&ids, b, s, want_hidden)? {
             return Ok(losses);
@@ -274,6 +465,9 @@ impl Task for CausalLm<'_> {
         } else {
             self.training.eval_blocks.min(self.valid.len())
         };
+        if let Some(cache) = self.cache {
+            return self.evaluate_from_cache(cache, n);
+        }
         let bs = self.training.batch_size;
         let s = self.valid.block_size;
         let mut nll = NllSum::default();

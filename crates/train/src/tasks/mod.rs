@@ -3,5 +3,5 @@
 mod causal_lm;
 mod classification;
 
-pub use causal_lm::CausalLm;
+pub use causal_lm::{blocks_read, CausalLm};
 pub use classification::{Classification, TeacherSignal};

@@ -1,0 +1,53 @@
+//! `distill cache-teacher CONFIG`: run the teacher once and keep its top-k targets for the
+//! run (`teacher.cache`); run it again after an interruption to finish.
+
+use std::path::PathBuf;
+
+use distill::{load_job, Job, RunOptions};
+
+use crate::progress::Progress;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The run's YAML config (a causal-LM run with `teacher.cache`).
+    config: PathBuf,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let Job::CausalLm(cfg) = load_job(&a.config)? else {
+        anyhow::bail!(
+            "{}: cache-teacher caches a causal-LM teacher; this is a classification run",
+            a.config.display()
+        );
+    };
+    let progress = Progress::default();
+    let opts = RunOptions {
+        observer: &progress,
+        stop: super::interrupt_flag(),
+        ..RunOptions::default()
+    };
+    let out = distill::teacher_cache::cache_teacher(&cfg, &opts)?;
+    let layout = &out.manifest.layout;
+    if out.interrupted {
+        println!(
+            "interrupted with {} of {} shards; finish with: distill cache-teacher {}",
+            out.manifest.shards_done(),
+            out.manifest.shard_count(),
+            a.config.display()
+        );
+        return Ok(());
+    }
+    println!(
+        "teacher cache: {} ({} positions, top-{} at {} bits, {} bytes per position, {:.1} MB; {} shards made in {:.0} s)",
+        out.dir.display(),
+        out.positions,
+        layout.top_k,
+        layout.logprob_bits,
+        layout.record_bytes,
+        out.bytes as f64 / 1e6,
+        out.shards_made,
+        out.seconds
+    );
+    println!("train from it with: distill run {}", a.config.display());
+    Ok(())
+}

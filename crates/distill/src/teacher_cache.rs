@@ -1,0 +1,319 @@
+//! The offline teacher cache of a causal-LM run: `distill cache-teacher` runs the teacher once
+//! over the training blocks the run will read and the validation blocks it evaluates on, and
+//! keeps per position the top-k targets ([`distill_cache`]); `distill run` with
+//! `teacher.cache` then trains and evaluates from them without running the teacher.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use distill_cache::{
+    file_digest, top_k_row, vocabulary_digest, CacheBuilder, ExpectedSplit, Identity, Layout,
+    Manifest, SplitRequest, TeacherCache,
+};
+use distill_models::{Input, Model};
+use distill_teacher::{LoadOptions, LoadedTokenizer, Teacher, TeacherSource};
+use distill_train::data::BlockSet;
+use distill_train::tasks::blocks_read;
+use distill_train::Event;
+use rayon::prelude::*;
+
+use crate::data::build_data;
+use crate::error::{Context, Error, Result};
+use crate::job::RunConfig;
+use crate::options::RunOptions;
+
+/// Blocks per shard: at most this much teacher work is lost to a kill (≈ 30 s for the
+/// quickstart's teacher on two cores).
+const SHARD_BLOCKS: usize = 64;
+
+/// Split names inside a cache.
+pub const TRAIN: &str = "train";
+pub const VALID: &str = "valid";
+
+/// What `cache_teacher` made.
+#[derive(Debug)]
+pub struct CacheOutcome {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// Shards made in this session (the others were there from an earlier one).
+    pub shards_made: usize,
+    /// Positions in the cache and bytes of its shards.
+    pub positions: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Stopped by the stop flag; running the command again finishes the cache.
+    pub interrupted: bool,
+}
+
+/// The cache directory of a run, or an error saying where to name it.
+pub fn cache_dir(cfg: &RunConfig) -> Result<PathBuf> {
+    cfg.teacher
+        .cache
+        .as_ref()
+        .map(|c| PathBuf::from(c.dir()))
+        .ok_or_else(|| {
+            Error::Job(
+                "teacher.cache: name the directory of the teacher cache (`cache: DIR`, or `cache: {dir: DIR, top_k: 32, logprob_bits: 8}`)".into(),
+            )
+        })
+}
+
+/// The blocks of each split the run reads: the training blocks of all its micro-batches,
+/// and the validation blocks it evaluates on.
+pub fn blocks_the_run_reads(
+    cfg: &RunConfig,
+    train: &BlockSet,
+    valid: &BlockSet,
+) -> (Vec<usize>, Vec<usize>) {
+    let t = &cfg.train;
+    let micro = t.total_steps(train.len().div_ceil(t.batch_size.max(1))) * t.grad_accum;
+    let train_reads = blocks_read(train, t.seed, micro, t.batch_size);
+    let n = if t.eval_blocks == 0 {
+        valid.len()
+    } else {
+        t.eval_blocks.min(valid.len())
+    };
+    (train_reads, (0..n).collect())
+}
+
+/// What the run's cached targets depend on.
+pub fn run_identity(
+    cfg: &RunConfig,
+    files: &[PathBuf],
+    tokenizer: &LoadedTokenizer,
+    load: &LoadOptions,
+) -> Result<Identity> {
+    let tok = &tokenizer.tokenizer;
+    let vocab: Vec<Option<String>> = (0..tok.get_vocab_size(true) as u32)
+        .map(|i| tok.id_to_token(i))
+        .collect();
+    let gguf = files
+        .iter()
+        .any(|f| f.extension().is_some_and(|e| e == "gguf"));
+    Ok(Identity {
+        teacher: cfg.teacher.source.clone(),
+        teacher_sha256: file_digest(files).context("teacher.source")?,
+        teacher_compute: if gguf {
+            format!(
+                "gguf_weights {}, {:?}",
+                cfg.teacher.gguf_weights, load.dtype
+            )
+        } else {
+            format!("{:?}", load.dtype)
+        },
+        tokenizer_sha256: vocabulary_digest(vocab.iter().map(|t| t.as_deref())),
+        block_size: cfg.data.block_size,
+        temperature: cfg.distill.temperature,
+    })
+}
+
+/// Opens the run's cache and checks it against the run: teacher, tokenizer, block size,
+/// temperature, vocabulary, data, and that it holds every block the run reads.
+pub fn open_for_run(
+    cfg: &RunConfig,
+    identity: &Identity,
+    vocab_size: usize,
+    train: &BlockSet,
+    valid: &BlockSet,
+) -> Result<TeacherCache> {
+    let dir = cache_dir(cfg)?;
+    let cache = TeacherCache::open(&dir).context("teacher.cache")?;
+    let (tr, va) = blocks_the_run_reads(cfg, train, valid);
+    cache
+        .check(
+            identity,
+            vocab_size,
+            &[
+                ExpectedSplit {
+                    name: TRAIN,
+                    data: &train.blocks,
+                    reads: &tr,
+                },
+                ExpectedSplit {
+                    name: VALID,
+                    data: &valid.blocks,
+                    reads: &va,
+                },
+            ],
+        )
+        .context("teacher.cache")?;
+    Ok(cache)
+}
+
+/// Runs the teacher of `cfg` over the blocks the run reads and writes (or finishes) its cache
+/// in `teacher.cache`.
+pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome> {
+    let started = Instant::now();
+    let c = cfg.teacher.cache.as_ref();
+    let dir = cache_dir(cfg)?;
+    let load = cfg.teacher.load_options().context("teacher")?;
+    let source = TeacherSource::parse(&cfg.teacher.source).context("teacher.source")?;
+    tracing::info!(source = %source, "loading the teacher");
+    let teacher = Teacher::load(&source, &load)?;
+    let (lm, lcfg) = teacher.language_model().context("teacher.source")?;
+    let vocab = lcfg.vocab_size;
+    let (train, valid) = build_data(cfg, &teacher.tokenizer, vocab)?;
+    let (tr, va) = blocks_the_run_reads(cfg, &train, &valid);
+    let identity = run_identity(cfg, &teacher.files, &teacher.tokenizer, &load)?;
+    let layout = Layout::new(
+        c.map_or(32, |c| c.top_k()),
+        vocab,
+        c.map_or(8, |c| c.logprob_bits()),
+    )
+    .context("teacher.cache")?;
+    let as_u32 = |v: &[usize]| v.iter().map(|&b| b as u32).collect::<Vec<_>>();
+    let mut builder = CacheBuilder::open(
+        &dir,
+        identity,
+        layout,
+        &[
+            SplitRequest {
+                name: TRAIN,
+                data: &train.blocks,
+                blocks: as_u32(&tr),
+            },
+            SplitRequest {
+                name: VALID,
+                data: &valid.blocks,
+                blocks: as_u32(&va),
+            },
+        ],
+        SHARD_BLOCKS,
+    )
+    .context("teacher.cache")?;
+    let jobs = builder.pending();
+    let total = (tr.len() + va.len()) as u64;
+    let pending: usize = jobs.iter().map(|j| j.entries.len()).sum();
+    let mut done = total - pending as u64;
+    let stage = "cache-teacher";
+    opts.observer.event(&Event::Started {
+        stage,
+        unit: "blocks",
+        total,
+        done,
+    });
+    tracing::info!(
+        dir = %dir.display(),
+        top_k = layout.top_k,
+        bytes_per_position = layout.record_bytes,
+        train_blocks = tr.len(),
+        validation_blocks = va.len(),
+        pending,
+        "teacher cache"
+    );
+    let batch = cfg.train.batch_size.max(1);
+    let (mut teacher_seconds, mut teacher_tokens) = (0f64, 0usize);
+    let mut interrupted = false;
+    let mut shards_made = 0;
+    for job in &jobs {
+        if opts.stop.is_set() {
+            interrupted = true;
+            break;
+        }
+        let data = if job.split == 0 { &train } else { &valid };
+        let blocks: Vec<usize> = builder.blocks(job).iter().map(|&b| b as usize).collect();
+        let s = data.block_size;
+        let rb = layout.record_bytes;
+        let mut records = vec![0u8; blocks.len() * (s - 1) * rb];
+        for (ci, chunk) in blocks.chunks(batch).enumerate() {
+            let t0 = Instant::now();
+            let logits = teacher_logits(lm, data, chunk)?;
+            teacher_seconds += t0.elapsed().as_secs_f64();
+            teacher_tokens += chunk.len() * s;
+            let first = ci * batch * (s - 1) * rb;
+            let out = &mut records[first..first + chunk.len() * (s - 1) * rb];
+            encode_rows(
+                &logits,
+                data,
+                chunk,
+                vocab,
+                &layout,
+                cfg.distill.temperature as f32,
+                out,
+            )?;
+            done += chunk.len() as u64;
+            opts.observer.event(&Event::Progress { stage, done });
+        }
+        builder
+            .write(job, &data.blocks, &records)
+            .context("teacher.cache")?;
+        shards_made += 1;
+    }
+    opts.observer.event(&Event::Finished { stage });
+    let speed = (teacher_seconds > 0.0).then(|| teacher_tokens as f64 / teacher_seconds);
+    let manifest = if interrupted {
+        builder.manifest().clone()
+    } else {
+        builder.finish(speed).context("teacher.cache")?
+    };
+    let positions = (tr.len() + va.len()) * (cfg.data.block_size - 1);
+    Ok(CacheOutcome {
+        bytes: shard_bytes(&dir, &manifest),
+        dir,
+        manifest,
+        shards_made,
+        positions,
+        seconds: started.elapsed().as_secs_f64(),
+        interrupted,
+    })
+}
+
+/// The teacher's logits `[blocks·s·V]` (f32, row-major) for `blocks` of `data`.
+fn teacher_logits(lm: &dyn Model, data: &BlockSet, blocks: &[usize]) -> Result<Vec<f32>> {
+    let s = data.block_size;
+    let ids: Vec<u32> = blocks
+        .iter()
+        .flat_map(|&b| data.blocks[b].iter().copied())
+        .collect();
+    let ids = candle_core::Tensor::from_vec(ids, (blocks.len(), s), lm.device())?;
+    let input = Input::new(&ids);
+    let logits = match lm.run_features(&input) {
+        Some(f) => {
+            let f = f.context("teacher forward")?;
+            distill_models::weights::times_transposed(&f.features, &f.head)?
+        }
+        None => lm.run(&input).context("teacher forward")?.logits,
+    };
+    Ok(logits
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?)
+}
+
+/// Encodes every position but the last of each block into `out`, in parallel.
+fn encode_rows(
+    logits: &[f32],
+    data: &BlockSet,
+    blocks: &[usize],
+    vocab: usize,
+    layout: &Layout,
+    temperature: f32,
+    out: &mut [u8],
+) -> Result<()> {
+    let s = data.block_size;
+    out.par_chunks_mut(layout.record_bytes)
+        .enumerate()
+        .try_for_each(|(r, rec)| {
+            let (bi, p) = (r / (s - 1), r % (s - 1));
+            let block = &data.blocks[blocks[bi]];
+            let row = &logits[(bi * s + p) * vocab..(bi * s + p + 1) * vocab];
+            let t =
+                top_k_row(row, layout.top_k, temperature, Some(block[p + 1])).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "teacher forward: non-finite logits at block {}, position {p}",
+                        blocks[bi]
+                    ))
+                })?;
+            layout.encode(&t.ids, &t.logp, t.rest, t.label_logp, rec);
+            Ok(())
+        })
+}
+
+fn shard_bytes(dir: &Path, m: &Manifest) -> u64 {
+    m.splits
+        .iter()
+        .flat_map(|s| &s.shards)
+        .filter_map(|s| std::fs::metadata(dir.join(&s.file)).ok())
+        .map(|m| m.len())
+        .sum()
+}
