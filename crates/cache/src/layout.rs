@@ -5,6 +5,8 @@
 //! ids   k × ⌈log₂ V⌉ bits   the teacher's top-k token ids, most probable first
 //! logp  k × b bits          their log-probabilities at T, quantised linearly between
 //!                           `hi` and `lo` (b = 32: the f32 values themselves)
+//! tail  m × ⌈log₂ V⌉ bits   m tokens drawn from the teacher's distribution outside the
+//!                           top-k (stratified, seeded by position), when m > 0
 //! (padding to a byte)
 //! hi, lo       f32          the largest and smallest of the k log-probabilities
 //! rest         f32          1 − Σ top-k probabilities: the mass of the other V − k tokens
@@ -12,10 +14,17 @@
 //! ```
 //!
 //! As in DistillKit's compressed format, ids are bit-packed at the vocabulary's width and
-//! log-probabilities quantised; unlike it, the tail is one exact residual bucket, not a fitted
-//! curve, so the loss over top-k + residual is the full KL when k = V (`docs/teacher-cache.md`).
+//! log-probabilities quantised; unlike it, the tail is not a fitted curve but either one exact
+//! residual bucket (the loss over top-k + residual is the full KL when k = V) or that residual
+//! mass spread over tokens sampled from the teacher's tail (`docs/teacher-cache.md`).
 
 use serde::{Deserialize, Serialize};
+
+use crate::select::TopKRow;
+
+/// The log-probability of padding entries in decoded rows (a tail token drawn more than once
+/// is one entry with the summed weight, and the repeats are padding): `exp` of it is 0.
+pub const PAD_LOGP: f32 = -1e30;
 
 use crate::bits::{BitReader, BitWriter};
 use crate::error::CacheError;
@@ -31,6 +40,9 @@ pub struct Layout {
     pub id_bits: u32,
     /// 2..=16 (linear quantisation) or 32 (f32 as is).
     pub logprob_bits: u32,
+    /// Tokens sampled from the tail per position (0: the tail is one residual bucket).
+    #[serde(default)]
+    pub tail_samples: usize,
     pub record_bytes: usize,
 }
 
@@ -53,20 +65,47 @@ impl Layout {
             )));
         }
         let id_bits = usize::BITS - (vocab_size - 1).leading_zeros();
-        let bits = top_k * (id_bits + logprob_bits) as usize;
-        Ok(Self {
+        let mut l = Self {
             top_k,
             vocab_size,
             id_bits,
             logprob_bits,
-            record_bytes: bits.div_ceil(8) + TAIL,
-        })
+            tail_samples: 0,
+            record_bytes: 0,
+        };
+        l.record_bytes = l.bits().div_ceil(8) + TAIL;
+        Ok(l)
     }
 
-    /// Writes one position into `out` (`record_bytes` long). `ids` and `logp` are the top-k,
-    /// most probable first.
-    pub fn encode(&self, ids: &[u32], logp: &[f32], rest: f32, label_logp: f32, out: &mut [u8]) {
+    /// This layout with `m` tail samples per position.
+    pub fn with_tail_samples(mut self, m: usize) -> Result<Self, CacheError> {
+        if m > 0 && self.top_k == self.vocab_size {
+            return Err(CacheError::Invalid(format!(
+                "tail_samples: {m}, but top_k keeps the whole vocabulary ({}): there is no tail",
+                self.vocab_size
+            )));
+        }
+        self.tail_samples = m;
+        self.record_bytes = self.bits().div_ceil(8) + TAIL;
+        Ok(self)
+    }
+
+    fn bits(&self) -> usize {
+        self.top_k * (self.id_bits + self.logprob_bits) as usize
+            + self.tail_samples * self.id_bits as usize
+    }
+
+    /// Entries per decoded row: the top-k, then the tail samples (merged, padded).
+    pub fn row_width(&self) -> usize {
+        self.top_k + self.tail_samples
+    }
+
+    /// Writes one position into `out` (`record_bytes` long): the row's top-k (most probable
+    /// first) and its `tail_samples` tail tokens.
+    pub fn encode(&self, row: &TopKRow, out: &mut [u8]) {
+        let (ids, logp, rest, label_logp) = (&row.ids, &row.logp, row.rest, row.label_logp);
         debug_assert_eq!(ids.len(), self.top_k);
+        debug_assert_eq!(row.tail.len(), self.tail_samples);
         debug_assert_eq!(out.len(), self.record_bytes);
         let (hi, lo) = (logp[0], logp[self.top_k - 1]);
         let split = self.record_bytes - TAIL;
@@ -87,6 +126,9 @@ impl Layout {
                 w.put(q as u32, self.logprob_bits);
             }
         }
+        for &id in &row.tail {
+            w.put(id, self.id_bits);
+        }
         w.finish();
         for (i, x) in [hi, lo, rest, label_logp].into_iter().enumerate() {
             tail[4 * i..4 * i + 4].copy_from_slice(&x.to_le_bytes());
@@ -94,7 +136,9 @@ impl Layout {
     }
 
     /// Reads one position: appends its k ids and log-probabilities (renormalised so that with
-    /// `rest` they sum to one) and returns `(rest, label_logp)`. `Err(why)` for ids outside the
+    /// `rest` they sum to one) and returns `(rest, label_logp)`. With tail samples, the row
+    /// goes on with the sampled tokens, each distinct one carrying its share of `rest`
+    /// (repeats as [`PAD_LOGP`] entries), and the returned rest is 0: the samples hold it. `Err(why)` for ids outside the
     /// vocabulary or values that are not probabilities (a corrupt record).
     pub fn decode(
         &self,
@@ -147,13 +191,74 @@ impl Layout {
                 *l += shift;
             }
         }
-        Ok((rest, label_logp))
+        let m = self.tail_samples;
+        if m == 0 {
+            return Ok((rest, label_logp));
+        }
+        let start = ids.len();
+        for _ in 0..m {
+            let id = r.get(self.id_bits);
+            if id as usize >= self.vocab_size {
+                return Err(format!(
+                    "tail token id {id} outside the vocabulary of {}",
+                    self.vocab_size
+                ));
+            }
+            ids.push(id);
+        }
+        // Samples arrive in order of their draw (ascending cumulative probability), so repeats
+        // are adjacent: the first of a run carries the run's weight.
+        let share = rest as f64 / m as f64;
+        let mut i = start;
+        while i < ids.len() {
+            let mut j = i + 1;
+            while j < ids.len() && ids[j] == ids[i] {
+                j += 1;
+            }
+            logp.push((share * (j - i) as f64).ln().max(PAD_LOGP as f64) as f32);
+            logp.extend(std::iter::repeat_n(PAD_LOGP, j - i - 1));
+            i = j;
+        }
+        Ok((0.0, label_logp))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(ids: &[u32], logp: &[f32], rest: f32, label_logp: f32) -> TopKRow {
+        TopKRow {
+            ids: ids.to_vec(),
+            logp: logp.to_vec(),
+            rest,
+            label_logp,
+            tail: vec![],
+        }
+    }
+
+    #[test]
+    fn tail_samples_carry_the_residual_mass_and_merge_repeats() {
+        let l = Layout::new(2, 50, 32)
+            .unwrap()
+            .with_tail_samples(4)
+            .unwrap();
+        assert_eq!(l.record_bytes, (2 * (6 + 32) + 4 * 6usize).div_ceil(8) + 16);
+        let mut r = row(&[3, 9], &[-0.5, -1.5], 0.2, -0.5);
+        r.logp = vec![(0.6f32).ln(), (0.2f32).ln()];
+        r.tail = vec![11, 11, 11, 40];
+        let mut rec = vec![0u8; l.record_bytes];
+        l.encode(&r, &mut rec);
+        let (mut ids, mut logp) = (vec![], vec![]);
+        let (rest, _) = l.decode(&rec, &mut ids, &mut logp).unwrap();
+        assert_eq!(rest, 0.0);
+        assert_eq!(ids, vec![3, 9, 11, 11, 11, 40]);
+        let p: Vec<f32> = logp.iter().map(|l| l.exp()).collect();
+        for (a, b) in p.iter().zip([0.6, 0.2, 0.15, 0.0, 0.0, 0.05]) {
+            assert!((a - b).abs() < 1e-6, "{p:?}");
+        }
+        assert!(Layout::new(5, 5, 8).unwrap().with_tail_samples(1).is_err());
+    }
 
     #[test]
     fn record_size_follows_the_vocabulary_width() {
@@ -182,7 +287,7 @@ mod tests {
         for bits in [32, 8, 4] {
             let l = Layout::new(4, 100, bits).unwrap();
             let mut rec = vec![0u8; l.record_bytes];
-            l.encode(&ids, &logp, rest, -1.25, &mut rec);
+            l.encode(&row(&ids, &logp, rest, -1.25), &mut rec);
             let (mut i, mut p) = (vec![], vec![]);
             let (r, label) = l.decode(&rec, &mut i, &mut p).unwrap();
             assert_eq!(i, ids);
@@ -204,12 +309,12 @@ mod tests {
     fn corrupt_records_are_errors_not_values() {
         let l = Layout::new(2, 5, 8).unwrap();
         let mut rec = vec![0u8; l.record_bytes];
-        l.encode(&[4, 1], &[-0.5, -1.5], 0.17, -0.5, &mut rec);
+        l.encode(&row(&[4, 1], &[-0.5, -1.5], 0.17, -0.5), &mut rec);
         rec[0] = 0xff; // id 7 in a vocabulary of 5
         let e = l.decode(&rec, &mut vec![], &mut vec![]).unwrap_err();
         assert!(e.contains("token id 7"), "{e}");
         let mut rec = vec![0u8; l.record_bytes];
-        l.encode(&[4, 1], &[-0.5, -1.5], 1.7, -0.5, &mut rec);
+        l.encode(&row(&[4, 1], &[-0.5, -1.5], 1.7, -0.5), &mut rec);
         assert!(l.decode(&rec, &mut vec![], &mut vec![]).is_err());
     }
 }

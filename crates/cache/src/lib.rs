@@ -23,7 +23,7 @@ mod shard;
 
 pub use builder::{CacheBuilder, ShardJob, SplitRequest};
 pub use error::CacheError;
-pub use layout::Layout;
+pub use layout::{Layout, PAD_LOGP};
 pub use manifest::{blocks_digest, file_digest, vocabulary_digest, Identity, Manifest};
 pub use reader::{ExpectedSplit, TeacherCache, TopK};
-pub use select::{top_k_row, TopKRow};
+pub use select::{sample_tail, top_k_row, TopKRow};

@@ -11,7 +11,8 @@ use crate::manifest::{blocks_digest, Identity, Manifest, SplitManifest};
 use crate::shard;
 
 /// The cached teacher targets of a set of positions, row-major: row `r` has ids and
-/// log-probabilities `r·k..(r+1)·k` (summing with `rest[r]` to one).
+/// log-probabilities `r·k..(r+1)·k` (summing with `rest[r]` to one); `k` is the top-k plus the
+/// tail samples, whose repeats are entries of log-probability [`crate::PAD_LOGP`] (weight 0).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TopK {
     pub k: usize,
@@ -203,9 +204,9 @@ impl TeacherCache {
         let rb = layout.record_bytes;
         let n = blocks.len() * positions;
         let mut out = TopK {
-            k: layout.top_k,
-            ids: Vec::with_capacity(n * layout.top_k),
-            logp: Vec::with_capacity(n * layout.top_k),
+            k: layout.row_width(),
+            ids: Vec::with_capacity(n * layout.row_width()),
+            logp: Vec::with_capacity(n * layout.row_width()),
             rest: Vec::with_capacity(n),
             label_logp: Vec::with_capacity(n),
         };

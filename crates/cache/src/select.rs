@@ -12,6 +12,8 @@ pub struct TopKRow {
     pub rest: f32,
     /// `log softmax(z)[label]` at T = 1 (0 without a label).
     pub label_logp: f32,
+    /// Tokens drawn from the distribution outside the top-k ([`sample_tail`]); empty without.
+    pub tail: Vec<u32>,
 }
 
 /// The top `k` of `logits` at `temperature`. `None` when a logit is not finite.
@@ -67,7 +69,73 @@ pub fn top_k_row(
         logp,
         rest: (1.0 - mass).max(0.0) as f32,
         label_logp,
+        tail: vec![],
     })
+}
+
+/// splitmix64: the seeded stream of the tail draws (one per position, reproducible on resume).
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// `m` tokens drawn from the teacher's distribution at T restricted to the tokens outside
+/// `row`'s top-k, by stratified sampling (draw i uniform in [i/m, (i+1)/m) of the tail's
+/// cumulative mass): each token's expected count is `m · p_j / rest`, with less variance than
+/// independent draws. In order of the draws, so repeats are adjacent. Empty when the tail is
+/// empty or holds no mass.
+pub fn sample_tail(
+    logits: &[f32],
+    row: &TopKRow,
+    temperature: f32,
+    m: usize,
+    seed: u64,
+) -> Vec<u32> {
+    if m == 0 || row.rest <= 0.0 || row.ids.len() >= logits.len() {
+        return vec![];
+    }
+    let mut in_top = vec![false; logits.len()];
+    for &i in &row.ids {
+        in_top[i as usize] = true;
+    }
+    let inv_t = 1.0 / temperature as f64;
+    let m_top = row.logp[0] as f64; // the largest log-probability: a safe shift
+    let base = logits[row.ids[0] as usize] as f64 * inv_t - m_top;
+    let w: Vec<f64> = logits
+        .iter()
+        .zip(&in_top)
+        .map(|(&z, &top)| {
+            if top {
+                0.0
+            } else {
+                (z as f64 * inv_t - base).exp()
+            }
+        })
+        .collect();
+    let total: f64 = w.iter().sum();
+    if total <= 0.0 {
+        return vec![];
+    }
+    let mut state = seed;
+    let mut out = Vec::with_capacity(m);
+    let (mut j, mut cum) = (0usize, 0f64);
+    for i in 0..m {
+        let u = (i as f64 + (splitmix(&mut state) >> 11) as f64 / (1u64 << 53) as f64) / m as f64
+            * total;
+        while j + 1 < w.len() && (cum + w[j] <= u || w[j] == 0.0) {
+            cum += w[j];
+            j += 1;
+        }
+        while in_top[j] || w[j] == 0.0 {
+            // Only past the last token with mass: step back to it.
+            j -= 1;
+        }
+        out.push(j as u32);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -93,5 +161,39 @@ mod tests {
         assert!(all.rest < 1e-6);
         assert_eq!(all.ids, vec![1, 3, 4, 0, 2]);
         assert!(top_k_row(&[0.0, f32::NAN], 1, 1.0, None).is_none());
+    }
+
+    #[test]
+    fn tail_samples_follow_the_tail_distribution() {
+        let z: Vec<f32> = (0..40).map(|j| ((j * 7 % 13) as f32) * 0.4).collect();
+        let top = top_k_row(&z, 4, 1.0, None).unwrap();
+        let m = 64;
+        let mut counts = vec![0usize; z.len()];
+        let draws = 400;
+        for seed in 0..draws {
+            let t = sample_tail(&z, &top, 1.0, m, seed);
+            assert_eq!(t.len(), m);
+            assert!(t.windows(2).all(|w| w[0] <= w[1]), "in draw order: {t:?}");
+            for id in t {
+                assert!(!top.ids.contains(&id), "sampled from the top-k");
+                counts[id as usize] += 1;
+            }
+        }
+        let lse = z.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+        for (j, &c) in counts.iter().enumerate() {
+            if top.ids.contains(&(j as u32)) {
+                continue;
+            }
+            let want = ((z[j] as f64 - lse).exp() / top.rest as f64) * (m * draws as usize) as f64;
+            assert!(
+                (c as f64 - want).abs() < 5.0 * want.sqrt().max(1.0),
+                "token {j}: {c} vs {want:.1}"
+            );
+        }
+        // Same seed, same draws.
+        assert_eq!(
+            sample_tail(&z, &top, 1.0, m, 7),
+            sample_tail(&z, &top, 1.0, m, 7)
+        );
     }
 }

@@ -49,7 +49,7 @@ fn records(layout: &Layout, blocks: &[u32], data: &[Vec<u32>]) -> Vec<u8> {
         let block = &data[b as usize];
         for p in 0..S - 1 {
             let r = top_k_row(&logits(block, p), layout.top_k, 1.0, Some(block[p + 1])).unwrap();
-            layout.encode(&r.ids, &r.logp, r.rest, r.label_logp, recs.next().unwrap());
+            layout.encode(&r, recs.next().unwrap());
         }
     }
     out

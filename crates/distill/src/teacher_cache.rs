@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use distill_cache::{
-    file_digest, top_k_row, vocabulary_digest, CacheBuilder, ExpectedSplit, Identity, Layout,
-    Manifest, SplitRequest, TeacherCache,
+    file_digest, sample_tail, top_k_row, vocabulary_digest, CacheBuilder, ExpectedSplit, Identity,
+    Layout, Manifest, SplitRequest, TeacherCache,
 };
 use distill_models::{Input, Model};
 use distill_teacher::{LoadOptions, LoadedTokenizer, Teacher, TeacherSource};
@@ -53,7 +53,7 @@ pub fn cache_dir(cfg: &RunConfig) -> Result<PathBuf> {
         .map(|c| PathBuf::from(c.dir()))
         .ok_or_else(|| {
             Error::Job(
-                "teacher.cache: name the directory of the teacher cache (`cache: DIR`, or `cache: {dir: DIR, top_k: 32, logprob_bits: 8}`)".into(),
+                "teacher.cache: name the directory of the teacher cache (`cache: DIR`, or `cache: {dir: DIR, top_k: 16, tail_samples: 24, logprob_bits: 8}`)".into(),
             )
         })
 }
@@ -156,10 +156,11 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
     let (tr, va) = blocks_the_run_reads(cfg, &train, &valid);
     let identity = run_identity(cfg, &teacher.files, &teacher.tokenizer, &load)?;
     let layout = Layout::new(
-        c.map_or(32, |c| c.top_k()),
+        c.map_or(16, |c| c.top_k()),
         vocab,
         c.map_or(8, |c| c.logprob_bits()),
     )
+    .and_then(|l| l.with_tail_samples(c.map_or(24, |c| c.tail_samples())))
     .context("teacher.cache")?;
     let as_u32 = |v: &[usize]| v.iter().map(|&b| b as u32).collect::<Vec<_>>();
     let mut builder = CacheBuilder::open(
@@ -226,6 +227,7 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
                 &logits,
                 data,
                 chunk,
+                job.split as u64,
                 vocab,
                 &layout,
                 cfg.distill.temperature as f32,
@@ -280,11 +282,14 @@ fn teacher_logits(lm: &dyn Model, data: &BlockSet, blocks: &[usize]) -> Result<V
         .to_vec1()?)
 }
 
-/// Encodes every position but the last of each block into `out`, in parallel.
+/// Encodes every position but the last of each block into `out`, in parallel. Tail draws are
+/// seeded by split, block and position, so a cache made again (or resumed) is the same.
+#[allow(clippy::too_many_arguments)]
 fn encode_rows(
     logits: &[f32],
     data: &BlockSet,
     blocks: &[usize],
+    split: u64,
     vocab: usize,
     layout: &Layout,
     temperature: f32,
@@ -297,14 +302,21 @@ fn encode_rows(
             let (bi, p) = (r / (s - 1), r % (s - 1));
             let block = &data.blocks[blocks[bi]];
             let row = &logits[(bi * s + p) * vocab..(bi * s + p + 1) * vocab];
-            let t =
+            let mut t =
                 top_k_row(row, layout.top_k, temperature, Some(block[p + 1])).ok_or_else(|| {
                     Error::Invalid(format!(
                         "teacher forward: non-finite logits at block {}, position {p}",
                         blocks[bi]
                     ))
                 })?;
-            layout.encode(&t.ids, &t.logp, t.rest, t.label_logp, rec);
+            if layout.tail_samples > 0 {
+                let seed = (split << 56) ^ ((blocks[bi] as u64) << 20) ^ p as u64;
+                t.tail = sample_tail(row, &t, temperature, layout.tail_samples, seed);
+                // A tail without mass (all probability in the top-k): any tokens; the decoded
+                // weights are shares of a zero residual.
+                t.tail.resize(layout.tail_samples, t.ids[0]);
+            }
+            layout.encode(&t, rec);
             Ok(())
         })
 }

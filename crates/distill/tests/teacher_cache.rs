@@ -16,8 +16,10 @@ fn documents(dir: &Path) {
     for i in 0..6 {
         std::fs::write(
             dir.join(format!("doc_{i}.txt")),
-            format!("Document {i}. Call me Ishmael. Some years ago, never mind how long precisely. ")
-                .repeat(5),
+            format!(
+                "Document {i}. Call me Ishmael. Some years ago, never mind how long precisely. "
+            )
+            .repeat(5),
         )
         .unwrap();
     }
@@ -44,7 +46,7 @@ output: {{dir: {r}, name: {name}}}
         r = root.join("runs").display(),
     );
     match parse_job(&edit(text)).unwrap() {
-        Job::CausalLm(c) => c,
+        Job::CausalLm(c) => *c,
         Job::Classification(_) => unreachable!(),
     }
 }
@@ -85,7 +87,7 @@ fn a_cache_of_the_whole_vocabulary_trains_as_the_online_run() {
     let tmp = setup();
     let cache = tmp.path().join("cache");
     let extra = format!(
-        "  cache: {{dir: {}, top_k: {TINY_VOCAB}, logprob_bits: 32}}",
+        "  cache: {{dir: {}, top_k: {TINY_VOCAB}, tail_samples: 0, logprob_bits: 32}}",
         cache.display()
     );
     let offline = job(tmp.path(), "offline", &extra, |t| t);
@@ -94,21 +96,35 @@ fn a_cache_of_the_whole_vocabulary_trains_as_the_online_run() {
     assert!(made.manifest.complete);
     assert_eq!(made.manifest.layout.top_k, TINY_VOCAB);
 
-    let online = lm(run(&Job::CausalLm(job(tmp.path(), "online", "", |t| t)), &RunOptions::default()).unwrap());
-    let cached = lm(run(&Job::CausalLm(offline), &RunOptions::default()).unwrap());
+    let online = lm(run(
+        &Job::CausalLm(Box::new(job(tmp.path(), "online", "", |t| t))),
+        &RunOptions::default(),
+    )
+    .unwrap());
+    let cached = lm(run(&Job::CausalLm(Box::new(offline)), &RunOptions::default()).unwrap());
     let (a, b) = (losses(&online.run_dir), losses(&cached.run_dir));
     assert_eq!(a.len(), 3);
     for (step, (x, y)) in a.iter().zip(&b).enumerate() {
         for (u, v) in [(x.0, y.0), (x.1, y.1), (x.2, y.2)] {
-            assert!((u - v).abs() < 1e-4 * u.abs().max(1.0), "step {}: online {x:?}, cached {y:?}", step + 1);
+            assert!(
+                (u - v).abs() < 1e-4 * u.abs().max(1.0),
+                "step {}: online {x:?}, cached {y:?}",
+                step + 1
+            );
         }
     }
     let (ra, rb) = (online.report.unwrap(), cached.report.unwrap());
     let (pa, pb) = (ra.student.val_ppl.unwrap(), rb.student.val_ppl.unwrap());
-    assert!((pa - pb).abs() < 1e-4 * pa, "student perplexity online {pa}, cached {pb}");
+    assert!(
+        (pa - pb).abs() < 1e-4 * pa,
+        "student perplexity online {pa}, cached {pb}"
+    );
     // The teacher's perplexity from the cached next-token log-probabilities.
     let (ta, tb) = (ra.teacher.val_ppl.unwrap(), rb.teacher.val_ppl.unwrap());
-    assert!((ta - tb).abs() < 1e-3 * ta, "teacher perplexity online {ta}, cached {tb}");
+    assert!(
+        (ta - tb).abs() < 1e-3 * ta,
+        "teacher perplexity online {ta}, cached {tb}"
+    );
 }
 
 /// Asks to stop at the first progress event: the shard being made is finished, no more.
@@ -130,13 +146,15 @@ fn cache_teacher_resumes_after_a_stop_and_runs_refuse_caches_not_made_for_them()
     let cfg = job(tmp.path(), "offline", &extra, |t| t);
     let named = |name: &str| job(tmp.path(), name, &extra, |t| t);
     let run_err = |c: RunConfig| {
-        run(&Job::CausalLm(c), &RunOptions::default())
-            .err()
-            .expect("refused")
+        run(&Job::CausalLm(Box::new(c)), &RunOptions::default())
+            .expect_err("refused")
             .to_string()
     };
     let e = run_err(named("none"));
-    assert!(e.contains("teacher.cache") && e.contains("not a teacher cache: no such directory"), "{e}");
+    assert!(
+        e.contains("teacher.cache") && e.contains("not a teacher cache: no such directory"),
+        "{e}"
+    );
 
     let stop = StopFlag::new();
     let observer = StopSoon(stop.clone());
@@ -153,27 +171,50 @@ fn cache_teacher_resumes_after_a_stop_and_runs_refuse_caches_not_made_for_them()
     let second = cache_teacher(&cfg, &RunOptions::default()).unwrap();
     assert!(!second.interrupted);
     assert_eq!(second.shards_made, 1, "the finished shard was kept");
-    assert!(lm(run(&Job::CausalLm(cfg.clone()), &RunOptions::default()).unwrap()).report.is_some());
+    assert!(lm(run(
+        &Job::CausalLm(Box::new(cfg.clone())),
+        &RunOptions::default()
+    )
+    .unwrap())
+    .report
+    .is_some());
 
     // Another block size, more steps than were cached, another temperature, another loss,
     // another teacher.
-    let e = run_err(job(tmp.path(), "b", &extra, |t| t.replace("block_size: 32", "block_size: 16")));
+    let e = run_err(job(tmp.path(), "b", &extra, |t| {
+        t.replace("block_size: 32", "block_size: 16")
+    }));
     assert!(e.contains("data.block_size 32, this run has 16"), "{e}");
-    let e = run_err(job(tmp.path(), "s", &extra, |t| t.replace("steps: 3,", "steps: 30,")));
+    let e = run_err(job(tmp.path(), "s", &extra, |t| {
+        t.replace("steps: 3,", "steps: 30,")
+    }));
     assert!(e.contains("shorter than the data"), "{e}");
-    let e = run_err(job(tmp.path(), "t", &extra, |t| t.replace("temperature: 2.0", "temperature: 1.0")));
+    let e = run_err(job(tmp.path(), "t", &extra, |t| {
+        t.replace("temperature: 2.0", "temperature: 1.0")
+    }));
     assert!(e.contains("distill.temperature 2, this run has 1"), "{e}");
-    let e = run_err(job(tmp.path(), "l", &extra, |t| t.replace("forward_kl", "reverse_kl")));
-    assert!(e.contains("distill.loss `reverse_kl` with teacher.cache"), "{e}");
+    let e = run_err(job(tmp.path(), "l", &extra, |t| {
+        t.replace("forward_kl", "reverse_kl")
+    }));
+    assert!(
+        e.contains("distill.loss `reverse_kl` with teacher.cache"),
+        "{e}"
+    );
     let cfg2 = tiny_llama_config();
     let other = tiny_llama(&cfg2);
     write_tiny_llama_folder(&tmp.path().join("teacher"), &cfg2, &other);
     let e = run_err(named("other-teacher"));
     assert!(e.contains("the cache was made for teacher"), "{e}");
     // k larger than the vocabulary.
-    let big = format!("  cache: {{dir: {}, top_k: 999}}", tmp.path().join("c2").display());
+    let big = format!(
+        "  cache: {{dir: {}, top_k: 999}}",
+        tmp.path().join("c2").display()
+    );
     let e = cache_teacher(&job(tmp.path(), "k", &big, |t| t), &RunOptions::default())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("top_k: 999") && e.contains("vocabulary size (260)"), "{e}");
+    assert!(
+        e.contains("top_k: 999") && e.contains("vocabulary size (260)"),
+        "{e}"
+    );
 }

@@ -130,18 +130,25 @@ pub enum CacheConfig {
     Dir(String),
     Detailed {
         dir: String,
-        /// Most probable tokens kept per position (default 32: ≈ 110 bytes per position for a
-        /// 49k vocabulary).
+        /// Most probable tokens kept exactly per position (default 16).
         #[serde(default = "default_top_k")]
         top_k: usize,
         /// Bits per quantised log-probability: 2 to 16, or 32 for exact f32 (default 8).
         #[serde(default = "default_logprob_bits")]
         logprob_bits: u32,
+        /// Tokens drawn per position from the teacher's distribution outside the top-k, which
+        /// share its residual mass (default 24; 0: the residual is one bucket). With the
+        /// defaults a position takes 112 bytes for a 49k vocabulary.
+        #[serde(default = "default_tail_samples")]
+        tail_samples: usize,
     },
 }
 
 fn default_top_k() -> usize {
-    32
+    16
+}
+fn default_tail_samples() -> usize {
+    24
 }
 fn default_logprob_bits() -> u32 {
     8
@@ -157,6 +164,12 @@ impl CacheConfig {
         match self {
             CacheConfig::Dir(_) => default_top_k(),
             CacheConfig::Detailed { top_k, .. } => *top_k,
+        }
+    }
+    pub fn tail_samples(&self) -> usize {
+        match self {
+            CacheConfig::Dir(_) => default_tail_samples(),
+            CacheConfig::Detailed { tail_samples, .. } => *tail_samples,
         }
     }
     pub fn logprob_bits(&self) -> u32 {

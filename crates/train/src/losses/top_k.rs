@@ -14,7 +14,7 @@
 //! CPU row kernel the fused head pass uses, with the same values and gradients.
 
 use candle_core::{DType, Device, Result, Tensor, D};
-use distill_cache::TopK;
+use distill_cache::{TopK, PAD_LOGP};
 use distill_models::ops::rows::{exp, exp_sum, row_max};
 use rayon::prelude::*;
 
@@ -124,6 +124,10 @@ fn row(
     let tail = (1.0 - rest / q_rest) as f32;
     mix_in_place(a, inv_t, s_t, s_1, same, c0 * tail, c1);
     for ((&j, &z), &lp) in ids.iter().zip(saved.iter()).zip(logp) {
+        if lp <= PAD_LOGP {
+            // A repeated tail sample: its first entry carries the weight.
+            continue;
+        }
         let ps_t = exp(z * inv_t - s_t);
         let ps = if same { ps_t } else { exp(z - s_1) };
         a[j as usize] = c0 * (ps_t - exp(lp)) + c1 * ps;
@@ -139,6 +143,7 @@ thread_local! {
 /// Rows of student logits `zs` (`[rows, v]`) against the cached targets `t` from row
 /// `first` on, with labels `y`: returns `(Σ KL at T, Σ CE)` and leaves the gradient of the row
 /// losses in `zs` (see [`super::fused_kd`] for `c0`, `c1`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn top_k_kl_ce_rows(
     zs: &mut [f32],
     t: &TopK,
@@ -196,6 +201,69 @@ mod tests {
             t.label_logp.push(0.0);
         }
         t
+    }
+
+    /// Targets as a cache with `m` tail samples stores and decodes them (exact log-probabilities).
+    fn targets_with_tail(zt: &Tensor, k: usize, m: usize) -> TopK {
+        let v = zt.dim(1).unwrap();
+        let layout = distill_cache::Layout::new(k, v, 32)
+            .unwrap()
+            .with_tail_samples(m)
+            .unwrap();
+        let mut t = TopK {
+            k: layout.row_width(),
+            ..TopK::default()
+        };
+        let mut rec = vec![0u8; layout.record_bytes];
+        for (i, r) in zt.to_vec2::<f32>().unwrap().iter().enumerate() {
+            let mut row = top_k_row(r, k, 1.0, None).unwrap();
+            row.tail = distill_cache::sample_tail(r, &row, 1.0, m, i as u64);
+            layout.encode(&row, &mut rec);
+            let (rest, label) = layout.decode(&rec, &mut t.ids, &mut t.logp).unwrap();
+            t.rest.push(rest);
+            t.label_logp.push(label);
+        }
+        t
+    }
+
+    /// With tail samples (repeats merged into padding entries) the fused pass still equals the
+    /// composed loss.
+    #[test]
+    fn fused_equals_composed_with_sampled_tails() {
+        let c = case(50, 12, 40);
+        // A flat teacher, so that the tail holds mass and draws repeat.
+        let zt = (c.ht.matmul(&c.wt.t().unwrap()).unwrap() * 0.3).unwrap();
+        let top = targets_with_tail(&zt, 4, 12);
+        assert!(top.logp.iter().any(|&l| l <= PAD_LOGP), "some draws repeat");
+        assert!(top.rest.iter().all(|&r| r == 0.0));
+        let fused =
+            fused_head_top_k_kl_ce(c.hs.as_tensor(), c.ws.as_tensor(), &top, &c.y, 1.0, 0.7)
+                .unwrap();
+        let zs = c.hs.matmul(&c.ws.t().unwrap()).unwrap();
+        let kl = top_k_kl(&zs, &TopKTensors::new(&top, &Device::Cpu).unwrap(), 1.0).unwrap();
+        let ce = CrossEntropy
+            .forward(&LossInputs {
+                student_logits: &zs,
+                teacher_logits: None,
+                labels: Some(&c.y),
+            })
+            .unwrap();
+        let klv = kl.to_scalar::<f32>().unwrap();
+        assert!(
+            (fused.soft - klv).abs() < 1e-4 * klv.max(1.0),
+            "{} vs {klv}",
+            fused.soft
+        );
+        let total = ((kl * 0.7).unwrap() + (ce * 0.3).unwrap()).unwrap();
+        let gf = fused.total.backward().unwrap();
+        let gc = total.backward().unwrap();
+        for var in [&c.hs, &c.ws] {
+            let d = max_diff(
+                gf.get(var.as_tensor()).unwrap(),
+                gc.get(var.as_tensor()).unwrap(),
+            );
+            assert!(d < 2e-5, "gradient differs by {d}");
+        }
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
