@@ -3,7 +3,9 @@
 # data, block order, steps and tokens, trained (a) with the teacher's soft targets (forward KL at
 # temperature KD_TEMPERATURE, weight KD_ALPHA) and (b) on the labels alone (alpha 0). Writes
 # docs/results/kd-vs-scratch${SUFFIX}.{md,json}. About 20 minutes on 2 cores.
-#   [KD_ALPHA=0.5] [KD_TEMPERATURE=1.0] [SUFFIX=] scripts/bench-kd-vs-scratch.sh [steps]
+# TEACHER_CACHE=DIR runs both from an offline teacher cache (made first by `distill
+# cache-teacher`, or finished, or reused when complete): neither run then runs the teacher.
+#   [KD_ALPHA=0.5] [KD_TEMPERATURE=1.0] [SUFFIX=] [TEACHER_CACHE=DIR] scripts/bench-kd-vs-scratch.sh [steps]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 steps="${1:-80}"
@@ -21,6 +23,10 @@ for variant in kd scratch; do
       -e "s/^  name: .*/  name: bench-$variant/" -e "s#^  dir: .*#  dir: $work#" \
       configs/quickstart.yaml > "$work/$variant.yaml"
   grep -q "alpha: $alpha" "$work/$variant.yaml"
+  if [[ -n "${TEACHER_CACHE:-}" ]]; then
+    sed -i "s#^  gguf_weights: dequantized.*#  gguf_weights: dequantized\n  cache: $TEACHER_CACHE#" "$work/$variant.yaml"
+    target/release/distill cache-teacher "$work/$variant.yaml" | tail -2
+  fi
   target/release/distill run "$work/$variant.yaml" --overwrite | tail -12
 done
 python3 - "$work" "$steps" "$kd_alpha" "$kd_temperature" "$suffix" <<'PY'
