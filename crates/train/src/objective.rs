@@ -359,7 +359,12 @@ impl Objective {
                 let c = rows(c, self.teacher_width, "teacher")?;
                 let l = term
                     .loss
-                    .forward(&a, &c.detach())
+                    .forward(
+                        &a,
+                        &c.detach()
+                            .to_dtype(a.dtype())
+                            .ctx(|| "teacher hidden".into())?,
+                    )
                     .ctx(|| "hidden-state loss".into())?;
                 sum += l.to_scalar::<f32>().ctx(|| "hidden loss".into())?;
                 total = (total + (l * term.weight).ctx(|| "loss".into())?).ctx(|| "loss".into())?;

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use candle_core::{Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::VarMap;
 use distill_cache::TeacherCache as TargetCache;
 use distill_models::{Input, Model};
@@ -203,8 +203,11 @@ impl CausalLm<'_> {
     ) -> Result<Option<Losses>, TrainError> {
         let Some(teacher) = self.teacher.filter(|t| {
             self.objective.fuses_heads()
-                && t.dense_head().is_some()
-                && self.student.dense_head().is_some()
+                && t.dense_head().is_some_and(|h| h.dtype() == DType::F32)
+                && self
+                    .student
+                    .dense_head()
+                    .is_some_and(|h| h.dtype() == DType::F32)
         }) else {
             return Ok(None);
         };
@@ -433,7 +436,14 @@ impl Task for CausalLm<'_> {
                     )));
                 }
                 Some((
-                    flat(&t.logits.detach()).ctx(|| "teacher logits".into())?,
+                    // A bf16/f16 teacher (the GPU default) is compared in the student's dtype.
+                    flat(
+                        &t.logits
+                            .detach()
+                            .to_dtype(out.logits.dtype())
+                            .ctx(|| "teacher logits".into())?,
+                    )
+                    .ctx(|| "teacher logits".into())?,
                     t.hidden_states,
                 ))
             }
@@ -505,12 +515,19 @@ impl Task for CausalLm<'_> {
                             let f = features(teacher, &input, "teacher forward (eval)")?;
                             let features = f.features.detach();
                             let t = distill_models::weights::times_transposed(&features, head)
+                                .and_then(|t| t.to_dtype(DType::F32))
                                 .ctx(|| "teacher head (eval)".into())?;
                             batches.push(features);
                             t
                         }
                         TeacherCache::Logits(batches) => {
-                            let t = teacher.run(&input).map_err(teacher_err)?.logits.detach();
+                            let t = teacher
+                                .run(&input)
+                                .map_err(teacher_err)?
+                                .logits
+                                .detach()
+                                .to_dtype(DType::F32)
+                                .ctx(|| "teacher logits (eval)".into())?;
                             batches.push(t.clone());
                             t
                         }
@@ -522,6 +539,7 @@ impl Task for CausalLm<'_> {
                     .as_ref()
                     .expect("filled on the first evaluation")
                     .logits(bi)
+                    .and_then(|t| t.to_dtype(logits.dtype()))
                     .ctx(|| "teacher logits (eval)".into())?;
                 let v = logits.dim(2).ctx(|| "logits".into())?;
                 let sl = logits.reshape((chunk.len() * s, v)).ctx(|| "eval".into())?;
