@@ -15,13 +15,28 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     match s.as_str() {
         "cpu" => Ok(Device::Cpu),
         "auto" => {
+            // A CUDA build says CUDA is available whether or not the machine has a GPU: try
+            // it, and fall back with the reason logged.
             if candle_core::utils::cuda_is_available() {
-                Device::new_cuda(0).map_err(|e| err(e.to_string()))
-            } else if candle_core::utils::metal_is_available() {
-                Device::new_metal(0).map_err(|e| err(e.to_string()))
-            } else {
-                Ok(Device::Cpu)
+                match Device::new_cuda(0) {
+                    Ok(d) => {
+                        tracing::info!("device auto: CUDA device 0");
+                        return Ok(d);
+                    }
+                    Err(e) => tracing::warn!("device auto: CUDA build but no usable GPU ({e})"),
+                }
             }
+            if candle_core::utils::metal_is_available() {
+                match Device::new_metal(0) {
+                    Ok(d) => {
+                        tracing::info!("device auto: Metal device 0");
+                        return Ok(d);
+                    }
+                    Err(e) => tracing::warn!("device auto: Metal build but no usable GPU ({e})"),
+                }
+            }
+            tracing::info!("device auto: CPU");
+            Ok(Device::Cpu)
         }
         "metal" => Device::new_metal(0).map_err(|e| {
             err(format!(
