@@ -116,10 +116,10 @@ t = doc["teacher"]
 L = [f"# GPU check ({device})", "", f"GPU: {doc['gpu']}", "",
      f"Teacher (SmolLM2-135M, dequantised) on {rows} tokens of a held-out chapter, against the CPU in f32:", "",
      "| dtype | top-1 agreement | max abs diff | perplexity | tokens/s |", "|---|---:|---:|---:|---:|",
-     f"| CPU f32 | | | {t['cpu_f32']['perplexity']} | {t['cpu_f32']['tokens_per_second']} |"]
+     f"| CPU f32 | | | {t['cpu_f32']['perplexity']:.3f} | {t['cpu_f32']['tokens_per_second']:.0f} |"]
 for dtype in ("bf16", "f32"):
     x = t[dtype]
-    L.append(f"| {device} {dtype} | {100*x['top1_agreement_with_cpu']:.1f}% | {x['max_abs_diff']:.4f} | {x['ppl']} | {x['tokens_per_second']} |")
+    L.append(f"| {device} {dtype} | {100*x['top1_agreement_with_cpu']:.1f}% | {x['max_abs_diff']:.4f} | {x['ppl']:.3f} | {x['tokens_per_second']:.0f} |")
 d = doc["distil"]
 L += ["", f"Distillation on {device}: {steps} steps of batch {batch} × 128 in {d['seconds']} s; student validation perplexity {d['student_val_ppl']:.2f} (teacher {d['teacher_val_ppl']:.2f});",
       f"training {d['train_tokens_per_second']:.0f} tokens/s, ≈ {d['achieved_tflops']:.2f} TFLOP/s (2·teacher + 6·student parameters per token)"
