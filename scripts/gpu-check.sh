@@ -9,17 +9,23 @@
 # Everything goes to $OUT (default runs/gpu-check): gpu.md, gpu.json, the logs.
 # `--device cpu` is the dry run of the same steps on the CPU binary (a few steps), which
 # scripts/test.sh does not run but must keep passing.
-#   scripts/gpu-check.sh [--device cuda|cpu] [--bin PATH] [--assets DIR]
+#   scripts/gpu-check.sh [--device cuda|cpu] [--bin PATH[.gz]] [--assets DIR]
+# On a lent machine (the `device` tool) a call carries at most 64 MiB: the gzipped binary
+# (≈ 19 MiB) and Moby Dick fit, the quickstart's 98 MB GGUF teacher does not; pass a smaller
+# teacher there with --teacher (e.g. the 6-layer d = 384 Hugging Face folder that
+# scripts/bench-vs-torch/small_teacher.py writes, ≈ 55 MB in f32, less in bf16).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 device=cuda
 bin=""
+teacher=""
 assets="${DISTILL_ASSETS:-$HOME/.cache/distill/assets}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --device) device="$2"; shift 2 ;;
     --bin) bin="$2"; shift 2 ;;
     --assets) assets="$2"; shift 2 ;;
+    --teacher) teacher="$2"; shift 2 ;;
     *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -29,7 +35,7 @@ if [[ "$device" == cpu ]]; then
   bin="${bin:-target/release/distill}"
   steps="${STEPS:-3}"; batch=2; max_tokens=64
 else
-  bin="${bin:-target-cuda/distill-cuda}"
+  bin="${bin:-target-cuda/distill-cuda.gz}"
   steps="${STEPS:-300}"; batch="${BATCH:-16}"; max_tokens=256
   # The CUDA libraries of the machine's Python wheels (cuBLAS, cuRAND, the runtime); the
   # driver provides libcuda.
@@ -42,10 +48,15 @@ PY
   export LD_LIBRARY_PATH="${libs:+$libs:}${LD_LIBRARY_PATH:-}"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/gpu.txt" || true
 fi
+if [[ "$bin" == *.gz ]]; then
+  gunzip -c "$bin" > "$out/distill"
+  chmod +x "$out/distill"
+  bin="$out/distill"
+fi
 [[ -x "$bin" ]] || { echo "gpu-check: no binary at $bin" >&2; exit 1; }
-gguf="$assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+gguf="${teacher:-$assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf}"
 text="$assets/moby-dick/chapter_2.txt"
-[[ -f "$gguf" && -f "$text" ]] || { echo "gpu-check: assets missing under $assets" >&2; exit 1; }
+[[ -e "$gguf" && -f "$text" ]] || { echo "gpu-check: teacher $gguf or text $text missing" >&2; exit 1; }
 export RUST_LOG="${RUST_LOG:-info}"
 
 # 1. Teacher logits, device against CPU.
@@ -62,14 +73,15 @@ sed -e "s|^  device: auto|  device: $device|" -e "s|^  steps: 80|  steps: $steps
     -e "s|^  batch_size: 4|  batch_size: $batch|" -e "s|^  eval_every: 20|  eval_every: $(( steps / 3 > 0 ? steps / 3 : 1 ))|" \
     -e "s|^  checkpoint_every: 20|  checkpoint_every: $steps|" \
     -e "s|^  dir: runs|  dir: $out|" -e "s|^  name: quickstart|  name: distil|" \
-    -e "s|\${DISTILL_ASSETS:-~/.cache/distill/assets}|$assets|g" configs/quickstart.yaml > "$out/distil.yaml"
+    -e "s|\${DISTILL_ASSETS:-~/.cache/distill/assets}|$assets|g" \
+    -e "s|^  source: .*\.gguf$|  source: $gguf|" configs/quickstart.yaml > "$out/distil.yaml"
 rm -rf "$out/distil"
 start=$(date +%s)
 "$bin" run "$out/distil.yaml" > "$out/distil.log" 2>&1
 echo $(( $(date +%s) - start )) > "$out/distil.seconds"
 
 # 3. The table.
-python3 - "$out" "$device" "$steps" "$batch" <<'PY'
+python3 - "$out" "$device" "$steps" "$batch" "$(basename "$gguf")" <<'PY'
 import json, struct, sys, statistics, array, math
 out, device, steps, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 
@@ -114,7 +126,7 @@ doc["distil"]["share_of_bf16_peak"] = doc["distil"]["achieved_tflops"] / peak if
 json.dump(doc, open(f"{out}/gpu.json", "w"), indent=2)
 t = doc["teacher"]
 L = [f"# GPU check ({device})", "", f"GPU: {doc['gpu']}", "",
-     f"Teacher (SmolLM2-135M, dequantised) on {rows} tokens of a held-out chapter, against the CPU in f32:", "",
+     f"Teacher ({sys.argv[5]}, GGUF dequantised) on {rows} tokens of a held-out chapter, against the CPU in f32:", "",
      "| dtype | top-1 agreement | max abs diff | perplexity | tokens/s |", "|---|---:|---:|---:|---:|",
      f"| CPU f32 | | | {t['cpu_f32']['perplexity']:.3f} | {t['cpu_f32']['tokens_per_second']:.0f} |"]
 for dtype in ("bf16", "f32"):
