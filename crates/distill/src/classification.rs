@@ -256,8 +256,10 @@ pub fn run(cfg: &ClassifyConfig, opts: &RunOptions) -> Result<ClsRun> {
                 }
             }
             let frozen = ft.clone();
+            // The fresh head is drawn from the run's seed, so fine-tuning is reproducible.
             let src = VarMapWeights::new(&teacher_vm, DType::F32, &device)
-                .with_frozen(move |n| frozen.is_frozen(n));
+                .with_frozen(move |n| frozen.is_frozen(n))
+                .with_seed(ft.seed);
             let model = BertClassifier::load(tcfg, &src, num_labels, cfg.pooling)?;
             tracing::info!(source = %source, "fine-tuning the teacher");
             let mut task = Classification::new(

@@ -340,6 +340,7 @@ pub struct VarMapWeights {
     device: Device,
     dtype: DType,
     frozen: Option<NamePredicate>,
+    seed: Option<u64>,
 }
 
 /// Decides by variable name (e.g. whether it is frozen).
@@ -353,7 +354,55 @@ impl VarMapWeights {
             device: device.clone(),
             dtype,
             frozen: None,
+            seed: None,
         }
+    }
+
+    /// Variables created here with a normal init draw from a ChaCha8 stream seeded by `seed`
+    /// and the variable's name, instead of candle's unseeded generator: a fresh head (a
+    /// classifier fine-tuned from an encoder) starts the same in every run.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// A `Randn` variable drawn from the seeded stream, put in the map before candle would
+    /// create it.
+    fn create_seeded(
+        &self,
+        name: &str,
+        shape: &[usize],
+        mean: f64,
+        stdev: f64,
+        seed: u64,
+    ) -> Result<()> {
+        use rand::Rng;
+        use rand::SeedableRng;
+        // FNV-1a of the name: the draw does not depend on the order variables are made in.
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        });
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ h);
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+                let u2: f64 = rng.random();
+                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                (mean + stdev * z) as f32
+            })
+            .collect();
+        let t = Tensor::from_vec(data, shape, &self.device)
+            .and_then(|t| t.to_dtype(self.dtype))
+            .context(|| format!("trainable variable `{name}` of shape {shape:?}"))?;
+        let var =
+            candle_core::Var::from_tensor(&t).context(|| format!("trainable variable `{name}`"))?;
+        self.varmap
+            .data()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), var);
+        Ok(())
     }
 
     /// Variables whose name matches `is_frozen` are handed out detached: they stay in the map
@@ -383,6 +432,11 @@ impl WeightSource for VarMapWeights {
             .contains_key(name)
     }
     fn tensor(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        if let (Some(seed), Init::Randn { mean, stdev }) = (self.seed, init) {
+            if !self.contains(name) {
+                self.create_seeded(name, shape, mean, stdev, seed)?;
+            }
+        }
         let t = self
             .vb
             .get_with_hints(shape, name, init)
@@ -401,4 +455,39 @@ pub fn bytes_on_disk(files: &[impl AsRef<Path>]) -> u64 {
         .filter_map(|f| std::fs::metadata(f.as_ref()).ok())
         .map(|m| m.len())
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(seed: Option<u64>, vm: &VarMap) -> Vec<f32> {
+        let mut w = VarMapWeights::new(vm, DType::F32, &Device::Cpu);
+        if let Some(s) = seed {
+            w = w.with_seed(s);
+        }
+        let init = Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
+        w.tensor("classifier.weight", &[3, 8], init)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn seeded_variables_are_the_same_in_every_run_and_existing_ones_are_kept() {
+        let a = head(Some(7), &VarMap::new());
+        assert_eq!(a, head(Some(7), &VarMap::new()));
+        assert_ne!(a, head(Some(8), &VarMap::new()));
+        let sd = (a.iter().map(|x| x * x).sum::<f32>() / a.len() as f32).sqrt();
+        assert!((0.005..0.05).contains(&sd), "stdev {sd}");
+        // A variable the map holds (a checkpoint) is taken as it is.
+        let vm = VarMap::new();
+        let first = head(Some(1), &vm);
+        assert_eq!(head(Some(2), &vm), first);
+    }
 }
