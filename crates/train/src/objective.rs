@@ -28,11 +28,11 @@ struct HiddenTerm {
 /// The objective of a run, with the variables it owns (hidden-state projections).
 pub struct Objective {
     soft: Box<dyn Loss>,
-    /// Forward KL + CE in one fused CPU pass (same values and gradients as the composed losses).
-    fused_temperature: Option<f64>,
     hidden: Vec<HiddenTerm>,
     alpha: f64,
     temperature: f64,
+    /// Whether the fused CPU kernels run (forward KL + CE, cached targets; same values and
+    /// gradients as the composed losses).
     on_cpu: bool,
     student_width: usize,
     teacher_width: usize,
@@ -122,7 +122,6 @@ impl Objective {
         }
         Ok(Self {
             soft,
-            fused_temperature: (d.loss == "forward_kl" && device.is_cpu()).then_some(d.temperature),
             hidden,
             alpha: d.alpha,
             temperature: d.temperature,
@@ -159,9 +158,22 @@ impl Objective {
         !self.hidden.is_empty()
     }
 
+    /// The temperature of the fused forward KL + CE, when the objective runs it.
+    fn fused_temperature(&self) -> Option<f64> {
+        (self.on_cpu && self.soft.name() == "forward_kl").then_some(self.temperature)
+    }
+
     pub fn value(&self, x: &Targets) -> Result<ObjectiveValue, TrainError> {
-        let teacher = x.teacher.filter(|_| self.alpha > 0.0);
-        let (hard, soft) = match (teacher, self.fused_temperature) {
+        // A teacher in another dtype (bf16 on a GPU) is compared in the student's.
+        let teacher = match x.teacher.filter(|_| self.alpha > 0.0) {
+            Some(t) => Some(
+                t.to_dtype(x.student.dtype())
+                    .ctx(|| "teacher logits".into())?,
+            ),
+            None => None,
+        };
+        let teacher = teacher.as_ref();
+        let (hard, soft) = match (teacher, self.fused_temperature()) {
             (Some(t), Some(temp)) => {
                 let r = fused_forward_kl_ce(x.student, t, x.labels, temp)
                     .ctx(|| "fused KL + cross-entropy".into())?;
@@ -215,7 +227,7 @@ impl Objective {
     }
 
     fn fused_head_temperature(&self) -> Option<f64> {
-        self.fused_temperature.filter(|_| self.alpha > 0.0)
+        self.fused_temperature().filter(|_| self.alpha > 0.0)
     }
 
     /// The objective from the student's and the teacher's features and heads

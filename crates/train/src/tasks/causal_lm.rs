@@ -82,11 +82,30 @@ impl<'a> CausalLm<'a> {
                 .unwrap_or(student.hidden_size()),
             device,
         )?;
-        Ok(Self {
+        Ok(Self::assemble(
+            (student, varmap),
+            (teacher, None),
+            objective,
+            training,
+            (train, valid),
+            device,
+        ))
+    }
+
+    /// The task from its parts, with nothing computed yet.
+    fn assemble(
+        (student, varmap): (&'a dyn Model, &'a VarMap),
+        (teacher, cache): (Option<&'a dyn Model>, Option<&'a TargetCache>),
+        objective: Objective,
+        training: &'a Training,
+        (train, valid): (&'a BlockSet, &'a BlockSet),
+        device: &Device,
+    ) -> Self {
+        Self {
             student,
             varmap,
             teacher,
-            cache: None,
+            cache,
             objective,
             train,
             valid,
@@ -95,7 +114,7 @@ impl<'a> CausalLm<'a> {
             orders: HashMap::new(),
             teacher_cache: None,
             teacher_val_ppl: None,
-        })
+        }
     }
 
     /// A task that reads the teacher's top-k targets from `cache` (splits `train` and `valid`)
@@ -119,20 +138,14 @@ impl<'a> CausalLm<'a> {
             device,
         )?;
         objective.check_cacheable()?;
-        Ok(Self {
-            student,
-            varmap,
-            teacher: None,
-            cache: Some(cache),
+        Ok(Self::assemble(
+            (student, varmap),
+            (None, Some(cache)),
             objective,
-            train,
-            valid,
             training,
-            device: device.clone(),
-            orders: HashMap::new(),
-            teacher_cache: None,
-            teacher_val_ppl: None,
-        })
+            (train, valid),
+            device,
+        ))
     }
 
     /// The teacher's perplexity on the validation blocks (after the first evaluation).
@@ -436,14 +449,7 @@ impl Task for CausalLm<'_> {
                     )));
                 }
                 Some((
-                    // A bf16/f16 teacher (the GPU default) is compared in the student's dtype.
-                    flat(
-                        &t.logits
-                            .detach()
-                            .to_dtype(out.logits.dtype())
-                            .ctx(|| "teacher logits".into())?,
-                    )
-                    .ctx(|| "teacher logits".into())?,
+                    flat(&t.logits.detach()).ctx(|| "teacher logits".into())?,
                     t.hidden_states,
                 ))
             }
