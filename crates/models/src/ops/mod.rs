@@ -30,6 +30,21 @@ pub fn cpu_slice<'a, T: WithDType>(
         .map_err(|_| candle_core::Error::Msg(format!("{what} must be {:?}", T::DTYPE)))
 }
 
+/// Runs `f` on the `f32` elements of a CPU tensor (copied first only when its layout is not
+/// contiguous), or an error naming `what` when it is on another device or of another dtype.
+pub fn with_cpu_f32<R>(
+    t: &candle_core::Tensor,
+    what: &str,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("{what} must be on the CPU, is on {:?}", t.device())
+    };
+    f(cpu_slice::<f32>(cpu, layout, what)?)
+}
+
 #[cfg(test)]
 pub(crate) mod testing;
 

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
-use distill_models::ops::cpu_slice;
+use distill_models::ops::with_cpu_f32;
 
 use distill_cache::TopK;
 
@@ -133,41 +133,38 @@ fn head_pass(
 ) -> Result<HeadLoss> {
     let (n, d) = hs.dims2()?;
     let (v, _) = ws.dims2()?;
-    let (hs_c, ws_c) = (hs.contiguous()?, ws.contiguous()?);
-    let (gh, gw) = (hs_c.storage_and_layout(), ws_c.storage_and_layout());
-    let (candle_core::Storage::Cpu(sh), candle_core::Storage::Cpu(sw)) = (&*gh.0, &*gw.0) else {
-        candle_core::bail!("fused head loss: the student's features and head must be on the CPU");
-    };
-    let h = cpu_slice::<f32>(sh, gh.1, "fused head loss: student features")?;
-    let w = cpu_slice::<f32>(sw, gw.1, "fused head loss: student head")?;
     let t = temperature as f32;
     let (c0, c1) = (alpha as f32 * t / n as f32, (1.0 - alpha as f32) / n as f32);
-    let mut zs = vec![0f32; CHUNK.min(n) * v];
-    let mut dh = vec![0f32; n * d];
-    let mut dw = vec![0f32; v * d];
-    let (mut kl, mut ce) = (0f64, 0f64);
-    for start in (0..n).step_by(CHUNK) {
-        let c = CHUNK.min(n - start);
-        let zs = &mut zs[..c * v];
-        let hc = &h[start * d..(start + c) * d];
-        matmul(zs, (c, v, d), (hc, d, 1), (w, 1, d), false);
-        let (k, e) = rows(start, zs, c0, c1);
-        kl += k;
-        ce += e;
-        // zs now holds ∂loss/∂z for the chunk's rows.
-        matmul(
-            &mut dh[start * d..(start + c) * d],
-            (c, d, v),
-            (zs, v, 1),
-            (w, d, 1),
-            false,
-        );
-        // The first chunk writes ∂W without reading it: reading the fresh zeroed buffer would
-        // map the shared zero page and make every first write a copy-on-write fault with a TLB
-        // shootdown across threads.
-        matmul(&mut dw, (v, d, c), (zs, 1, v), (hc, d, 1), start > 0);
-    }
-    drop((gh, gw));
+    let (dh, dw, kl, ce) = with_cpu_f32(hs, "fused head loss: student features", |h| {
+        with_cpu_f32(ws, "fused head loss: student head", |w| {
+            let mut zs = vec![0f32; CHUNK.min(n) * v];
+            let mut dh = vec![0f32; n * d];
+            let mut dw = vec![0f32; v * d];
+            let (mut kl, mut ce) = (0f64, 0f64);
+            for start in (0..n).step_by(CHUNK) {
+                let c = CHUNK.min(n - start);
+                let zs = &mut zs[..c * v];
+                let hc = &h[start * d..(start + c) * d];
+                matmul(zs, (c, v, d), (hc, d, 1), (w, 1, d), false);
+                let (k, e) = rows(start, zs, c0, c1);
+                kl += k;
+                ce += e;
+                // zs now holds ∂loss/∂z for the chunk's rows.
+                matmul(
+                    &mut dh[start * d..(start + c) * d],
+                    (c, d, v),
+                    (zs, v, 1),
+                    (w, d, 1),
+                    false,
+                );
+                // The first chunk writes ∂W without reading it: reading the fresh zeroed buffer
+                // would map the shared zero page and make every first write a copy-on-write
+                // fault with a TLB shootdown across threads.
+                matmul(&mut dw, (v, d, c), (zs, 1, v), (hc, d, 1), start > 0);
+            }
+            Ok((dh, dw, kl, ce))
+        })
+    })?;
     let soft = (t as f64 * t as f64 * kl / n as f64) as f32;
     let hard = (ce / n as f64) as f32;
     let value = alpha as f32 * soft + (1.0 - alpha as f32) * hard;
@@ -222,26 +219,23 @@ pub fn fused_head_kl_ce(
         );
     }
     let y = labels_of(labels, v)?;
-    let (ht, wt) = (ht.contiguous()?, wt.contiguous()?);
-    let (gh, gw) = (ht.storage_and_layout(), wt.storage_and_layout());
-    let (candle_core::Storage::Cpu(sh), candle_core::Storage::Cpu(sw)) = (&*gh.0, &*gw.0) else {
-        candle_core::bail!("fused head loss: the teacher's features and head must be on the CPU");
-    };
-    let th = cpu_slice::<f32>(sh, gh.1, "fused head loss: teacher features")?;
-    let tw = cpu_slice::<f32>(sw, gw.1, "fused head loss: teacher head")?;
     let t = temperature as f32;
     let mut zt = vec![0f32; CHUNK.min(n) * v];
-    head_pass(hs, ws, temperature, alpha, |start, zs, c0, c1| {
-        let c = zs.len() / v;
-        let zt = &mut zt[..c * v];
-        matmul(
-            zt,
-            (c, v, dt),
-            (&th[start * dt..(start + c) * dt], dt, 1),
-            (tw, 1, dt),
-            false,
-        );
-        kl_ce_rows(zs, zt, &y[start..start + c], v, t, c0, c1)
+    with_cpu_f32(ht, "fused head loss: teacher features", |th| {
+        with_cpu_f32(wt, "fused head loss: teacher head", |tw| {
+            head_pass(hs, ws, temperature, alpha, |start, zs, c0, c1| {
+                let c = zs.len() / v;
+                let zt = &mut zt[..c * v];
+                matmul(
+                    zt,
+                    (c, v, dt),
+                    (&th[start * dt..(start + c) * dt], dt, 1),
+                    (tw, 1, dt),
+                    false,
+                );
+                kl_ce_rows(zs, zt, &y[start..start + c], v, t, c0, c1)
+            })
+        })
     })
 }
 
@@ -282,6 +276,7 @@ pub fn fused_head_top_k_kl_ce(
 mod tests {
     use super::*;
     use crate::losses::fused_forward_kl_ce;
+    use crate::losses::testing::max_abs_diff;
     use candle_core::{Device, Var};
 
     /// Equal, in value and in the gradients of features and head, to the logits path: the
@@ -322,14 +317,7 @@ mod tests {
             for var in [&hs, &ws] {
                 let a = gf.get(var.as_tensor()).unwrap();
                 let b = gc.get(var.as_tensor()).unwrap();
-                let diff = (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = max_abs_diff(a, b);
                 assert!(diff < 1e-5, "T = {t}: gradient differs by {diff}");
             }
         }

@@ -12,8 +12,8 @@
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use distill_models::ops::cpu_slice;
 use distill_models::ops::rows::{exp_into, exp_sum, row_max};
+use distill_models::ops::{cpu_slice, with_cpu_f32};
 use rayon::prelude::*;
 
 /// Per-row statistics the forward pass keeps for the backward pass: the log-normalisers of the
@@ -226,28 +226,23 @@ impl CustomOp3 for FusedKlCe {
         let same = t == 1.0;
         let (c0, c1) = (g[0] * t / n as f32, g[1] / n as f32);
         let mut out = vec![0f32; n * v];
-        {
-            let (sa, la) = zs.storage_and_layout();
-            let (sb, lb) = zt.storage_and_layout();
-            let (candle_core::Storage::Cpu(sa), candle_core::Storage::Cpu(sb)) = (&*sa, &*sb)
-            else {
-                candle_core::bail!("fused KL+CE: CPU tensors expected")
-            };
-            let a = cpu_slice::<f32>(sa, la, "fused KL+CE: student logits")?;
-            let b = cpu_slice::<f32>(sb, lb, "fused KL+CE: teacher logits")?;
-            // The teacher's exponentials are recomputed exactly as the forward pass made them.
-            out.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
-                let (ra, rb) = (&a[i * v..(i + 1) * v], &b[i * v..(i + 1) * v]);
-                let st = &stats[i];
-                o.copy_from_slice(ra);
-                SCRATCH.with(|e| {
-                    let mut e = e.borrow_mut();
-                    e.resize(v, 0.0);
-                    exp_into(rb, inv_t, st.t_shift, &mut e);
-                    row_gradient(o, &e, st, y[i], inv_t, same, c0, c1);
+        with_cpu_f32(zs, "fused KL+CE: student logits", |a| {
+            with_cpu_f32(zt, "fused KL+CE: teacher logits", |b| {
+                // The teacher's exponentials are recomputed exactly as the forward pass made them.
+                out.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
+                    let (ra, rb) = (&a[i * v..(i + 1) * v], &b[i * v..(i + 1) * v]);
+                    let st = &stats[i];
+                    o.copy_from_slice(ra);
+                    SCRATCH.with(|e| {
+                        let mut e = e.borrow_mut();
+                        e.resize(v, 0.0);
+                        exp_into(rb, inv_t, st.t_shift, &mut e);
+                        row_gradient(o, &e, st, y[i], inv_t, same, c0, c1);
+                    });
                 });
-            });
-        }
+                Ok(())
+            })
+        })?;
         Ok((
             Some(Tensor::from_vec(out, (n, v), zs.device())?),
             None,

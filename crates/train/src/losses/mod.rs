@@ -15,6 +15,23 @@ mod jsd;
 mod reverse_kl;
 mod top_k;
 
+#[cfg(test)]
+pub(crate) mod testing {
+    use candle_core::Tensor;
+
+    /// Largest absolute element-wise difference of two tensors of the same shape.
+    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+}
+
 pub use cross_entropy::CrossEntropy;
 pub use forward_kl::ForwardKl;
 pub use fused_head::{fused_head_kl_ce, fused_head_top_k_kl_ce, HeadLoss};

@@ -181,6 +181,7 @@ pub(crate) fn top_k_kl_ce_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::losses::testing::max_abs_diff;
     use crate::losses::{fused_head_kl_ce, fused_head_top_k_kl_ce, CrossEntropy, Loss, LossInputs};
     use candle_core::Var;
     use distill_cache::top_k_row;
@@ -236,11 +237,16 @@ mod tests {
         let top = targets_with_tail(&zt, 4, 12);
         assert!(top.logp.iter().any(|&l| l <= PAD_LOGP), "some draws repeat");
         assert!(top.rest.iter().all(|&r| r == 0.0));
-        let fused =
-            fused_head_top_k_kl_ce(c.hs.as_tensor(), c.ws.as_tensor(), &top, &c.y, 1.0, 0.7)
-                .unwrap();
+        assert_fused_equals_composed(&c, &top, 1.0, 0.7, "sampled tails");
+    }
+
+    /// The fused head pass over `top` equals the composed loss (the head, then [`top_k_kl`] and
+    /// cross-entropy by candle ops) in value, and in the gradients of features and head.
+    fn assert_fused_equals_composed(c: &Case, top: &TopK, t: f64, alpha: f64, what: &str) {
+        let fused = fused_head_top_k_kl_ce(c.hs.as_tensor(), c.ws.as_tensor(), top, &c.y, t, alpha)
+            .unwrap();
         let zs = c.hs.matmul(&c.ws.t().unwrap()).unwrap();
-        let kl = top_k_kl(&zs, &TopKTensors::new(&top, &Device::Cpu).unwrap(), 1.0).unwrap();
+        let kl = top_k_kl(&zs, &TopKTensors::new(top, &Device::Cpu).unwrap(), t).unwrap();
         let ce = CrossEntropy
             .forward(&LossInputs {
                 student_logits: &zs,
@@ -248,33 +254,26 @@ mod tests {
                 labels: Some(&c.y),
             })
             .unwrap();
-        let klv = kl.to_scalar::<f32>().unwrap();
+        let (klv, cev) = (
+            kl.to_scalar::<f32>().unwrap(),
+            ce.to_scalar::<f32>().unwrap(),
+        );
         assert!(
             (fused.soft - klv).abs() < 1e-4 * klv.max(1.0),
-            "{} vs {klv}",
+            "{what}: {} vs {klv}",
             fused.soft
         );
-        let total = ((kl * 0.7).unwrap() + (ce * 0.3).unwrap()).unwrap();
+        assert!((fused.hard - cev).abs() < 1e-4 * cev.max(1.0), "{what}");
+        let total = ((kl * alpha).unwrap() + (ce * (1.0 - alpha)).unwrap()).unwrap();
         let gf = fused.total.backward().unwrap();
         let gc = total.backward().unwrap();
         for var in [&c.hs, &c.ws] {
-            let d = max_diff(
+            let d = max_abs_diff(
                 gf.get(var.as_tensor()).unwrap(),
                 gc.get(var.as_tensor()).unwrap(),
             );
-            assert!(d < 2e-5, "gradient differs by {d}");
+            assert!(d < 2e-5, "{what}: gradient differs by {d}");
         }
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     struct Case {
@@ -305,38 +304,7 @@ mod tests {
         let zt = c.ht.matmul(&c.wt.t().unwrap()).unwrap();
         for (t, alpha, k) in [(1.0, 0.5, 8), (2.0, 0.8, 3), (1.0, 1.0, 96)] {
             let top = targets(&zt, k, t as f32);
-            let fused =
-                fused_head_top_k_kl_ce(c.hs.as_tensor(), c.ws.as_tensor(), &top, &c.y, t, alpha)
-                    .unwrap();
-            let zs = c.hs.matmul(&c.ws.t().unwrap()).unwrap();
-            let kl = top_k_kl(&zs, &TopKTensors::new(&top, &Device::Cpu).unwrap(), t).unwrap();
-            let ce = CrossEntropy
-                .forward(&LossInputs {
-                    student_logits: &zs,
-                    teacher_logits: None,
-                    labels: Some(&c.y),
-                })
-                .unwrap();
-            let (klv, cev) = (
-                kl.to_scalar::<f32>().unwrap(),
-                ce.to_scalar::<f32>().unwrap(),
-            );
-            assert!(
-                (fused.soft - klv).abs() < 1e-4 * klv.max(1.0),
-                "k {k}: {} vs {klv}",
-                fused.soft
-            );
-            assert!((fused.hard - cev).abs() < 1e-4 * cev.max(1.0));
-            let total = ((kl * alpha).unwrap() + (ce * (1.0 - alpha)).unwrap()).unwrap();
-            let gf = fused.total.backward().unwrap();
-            let gc = total.backward().unwrap();
-            for var in [&c.hs, &c.ws] {
-                let d = max_diff(
-                    gf.get(var.as_tensor()).unwrap(),
-                    gc.get(var.as_tensor()).unwrap(),
-                );
-                assert!(d < 2e-5, "k {k}, T {t}: gradient differs by {d}");
-            }
+            assert_fused_equals_composed(&c, &top, t, alpha, &format!("k {k}, T {t}"));
         }
     }
 
@@ -372,7 +340,7 @@ mod tests {
             let gc = cached.total.backward().unwrap();
             let go = online.total.backward().unwrap();
             for var in [&c.hs, &c.ws] {
-                let d = max_diff(
+                let d = max_abs_diff(
                     gc.get(var.as_tensor()).unwrap(),
                     go.get(var.as_tensor()).unwrap(),
                 );

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
 
+use distill_models::ops::with_cpu_f32;
+
 use super::host;
 
 /// The global L2 norm of `grads`.
@@ -17,7 +19,7 @@ pub fn global_grad_norm(grads: &HashMap<String, Tensor>) -> candle_core::Result<
     let mut total = 0f64;
     for g in names.into_iter().map(|n| &grads[n]) {
         total += if host::on_host(g) {
-            host::with_host_slice(g, host::sum_squares)?
+            with_cpu_f32(g, "gradient", |x| Ok(host::sum_squares(x)))?
         } else {
             g.to_dtype(DType::F32)?
                 .sqr()?

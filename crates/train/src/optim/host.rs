@@ -59,19 +59,6 @@ pub(crate) fn sum_squares(x: &[f32]) -> f64 {
     parts.iter().sum()
 }
 
-/// The contiguous `f32` data of a CPU tensor, copied only when its layout is not contiguous.
-pub(crate) fn with_host_slice<R>(
-    t: &Tensor,
-    f: impl FnOnce(&[f32]) -> R,
-) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("host optimiser path on a non-CPU tensor")
-    };
-    Ok(f(cpu_slice::<f32>(cpu, layout, "optimiser: gradient")?))
-}
-
 /// The in-place op that runs [`adamw_update`] on a variable's own storage, with the gradient as
 /// its source and the moments held by the caller.
 pub(crate) struct FusedAdamW<'a> {
