@@ -15,24 +15,24 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     match s.as_str() {
         "cpu" => Ok(Device::Cpu),
         "auto" => {
-            // A CUDA build says CUDA is available whether or not the machine has a GPU: try
-            // it, and fall back with the reason logged.
-            if candle_core::utils::cuda_is_available() {
-                match Device::new_cuda(0) {
+            // A GPU build says its backend is available whether or not the machine has a GPU:
+            // try each, and fall back with the reason logged.
+            type Open = fn() -> candle_core::Result<Device>;
+            let backends: [(&str, bool, Open); 2] = [
+                ("CUDA", candle_core::utils::cuda_is_available(), || {
+                    Device::new_cuda(0)
+                }),
+                ("Metal", candle_core::utils::metal_is_available(), || {
+                    Device::new_metal(0)
+                }),
+            ];
+            for (name, _, open) in backends.into_iter().filter(|b| b.1) {
+                match open() {
                     Ok(d) => {
-                        tracing::info!("device auto: CUDA device 0");
+                        tracing::info!("device auto: {name} device 0");
                         return Ok(d);
                     }
-                    Err(e) => tracing::warn!("device auto: CUDA build but no usable GPU ({e})"),
-                }
-            }
-            if candle_core::utils::metal_is_available() {
-                match Device::new_metal(0) {
-                    Ok(d) => {
-                        tracing::info!("device auto: Metal device 0");
-                        return Ok(d);
-                    }
-                    Err(e) => tracing::warn!("device auto: Metal build but no usable GPU ({e})"),
+                    Err(e) => tracing::warn!("device auto: {name} build but no usable GPU ({e})"),
                 }
             }
             tracing::info!("device auto: CPU");
