@@ -11,7 +11,7 @@ use distill_cache::{
     Layout, Manifest, SplitRequest, TeacherCache,
 };
 use distill_models::{Input, Model};
-use distill_teacher::{LoadOptions, LoadedTokenizer, Teacher, TeacherSource};
+use distill_teacher::{CacheConfig, LoadOptions, LoadedTokenizer, Teacher, TeacherSource};
 use distill_train::data::BlockSet;
 use distill_train::tasks::blocks_read;
 use distill_train::Event;
@@ -45,17 +45,13 @@ pub struct CacheOutcome {
     pub interrupted: bool,
 }
 
-/// The cache directory of a run, or an error saying where to name it.
-pub fn cache_dir(cfg: &RunConfig) -> Result<PathBuf> {
-    cfg.teacher
-        .cache
-        .as_ref()
-        .map(|c| PathBuf::from(c.dir()))
-        .ok_or_else(|| {
-            Error::Job(
-                "teacher.cache: name the directory of the teacher cache (`cache: DIR`, or `cache: {dir: DIR, top_k: 16, tail_samples: 24, logprob_bits: 8}`)".into(),
-            )
-        })
+/// The `teacher.cache` section of a run, or an error saying how to write it.
+pub fn cache_config(cfg: &RunConfig) -> Result<&CacheConfig> {
+    cfg.teacher.cache.as_ref().ok_or_else(|| {
+        Error::Job(
+            "teacher.cache: name the directory of the teacher cache (`cache: DIR`, or `cache: {dir: DIR, top_k: 16, tail_samples: 24, logprob_bits: 8}`)".into(),
+        )
+    })
 }
 
 /// The blocks of each split the run reads: the training blocks of all its micro-batches,
@@ -116,7 +112,7 @@ pub fn open_for_run(
     train: &BlockSet,
     valid: &BlockSet,
 ) -> Result<TeacherCache> {
-    let dir = cache_dir(cfg)?;
+    let dir = PathBuf::from(cache_config(cfg)?.dir());
     let cache = TeacherCache::open(&dir).context("teacher.cache")?;
     let (tr, va) = blocks_the_run_reads(cfg, train, valid);
     cache
@@ -144,8 +140,8 @@ pub fn open_for_run(
 /// in `teacher.cache`.
 pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome> {
     let started = Instant::now();
-    let c = cfg.teacher.cache.as_ref();
-    let dir = cache_dir(cfg)?;
+    let c = cache_config(cfg)?;
+    let dir = PathBuf::from(c.dir());
     let load = cfg.teacher.load_options().context("teacher")?;
     let source = TeacherSource::parse(&cfg.teacher.source).context("teacher.source")?;
     tracing::info!(source = %source, "loading the teacher");
@@ -155,13 +151,9 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
     let (train, valid) = build_data(cfg, &teacher.tokenizer, vocab)?;
     let (tr, va) = blocks_the_run_reads(cfg, &train, &valid);
     let identity = run_identity(cfg, &teacher.files, &teacher.tokenizer, &load)?;
-    let layout = Layout::new(
-        c.map_or(16, |c| c.top_k()),
-        vocab,
-        c.map_or(8, |c| c.logprob_bits()),
-    )
-    .and_then(|l| l.with_tail_samples(c.map_or(24, |c| c.tail_samples())))
-    .context("teacher.cache")?;
+    let layout = Layout::new(c.top_k(), vocab, c.logprob_bits())
+        .and_then(|l| l.with_tail_samples(c.tail_samples()))
+        .context("teacher.cache")?;
     let as_u32 = |v: &[usize]| v.iter().map(|&b| b as u32).collect::<Vec<_>>();
     let mut builder = CacheBuilder::open(
         &dir,
