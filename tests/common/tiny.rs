@@ -196,3 +196,19 @@ pub fn write_tiny_llama_gguf(
     let mut f = std::fs::File::create(path).unwrap();
     gguf_file::write(&mut f, &md_refs, &t_refs).unwrap();
 }
+
+/// Six short text documents in `dir` (`doc_0.txt`…), enough for a few blocks of 32 tokens of
+/// the tiny tokenizer in both splits.
+pub fn write_tiny_documents(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..6 {
+        std::fs::write(
+            dir.join(format!("doc_{i}.txt")),
+            format!(
+                "Document {i}. Call me Ishmael. Some years ago, never mind how long precisely. "
+            )
+            .repeat(5),
+        )
+        .unwrap();
+    }
+}

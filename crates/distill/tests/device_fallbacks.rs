@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::tiny::{tiny_llama, tiny_llama_config, write_tiny_llama_folder};
+use common::tiny::{tiny_llama, tiny_llama_config, write_tiny_documents, write_tiny_llama_folder};
 use distill::{parse_job, run, RunOptions, RunOutcome};
 
 fn losses(run_dir: &Path) -> Vec<f64> {
@@ -26,15 +26,7 @@ fn a_bf16_teacher_trains_through_the_composed_paths() {
     let cfg = tiny_llama_config();
     write_tiny_llama_folder(&tmp.path().join("teacher"), &cfg, &tiny_llama(&cfg));
     let docs = tmp.path().join("docs");
-    std::fs::create_dir_all(&docs).unwrap();
-    for i in 0..6 {
-        std::fs::write(
-            docs.join(format!("doc_{i}.txt")),
-            format!("Document {i}. Call me Ishmael. Some years ago, never mind how long. ")
-                .repeat(5),
-        )
-        .unwrap();
-    }
+    write_tiny_documents(&docs);
     let mut result = vec![];
     for dtype in ["f32", "bf16"] {
         let job = parse_job(&format!(

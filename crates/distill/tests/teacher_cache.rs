@@ -7,23 +7,11 @@ mod common;
 
 use std::path::Path;
 
-use common::tiny::{tiny_llama, tiny_llama_config, write_tiny_llama_folder, TINY_VOCAB};
+use common::tiny::{
+    tiny_llama, tiny_llama_config, write_tiny_documents, write_tiny_llama_folder, TINY_VOCAB,
+};
 use distill::teacher_cache::cache_teacher;
 use distill::{parse_job, run, Event, Job, Observer, RunConfig, RunOptions, RunOutcome, StopFlag};
-
-fn documents(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..6 {
-        std::fs::write(
-            dir.join(format!("doc_{i}.txt")),
-            format!(
-                "Document {i}. Call me Ishmael. Some years ago, never mind how long precisely. "
-            )
-            .repeat(5),
-        )
-        .unwrap();
-    }
-}
 
 /// A run of `name` over the tiny teacher at `root`, with `extra` lines under `teacher:` and
 /// `edit` applied to the text.
@@ -55,7 +43,7 @@ fn setup() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_llama_config();
     write_tiny_llama_folder(&tmp.path().join("teacher"), &cfg, &tiny_llama(&cfg));
-    documents(&tmp.path().join("docs"));
+    write_tiny_documents(&tmp.path().join("docs"));
     tmp
 }
 
