@@ -31,12 +31,13 @@ os.replace(f"{out}/teacher-forward.json.tmp", f"{out}/teacher-forward.json")
 md = ["# Teacher forward on CPU", "",
       f"SmolLM2-135M-Instruct Q4_1 GGUF, full-sequence forward (logits at every position), windows of 256 tokens, "
       f"first {max_tokens} tokens of Moby Dick chapter 1. {meta['cores']} cores ({cpu}), release build, commit {meta['commit']}, {meta['date']}.",
-      "Produced by `scripts/bench-teacher.sh`.", "",
-      "| weights | tokens/s | forward s | perplexity |", "|---|---:|---:|---:|"]
+      "Produced by `scripts/bench-teacher.sh`; the three paths run one after another in one run, so compare them by the ratio column.", "",
+      "| weights | tokens/s | speed / dequantised | forward s | perplexity |", "|---|---:|---:|---:|---:|"]
+base = rows["dequantized"]["tokens_per_second"]
 for m, r in rows.items():
     label = {"quantized": "Q4_1 kept quantised (candle QMatMul)", "dequantized": "dequantised to f32",
              "ggml": "Q4_1, llama.cpp's arithmetic (`--ggml`; logits = llama.cpp's bit for bit)"}[m]
-    md.append(f"| {label} | {r['tokens_per_second']:.1f} | {r['forward_seconds']:.2f} | {r['perplexity']:.3f} |")
+    md.append(f"| {label} | {r['tokens_per_second']:.1f} | {r['tokens_per_second'] / base:.2f}× | {r['forward_seconds']:.2f} | {r['perplexity']:.3f} |")
 open(f"{out}/teacher-forward.md.tmp", "w").write("\n".join(md) + "\n")
 os.replace(f"{out}/teacher-forward.md.tmp", f"{out}/teacher-forward.md")
 print("\n".join(md))
