@@ -16,24 +16,29 @@
 //! stored), which is itself a weight source, so any pass's output runs at once.
 //! [`pipeline::run`] runs a `compress:` section given the task's [`pipeline::Evaluator`].
 
+pub mod calibrate;
 pub mod config;
 mod error;
+pub mod ggml_quant;
 pub mod gguf_export;
 pub mod heal;
 pub mod int8;
 pub mod low_rank;
+pub mod obs;
 pub mod pass;
 pub mod pipeline;
 pub mod prune;
 pub mod quantize;
 pub mod registry;
 pub mod share;
+pub mod sparsegpt;
 pub mod sink;
 pub mod sparsity;
 pub mod stored;
 pub mod structured;
 pub mod technique;
 pub mod tensors;
+pub mod wanda;
 #[cfg(test)]
 mod test_util;
 

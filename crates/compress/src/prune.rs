@@ -5,7 +5,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::CompressError;
 use crate::pass::{Candidate, Context, Pass, PassReport};
-use crate::sparsity::{magnitude_prune, two_four_prune, PruneScope};
+use crate::calibrate::{walk, Collect};
+use crate::obs::{from_mat, inverse_hessian, to_mat};
+use crate::sparsegpt::sparsegpt_prune;
+use crate::sparsity::{
+    is_layer_matrix, magnitude_prune, two_four_prune, PruneScope, SparsityPattern,
+};
+use crate::tensors::values_f32;
+use crate::wanda::wanda_prune;
 use crate::structured::{activation_scores, cut, least_important_layers, Cut};
 use crate::technique::{schema_of, settings, Built, Defaults, Settings, Technique};
 
@@ -35,6 +42,22 @@ pub enum NeuronImportance {
     Activations,
 }
 
+/// How unstructured and 2:4 sparsity choose the weights to zero.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SparsityMethod {
+    /// The smallest magnitudes (the baseline; no data).
+    #[default]
+    Magnitude,
+    /// Wanda: `|W_ij|·‖x_j‖` over the calibration tokens, compared within each output row.
+    Wanda,
+    /// SparseGPT: OBS saliency with the inverse Hessian of the layer's inputs, and updates of
+    /// the remaining weights that compensate for the pruned ones.
+    Sparsegpt,
+}
+
 /// Settings of `prune`; structured parts run first, then sparsity.
 #[derive(Clone, Debug, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +80,17 @@ pub struct PruneSettings {
     /// 2:4 semi-structured sparsity.
     #[serde(default)]
     pub two_four: bool,
+    /// How `sparsity` and `two_four` choose the weights (`wanda` and `sparsegpt` calibrate on
+    /// the first training blocks, layer by layer).
+    #[serde(default)]
+    pub method: SparsityMethod,
+    /// SparseGPT's dampening, a share of the mean Hessian diagonal added to it.
+    #[serde(default = "d_damp")]
+    pub damp: f64,
+}
+
+fn d_damp() -> f64 {
+    crate::obs::DAMP
 }
 
 fn d_scope() -> PruneScope {
@@ -65,7 +99,7 @@ fn d_scope() -> PruneScope {
 
 pub(crate) const TECHNIQUE: Technique = Technique {
     name: "prune",
-    summary: "pruning: layers, heads, FFN neurons (structured), then magnitude or 2:4 sparsity",
+    summary: "pruning: layers, heads, FFN neurons (structured), then unstructured or 2:4 sparsity by magnitude, Wanda or SparseGPT",
     build,
     schema: schema_of::<PruneSettings>,
 };
@@ -80,6 +114,29 @@ fn build(s: &Settings, _: &Defaults) -> Result<Built, CompressError> {
         if !(0.0..1.0).contains(&s) {
             return Err(bad("sparsity", format!("{s} is outside [0, 1)")));
         }
+    }
+    if p.method != SparsityMethod::Magnitude {
+        if p.sparsity.is_none() && !p.two_four {
+            return Err(bad(
+                "method",
+                "chooses the weights of `sparsity` or `two_four`; set one of them".into(),
+            ));
+        }
+        if p.scope == PruneScope::Global {
+            return Err(bad(
+                "scope",
+                "`global` is a magnitude threshold over all matrices; wanda and sparsegpt compare weights within a row or block of one matrix".into(),
+            ));
+        }
+        if p.sparsity.is_some() && p.two_four {
+            return Err(bad(
+                "two_four",
+                "with wanda or sparsegpt, set `sparsity` or `two_four`, not both".into(),
+            ));
+        }
+    }
+    if !(p.damp > 0.0 && p.damp < 10.0) {
+        return Err(bad("damp", format!("{} is outside (0, 10)", p.damp)));
     }
     if p.heads == Some(0) || p.ffn_neurons == Some(0) {
         return Err(bad(
@@ -128,15 +185,21 @@ impl Pass for Prune {
             };
             parts.push(format!("{n} FFN neurons{by}"));
         }
+        let by = match p.method {
+            SparsityMethod::Magnitude => "",
+            SparsityMethod::Wanda => " by wanda",
+            SparsityMethod::Sparsegpt => " by sparsegpt",
+        };
         if let Some(s) = p.sparsity {
-            let scope = match p.scope {
-                PruneScope::PerTensor => "per tensor",
-                PruneScope::Global => "global",
+            let scope = match (p.method, p.scope) {
+                (SparsityMethod::Magnitude, PruneScope::PerTensor) => " (per tensor)",
+                (SparsityMethod::Magnitude, PruneScope::Global) => " (global)",
+                _ => "",
             };
-            parts.push(format!("{:.0}% sparse ({scope})", s * 100.0));
+            parts.push(format!("{:.0}% sparse{scope}{by}", s * 100.0));
         }
         if p.two_four {
-            parts.push("2:4".into());
+            parts.push(format!("2:4{by}"));
         }
         format!("prune: {}", parts.join(", "))
     }
@@ -191,12 +254,98 @@ impl Pass for Prune {
                 *c = cut(c, &structure, None)?;
             }
         }
-        if let Some(s) = p.sparsity {
-            magnitude_prune(&mut c.weights.tensors, s, p.scope)?;
-        }
-        if p.two_four {
-            two_four_prune(&mut c.weights.tensors)?;
+        match p.method {
+            SparsityMethod::Magnitude => {
+                if let Some(s) = p.sparsity {
+                    magnitude_prune(&mut c.weights.tensors, s, p.scope)?;
+                }
+                if p.two_four {
+                    two_four_prune(&mut c.weights.tensors)?;
+                }
+            }
+            method => {
+                let pattern = match p.sparsity {
+                    Some(s) => SparsityPattern::Share(s),
+                    None => SparsityPattern::TwoFour,
+                };
+                let blocks = cx.calibration.token_blocks().ok_or_else(|| {
+                    CompressError::Unsupported(format!(
+                        "method: {method:?} needs calibration token blocks, which this task does not provide"
+                    ))
+                })?;
+                report
+                    .notes
+                    .push(calibrated_prune(c, &blocks, method, pattern, p.damp)?);
+            }
         }
         Ok(report)
     }
+}
+
+/// Wanda or SparseGPT over every layer matrix, layer by layer on the calibration `blocks`;
+/// returns a report note.
+fn calibrated_prune(
+    c: &mut Candidate,
+    blocks: &candle_core::Tensor,
+    method: SparsityMethod,
+    pattern: SparsityPattern,
+    damp: f64,
+) -> Result<String, CompressError> {
+    let collect = match method {
+        SparsityMethod::Sparsegpt => Collect::Hessians,
+        _ => Collect::Norms,
+    };
+    let mut loss = 0f64;
+    let mut matrices = 0usize;
+    walk(c, blocks, collect, &mut |stage, c| {
+        for (name, stats) in &stage.matrices {
+            if !is_layer_matrix(name) {
+                continue;
+            }
+            let t = &c.weights.tensors[name];
+            let (rows, cols) = t.dims2().map_err(|source| CompressError::Tensor {
+                context: format!("pruning `{name}`"),
+                source,
+            })?;
+            if pattern == SparsityPattern::TwoFour && cols % 4 != 0 {
+                return Err(CompressError::Config {
+                    key: "two_four".into(),
+                    msg: format!("{name}: rows of {cols} values do not split into groups of 4"),
+                });
+            }
+            let mut w = values_f32(name, t)?;
+            match method {
+                SparsityMethod::Sparsegpt => {
+                    let hinv = inverse_hessian(name, stats, damp)?;
+                    let mut m = to_mat(&w, rows, cols);
+                    loss += sparsegpt_prune(&mut m, &hinv, pattern);
+                    w = from_mat(&m);
+                }
+                _ => wanda_prune(&mut w, rows, cols, &stats.norms(), pattern),
+            }
+            let pruned = candle_core::Tensor::from_vec(w, (rows, cols), t.device())
+                .and_then(|p| p.to_dtype(t.dtype()))
+                .map_err(|source| CompressError::Tensor {
+                    context: format!("pruning `{name}`"),
+                    source,
+                })?;
+            c.weights.tensors.insert(name.clone(), pruned);
+            matrices += 1;
+        }
+        Ok(())
+    })?;
+    let what = match pattern {
+        SparsityPattern::Share(s) => format!("{:.0}% unstructured", s * 100.0),
+        SparsityPattern::TwoFour => "2:4".into(),
+    };
+    Ok(match method {
+        SparsityMethod::Sparsegpt => format!(
+            "sparsegpt {what} over {matrices} matrices, layer by layer on {} calibration blocks; OBS loss estimate {loss:.4e}",
+            blocks.dims()[0]
+        ),
+        _ => format!(
+            "wanda {what} over {matrices} matrices, layer by layer on {} calibration blocks",
+            blocks.dims()[0]
+        ),
+    })
 }

@@ -31,6 +31,15 @@ pub fn is_layer_matrix(name: &str) -> bool {
     (llama || bert) && name.ends_with(".weight")
 }
 
+/// Which weights of a matrix a sparsity method zeroes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SparsityPattern {
+    /// This share of the weights, in [0, 1).
+    Share(f64),
+    /// Two of every four consecutive weights of a row.
+    TwoFour,
+}
+
 /// How a sparsity target is shared among tensors.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,

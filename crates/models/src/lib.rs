@@ -29,7 +29,7 @@ pub use bert_classifier::{encoder_prefix, BertClassifier, Pooling};
 pub use error::{ModelError, Result};
 pub use ggml_cpu::GgmlLlama;
 pub use gguf::{GgufFile, GgufMode, GgufWeights};
-pub use llama::{Llama, LlamaConfig};
+pub use llama::{LinearSite, Llama, LlamaConfig};
 pub use model::{pad_batch, Features, Input, Model, ModelOutput, Padded};
 pub use weights::{Linear, Matrix, SafetensorsWeights, VarMapWeights, WeightSource};
 

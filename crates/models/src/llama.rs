@@ -603,7 +603,7 @@ impl Llama {
         for (i, block) in self.blocks.iter().enumerate() {
             let step = || -> candle_core::Result<(Tensor, Vec<f32>)> {
                 let h = rms_norm(&x, &block.input_norm, eps)?;
-                let x = (&x + block.attn.forward(&h, &self.rope, bias.as_ref())?)?;
+                let x = (&x + block.attn.forward(&h, &self.rope, bias.as_ref(), &mut |_, _| Ok(()))?)?;
                 let h = rms_norm(&x, &block.post_norm, eps)?;
                 let act = (block.mlp.gate.forward(&h)?.silu()? * block.mlp.up.forward(&h)?)?;
                 let means = act
@@ -631,10 +631,24 @@ impl Block {
         bias: Option<&Tensor>,
         eps: f64,
     ) -> candle_core::Result<Tensor> {
+        self.forward_observed(x, rope, bias, eps, &mut |_, _| Ok(()))
+    }
+
+    /// The layer's forward pass, handing every linear projection's input to `observe`.
+    fn forward_observed(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        bias: Option<&Tensor>,
+        eps: f64,
+        observe: &mut dyn FnMut(LinearSite, &Tensor) -> candle_core::Result<()>,
+    ) -> candle_core::Result<Tensor> {
         let h = rms_norm(x, &self.input_norm, eps)?;
-        let x = (x + self.attn.forward(&h, rope, bias)?)?;
+        observe(LinearSite::AttentionInput, &h)?;
+        let x = (x + self.attn.forward(&h, rope, bias, observe)?)?;
         let h = rms_norm(&x, &self.post_norm, eps)?;
-        x + self.mlp.forward(&h)?
+        observe(LinearSite::MlpInput, &h)?;
+        x + self.mlp.forward(&h, observe)?
     }
 }
 
@@ -644,6 +658,7 @@ impl Attention {
         x: &Tensor,
         rope: &Rope,
         bias: Option<&Tensor>,
+        observe: &mut dyn FnMut(LinearSite, &Tensor) -> candle_core::Result<()>,
     ) -> candle_core::Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let split = |t: Tensor, heads: usize| -> candle_core::Result<Tensor> {
@@ -658,14 +673,104 @@ impl Attention {
         let y = y
             .transpose(1, 2)?
             .reshape((b, s, self.heads * self.head_dim))?;
+        observe(LinearSite::AttentionOutput, &y)?;
         self.o.forward(&y)
     }
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        observe: &mut dyn FnMut(LinearSite, &Tensor) -> candle_core::Result<()>,
+    ) -> candle_core::Result<Tensor> {
         let act = crate::ops::swiglu(&self.gate.forward(x)?, &self.up.forward(x)?)?;
+        observe(LinearSite::MlpOutput, &act)?;
         self.down.forward(&act)
+    }
+}
+
+/// Where a decoder layer's linear projections read their input: what calibration statistics
+/// (activation norms, Hessians) are collected at. Projections at one site share its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LinearSite {
+    /// The input norm's output, read by the q, k and v projections.
+    AttentionInput,
+    /// The attention heads' output, read by the o projection.
+    AttentionOutput,
+    /// The post-attention norm's output, read by the gate and up projections.
+    MlpInput,
+    /// `silu(gate)·up`, read by the down projection.
+    MlpOutput,
+}
+
+impl LinearSite {
+    pub const ALL: [LinearSite; 4] = [
+        LinearSite::AttentionInput,
+        LinearSite::AttentionOutput,
+        LinearSite::MlpInput,
+        LinearSite::MlpOutput,
+    ];
+
+    /// The projections reading this input, as tensor-name suffixes after `model.layers.N.`.
+    pub fn projections(self) -> &'static [&'static str] {
+        match self {
+            LinearSite::AttentionInput => &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+            LinearSite::AttentionOutput => &["self_attn.o_proj"],
+            LinearSite::MlpInput => &["mlp.gate_proj", "mlp.up_proj"],
+            LinearSite::MlpOutput => &["mlp.down_proj"],
+        }
+    }
+
+    /// The site whose input the matrix `model.layers.N.<suffix>.weight` reads, if any.
+    pub fn of_matrix(name: &str) -> Option<(usize, LinearSite)> {
+        let rest = name.strip_prefix("model.layers.")?;
+        let (layer, rest) = rest.split_once('.')?;
+        let suffix = rest.strip_suffix(".weight")?;
+        let layer = layer.parse().ok()?;
+        LinearSite::ALL
+            .into_iter()
+            .find(|s| s.projections().contains(&suffix))
+            .map(|s| (layer, s))
+    }
+}
+
+/// Running a decoder one layer at a time, for compression methods that calibrate each layer on
+/// the output of the layers before it (already compressed), as GPTQ and SparseGPT do.
+impl Llama {
+    pub fn num_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// The embedding output for `ids` (`[batch, seq]`): the first layer's input.
+    pub fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
+        embed(&self.embed, ids).context(|| "llama embedding lookup".into())
+    }
+
+    /// Layer `i` on `x` (`[batch, seq, hidden]`, causal, no padding), handing every linear
+    /// projection's input to `observe`.
+    pub fn layer_forward(
+        &self,
+        i: usize,
+        x: &Tensor,
+        observe: &mut dyn FnMut(LinearSite, &Tensor) -> candle_core::Result<()>,
+    ) -> Result<Tensor> {
+        let block = self.blocks.get(i).ok_or_else(|| ModelError::Config {
+            source_name: "llama".into(),
+            key: "num_hidden_layers".into(),
+            msg: format!("layer {i} does not exist (the model has {})", self.blocks.len()),
+        })?;
+        let ctx = || format!("llama layer {i}");
+        let (b, s, _) = x.dims3().context(ctx)?;
+        let bias = attention_bias(b, s, None, false, &self.device).context(ctx)?;
+        block
+            .forward_observed(x, &self.rope, bias.as_ref(), self.cfg.rms_norm_eps, observe)
+            .context(ctx)
+    }
+
+    /// The final norm's output for the last layer's output `x`: the head's input.
+    pub fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        rms_norm(x, &self.norm, self.cfg.rms_norm_eps).context(|| "llama final norm".into())
     }
 }
 
