@@ -109,9 +109,11 @@ pub fn walk(
             "calibration statistics are implemented for Llama-family decoders; a BERT classifier is compressed by its weights".into(),
         ));
     };
-    let terr = |what: String| move |source| CompressError::Tensor {
-        context: what,
-        source,
+    let terr = |what: String| {
+        move |source| CompressError::Tensor {
+            context: what,
+            source,
+        }
     };
     let (n, _) = blocks
         .dims2()
@@ -229,7 +231,10 @@ mod tests {
                 // The Hessian's diagonal is the squared norms.
                 for j in 0..st.columns {
                     let d = h[j * st.columns + j];
-                    assert!((d - st.sq_norms[j]).abs() <= 1e-4 * d.abs().max(1.0), "{name}");
+                    assert!(
+                        (d - st.sq_norms[j]).abs() <= 1e-4 * d.abs().max(1.0),
+                        "{name}"
+                    );
                 }
                 seen.push(name.clone());
             }

@@ -34,10 +34,18 @@ pub struct CompressConfig {
     /// Validation blocks (causal LM) used to measure every step; 0 = all.
     #[serde(default = "d_eval_blocks")]
     pub eval_blocks: usize,
+    /// Training blocks data-aware methods calibrate on (Wanda, SparseGPT, imatrix, GPTQ,
+    /// activation importance); the first 8 of them also rank layers by calibration loss.
+    #[serde(default = "d_calibration_blocks")]
+    pub calibration_blocks: usize,
 }
 
 fn d_eval_blocks() -> usize {
     32
+}
+
+fn d_calibration_blocks() -> usize {
+    64
 }
 
 /// One compressed model: a name (its folder or file name) and its steps.
@@ -99,6 +107,12 @@ impl CompressConfig {
     pub fn plans(&self, defaults: &Defaults) -> Result<Vec<Plan>, CompressError> {
         if self.variants.is_empty() {
             return Err(bad("compress.variants".into(), "is empty"));
+        }
+        if self.calibration_blocks == 0 {
+            return Err(bad(
+                "compress.calibration_blocks".into(),
+                "must be at least 1",
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
         let mut plans = Vec::with_capacity(self.variants.len());
@@ -163,6 +177,16 @@ impl CompressConfig {
                             encoded = Some(label);
                         }
                         passes.push(p);
+                    }
+                    Built::PassThenSink(p, s) => {
+                        if si + 1 != v.steps.len() {
+                            return Err(bad(
+                                key,
+                                format!("`{label}` writes the variant's GGUF file: it must be the last step"),
+                            ));
+                        }
+                        passes.push(p);
+                        sink = Some(s);
                     }
                     Built::Sink(s) => {
                         if si + 1 != v.steps.len() {

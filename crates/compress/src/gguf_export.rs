@@ -7,12 +7,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{self, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::Tensor;
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{Device, Tensor};
 use candle_nn::Init;
 use distill_models::{LlamaConfig, WeightSource};
 
 use crate::error::CompressError;
+use crate::ggml_quant::{quantize_rows, Format};
 
 /// The GGUF types an export can ask for.
 pub const EXPORT_TYPES: &[&str] = &["f32", "f16", "q8_0", "q6_k", "q5_k", "q4_k", "q5_0", "q4_0"];
@@ -77,6 +80,44 @@ fn file_type(t: GgmlDType) -> u32 {
     }
 }
 
+/// How the exporter rounds a matrix no pass has encoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Search {
+    /// llama.cpp's reference search (`quantize_row_*_ref`, what `llama-quantize` does without
+    /// an importance matrix) for Q4_K, Q5_0, Q4_0 and Q8_0; candle's for the other types.
+    #[default]
+    Reference,
+    /// candle's quantiser for every type (its Q4_K search is llama.cpp's older
+    /// `make_qkx1_quants`).
+    Candle,
+}
+
+/// llama.cpp's name for the Hugging Face tensor `hf` of a Llama-family model.
+pub fn gguf_tensor_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let short = match rest {
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{short}"))
+}
+
 /// What to export.
 pub struct GgufExport<'a> {
     pub config: &'a LlamaConfig,
@@ -87,6 +128,10 @@ pub struct GgufExport<'a> {
     /// Type of the matrices (embeddings included); norms stay f32.
     pub qtype: GgmlDType,
     pub name: String,
+    /// Matrices a pass already encoded (GPTQ, importance-matrix search), written as they are.
+    pub encoded: Option<&'a BTreeMap<String, crate::tensors::Stored>>,
+    /// How the remaining matrices are rounded.
+    pub search: Search,
 }
 
 /// A tensor stored in another type than asked, and why.
@@ -172,63 +217,102 @@ pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressE
     let (heads, kv) = (cfg.num_attention_heads, cfg.kv_heads());
     let mut fallbacks = vec![];
     let mut tensors: Vec<(String, QTensor)> = vec![];
-    let mut matrix = |gguf: String, t: Tensor| -> Result<(), CompressError> {
-        let cols = t.dim(1).map_err(ctx(&gguf))?;
-        let used = fitting_type(e.qtype, cols);
-        if used != e.qtype {
-            fallbacks.push(Fallback {
-                tensor: gguf.clone(),
-                wanted: format!("{:?}", e.qtype),
-                used: format!("{used:?}"),
-                row_length: cols,
-            });
-        }
-        let q = QTensor::quantize(&t, used).map_err(ctx(&gguf))?;
-        tensors.push((gguf, q));
-        Ok(())
-    };
-    matrix(
-        "token_embd.weight".into(),
-        get("model.embed_tokens.weight", &[cfg.vocab_size, h])?,
-    )?;
+    // One matrix: the blocks a pass encoded, or the dense values rounded here; `heads`
+    // permutes Q/K rows for llama.cpp's rope (blocks are whole rows, so rows move as bytes).
+    let mut matrix =
+        |hf: &str, shape: [usize; 2], heads: Option<usize>| -> Result<(), CompressError> {
+            let gguf = gguf_tensor_name(hf).expect("a Llama tensor name");
+            let [rows, cols] = shape;
+            if let Some(crate::tensors::Stored::Gguf { dtype, data, .. }) =
+                e.encoded.and_then(|m| m.get(hf))
+            {
+                let row_bytes = cols / dtype.block_size() * dtype.type_size();
+                if cols % dtype.block_size() != 0 || data.len() != rows * row_bytes {
+                    return Err(CompressError::Unsupported(format!(
+                        "{hf}: {} bytes of {dtype:?} blocks do not make a [{rows}, {cols}] matrix",
+                        data.len()
+                    )));
+                }
+                let data = match heads {
+                    Some(h) => {
+                        let hd = rows / h;
+                        let mut out = Vec::with_capacity(data.len());
+                        for n in 0..rows {
+                            let (head, a, b) = (n / hd, (n % hd) / 2, n % 2);
+                            let old = head * hd + b * (hd / 2) + a;
+                            out.extend_from_slice(&data[old * row_bytes..(old + 1) * row_bytes]);
+                        }
+                        out
+                    }
+                    None => data.clone(),
+                };
+                if *dtype != e.qtype {
+                    fallbacks.push(Fallback {
+                        tensor: gguf.clone(),
+                        wanted: format!("{:?}", e.qtype),
+                        used: format!("{dtype:?}"),
+                        row_length: cols,
+                    });
+                }
+                let storage = QStorage::from_data(Cow::Owned(data), &Device::Cpu, *dtype)
+                    .map_err(ctx(&gguf))?;
+                tensors.push((
+                    gguf.clone(),
+                    QTensor::new(storage, (rows, cols)).map_err(ctx(&gguf))?,
+                ));
+                return Ok(());
+            }
+            let mut t = get(hf, &shape)?;
+            if let Some(h) = heads {
+                t = permute_qk(&t, h).map_err(ctx(&gguf))?;
+            }
+            let used = fitting_type(e.qtype, cols);
+            if used != e.qtype {
+                fallbacks.push(Fallback {
+                    tensor: gguf.clone(),
+                    wanted: format!("{:?}", e.qtype),
+                    used: format!("{used:?}"),
+                    row_length: cols,
+                });
+            }
+            let q = match (e.search, Format::of(used)) {
+                (Search::Reference, Some(f)) => {
+                    let values = crate::tensors::values_f32(hf, &t)?;
+                    let bytes = quantize_rows(f, &values, cols, None);
+                    let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, used)
+                        .map_err(ctx(&gguf))?;
+                    QTensor::new(storage, (rows, cols)).map_err(ctx(&gguf))?
+                }
+                _ => QTensor::quantize(&t, used).map_err(ctx(&gguf))?,
+            };
+            tensors.push((gguf, q));
+            Ok(())
+        };
+    matrix("model.embed_tokens.weight", [cfg.vocab_size, h], None)?;
     if !cfg.tie_word_embeddings {
-        matrix(
-            "output.weight".into(),
-            get("lm_head.weight", &[cfg.vocab_size, h])?,
-        )?;
+        matrix("lm_head.weight", [cfg.vocab_size, h], None)?;
     }
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
-        let q = get(&format!("{p}.self_attn.q_proj.weight"), &[heads * hd, h])?;
         matrix(
-            format!("blk.{i}.attn_q.weight"),
-            permute_qk(&q, heads).map_err(ctx("q"))?,
-        )?;
-        let k = get(&format!("{p}.self_attn.k_proj.weight"), &[kv * hd, h])?;
-        matrix(
-            format!("blk.{i}.attn_k.weight"),
-            permute_qk(&k, kv).map_err(ctx("k"))?,
+            &format!("{p}.self_attn.q_proj.weight"),
+            [heads * hd, h],
+            Some(heads),
         )?;
         matrix(
-            format!("blk.{i}.attn_v.weight"),
-            get(&format!("{p}.self_attn.v_proj.weight"), &[kv * hd, h])?,
+            &format!("{p}.self_attn.k_proj.weight"),
+            [kv * hd, h],
+            Some(kv),
         )?;
+        matrix(&format!("{p}.self_attn.v_proj.weight"), [kv * hd, h], None)?;
         matrix(
-            format!("blk.{i}.attn_output.weight"),
-            get(&format!("{p}.self_attn.o_proj.weight"), &[h, heads * hd])?,
+            &format!("{p}.self_attn.o_proj.weight"),
+            [h, heads * hd],
+            None,
         )?;
-        matrix(
-            format!("blk.{i}.ffn_gate.weight"),
-            get(&format!("{p}.mlp.gate_proj.weight"), &[f, h])?,
-        )?;
-        matrix(
-            format!("blk.{i}.ffn_up.weight"),
-            get(&format!("{p}.mlp.up_proj.weight"), &[f, h])?,
-        )?;
-        matrix(
-            format!("blk.{i}.ffn_down.weight"),
-            get(&format!("{p}.mlp.down_proj.weight"), &[h, f])?,
-        )?;
+        matrix(&format!("{p}.mlp.gate_proj.weight"), [f, h], None)?;
+        matrix(&format!("{p}.mlp.up_proj.weight"), [f, h], None)?;
+        matrix(&format!("{p}.mlp.down_proj.weight"), [h, f], None)?;
     }
     let mut norm = |gguf: String, name: String| -> Result<(), CompressError> {
         let t = get(&name, &[h])?;

@@ -21,6 +21,7 @@ pub mod config;
 mod error;
 pub mod ggml_quant;
 pub mod gguf_export;
+pub mod gptq;
 pub mod heal;
 pub mod int8;
 pub mod low_rank;
@@ -31,16 +32,16 @@ pub mod prune;
 pub mod quantize;
 pub mod registry;
 pub mod share;
-pub mod sparsegpt;
 pub mod sink;
+pub mod sparsegpt;
 pub mod sparsity;
 pub mod stored;
 pub mod structured;
 pub mod technique;
 pub mod tensors;
-pub mod wanda;
 #[cfg(test)]
 mod test_util;
+pub mod wanda;
 
 pub use config::{CompressConfig, Defaults, Plan};
 pub use error::CompressError;

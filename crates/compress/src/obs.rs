@@ -171,7 +171,9 @@ pub(crate) mod tests {
     pub(crate) fn stats(t: usize, n: usize, seed: u64) -> (Vec<f32>, SiteStats) {
         let mut s = seed;
         let mut rnd = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
         };
         // Channels mix a few shared factors plus noise, as real activations do: correlated
@@ -247,6 +249,9 @@ pub(crate) mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(e.contains("up_proj") && e.contains("positive definite"), "{e}");
+        assert!(
+            e.contains("up_proj") && e.contains("positive definite"),
+            "{e}"
+        );
     }
 }

@@ -3,18 +3,18 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::CompressError;
-use crate::pass::{Candidate, Context, Pass, PassReport};
 use crate::calibrate::{walk, Collect};
+use crate::error::CompressError;
 use crate::obs::{from_mat, inverse_hessian, to_mat};
+use crate::pass::{Candidate, Context, Pass, PassReport};
 use crate::sparsegpt::sparsegpt_prune;
 use crate::sparsity::{
     is_layer_matrix, magnitude_prune, two_four_prune, PruneScope, SparsityPattern,
 };
-use crate::tensors::values_f32;
-use crate::wanda::wanda_prune;
 use crate::structured::{activation_scores, cut, least_important_layers, Cut};
 use crate::technique::{schema_of, settings, Built, Defaults, Settings, Technique};
+use crate::tensors::values_f32;
+use crate::wanda::wanda_prune;
 
 /// Where layers to drop come from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -1,13 +1,55 @@
 //! The `quantize` step: `int8` is a pass (per-channel int8 in the safetensors folder); a GGUF
-//! type (`q8_0`, `q4_k`, ...) is the variant's GGUF sink, so it closes the variant.
+//! type (`q8_0`, `q4_k`, ...) is the variant's GGUF sink, so it closes the variant. `method`
+//! says how GGUF blocks are chosen:
+//!
+//! * `rtn`: round to nearest with llama.cpp's reference search (what `llama-quantize` does
+//!   without an importance matrix);
+//! * `candle`: candle's quantiser (its Q4_K search is llama.cpp's older one), kept to measure
+//!   the difference;
+//! * `imatrix`: llama.cpp's importance-weighted search, with the importance matrix (mean `x²`
+//!   per input channel) measured on the calibration blocks, or read from a llama.cpp imatrix
+//!   file; the matrix is written next to the GGUF file for `llama-quantize --imatrix`;
+//! * `gptq`: GPTQ with the type's blocks as its quantiser, layer by layer on the calibration
+//!   blocks (see [`crate::gptq`]).
+//!
+//! `imatrix` and `gptq` encode the layer matrices and the head (a tied embedding for its role
+//! as the head) in a pass before the sink; the sink writes those blocks as they are.
 
+use std::path::PathBuf;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Tensor;
 use serde::Deserialize;
 
+use crate::calibrate::{walk, Collect, SiteStats};
 use crate::error::CompressError;
-use crate::gguf_export::parse_qtype;
+use crate::ggml_quant::imatrix_file::Imatrix;
+use crate::ggml_quant::{quantize_rows, Format};
+use crate::gguf_export::{fitting_type, gguf_tensor_name, parse_qtype, Search};
+use crate::gptq::gptq_quantize;
 use crate::int8::Int8;
+use crate::obs::inverse_hessian;
+use crate::pass::{Candidate, Context, Pass, PassReport};
 use crate::sink::Sink;
 use crate::technique::{schema_of, settings, Built, Defaults, Settings, Technique};
+use crate::tensors::{values_f32, Stored};
+
+/// How GGUF blocks are chosen.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantMethod {
+    /// Round to nearest, llama.cpp's reference search.
+    #[default]
+    Rtn,
+    /// candle's quantiser.
+    Candle,
+    /// llama.cpp's importance-matrix search.
+    Imatrix,
+    /// GPTQ with the type's blocks as quantiser.
+    Gptq,
+}
 
 /// Settings of `quantize`.
 #[derive(Clone, Debug, PartialEq, Deserialize, schemars::JsonSchema)]
@@ -17,18 +59,50 @@ pub struct QuantizeSettings {
     /// `q5_0`, `q4_0`, `f16`; Llama only, exported as GGUF and measured through QMatMul).
     #[serde(rename = "type")]
     pub to: String,
+    /// How GGUF blocks are chosen: `rtn`, `candle`, `imatrix` or `gptq`.
+    #[serde(default)]
+    pub method: QuantMethod,
+    /// A llama.cpp importance-matrix file to use instead of measuring one (`imatrix` only).
+    #[serde(default)]
+    pub imatrix: Option<PathBuf>,
+    /// GPTQ's dampening, a share of the mean Hessian diagonal added to it.
+    #[serde(default = "d_damp")]
+    pub damp: f64,
+}
+
+fn d_damp() -> f64 {
+    crate::obs::DAMP
 }
 
 pub(crate) const TECHNIQUE: Technique = Technique {
     name: "quantize",
-    summary: "int8 per channel, or a GGUF type written as the variant's GGUF file (last step)",
+    summary: "int8 per channel, or a GGUF type written as the variant's GGUF file (last step), rounded by rtn, candle, imatrix or gptq",
     build,
     schema: schema_of::<QuantizeSettings>,
 };
 
 fn build(s: &Settings, _: &Defaults) -> Result<Built, CompressError> {
     let q: QuantizeSettings = settings("quantize", s)?;
+    let bad = |key: &str, msg: String| CompressError::Config {
+        key: key.into(),
+        msg,
+    };
+    if q.imatrix.is_some() && q.method != QuantMethod::Imatrix {
+        return Err(bad(
+            "imatrix",
+            "an importance-matrix file is used by `method: imatrix`".into(),
+        ));
+    }
+    if !(q.damp > 0.0 && q.damp < 10.0) {
+        return Err(bad("damp", format!("{} is outside (0, 10)", q.damp)));
+    }
     if q.to == "int8" {
+        if q.method != QuantMethod::Rtn {
+            return Err(bad(
+                "method",
+                "int8 is per-channel round to nearest; methods choose GGUF blocks".into(),
+            ));
+        }
         return Ok(Built::Pass(Box::new(Int8)));
     }
     let qtype = parse_qtype(&q.to).map_err(|_| CompressError::Config {
@@ -38,5 +112,224 @@ fn build(s: &Settings, _: &Defaults) -> Result<Built, CompressError> {
             q.to
         ),
     })?;
-    Ok(Built::Sink(Sink::Gguf { qtype, name: q.to }))
+    let search = match q.method {
+        QuantMethod::Candle => Search::Candle,
+        _ => Search::Reference,
+    };
+    let sink = Sink::Gguf {
+        qtype,
+        name: q.to.clone(),
+        search,
+    };
+    Ok(match q.method {
+        QuantMethod::Rtn | QuantMethod::Candle => Built::Sink(sink),
+        QuantMethod::Imatrix | QuantMethod::Gptq => Built::PassThenSink(
+            Box::new(Calibrated {
+                qtype,
+                name: q.to,
+                method: q.method,
+                file: q.imatrix,
+                damp: q.damp,
+            }),
+            sink,
+        ),
+    })
+}
+
+/// The pass of `imatrix` and `gptq`: encodes the layer matrices and the head as GGUF blocks.
+pub struct Calibrated {
+    pub qtype: GgmlDType,
+    pub name: String,
+    pub method: QuantMethod,
+    pub file: Option<PathBuf>,
+    pub damp: f64,
+}
+
+/// Whether `name` is a matrix the calibrated methods encode: a layer's projection or the head.
+fn encodes_matrix(name: &str) -> bool {
+    crate::sparsity::is_layer_matrix(name)
+        || name == "lm_head.weight"
+        || name == "model.embed_tokens.weight"
+}
+
+impl Calibrated {
+    /// Encodes `name` with the input statistics `stats` (or importance `imp` alone); returns
+    /// a note when the type or the method fell back.
+    fn encode(
+        &self,
+        c: &mut Candidate,
+        name: &str,
+        stats: Option<&SiteStats>,
+        imp: &[f32],
+        chunks: u32,
+    ) -> Result<Option<String>, CompressError> {
+        let t = &c.weights.tensors[name];
+        let terr = |source| CompressError::Tensor {
+            context: format!("quantizing `{name}`"),
+            source,
+        };
+        let (rows, cols) = t.dims2().map_err(terr)?;
+        let used = fitting_type(self.qtype, cols);
+        let values = values_f32(name, t)?;
+        let mut note = None;
+        let (data, dense) = match (Format::of(used), self.method, stats) {
+            (Some(f), QuantMethod::Gptq, Some(st)) => {
+                let hinv = inverse_hessian(name, st, self.damp)?;
+                let q = gptq_quantize(&values, rows, cols, f, &hinv, Some(imp));
+                (q.bytes, q.values)
+            }
+            (Some(f), _, _) => {
+                let bytes = quantize_rows(f, &values, cols, Some(imp));
+                let dense = decode(&bytes, used, rows, cols).map_err(terr)?;
+                (bytes, dense)
+            }
+            (None, method, _) => {
+                // Types without a grid here: candle's importance search where it has one.
+                let t = Tensor::from_vec(values, (rows, cols), &c.weights.device).map_err(terr)?;
+                let q = match used {
+                    GgmlDType::Q2K
+                    | GgmlDType::Q3K
+                    | GgmlDType::Q4K
+                    | GgmlDType::Q5K
+                    | GgmlDType::Q6K => QTensor::quantize_imatrix(&t, imp, used),
+                    _ => QTensor::quantize(&t, used),
+                }
+                .map_err(terr)?;
+                if method == QuantMethod::Gptq {
+                    note = Some(format!(
+                        "{name}: GPTQ has no grid for {used:?}; importance-matrix search instead"
+                    ));
+                }
+                let dense = q
+                    .dequantize(&c.weights.device)
+                    .and_then(|d| d.flatten_all())
+                    .and_then(|d| d.to_vec1::<f32>())
+                    .map_err(terr)?;
+                (q.data().map_err(terr)?.to_vec(), dense)
+            }
+        };
+        let dense = Tensor::from_vec(dense, (rows, cols), &c.weights.device).map_err(terr)?;
+        c.weights.tensors.insert(name.to_string(), dense);
+        c.weights.stored.insert(
+            name.to_string(),
+            Stored::Gguf {
+                dtype: used,
+                data,
+                importance: Some(imp.to_vec()),
+                chunks,
+            },
+        );
+        Ok(note)
+    }
+}
+
+fn decode(
+    bytes: &[u8],
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+) -> candle_core::Result<Vec<f32>> {
+    let dev = candle_core::Device::Cpu;
+    let s = candle_core::quantized::QStorage::from_data(
+        std::borrow::Cow::Borrowed(bytes),
+        &dev,
+        dtype,
+    )?;
+    QTensor::new(s, (rows, cols))?
+        .dequantize(&dev)?
+        .flatten_all()?
+        .to_vec1::<f32>()
+}
+
+impl Pass for Calibrated {
+    fn name(&self) -> &'static str {
+        "quantize"
+    }
+    fn label(&self) -> String {
+        let by = match self.method {
+            QuantMethod::Gptq => "gptq",
+            _ if self.file.is_some() => "imatrix file",
+            _ => "imatrix",
+        };
+        format!("encode {} blocks ({by})", self.name)
+    }
+    fn encodes(&self) -> bool {
+        true
+    }
+    fn apply(&self, c: &mut Candidate, cx: &Context) -> Result<PassReport, CompressError> {
+        if !matches!(c.arch, distill_models::ArchConfig::Llama(_)) {
+            return Err(CompressError::Unsupported(format!(
+                "quantize `{}`: the GGUF exporter knows Llama-family decoders, not BERT classifiers; use `type: int8` (per-channel safetensors)",
+                self.name
+            )));
+        }
+        let mut notes = vec![];
+        if let Some(path) = &self.file {
+            let m = Imatrix::read(path)?;
+            let names: Vec<String> = c
+                .weights
+                .tensors
+                .keys()
+                .filter(|n| encodes_matrix(n))
+                .cloned()
+                .collect();
+            let mut done = 0;
+            for name in names {
+                let gguf = if name == "model.embed_tokens.weight" {
+                    if c.weights.tensors.contains_key("lm_head.weight") {
+                        continue; // an untied embedding is a lookup, not a matmul input
+                    }
+                    "output.weight".to_string()
+                } else {
+                    gguf_tensor_name(&name).expect("a Llama matrix")
+                };
+                let cols = c.weights.tensors[&name].dims()[1];
+                let imp = m.entries.get(&gguf).ok_or_else(|| CompressError::Io {
+                    path: path.clone(),
+                    msg: format!("has no entry `{gguf}` for the model's `{name}`: an importance matrix of another model?"),
+                })?;
+                if imp.len() != cols {
+                    return Err(CompressError::Io {
+                        path: path.clone(),
+                        msg: format!(
+                            "entry `{gguf}` has {} values; the model's `{name}` has {cols} input channels",
+                            imp.len()
+                        ),
+                    });
+                }
+                notes.extend(self.encode(c, &name, None, &imp.clone(), m.chunks)?);
+                done += 1;
+            }
+            notes.push(format!(
+                "{done} matrices encoded with the importance matrix of {}",
+                path.display()
+            ));
+            return Ok(PassReport { notes });
+        }
+        let blocks = cx.calibration.token_blocks().ok_or_else(|| {
+            CompressError::Unsupported(
+                "method: imatrix and gptq need calibration token blocks, which this task does not provide".into(),
+            )
+        })?;
+        let chunks = blocks.dims()[0] as u32;
+        let collect = match self.method {
+            QuantMethod::Gptq => Collect::Hessians,
+            _ => Collect::Norms,
+        };
+        let mut count = 0;
+        walk(c, &blocks, collect, &mut |stage, c| {
+            for (name, stats) in &stage.matrices {
+                if !encodes_matrix(name) {
+                    continue;
+                }
+                notes.extend(self.encode(c, name, Some(stats), &stats.importance(), chunks)?);
+                count += 1;
+            }
+            Ok(())
+        })?;
+        notes.push(format!(
+            "{count} matrices encoded, layer by layer on {chunks} calibration blocks"
+        ));
+        Ok(PassReport { notes })
+    }
 }

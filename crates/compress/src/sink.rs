@@ -10,9 +10,11 @@ use candle_core::DType;
 use distill_models::ArchConfig;
 
 use crate::error::CompressError;
-use crate::gguf_export::{export_gguf, tokenizer_metadata, GgufExport};
+use crate::ggml_quant::imatrix_file::Imatrix;
+use crate::gguf_export::{export_gguf, gguf_tensor_name, tokenizer_metadata, GgufExport, Search};
 use crate::pass::Candidate;
 use crate::stored::write_model_folder;
+use crate::tensors::Stored;
 
 /// How a variant's artifact is written.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,8 +22,13 @@ pub enum Sink {
     /// A Hugging Face folder: `config.json`, `model.safetensors` (in the forms the passes
     /// chose), the source's tokenizer files.
     Folder,
-    /// A GGUF file with matrices of `qtype` (`name` as the config spelled it).
-    Gguf { qtype: GgmlDType, name: String },
+    /// A GGUF file with matrices of `qtype` (`name` as the config spelled it): blocks a pass
+    /// encoded as they are, the rest rounded by `search`.
+    Gguf {
+        qtype: GgmlDType,
+        name: String,
+        search: Search,
+    },
 }
 
 /// What an artifact takes from outside the weights.
@@ -78,7 +85,11 @@ impl Sink {
                     notes: vec![],
                 })
             }
-            Sink::Gguf { qtype, name } => {
+            Sink::Gguf {
+                qtype,
+                name,
+                search,
+            } => {
                 let cfg = match &c.arch {
                     ArchConfig::Llama(cfg) => cfg,
                     ArchConfig::Bert(_) => return Err(CompressError::Unsupported(format!(
@@ -101,8 +112,11 @@ impl Sink {
                             .file_stem()
                             .map(|s| s.to_string_lossy().into_owned())
                             .unwrap_or_else(|| "model".into()),
+                        encoded: Some(&c.weights.stored),
+                        search: *search,
                     },
                 )?;
+                let imatrix = write_imatrix(c, path)?;
                 let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
                 for f in &summary.fallbacks {
                     *kinds
@@ -112,13 +126,20 @@ impl Sink {
                         ))
                         .or_default() += 1;
                 }
+                let mut notes: Vec<String> = kinds
+                    .into_iter()
+                    .map(|(k, n)| format!("{n} tensors {k}"))
+                    .collect();
+                if let Some(p) = imatrix {
+                    notes.push(format!(
+                        "importance matrix for llama-quantize --imatrix: {}",
+                        p.display()
+                    ));
+                }
                 Ok(Written {
                     path: path.to_path_buf(),
                     bytes: summary.bytes,
-                    notes: kinds
-                        .into_iter()
-                        .map(|(k, n)| format!("{n} tensors {k}"))
-                        .collect(),
+                    notes,
                 })
             }
         }
@@ -163,4 +184,44 @@ pub fn overlay(
         }
     }
     Ok(out)
+}
+
+/// Writes the importance-matrix entries that chose `c`'s GGUF blocks next to the GGUF file at
+/// `path` (`NAME.imatrix`, llama.cpp's legacy format under GGUF tensor names), if any did.
+fn write_imatrix(c: &Candidate, path: &Path) -> Result<Option<PathBuf>, CompressError> {
+    let mut chunks = 0;
+    let entries: BTreeMap<String, Vec<f32>> = c
+        .weights
+        .stored
+        .iter()
+        .filter_map(|(hf, s)| match s {
+            Stored::Gguf {
+                importance: Some(imp),
+                chunks: n,
+                ..
+            } => {
+                chunks = chunks.max(*n);
+                // A tied embedding's entry is its role as the head, which llama.cpp names
+                // `output.weight`.
+                let name = if hf == "model.embed_tokens.weight" {
+                    "output.weight".to_string()
+                } else {
+                    gguf_tensor_name(hf)?
+                };
+                Some((name, imp.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let file = path.with_extension("imatrix");
+    Imatrix {
+        entries,
+        chunks,
+        dataset: "distill calibration blocks (training split)".into(),
+    }
+    .write(&file)?;
+    Ok(Some(file))
 }

@@ -39,7 +39,9 @@ impl ColumnRule for Mask {
                         .flat_map(|r| (0..count).map(move |k| (r, k)))
                         .map(|(r, k)| (saliency(r, k), r * count + k))
                         .collect();
-                    all.select_nth_unstable_by(n - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                    all.select_nth_unstable_by(n - 1, |a, b| {
+                        a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
+                    });
                     for &(_, idx) in &all[..n] {
                         self.pruned[idx] = true;
                     }
@@ -105,7 +107,9 @@ mod tests {
     }
 
     fn random_w(rows: usize, cols: usize) -> faer::Mat<f32> {
-        faer::Mat::from_fn(rows, cols, |r, c| (((r * 31 + c * 17) % 23) as f32 - 11.0) / 10.0)
+        faer::Mat::from_fn(rows, cols, |r, c| {
+            (((r * 31 + c * 17) % 23) as f32 - 11.0) / 10.0
+        })
     }
 
     #[test]
@@ -119,9 +123,14 @@ mod tests {
             sparsegpt_prune(&mut pruned, &hinv, pattern);
             // The same mask without the update.
             let masked = faer::Mat::from_fn(rows, n, |r, c| {
-                if pruned[(r, c)] == 0.0 { 0.0 } else { w[(r, c)] }
+                if pruned[(r, c)] == 0.0 {
+                    0.0
+                } else {
+                    w[(r, c)]
+                }
             });
-            let zeros = (0..rows).flat_map(|r| (0..n).map(move |c| (r, c)))
+            let zeros = (0..rows)
+                .flat_map(|r| (0..n).map(move |c| (r, c)))
                 .filter(|&(r, c)| pruned[(r, c)] == 0.0)
                 .count();
             assert_eq!(zeros, rows * n / 2, "{pattern:?}");
@@ -135,7 +144,10 @@ mod tests {
             }
             let with_update = output_error(&w, &pruned, &x, t);
             let mask_only = output_error(&w, &masked, &x, t);
-            assert!(with_update < 0.8 * mask_only, "{pattern:?}: {with_update} vs {mask_only}");
+            assert!(
+                with_update < 0.8 * mask_only,
+                "{pattern:?}: {with_update} vs {mask_only}"
+            );
         }
         // A row-major round trip keeps values.
         let w = random_w(3, 5);

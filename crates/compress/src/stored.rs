@@ -104,6 +104,10 @@ pub fn encode_all(map: &TensorMap, dtype: DType) -> Result<Encoded, CompressErro
                     (Dtype::U8, vec![packed.len()], packed),
                 );
             }
+            Some(Stored::Gguf { data, .. }) => {
+                // Only the GGUF sink writes these; counted here at their encoded size.
+                out.insert(name.clone(), (Dtype::U8, vec![data.len()], data.clone()));
+            }
             Some(Stored::LowRank { u, v }) => {
                 for (suffix, f) in [(LOW_RANK_U, u), (LOW_RANK_V, v)] {
                     let n = format!("{name}{suffix}");
@@ -162,6 +166,15 @@ pub fn write_model_folder(
     map: &TensorMap,
     dtype: DType,
 ) -> Result<u64, CompressError> {
+    if let Some(name) = map
+        .stored
+        .iter()
+        .find_map(|(n, s)| matches!(s, Stored::Gguf { .. }).then_some(n))
+    {
+        return Err(CompressError::Unsupported(format!(
+            "`{name}` is encoded as GGUF blocks, which only a GGUF file holds"
+        )));
+    }
     let fill = |tmp: &Path| -> Result<u64, CompressError> {
         let entries = std::fs::read_dir(template).map_err(|e| io(template)(e.to_string()))?;
         for entry in entries {

@@ -10,17 +10,19 @@ use crate::sink::Sink;
 /// A step's settings as written (every key but `step`).
 pub type Settings = serde_json::Map<String, serde_json::Value>;
 
-/// What a step builds: a pass, or the sink that writes the variant's artifact.
+/// What a step builds: a pass, the sink that writes the variant's artifact, or both (a pass
+/// that encodes weights for the sink, as calibrated GGUF quantisation does).
 pub enum Built {
     Pass(Box<dyn Pass>),
     Sink(Sink),
+    PassThenSink(Box<dyn Pass>, Sink),
 }
 
 impl Built {
     pub fn label(&self) -> String {
         match self {
             Built::Pass(p) => p.label(),
-            Built::Sink(s) => s.label(),
+            Built::Sink(s) | Built::PassThenSink(_, s) => s.label(),
         }
     }
 }

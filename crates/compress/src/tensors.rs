@@ -33,6 +33,15 @@ pub enum Stored {
     },
     /// Factors `u [out, r]` and `v [r, in]`.
     LowRank { u: Tensor, v: Tensor },
+    /// GGUF blocks of `dtype`, rows in Hugging Face order, which the GGUF sink writes as they
+    /// are; `importance` is the importance-matrix entry that chose them (mean `x²` per input
+    /// channel over `chunks` calibration blocks), if any.
+    Gguf {
+        dtype: candle_core::quantized::GgmlDType,
+        data: Vec<u8>,
+        importance: Option<Vec<f32>>,
+        chunks: u32,
+    },
 }
 
 impl Stored {
@@ -42,6 +51,7 @@ impl Stored {
             Stored::Int8 { .. } => "int8",
             Stored::Shared { .. } => "k-means shared",
             Stored::LowRank { .. } => "low-rank",
+            Stored::Gguf { .. } => "GGUF blocks",
         }
     }
 }

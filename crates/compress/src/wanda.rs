@@ -9,7 +9,13 @@ use crate::sparsity::SparsityPattern;
 /// Zeroes weights of the row-major `w [rows, cols]` by Wanda's score with the input channel
 /// norms `norms` (`cols` values): the lowest `share` of every row, or the 2 lowest of every 4
 /// consecutive weights of a row.
-pub fn wanda_prune(w: &mut [f32], rows: usize, cols: usize, norms: &[f32], pattern: SparsityPattern) {
+pub fn wanda_prune(
+    w: &mut [f32],
+    rows: usize,
+    cols: usize,
+    norms: &[f32],
+    pattern: SparsityPattern,
+) {
     debug_assert_eq!(norms.len(), cols);
     let mut order: Vec<usize> = Vec::with_capacity(cols);
     for r in 0..rows {

@@ -69,6 +69,8 @@ fn exported_gguf_reproduces_the_folder_model_in_both_readers() {
                 tokenizer: tok.clone(),
                 qtype,
                 name: "tiny-student".into(),
+                encoded: None,
+                search: Default::default(),
             },
         )
         .unwrap();
@@ -146,6 +148,8 @@ fn export_refuses_what_it_cannot_write_and_leaves_no_file() {
             tokenizer: Default::default(),
             qtype: GgmlDType::Q8_0,
             name: "x".into(),
+            encoded: None,
+            search: Default::default(),
         },
     )
     .unwrap_err()
@@ -164,6 +168,8 @@ fn export_refuses_what_it_cannot_write_and_leaves_no_file() {
             tokenizer: tok.clone(),
             qtype: GgmlDType::Q8_0,
             name: "x".into(),
+            encoded: None,
+            search: Default::default(),
         },
     )
     .unwrap_err()
@@ -180,6 +186,8 @@ fn export_refuses_what_it_cannot_write_and_leaves_no_file() {
             tokenizer: tok,
             qtype: GgmlDType::Q8_0,
             name: "x".into(),
+            encoded: None,
+            search: Default::default(),
         },
     )
     .unwrap_err()
@@ -199,4 +207,63 @@ fn export_refuses_what_it_cannot_write_and_leaves_no_file() {
         e.contains("bare.gguf") && e.contains("tokenizer.ggml.tokens"),
         "{e}"
     );
+}
+
+/// Blocks a pass encoded are written as they are, Q/K rows moved for llama.cpp's rope as
+/// whole rows of bytes: encoding every matrix up front gives the very file the exporter writes
+/// when it rounds them itself.
+#[test]
+fn pre_encoded_blocks_give_the_file_the_exporter_would_write() {
+    use distill_compress::ggml_quant::{quantize_rows, Format};
+    use distill_compress::{Stored, TensorMap};
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_llama_config();
+    let vm = tiny_llama(&cfg);
+    let folder = tmp.path().join("model");
+    write_tiny_llama_folder(&folder, &cfg, &vm);
+    let teacher_gguf = tmp.path().join("teacher.gguf");
+    write_tiny_llama_gguf(&teacher_gguf, &cfg, &vm, GgmlDType::F32, true);
+    let tok = tokenizer_metadata(&teacher_gguf).unwrap();
+    let src = SafetensorsWeights::open(
+        &[folder.join("model.safetensors")],
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let map = TensorMap::read(&src, cfg.tensor_shapes()).unwrap();
+    let mut stored = std::collections::BTreeMap::new();
+    for (name, t) in &map.tensors {
+        if t.rank() == 2 {
+            let cols = t.dims()[1];
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            stored.insert(
+                name.clone(),
+                Stored::Gguf {
+                    dtype: GgmlDType::Q4_0,
+                    data: quantize_rows(Format::Q4_0, &v, cols, None),
+                    importance: None,
+                    chunks: 0,
+                },
+            );
+        }
+    }
+    let write = |path: &std::path::Path, encoded| {
+        export_gguf(
+            path,
+            &GgufExport {
+                config: &cfg,
+                weights: &map,
+                tokenizer: tok.clone(),
+                qtype: GgmlDType::Q4_0,
+                name: "same".into(),
+                encoded,
+                search: Default::default(),
+            },
+        )
+        .unwrap()
+    };
+    let (a, b) = (tmp.path().join("a.gguf"), tmp.path().join("b.gguf"));
+    write(&a, None);
+    write(&b, Some(&stored));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 }

@@ -249,7 +249,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
             drop(side);
             let model = final_dir.display().to_string();
             Some(compression::in_run(
-                compression::for_causal_lm(&model, cfg, c.eval_blocks, opts)?,
+                compression::for_causal_lm(&model, cfg, c.eval_blocks, c.calibration_blocks, opts)?,
                 c,
                 &run_dir,
             )?)

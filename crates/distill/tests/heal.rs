@@ -100,7 +100,7 @@ output: {{dir: {r}, name: tiny}}
         unreachable!()
     };
     let opts = RunOptions::default();
-    let mut p = for_causal_lm(&student.display().to_string(), run_cfg, 4, &opts).unwrap();
+    let mut p = for_causal_lm(&student.display().to_string(), run_cfg, 4, 8, &opts).unwrap();
     let inner = std::mem::replace(&mut p.trainer, Box::new(NoTrainer));
     let (steps, masked) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
     p.trainer = Box::new(Checking {

@@ -603,7 +603,10 @@ impl Llama {
         for (i, block) in self.blocks.iter().enumerate() {
             let step = || -> candle_core::Result<(Tensor, Vec<f32>)> {
                 let h = rms_norm(&x, &block.input_norm, eps)?;
-                let x = (&x + block.attn.forward(&h, &self.rope, bias.as_ref(), &mut |_, _| Ok(()))?)?;
+                let x = (&x
+                    + block
+                        .attn
+                        .forward(&h, &self.rope, bias.as_ref(), &mut |_, _| Ok(()))?)?;
                 let h = rms_norm(&x, &block.post_norm, eps)?;
                 let act = (block.mlp.gate.forward(&h)?.silu()? * block.mlp.up.forward(&h)?)?;
                 let means = act
@@ -715,7 +718,9 @@ impl LinearSite {
     /// The projections reading this input, as tensor-name suffixes after `model.layers.N.`.
     pub fn projections(self) -> &'static [&'static str] {
         match self {
-            LinearSite::AttentionInput => &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+            LinearSite::AttentionInput => {
+                &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
+            }
             LinearSite::AttentionOutput => &["self_attn.o_proj"],
             LinearSite::MlpInput => &["mlp.gate_proj", "mlp.up_proj"],
             LinearSite::MlpOutput => &["mlp.down_proj"],
@@ -758,7 +763,10 @@ impl Llama {
         let block = self.blocks.get(i).ok_or_else(|| ModelError::Config {
             source_name: "llama".into(),
             key: "num_hidden_layers".into(),
-            msg: format!("layer {i} does not exist (the model has {})", self.blocks.len()),
+            msg: format!(
+                "layer {i} does not exist (the model has {})",
+                self.blocks.len()
+            ),
         })?;
         let ctx = || format!("llama layer {i}");
         let (b, s, _) = x.dims3().context(ctx)?;

@@ -163,7 +163,12 @@ impl BlockGrid {
 /// block's share of an importance matrix) its weighted search (`quantize_row_*_impl`),
 /// without it the reference one (`quantize_row_*_ref`). `row_sigma2` is `Σx²/n` over the whole
 /// row, which the 32-weight formats' weighted search uses.
-pub fn fit(format: Format, x: &[f32], importance: Option<&[f32]>, row_sigma2: f32) -> (BlockGrid, Vec<i32>) {
+pub fn fit(
+    format: Format,
+    x: &[f32],
+    importance: Option<&[f32]>,
+    row_sigma2: f32,
+) -> (BlockGrid, Vec<i32>) {
     debug_assert_eq!(x.len(), format.block());
     match format {
         Format::Q4K => fit_q4k(x, importance),
@@ -176,7 +181,11 @@ pub fn fit(format: Format, x: &[f32], importance: Option<&[f32]>, row_sigma2: f3
             (g, levels)
         }
         Format::Q5_0 | Format::Q4_0 => {
-            let (nmax, hi) = if format == Format::Q5_0 { (16, 31) } else { (8, 15) };
+            let (nmax, hi) = if format == Format::Q5_0 {
+                (16, 31)
+            } else {
+                (8, 15)
+            };
             match importance {
                 None => {
                     let mut amax = 0f32;
@@ -243,7 +252,11 @@ fn fit_q4k(x: &[f32], importance: Option<&[f32]>) -> (BlockGrid, Vec<i32>) {
                 max_scale = max_scale.max(s);
                 max_min = max_min.max(m);
             }
-            let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+            let inv_scale = if max_scale > 0.0 {
+                63.0 / max_scale
+            } else {
+                0.0
+            };
             let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
             let mut ls = [0u8; 8];
             let mut lm = [0u8; 8];
@@ -342,7 +355,12 @@ pub fn sigma2(row: &[f32]) -> f32 {
 /// Encodes a row-major `[rows, cols]` matrix block by block with llama.cpp's search: the
 /// reference one, or the one weighted by `importance` (`cols` values, an importance matrix's
 /// entry for this matrix). `cols` must be a multiple of the format's block.
-pub fn quantize_rows(format: Format, values: &[f32], cols: usize, importance: Option<&[f32]>) -> Vec<u8> {
+pub fn quantize_rows(
+    format: Format,
+    values: &[f32],
+    cols: usize,
+    importance: Option<&[f32]>,
+) -> Vec<u8> {
     let b = format.block();
     debug_assert_eq!(cols % b, 0);
     let rows = values.len() / cols;
@@ -380,7 +398,8 @@ mod tests {
     }
 
     fn decode(format: Format, bytes: &[u8], rows: usize, cols: usize) -> Vec<f32> {
-        let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, format.dtype()).unwrap();
+        let storage =
+            QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, format.dtype()).unwrap();
         QTensor::new(storage, (rows, cols))
             .unwrap()
             .dequantize(&Device::Cpu)
@@ -419,7 +438,9 @@ mod tests {
         let (rows, cols) = (4, 256);
         let x = values(rows * cols, 5);
         // A few channels matter 100x more.
-        let imatrix: Vec<f32> = (0..cols).map(|j| if j % 16 == 3 { 100.0 } else { 1.0 }).collect();
+        let imatrix: Vec<f32> = (0..cols)
+            .map(|j| if j % 16 == 3 { 100.0 } else { 1.0 })
+            .collect();
         for f in [Format::Q4K, Format::Q5_0, Format::Q4_0, Format::Q8_0] {
             let mut err = [0f64; 2];
             for (k, imp) in [None, Some(imatrix.as_slice())].into_iter().enumerate() {
@@ -428,9 +449,17 @@ mod tests {
                 let back = decode(f, &bytes, rows, cols);
                 // The grid's own values are what the bytes decode to.
                 let r0 = &x[..cols];
-                let (grid, levels) = fit(f, &r0[..f.block()], imp.map(|w| &w[..f.block()]), sigma2(r0));
+                let (grid, levels) = fit(
+                    f,
+                    &r0[..f.block()],
+                    imp.map(|w| &w[..f.block()]),
+                    sigma2(r0),
+                );
                 for i in 0..f.block() {
-                    assert!((grid.value(i, levels[i]) - back[i]).abs() < 1e-6, "{f:?} {i}");
+                    assert!(
+                        (grid.value(i, levels[i]) - back[i]).abs() < 1e-6,
+                        "{f:?} {i}"
+                    );
                 }
                 err[k] = x
                     .iter()

@@ -73,7 +73,10 @@ impl Imatrix {
         for i in 0..n {
             let len = r.int("a name length")?;
             if !(1..=4096).contains(&len) {
-                return Err(io(path, format!("entry {i}: name length {len} is not plausible")));
+                return Err(io(
+                    path,
+                    format!("entry {i}: name length {len} is not plausible"),
+                ));
             }
             let name = String::from_utf8(r.take(len as usize, "a name")?.to_vec())
                 .map_err(|_| io(path, format!("entry {i}: the name is not UTF-8")))?;
@@ -93,7 +96,10 @@ impl Imatrix {
                 }
             }
             if values.iter().any(|v| !v.is_finite() || *v < 0.0) {
-                return Err(io(path, format!("entry `{name}` has negative or non-finite values")));
+                return Err(io(
+                    path,
+                    format!("entry `{name}` has negative or non-finite values"),
+                ));
             }
             entries.insert(name, values);
         }

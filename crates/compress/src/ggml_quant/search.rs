@@ -16,7 +16,13 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 /// Symmetric search (`make_qx_quants`): levels `L` in `0..2·nmax` (offset by `nmax`) and the
 /// scale, minimising the `qw`-weighted squared error (`rmse_type` 1 with `qw` absent weights
 /// by `x²`).
-pub fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], rmse_type: i32, qw: Option<&[f32]>) -> f32 {
+pub fn make_qx_quants(
+    x: &[f32],
+    nmax: i32,
+    l_out: &mut [i8],
+    rmse_type: i32,
+    qw: Option<&[f32]>,
+) -> f32 {
     let n = x.len();
     let mut max = 0f32;
     let mut amax = 0f32;

@@ -25,8 +25,8 @@ use crate::error::{external, Error, Result};
 use crate::job::RunConfig;
 use crate::options::RunOptions;
 
-/// Blocks of the training split calibration uses (layer ranking, activation statistics).
-const CALIBRATION_BLOCKS: usize = 8;
+/// Calibration blocks whose loss ranks layers (each candidate layer is scored by running it).
+const LOSS_BLOCKS: usize = 8;
 
 fn llama(arch: &ArchConfig) -> std::result::Result<&LlamaConfig, CompressError> {
     match arch {
@@ -53,9 +53,12 @@ impl Calibration for LmEvaluator {
     }
     fn loss(&self, c: &Candidate) -> std::result::Result<f64, CompressError> {
         let m = model(c)?;
-        Ok(perplexity(&m, self.calibration.iter().map(Vec::as_slice))
-            .map_err(external)?
-            .0)
+        let n = self.calibration.len().min(LOSS_BLOCKS);
+        Ok(
+            perplexity(&m, self.calibration[..n].iter().map(Vec::as_slice))
+                .map_err(external)?
+                .0,
+        )
     }
     fn token_blocks(&self) -> Option<Tensor> {
         let flat: Vec<u32> = self.calibration.iter().flatten().copied().collect();
@@ -149,11 +152,13 @@ impl Trainer for LmTrainer<'_> {
 }
 
 /// The model at `model` (a Hugging Face folder or repo) with the data and objective of the
-/// run config `run`; `eval_blocks` validation blocks measure each step (0 = all).
+/// run config `run`; `eval_blocks` validation blocks measure each step (0 = all), the first
+/// `calibration_blocks` training blocks calibrate.
 pub fn for_causal_lm<'a>(
     model: &str,
     run: &RunConfig,
     eval_blocks: usize,
+    calibration_blocks: usize,
     opts: &'a RunOptions<'a>,
 ) -> Result<Prepared<'a>> {
     let source = TeacherSource::parse(model)?;
@@ -181,7 +186,7 @@ pub fn for_causal_lm<'a>(
         Ok(TeacherSource::Gguf(p)) => Some(p),
         _ => None,
     };
-    let calibration = train.blocks[..train.len().min(CALIBRATION_BLOCKS)].to_vec();
+    let calibration = train.blocks[..train.len().min(calibration_blocks)].to_vec();
     let evaluator = LmEvaluator {
         valid: valid.clone(),
         calibration,

@@ -126,7 +126,10 @@ pub fn for_job(
                 .compress
                 .as_ref()
                 .ok_or_else(|| Error::Invalid("no `compress:` section".into()))?;
-            (c, for_causal_lm(model, cfg, c.eval_blocks, opts)?)
+            (
+                c,
+                for_causal_lm(model, cfg, c.eval_blocks, c.calibration_blocks, opts)?,
+            )
         }
         Job::Classification(cfg) => {
             let c = cfg

@@ -270,6 +270,8 @@ pub fn quick_compress(model: &str, q: &QuickCompress) -> Result<QuickOutcome> {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "model".into()),
+                encoded: None,
+                search: Default::default(),
             },
         )?;
         fallbacks = summary.fallbacks.clone();
