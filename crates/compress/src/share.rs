@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use candle_core::Tensor;
 
+use std::collections::BTreeMap;
+
+use crate::calibrate::{walk, Collect};
 use crate::error::CompressError;
 use crate::pass::{Candidate, Context, Pass, PassReport};
 use crate::stored::Stored;
@@ -20,8 +23,42 @@ use crate::tensors::{values_f32, TensorMap};
 #[derive(Clone, Debug, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShareSettings {
-    /// k-means weight sharing with `2^bits` values per matrix (1 to 8).
+    /// k-means weight sharing with `2^bits` values per codebook (1 to 8).
     pub bits: u32,
+    /// One codebook per matrix, or one per output row (stored as f16).
+    #[serde(default)]
+    pub codebook: Codebook,
+    /// What the clustering weighs each weight by.
+    #[serde(default)]
+    pub weights: ShareWeights,
+}
+
+/// Where codebooks are shared.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Codebook {
+    #[default]
+    PerMatrix,
+    /// A small codebook per output row (SqueezeLLM's layout): rows differ in scale, so a
+    /// codebook each fits them far better for `2^bits` f16 values per row.
+    PerRow,
+}
+
+/// What k-means minimises.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ShareWeights {
+    /// The plain squared error of the weights.
+    #[default]
+    None,
+    /// The squared error weighted by the input channel's mean `x²` on the calibration blocks:
+    /// the diagonal of the layer's Hessian, a sensitivity in the spirit of SqueezeLLM's Fisher
+    /// weighting (which needs gradients this step does not take).
+    Activations,
 }
 
 pub(crate) const TECHNIQUE: Technique = Technique {
@@ -50,13 +87,45 @@ impl Pass for Share {
         "share"
     }
     fn label(&self) -> String {
-        format!("k-means {}-bit", self.0.bits)
+        let per = match self.0.codebook {
+            Codebook::PerMatrix => "",
+            Codebook::PerRow => " per row",
+        };
+        let by = match self.0.weights {
+            ShareWeights::None => "",
+            ShareWeights::Activations => ", activation-weighted",
+        };
+        format!("k-means {}-bit{per}{by}", self.0.bits)
     }
     fn encodes(&self) -> bool {
         true
     }
-    fn apply(&self, c: &mut Candidate, _: &Context) -> Result<PassReport, CompressError> {
-        let done = share_weights(&mut c.weights, |_| true, self.0.bits)?;
+    fn apply(&self, c: &mut Candidate, cx: &Context) -> Result<PassReport, CompressError> {
+        let s = &self.0;
+        let done = match s.weights {
+            ShareWeights::None => {
+                share_weights_with(&mut c.weights, |_| true, s.bits, s.codebook, &|_| None)?
+            }
+            ShareWeights::Activations => {
+                let blocks = cx.calibration.token_blocks().ok_or_else(|| {
+                    CompressError::Unsupported(
+                        "weights: activations needs calibration token blocks, which this task does not provide".into(),
+                    )
+                })?;
+                // The importance of every matrix's inputs, then one clustering pass (sharing
+                // changes no activation a later layer's importance would see much).
+                let mut importance: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+                walk(c, &blocks, Collect::Norms, &mut |stage, _| {
+                    for (name, st) in &stage.matrices {
+                        importance.insert(name.clone(), st.importance());
+                    }
+                    Ok(())
+                })?;
+                share_weights_with(&mut c.weights, |_| true, s.bits, s.codebook, &|n| {
+                    importance.get(n).cloned()
+                })?
+            }
+        };
         Ok(PassReport::note(format!(
             "{} matrices, mean RMS error {:.2e}",
             done.len(),
@@ -80,20 +149,41 @@ pub struct Shared {
 /// Clusters `values` into `2^bits` centroids. Returns the centroids (ascending) and each value's
 /// centroid index.
 pub fn kmeans_1d(values: &[f32], bits: u32) -> (Vec<f32>, Vec<u16>) {
+    kmeans_1d_weighted(values, None, bits)
+}
+
+/// [`kmeans_1d`] minimising the `weights`-weighted squared error (uniform when `None`):
+/// centroids are weighted means, initialised at weighted quantiles.
+pub fn kmeans_1d_weighted(
+    values: &[f32],
+    weights: Option<&[f32]>,
+    bits: u32,
+) -> (Vec<f32>, Vec<u16>) {
     let k = 1usize << bits;
-    let mut sorted: Vec<f32> = values.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let n = sorted.len();
+    let n = values.len();
     if n == 0 {
         return (vec![0.0; k], vec![]);
     }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    let sorted: Vec<f32> = order.iter().map(|&i| values[i]).collect();
+    // A floor keeps channels no calibration token used in the clustering at all.
+    let w = |i: usize| weights.map_or(1.0, |w| w[i].max(1e-12) as f64);
     let mut prefix = Vec::with_capacity(n + 1);
+    let mut wprefix = Vec::with_capacity(n + 1);
     prefix.push(0f64);
-    for v in &sorted {
-        prefix.push(prefix.last().copied().unwrap_or(0.0) + *v as f64);
+    wprefix.push(0f64);
+    for &i in &order {
+        prefix.push(prefix.last().copied().unwrap_or(0.0) + w(i) * values[i] as f64);
+        wprefix.push(wprefix.last().copied().unwrap_or(0.0) + w(i));
     }
+    let total = wprefix[n];
     let mut c: Vec<f64> = (0..k)
-        .map(|i| sorted[((2 * i + 1) * n / (2 * k)).min(n - 1)] as f64)
+        .map(|i| {
+            let q = total * (2 * i + 1) as f64 / (2 * k) as f64;
+            let at = wprefix.partition_point(|&p| p < q).clamp(1, n) - 1;
+            sorted[at] as f64
+        })
         .collect();
     for _ in 0..ITERATIONS {
         // Cluster i holds sorted[start_i..start_{i+1}].
@@ -108,8 +198,8 @@ pub fn kmeans_1d(values: &[f32], bits: u32) -> (Vec<f32>, Vec<u16>) {
         let mut moved = false;
         for i in 0..k {
             let (a, b) = (starts[i], starts[i + 1]);
-            if b > a {
-                let mean = (prefix[b] - prefix[a]) / (b - a) as f64;
+            if b > a && wprefix[b] > wprefix[a] {
+                let mean = (prefix[b] - prefix[a]) / (wprefix[b] - wprefix[a]);
                 moved |= mean != c[i];
                 c[i] = mean;
             }
@@ -122,21 +212,25 @@ pub fn kmeans_1d(values: &[f32], bits: u32) -> (Vec<f32>, Vec<u16>) {
     let centroids: Vec<f32> = c.iter().map(|&x| x as f32).collect();
     let index = values
         .iter()
-        .map(|&x| {
-            let p = centroids.partition_point(|&m| m < x);
-            let nearest = if p == 0 {
-                0
-            } else if p == k {
-                k - 1
-            } else if (x - centroids[p - 1]).abs() <= (centroids[p] - x).abs() {
-                p - 1
-            } else {
-                p
-            };
-            nearest as u16
-        })
+        .map(|&x| nearest_centroid(&centroids, x))
         .collect();
     (centroids, index)
+}
+
+/// Index of the centroid (of ascending `centroids`) nearest to `x`.
+fn nearest_centroid(centroids: &[f32], x: f32) -> u16 {
+    let k = centroids.len();
+    let p = centroids.partition_point(|&m| m < x);
+    let nearest = if p == 0 {
+        0
+    } else if p == k {
+        k - 1
+    } else if (x - centroids[p - 1]).abs() <= (centroids[p] - x).abs() {
+        p - 1
+    } else {
+        p
+    };
+    nearest as u16
 }
 
 /// Replaces every dense matrix of `map` that `select` names by `2^bits` shared values.
@@ -144,6 +238,18 @@ pub fn share_weights(
     map: &mut TensorMap,
     select: impl Fn(&str) -> bool,
     bits: u32,
+) -> Result<Vec<Shared>, CompressError> {
+    share_weights_with(map, select, bits, Codebook::PerMatrix, &|_| None)
+}
+
+/// [`share_weights`] with a codebook per matrix or per row, clustering each matrix's weights
+/// weighted by `importance(name)` of its input channels (uniform when `None`).
+pub fn share_weights_with(
+    map: &mut TensorMap,
+    select: impl Fn(&str) -> bool,
+    bits: u32,
+    codebook_of: Codebook,
+    importance: &dyn Fn(&str) -> Option<Vec<f32>>,
 ) -> Result<Vec<Shared>, CompressError> {
     if !(1..=8).contains(&bits) {
         return Err(CompressError::Config {
@@ -161,8 +267,44 @@ pub fn share_weights(
         };
         let shape = t.dims().to_vec();
         let values = values_f32(&name, t)?;
-        let (codebook, indices) = kmeans_1d(&values, bits);
-        let decoded: Vec<f32> = indices.iter().map(|&i| codebook[i as usize]).collect();
+        let cols = shape.last().copied().unwrap_or(1).max(1);
+        let rows = values.len() / cols;
+        let imp = importance(&name).filter(|w| w.len() == cols);
+        let (codebook, indices, codebook_rows) = match codebook_of {
+            Codebook::PerMatrix => {
+                let w: Option<Vec<f32>> = imp
+                    .as_ref()
+                    .map(|w| (0..values.len()).map(|i| w[i % cols]).collect());
+                let (cb, idx) = kmeans_1d_weighted(&values, w.as_deref(), bits);
+                (cb, idx, 1)
+            }
+            Codebook::PerRow => {
+                let mut cb = Vec::with_capacity(rows << bits);
+                let mut idx = Vec::with_capacity(values.len());
+                for r in 0..rows {
+                    let row = &values[r * cols..(r + 1) * cols];
+                    let (c, _) = kmeans_1d_weighted(row, imp.as_deref(), bits);
+                    // Stored as f16: assign to the centroids as they will be read back.
+                    let c: Vec<f32> = c.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+                    idx.extend(row.iter().map(|&x| nearest_centroid(&c, x)));
+                    cb.extend(c);
+                }
+                (cb, idx, rows)
+            }
+        };
+        let k = 1usize << bits;
+        let decoded: Vec<f32> = indices
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| {
+                let base = if codebook_rows == 1 {
+                    0
+                } else {
+                    (j / cols) * k
+                };
+                codebook[base + i as usize]
+            })
+            .collect();
         let sq: f64 = values
             .iter()
             .zip(&decoded)
@@ -177,6 +319,7 @@ pub fn share_weights(
                 codebook,
                 indices,
                 bits,
+                rows: codebook_rows,
             },
         );
         done.push(Shared {
@@ -208,6 +351,57 @@ mod tests {
         for (x, i) in v.iter().zip(&idx) {
             assert!((cb[*i as usize] - x).abs() < 0.05);
         }
+    }
+
+    #[test]
+    fn per_row_weighted_codebooks_fit_rows_of_different_scale_where_it_matters() {
+        let d = candle_core::Device::Cpu;
+        // Rows of very different scales; channel 0 of every row carries most of the input.
+        let (rows, cols) = (8, 64);
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                let (r, c) = (i / cols, i % cols);
+                (1.0 + r as f32 * 3.0) * (((c * 7 + r * 3) % 17) as f32 / 17.0 - 0.5)
+            })
+            .collect();
+        let imp: Vec<f32> = (0..cols)
+            .map(|j| if j == 0 { 1000.0 } else { 1.0 })
+            .collect();
+        let weighted_err = |codebook, imp: Option<Vec<f32>>| {
+            let w = Tensor::from_vec(v.clone(), (rows, cols), &d).unwrap();
+            let mut map = TensorMap::from_tensors([("m.weight".to_string(), w)].into(), d.clone());
+            share_weights_with(&mut map, |_| true, 2, codebook, &|_| imp.clone()).unwrap();
+            let got = values_f32("m", &map.tensors["m.weight"]).unwrap();
+            if codebook == Codebook::PerRow {
+                let Stored::Shared {
+                    codebook, rows: r, ..
+                } = &map.stored["m.weight"]
+                else {
+                    panic!("not shared")
+                };
+                assert_eq!((codebook.len(), *r), (rows * 4, rows));
+            }
+            v.iter()
+                .zip(&got)
+                .enumerate()
+                .map(|(i, (a, b))| imp_at(i % cols) * ((a - b) as f64).powi(2))
+                .sum::<f64>()
+        };
+        fn imp_at(j: usize) -> f64 {
+            if j == 0 {
+                1000.0
+            } else {
+                1.0
+            }
+        }
+        let per_matrix = weighted_err(Codebook::PerMatrix, None);
+        let per_row = weighted_err(Codebook::PerRow, None);
+        let per_row_weighted = weighted_err(Codebook::PerRow, Some(imp));
+        assert!(per_row < per_matrix, "{per_row} vs {per_matrix}");
+        assert!(
+            per_row_weighted < per_row,
+            "{per_row_weighted} vs {per_row}"
+        );
     }
 
     #[test]

@@ -89,15 +89,26 @@ pub fn encode_all(map: &TensorMap, dtype: DType) -> Result<Encoded, CompressErro
                 codebook,
                 indices,
                 bits,
+                rows,
             }) => {
-                out.insert(
-                    format!("{name}{CODEBOOK}"),
+                let entry = if *rows == 1 {
                     (
                         Dtype::F32,
                         vec![codebook.len()],
                         codebook.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                    ),
-                );
+                    )
+                } else {
+                    // Per-row codebooks are f16 (the values were rounded to it when chosen).
+                    (
+                        Dtype::F16,
+                        vec![*rows, codebook.len() / rows],
+                        codebook
+                            .iter()
+                            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                            .collect(),
+                    )
+                };
+                out.insert(format!("{name}{CODEBOOK}"), entry);
                 let packed = pack_bits(indices, *bits);
                 out.insert(
                     format!("{name}{INDICES}"),

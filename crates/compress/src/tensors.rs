@@ -25,11 +25,13 @@ pub fn values_f32(name: &str, t: &Tensor) -> Result<Vec<f32>, CompressError> {
 pub enum Stored {
     /// Int8 values `[out, in]` with one f32 scale per row.
     Int8 { q: Vec<i8>, scales: Vec<f32> },
-    /// `2^bits` centroids and one `bits`-bit index per weight.
+    /// `2^bits` centroids (per matrix when `rows` is 1, else per row: `rows × 2^bits`) and one
+    /// `bits`-bit index per weight.
     Shared {
         codebook: Vec<f32>,
         indices: Vec<u16>,
         bits: u32,
+        rows: usize,
     },
     /// Factors `u [out, r]` and `v [r, in]`.
     LowRank { u: Tensor, v: Tensor },

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use common::tiny::{tiny_llama, tiny_llama_config, write_tiny_llama_folder};
 use distill_compress::int8::quantize_int8;
 use distill_compress::low_rank::{low_rank, RankTarget};
-use distill_compress::share::share_weights;
+use distill_compress::share::{share_weights, share_weights_with, Codebook};
 use distill_compress::sparsity::is_layer_matrix;
 use distill_compress::{write_model_folder, Stored, TensorMap};
 use distill_models::{Llama, LlamaConfig, Matrix, SafetensorsWeights, WeightSource};
@@ -30,6 +30,15 @@ fn tiny_folder(dir: &std::path::Path) -> (LlamaConfig, std::path::PathBuf, Safet
     (cfg, folder, src)
 }
 
+/// Input channels of the tiny model's matrix `name`.
+fn m_cols(name: &str) -> usize {
+    if name.contains("down_proj") {
+        64
+    } else {
+        32
+    }
+}
+
 #[test]
 fn every_encoding_reloads_to_the_model_it_was_measured_as() {
     let tmp = tempfile::tempdir().unwrap();
@@ -44,7 +53,7 @@ fn every_encoding_reloads_to_the_model_it_was_measured_as() {
     .unwrap();
 
     type Pass = fn(&mut TensorMap);
-    let passes: [(&str, Pass); 3] = [
+    let passes: [(&str, Pass); 4] = [
         ("low-rank", |m| {
             let r = low_rank(m, is_layer_matrix, RankTarget::Rank(4)).unwrap();
             assert!(r.iter().any(|f| f.applied));
@@ -54,6 +63,17 @@ fn every_encoding_reloads_to_the_model_it_was_measured_as() {
         }),
         ("int8", |m| {
             quantize_int8(m, |_| true).unwrap();
+        }),
+        ("shared-per-row", |m| {
+            // Importance on every other input channel, as calibration would give it.
+            let imp = |n: &str| {
+                n.contains("layers.")
+                    .then(|| (0..64).map(|j| 1.0 + (j % 2) as f32 * 9.0).collect())
+            };
+            share_weights_with(m, |_| true, 3, Codebook::PerRow, &|n| {
+                imp(n).map(|v: Vec<f32>| v[..m_cols(n)].to_vec())
+            })
+            .unwrap();
         }),
     ];
     for (what, pass) in passes {

@@ -8,6 +8,7 @@
 //! | dense | `N` (any float dtype) | `N` |
 //! | int8 per output channel | `N` (I8, `[out, in]`), `N_scale` (F32, `[out, 1]`) | `N · N_scale` (the compressed-tensors layout) |
 //! | k-means codebook | `N_codebook` (F32, `[2^b]`), `N_indices` (U8, `b` bits per value, little-endian bit order) | `codebook[index]` |
+//! | k-means codebook per row | `N_codebook` (F16 or F32, `[out, 2^b]`), `N_indices` as above | `codebook[row][index]` |
 //! | low rank | `N_u` (`[out, r]`), `N_v` (`[r, in]`) | `N_u · N_v` (a linear layer runs the two factors) |
 
 use candle_core::{Device, Tensor};
@@ -60,16 +61,28 @@ pub fn unpack_bits(bytes: &[u8], bits: u32, n: usize) -> Option<Vec<u16>> {
     Some(out)
 }
 
-/// Decodes a k-means shared weight of `shape` from its codebook and packed indices.
+/// Decodes a k-means shared weight of `shape` from its codebook (one of `codebook_rows`
+/// equal parts per row when that is the weight's row count, one for the matrix when it is 1)
+/// and packed indices.
 pub fn decode_shared(
     source_name: &str,
     name: &str,
     codebook: &[f32],
+    codebook_rows: usize,
     packed: &[u8],
     shape: &[usize],
     device: &Device,
 ) -> Result<Tensor> {
-    let k = codebook.len();
+    let rows = shape.first().copied().unwrap_or(1);
+    if codebook_rows != 1 && (codebook_rows != rows || shape.len() != 2) {
+        return Err(ModelError::Format {
+            path: source_name.into(),
+            msg: format!(
+                "`{name}{CODEBOOK}` has {codebook_rows} rows; expected 1 or the weight's {rows}"
+            ),
+        });
+    }
+    let k = codebook.len() / codebook_rows.max(1);
     if !k.is_power_of_two() || !(2..=256).contains(&k) {
         return Err(ModelError::Format {
             path: source_name.into(),
@@ -86,7 +99,15 @@ pub fn decode_shared(
             (n * bits as usize).div_ceil(8)
         ),
     })?;
-    let values: Vec<f32> = idx.iter().map(|&i| codebook[i as usize]).collect();
+    let cols = n / rows.max(1);
+    let values: Vec<f32> = if codebook_rows == 1 {
+        idx.iter().map(|&i| codebook[i as usize]).collect()
+    } else {
+        idx.iter()
+            .enumerate()
+            .map(|(j, &i)| codebook[(j / cols) * k + i as usize])
+            .collect()
+    };
     Ok(Tensor::from_vec(values, shape, device)?)
 }
 
@@ -178,9 +199,18 @@ mod tests {
         );
         assert!(decode_int8("f", "w", &q, &[0.5], &[2, 2], &d).is_err());
         let packed = pack_bits(&[0, 3, 2, 1], 2);
-        let t = decode_shared("f", "w", &[-1.0, 0.0, 1.0, 2.0], &packed, &[4], &d).unwrap();
+        let t = decode_shared("f", "w", &[-1.0, 0.0, 1.0, 2.0], 1, &packed, &[4], &d).unwrap();
         assert_eq!(t.to_vec1::<f32>().unwrap(), vec![-1.0, 2.0, 1.0, 0.0]);
-        let err = decode_shared("f", "w", &[0.0, 1.0, 2.0], &packed, &[4], &d).unwrap_err();
+        let err = decode_shared("f", "w", &[0.0, 1.0, 2.0], 1, &packed, &[4], &d).unwrap_err();
         assert!(err.to_string().contains("w_codebook"), "{err}");
+        // One codebook per row.
+        let per_row = [-1.0, 0.0, 1.0, 2.0, 10.0, 20.0, 30.0, 40.0];
+        let t = decode_shared("f", "w", &per_row, 2, &packed, &[2, 2], &d).unwrap();
+        assert_eq!(
+            t.to_vec2::<f32>().unwrap(),
+            vec![vec![-1.0, 2.0], vec![30.0, 20.0]]
+        );
+        let err = decode_shared("f", "w", &per_row, 2, &packed, &[4, 1], &d).unwrap_err();
+        assert!(err.to_string().contains("2 rows"), "{err}");
     }
 }

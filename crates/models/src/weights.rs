@@ -226,14 +226,26 @@ impl SafetensorsWeights {
             return Ok(Some(u.matmul(&v)?));
         }
         if let (Some(codebook), Some(indices)) = (get(CODEBOOK), get(INDICES)) {
+            let codebook_rows = match codebook.shape() {
+                [rows, _] => *rows,
+                _ => 1,
+            };
             let codebook = f32_values(
                 &src,
                 &format!("{name}{CODEBOOK}"),
                 codebook.dtype(),
                 codebook.data(),
             )?;
-            return decode_shared(&src, name, &codebook, indices.data(), shape, &self.device)
-                .map(Some);
+            return decode_shared(
+                &src,
+                name,
+                &codebook,
+                codebook_rows,
+                indices.data(),
+                shape,
+                &self.device,
+            )
+            .map(Some);
         }
         match (self.st.get(name).ok(), get(SCALE)) {
             (Some(q), Some(scale)) if q.dtype() == safetensors::Dtype::I8 => {
