@@ -37,6 +37,8 @@ pub struct SiteStats {
     pub tokens: usize,
     /// `Σ x_j²` over the tokens, per input channel.
     pub sq_norms: Vec<f64>,
+    /// `Σ |x_j|` over the tokens, per input channel.
+    pub abs_sums: Vec<f64>,
     /// `Σ x xᵀ` over the tokens, row-major `[columns, columns]`, when collected.
     pub hessian: Option<Vec<f64>>,
 }
@@ -47,6 +49,7 @@ impl SiteStats {
             columns,
             tokens: 0,
             sq_norms: vec![0.0; columns],
+            abs_sums: vec![0.0; columns],
             hessian: (collect == Collect::Hessians).then(|| vec![0.0; columns * columns]),
         }
     }
@@ -56,6 +59,10 @@ impl SiteStats {
         let x = x.reshape(((), x.dim(D::Minus1)?))?;
         let sq = x.sqr()?.sum(0)?.to_vec1::<f32>()?;
         for (a, b) in self.sq_norms.iter_mut().zip(sq) {
+            *a += b as f64;
+        }
+        let abs = x.abs()?.sum(0)?.to_vec1::<f32>()?;
+        for (a, b) in self.abs_sums.iter_mut().zip(abs) {
             *a += b as f64;
         }
         if let Some(h) = self.hessian.as_mut() {
@@ -78,6 +85,12 @@ impl SiteStats {
     pub fn norms(&self) -> Vec<f32> {
         self.sq_norms.iter().map(|s| s.sqrt() as f32).collect()
     }
+
+    /// Mean `|x_j|` per input channel.
+    pub fn mean_abs(&self) -> Vec<f32> {
+        let n = self.tokens.max(1) as f64;
+        self.abs_sums.iter().map(|s| (s / n) as f32).collect()
+    }
 }
 
 /// One stage of the walk: the matrices it covers, each with the statistics of its input.
@@ -86,6 +99,29 @@ pub struct Stage<'a> {
     pub label: String,
     /// Tensor name and input statistics of every matrix of the stage.
     pub matrices: Vec<(String, &'a SiteStats)>,
+}
+
+/// What a walk saw besides the statistics it handed out.
+#[derive(Clone, Debug, Default)]
+pub struct Walked {
+    /// The stages' labels in order.
+    pub labels: Vec<String>,
+    /// Per layer, its block influence `1 − mean cos(x_in, x_out)` over the calibration tokens
+    /// (ShortGPT's layer importance; Minitron's depth metric): how much the layer, as compressed,
+    /// turns the residual stream.
+    pub block_influence: Vec<f64>,
+}
+
+/// Mean over tokens of the cosine between `a` and `b` (`[.., hidden]`), and the token count.
+fn mean_cosine(a: &Tensor, b: &Tensor) -> candle_core::Result<(f64, usize)> {
+    let h = a.dim(D::Minus1)?;
+    let a = a.to_dtype(DType::F32)?.reshape(((), h))?;
+    let b = b.to_dtype(DType::F32)?.reshape(((), h))?;
+    let dot = (&a * &b)?.sum(1)?;
+    let na = a.sqr()?.sum(1)?.sqrt()?;
+    let nb = b.sqr()?.sum(1)?.sqrt()?;
+    let cos = (dot / ((na * nb)? + 1e-12)?)?.to_vec1::<f32>()?;
+    Ok((cos.iter().map(|&c| c as f64).sum(), cos.len()))
 }
 
 /// Blocks handed to the model at once: large enough for efficient matrix products, small
@@ -97,13 +133,13 @@ const CHUNK: usize = 16;
 /// earlier layers and calls `compress` with them, which may change that layer's matrices in
 /// `c`; then runs the layer as compressed to make the next layer's input. The last stage is
 /// the head (`lm_head.weight`, or the tied embedding matrix), with the final norm's output as
-/// its input. Returns the stages' labels in order.
+/// its input.
 pub fn walk(
     c: &mut Candidate,
     blocks: &Tensor,
     collect: Collect,
     compress: &mut dyn FnMut(&Stage, &mut Candidate) -> Result<(), CompressError>,
-) -> Result<Vec<String>, CompressError> {
+) -> Result<Walked, CompressError> {
     let ArchConfig::Llama(cfg) = c.arch.clone() else {
         return Err(CompressError::Unsupported(
             "calibration statistics are implemented for Llama-family decoders; a BERT classifier is compressed by its weights".into(),
@@ -133,6 +169,7 @@ pub fn walk(
     }
     let t0 = Instant::now();
     let mut labels = vec![];
+    let mut block_influence = vec![];
     let layers = model.num_layers();
     for l in 0..layers {
         let mut stats: BTreeMap<LinearSite, SiteStats> = BTreeMap::new();
@@ -167,9 +204,16 @@ pub fn walk(
         compress(&stage, c)?;
         labels.push(stage.label);
         model = Llama::load(&cfg, &c.weights)?;
+        let (mut cos, mut tokens) = (0f64, 0usize);
         for x in xs.iter_mut() {
-            *x = model.layer_forward(l, x, &mut |_, _| Ok(()))?;
+            let y = model.layer_forward(l, x, &mut |_, _| Ok(()))?;
+            let (s, n) =
+                mean_cosine(x, &y).map_err(terr(format!("block influence of layer {l}")))?;
+            cos += s;
+            tokens += n;
+            *x = y;
         }
+        block_influence.push(1.0 - cos / tokens.max(1) as f64);
         tracing::info!(
             stage = "calibrate",
             done = l + 1,
@@ -196,7 +240,10 @@ pub fn walk(
     };
     compress(&stage, c)?;
     labels.push(stage.label);
-    Ok(labels)
+    Ok(Walked {
+        labels,
+        block_influence,
+    })
 }
 
 #[cfg(test)]
@@ -223,7 +270,7 @@ mod tests {
     fn every_matrix_is_visited_once_with_statistics_of_its_input() {
         let mut c = candidate();
         let mut seen = vec![];
-        let labels = walk(&mut c, &blocks(3), Collect::Hessians, &mut |s, _| {
+        let walked = walk(&mut c, &blocks(3), Collect::Hessians, &mut |s, _| {
             for (name, st) in &s.matrices {
                 assert_eq!(st.tokens, 24, "{name}");
                 let h = st.hessian.as_ref().unwrap();
@@ -241,7 +288,12 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(labels.len(), 4);
+        assert_eq!(walked.labels.len(), 4);
+        assert_eq!(walked.block_influence.len(), 3);
+        assert!(walked
+            .block_influence
+            .iter()
+            .all(|b| (0.0..=2.0).contains(b) && *b > 0.0));
         assert_eq!(seen.len(), 3 * 7 + 1);
         assert!(seen.contains(&"model.layers.2.mlp.down_proj.weight".to_string()));
         assert_eq!(seen.last().unwrap(), "model.embed_tokens.weight");

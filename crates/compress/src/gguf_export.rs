@@ -125,8 +125,11 @@ pub struct GgufExport<'a> {
     pub weights: &'a dyn WeightSource,
     /// `tokenizer.ggml.*` (and `tokenizer.chat_template`) keys, e.g. from the teacher's GGUF.
     pub tokenizer: BTreeMap<String, Value>,
-    /// Type of the matrices (embeddings included); norms stay f32.
+    /// Type of the matrices; norms stay f32.
     pub qtype: GgmlDType,
+    /// Type of the token embeddings and the output head (llama-quantize's
+    /// `--token-embedding-type` / `--output-tensor-type`); `None`: `qtype`.
+    pub embeddings: Option<GgmlDType>,
     pub name: String,
     /// Matrices a pass already encoded (GPTQ, importance-matrix search), written as they are.
     pub encoded: Option<&'a BTreeMap<String, crate::tensors::Stored>>,

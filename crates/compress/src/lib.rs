@@ -23,6 +23,7 @@ pub mod ggml_quant;
 pub mod gguf_export;
 pub mod gptq;
 pub mod heal;
+pub mod importance;
 pub mod int8;
 pub mod low_rank;
 pub mod obs;

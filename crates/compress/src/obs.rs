@@ -202,6 +202,7 @@ pub(crate) mod tests {
             SiteStats {
                 columns: n,
                 tokens: t,
+                abs_sums: vec![0.0; n],
                 sq_norms: sq,
                 hessian: Some(h),
             },

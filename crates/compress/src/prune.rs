@@ -11,7 +11,7 @@ use crate::sparsegpt::sparsegpt_prune;
 use crate::sparsity::{
     is_layer_matrix, magnitude_prune, two_four_prune, PruneScope, SparsityPattern,
 };
-use crate::structured::{activation_scores, cut, least_important_layers, Cut};
+use crate::structured::{cut, least_important_layers, least_influential_layers, Cut};
 use crate::technique::{schema_of, settings, Built, Defaults, Settings, Technique};
 use crate::tensors::values_f32;
 use crate::wanda::wanda_prune;
@@ -22,12 +22,29 @@ use crate::wanda::wanda_prune;
 pub enum DropLayers {
     /// These layers (0-based).
     These(Vec<usize>),
-    /// This many layers, the ones whose removal changes the calibration loss least, each
-    /// measured by dropping it alone.
-    LeastImportant { least_important: usize },
+    /// This many layers, the least important by `by`.
+    LeastImportant {
+        least_important: usize,
+        #[serde(default)]
+        by: LayerRanking,
+    },
 }
 
-/// How FFN neurons are ranked for `ffn_neurons`.
+/// How layers are ranked for dropping.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerRanking {
+    /// The calibration loss without the layer, each layer dropped alone (one evaluation per
+    /// layer).
+    #[default]
+    Loss,
+    /// Block influence `1 − cos(x_in, x_out)` over the calibration tokens (one forward pass).
+    BlockInfluence,
+}
+
+/// How heads, FFN neurons and residual channels are ranked.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
 )]
@@ -37,7 +54,11 @@ pub enum NeuronImportance {
     /// ‖in row‖·‖out column‖ (BERT).
     #[default]
     Weights,
-    /// Mean |silu(gate)·up| of the neuron over calibration data (the first training blocks)
+    /// Minitron's activation importance on the calibration blocks (after any dropped layers
+    /// are gone; see [`crate::importance`]): for a neuron its mean |silu(gate)·up| times
+    /// ‖down column‖, for a key/value group its heads' output norms, for a residual channel
+    /// its mean |norm output| over every layer (Llama). Otherwise: mean |silu(gate)·up| of the
+    /// neuron over calibration data (the first training blocks)
     /// times ‖down column‖: what it actually adds to the residual stream (Llama).
     Activations,
 }
@@ -70,6 +91,10 @@ pub struct PruneSettings {
     /// FFN neurons kept per layer, ranked by `importance`.
     #[serde(default)]
     pub ffn_neurons: Option<usize>,
+    /// Residual-stream (embedding) channels kept, ranked by `importance` (Llama): width
+    /// pruning of the hidden size, embeddings, norms and every projection with it.
+    #[serde(default)]
+    pub hidden: Option<usize>,
     #[serde(default)]
     pub importance: NeuronImportance,
     /// Unstructured magnitude sparsity in [0, 1).
@@ -138,21 +163,23 @@ fn build(s: &Settings, _: &Defaults) -> Result<Built, CompressError> {
     if !(p.damp > 0.0 && p.damp < 10.0) {
         return Err(bad("damp", format!("{} is outside (0, 10)", p.damp)));
     }
-    if p.heads == Some(0) || p.ffn_neurons == Some(0) {
+    if p.heads == Some(0) || p.ffn_neurons == Some(0) || p.hidden == Some(0) {
         return Err(bad(
             "",
-            "pruning to zero heads or zero FFN neurons leaves no layer".into(),
+            "pruning to zero heads, FFN neurons or hidden channels leaves no layer".into(),
         ));
     }
     if p.drop_layers.is_none()
         && p.heads.is_none()
         && p.ffn_neurons.is_none()
+        && p.hidden.is_none()
         && p.sparsity.is_none()
         && !p.two_four
     {
         return Err(bad(
             "",
-            "prunes nothing: set drop_layers, heads, ffn_neurons, sparsity or two_four".into(),
+            "prunes nothing: set drop_layers, heads, ffn_neurons, hidden, sparsity or two_four"
+                .into(),
         ));
     }
     Ok(Built::Pass(Box::new(Prune(p))))
@@ -170,8 +197,15 @@ impl Pass for Prune {
         let mut parts = vec![];
         match &p.drop_layers {
             Some(DropLayers::These(l)) => parts.push(format!("drop layers {l:?}")),
-            Some(DropLayers::LeastImportant { least_important }) => {
-                parts.push(format!("drop {least_important} least important layers"))
+            Some(DropLayers::LeastImportant {
+                least_important,
+                by,
+            }) => {
+                let by = match by {
+                    LayerRanking::Loss => "",
+                    LayerRanking::BlockInfluence => " by block influence",
+                };
+                parts.push(format!("drop {least_important} least important layers{by}"))
             }
             None => {}
         }
@@ -184,6 +218,13 @@ impl Pass for Prune {
                 NeuronImportance::Activations => " by activations",
             };
             parts.push(format!("{n} FFN neurons{by}"));
+        }
+        if let Some(n) = p.hidden {
+            let by = match p.importance {
+                NeuronImportance::Weights => "",
+                NeuronImportance::Activations => " by activations",
+            };
+            parts.push(format!("hidden {n}{by}"));
         }
         let by = match p.method {
             SparsityMethod::Magnitude => "",
@@ -216,42 +257,60 @@ impl Pass for Prune {
                 msg: "activations is implemented for Llama-family decoders; a BERT classifier's neurons are ranked by weights".into(),
             });
         }
-        if p.drop_layers.is_some() || p.heads.is_some() || p.ffn_neurons.is_some() {
+        let narrows = p.heads.is_some() || p.ffn_neurons.is_some() || p.hidden.is_some();
+        if p.drop_layers.is_some() || narrows {
+            let blocks = || {
+                cx.calibration.token_blocks().ok_or_else(|| {
+                    CompressError::Unsupported(
+                        "activation importance needs calibration token blocks, which this task does not provide".into(),
+                    )
+                })
+            };
             let drop = match &p.drop_layers {
                 None => vec![],
                 Some(DropLayers::These(l)) => l.clone(),
-                Some(DropLayers::LeastImportant { least_important }) => {
+                Some(DropLayers::LeastImportant {
+                    least_important,
+                    by: LayerRanking::Loss,
+                }) => {
                     let (l, note) = least_important_layers(c, *least_important, cx.calibration)?;
                     report.notes.push(note);
                     l
                 }
+                Some(DropLayers::LeastImportant {
+                    least_important,
+                    by: LayerRanking::BlockInfluence,
+                }) => {
+                    let (l, note) = least_influential_layers(c, *least_important, &blocks()?)?;
+                    report.notes.push(note);
+                    l
+                }
             };
-            let mut structure = Cut {
-                drop,
+            let narrow = Cut {
                 heads: p.heads,
                 neurons: p.ffn_neurons,
+                hidden: p.hidden,
+                ..Default::default()
             };
-            if by_activations && p.ffn_neurons.is_some() {
-                // Activations are measured on the model the neurons will be part of: after
-                // the layers and heads are gone.
-                structure.neurons = None;
-                let outer = cut(c, &structure, None)?;
-                let blocks = cx.calibration.token_blocks().ok_or_else(|| {
-                    CompressError::Unsupported(
-                        "importance: activations needs calibration token blocks".into(),
-                    )
-                })?;
-                let scores = activation_scores(&outer, &blocks)?;
-                *c = cut(
-                    &outer,
-                    &Cut {
-                        neurons: p.ffn_neurons,
-                        ..Default::default()
-                    },
-                    Some(&scores),
-                )?;
+            if by_activations && narrows {
+                // Importance is measured on the model the parts will be part of: after the
+                // dropped layers are gone.
+                let outer = if drop.is_empty() {
+                    c.clone()
+                } else {
+                    cut(
+                        c,
+                        &Cut {
+                            drop,
+                            ..Default::default()
+                        },
+                        None,
+                    )?
+                };
+                let scores = crate::importance::measure(&outer, &blocks()?)?;
+                *c = cut(&outer, &narrow, Some(&scores))?;
             } else {
-                *c = cut(c, &structure, None)?;
+                *c = cut(c, &Cut { drop, ..narrow }, None)?;
             }
         }
         match p.method {

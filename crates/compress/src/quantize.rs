@@ -68,6 +68,11 @@ pub struct QuantizeSettings {
     /// GPTQ's dampening, a share of the mean Hessian diagonal added to it.
     #[serde(default = "d_damp")]
     pub damp: f64,
+    /// GGUF type of the token embeddings and the output head (a tied embedding is both),
+    /// as llama-quantize's `--token-embedding-type`; default: `type`. Small models spend a
+    /// large share of their parameters there and feel its error in every logit.
+    #[serde(default)]
+    pub embeddings: Option<String>,
 }
 
 fn d_damp() -> f64 {
@@ -112,13 +117,28 @@ fn build(s: &Settings, _: &Defaults) -> Result<Built, CompressError> {
             q.to
         ),
     })?;
+    let embeddings = q
+        .embeddings
+        .as_deref()
+        .map(|e| {
+            parse_qtype(e).map_err(|_| CompressError::Config {
+                key: "embeddings".into(),
+                msg: format!("`{e}`: expected f16, q8_0, q6_k, q5_k, q5_0, q4_k or q4_0"),
+            })
+        })
+        .transpose()?;
     let search = match q.method {
         QuantMethod::Candle => Search::Candle,
         _ => Search::Reference,
     };
+    let name = match &q.embeddings {
+        Some(e) => format!("{} ({e} embeddings)", q.to),
+        None => q.to.clone(),
+    };
     let sink = Sink::Gguf {
         qtype,
-        name: q.to.clone(),
+        embeddings,
+        name: name.clone(),
         search,
     };
     Ok(match q.method {
@@ -126,7 +146,8 @@ fn build(s: &Settings, _: &Defaults) -> Result<Built, CompressError> {
         QuantMethod::Imatrix | QuantMethod::Gptq => Built::PassThenSink(
             Box::new(Calibrated {
                 qtype,
-                name: q.to,
+                embeddings,
+                name,
                 method: q.method,
                 file: q.imatrix,
                 damp: q.damp,
@@ -139,6 +160,7 @@ fn build(s: &Settings, _: &Defaults) -> Result<Built, CompressError> {
 /// The pass of `imatrix` and `gptq`: encodes the layer matrices and the head as GGUF blocks.
 pub struct Calibrated {
     pub qtype: GgmlDType,
+    pub embeddings: Option<GgmlDType>,
     pub name: String,
     pub method: QuantMethod,
     pub file: Option<PathBuf>,
@@ -169,7 +191,11 @@ impl Calibrated {
             source,
         };
         let (rows, cols) = t.dims2().map_err(terr)?;
-        let used = fitting_type(self.qtype, cols);
+        let wanted = match name {
+            "model.embed_tokens.weight" | "lm_head.weight" => self.embeddings.unwrap_or(self.qtype),
+            _ => self.qtype,
+        };
+        let used = fitting_type(wanted, cols);
         let values = values_f32(name, t)?;
         let mut note = None;
         let (data, dense) = match (Format::of(used), self.method, stats) {

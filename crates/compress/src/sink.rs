@@ -26,6 +26,8 @@ pub enum Sink {
     /// encoded as they are, the rest rounded by `search`.
     Gguf {
         qtype: GgmlDType,
+        /// Type of the token embeddings and head, if not `qtype`.
+        embeddings: Option<GgmlDType>,
         name: String,
         search: Search,
     },
@@ -87,6 +89,7 @@ impl Sink {
             }
             Sink::Gguf {
                 qtype,
+                embeddings,
                 name,
                 search,
             } => {
@@ -112,6 +115,7 @@ impl Sink {
                             .file_stem()
                             .map(|s| s.to_string_lossy().into_owned())
                             .unwrap_or_else(|| "model".into()),
+                        embeddings: *embeddings,
                         encoded: Some(&c.weights.stored),
                         search: *search,
                     },

@@ -5,9 +5,10 @@
 
 use candle_core::Tensor;
 use distill_models::surgery::{self, bert::Head, top_k, Keep, LayerKeep};
-use distill_models::{ArchConfig, Llama, WeightSource};
+use distill_models::{ArchConfig, WeightSource};
 
 use crate::error::CompressError;
+use crate::importance::Importance;
 use crate::pass::{Calibration, Candidate};
 use crate::tensors::TensorMap;
 
@@ -21,6 +22,8 @@ pub struct Cut {
     pub heads: Option<usize>,
     /// FFN neurons kept per layer.
     pub neurons: Option<usize>,
+    /// Residual-stream (embedding) channels kept (Llama).
+    pub hidden: Option<usize>,
 }
 
 fn config(key: &str, msg: String) -> CompressError {
@@ -30,13 +33,19 @@ fn config(key: &str, msg: String) -> CompressError {
     }
 }
 
-/// Applies `cut` to `c` in one surgery. Heads and neurons are ranked by weight norms, or
-/// neurons by `neuron_scores` (one score per neuron for every layer of the result).
+/// Applies `cut` to `c` in one surgery. Parts are ranked by weight norms, or by activation
+/// importance `scores` measured on `c` itself (then `cut` drops no layer).
 pub fn cut(
     c: &Candidate,
     cut: &Cut,
-    neuron_scores: Option<&[Vec<f32>]>,
+    scores: Option<&Importance>,
 ) -> Result<Candidate, CompressError> {
+    if scores.is_some() && !cut.drop.is_empty() {
+        return Err(CompressError::Unsupported(
+            "activation scores rank the parts of the model they were measured on: drop layers first".into(),
+        ));
+    }
+    let neuron_scores = scores.map(|s| s.neurons.as_slice());
     if !c.weights.stored.is_empty() {
         return Err(CompressError::Unsupported(
             "structured pruning after an encoding step".into(),
@@ -97,15 +106,44 @@ pub fn cut(
                 }
                 _ => {}
             }
+            match cut.hidden {
+                Some(0) => {
+                    return Err(config(
+                        "hidden",
+                        "would leave a residual stream of zero channels".into(),
+                    ))
+                }
+                Some(n) if n > t.hidden_size => {
+                    return Err(config(
+                        "hidden",
+                        format!("{n} is more than the model's {}", t.hidden_size),
+                    ))
+                }
+                _ => {}
+            }
+            let residual = cut
+                .hidden
+                .filter(|&n| n != t.hidden_size)
+                .map(|n| {
+                    let s = match scores {
+                        Some(s) => s.residual.clone(),
+                        None => surgery::llama::residual_norms(t, src)?,
+                    };
+                    Ok::<_, CompressError>(top_k(&s, n))
+                })
+                .transpose()?;
             let mut per_layer = vec![];
             for (i, &j) in kept.iter().enumerate() {
                 let groups = cut
                     .heads
                     .map(|k| {
-                        Ok::<_, CompressError>(top_k(
-                            &surgery::llama::kv_group_norms(t, src, j)?,
-                            k,
-                        ))
+                        let s = match scores {
+                            Some(s) => s.kv_groups.get(i).cloned().ok_or_else(|| {
+                                CompressError::Unsupported(format!("no head scores for layer {i}"))
+                            })?,
+                            None => surgery::llama::kv_group_norms(t, src, j)?,
+                        };
+                        Ok::<_, CompressError>(top_k(&s, k))
                     })
                     .transpose()?;
                 per_layer.push(LayerKeep {
@@ -118,13 +156,26 @@ pub fn cut(
             }
             let keep = Keep {
                 layers: kept,
-                residual: None,
+                residual,
                 per_layer,
             };
             let (cfg, tensors) = surgery::llama::cut(t, src, &keep)?;
             (ArchConfig::Llama(cfg), tensors)
         }
         ArchConfig::Bert(t) => {
+            if cut.hidden.is_some() {
+                return Err(config(
+                    "hidden",
+                    "a BERT encoder's residual stream is its heads × head size: prune `heads`"
+                        .into(),
+                ));
+            }
+            if scores.is_some() {
+                return Err(config(
+                    "importance",
+                    "activations is implemented for Llama-family decoders; a BERT classifier's parts are ranked by weights".into(),
+                ));
+            }
             let hd = t.hidden_size / t.num_attention_heads;
             if let Some(h) = cut.heads {
                 if h == 0 {
@@ -227,29 +278,33 @@ pub fn least_important_layers(
     Ok((chosen, note))
 }
 
-/// Per layer and FFN neuron of a decoder: mean |silu(gate)·up| over the calibration `blocks`
-/// times the norm of the neuron's down-projection column — what the neuron actually adds to
-/// the residual stream.
-pub fn activation_scores(c: &Candidate, blocks: &Tensor) -> Result<Vec<Vec<f32>>, CompressError> {
-    let ArchConfig::Llama(cfg) = &c.arch else {
+/// The `n` layers of least block influence (`1 − cos(x_in, x_out)` on the calibration
+/// blocks): the layers that change the residual stream least, and a report note.
+pub fn least_influential_layers(
+    c: &Candidate,
+    n: usize,
+    blocks: &Tensor,
+) -> Result<(Vec<usize>, String), CompressError> {
+    let bi = crate::importance::measure(c, blocks)?.block_influence;
+    if n >= bi.len() {
         return Err(config(
-            "importance",
-            "activations is implemented for Llama-family decoders; a BERT classifier's neurons are ranked by weights".into(),
+            "drop_layers.least_important",
+            format!("{n} of {} layers would leave none", bi.len()),
         ));
-    };
-    let means = Llama::load(cfg, &c.weights)?.ffn_activation_means(blocks)?;
-    means
-        .into_iter()
-        .enumerate()
-        .map(|(l, m)| {
-            let down = &c.weights.tensors[&format!("model.layers.{l}.mlp.down_proj.weight")];
-            let norms = surgery::column_norms(down).map_err(|source| CompressError::Tensor {
-                context: format!("down-projection norms of layer {l}"),
-                source,
-            })?;
-            Ok(m.iter().zip(norms).map(|(a, n)| a * n).collect())
-        })
-        .collect()
+    }
+    let mut order: Vec<usize> = (0..bi.len()).collect();
+    order.sort_by(|&a, &b| bi[a].total_cmp(&bi[b]).then(a.cmp(&b)));
+    let mut chosen = order[..n].to_vec();
+    chosen.sort();
+    let note = format!(
+        "block influence of each layer: {}; dropped {chosen:?}",
+        bi.iter()
+            .enumerate()
+            .map(|(l, b)| format!("{l}: {b:.4}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok((chosen, note))
 }
 
 #[cfg(test)]
@@ -257,7 +312,7 @@ mod tests {
     use super::*;
     use crate::test_util::{random_tensors, tiny_config as cfg};
     use candle_core::{Device, IndexOp};
-    use distill_models::{Input, LlamaConfig, Model};
+    use distill_models::{Input, Llama, LlamaConfig, Model};
 
     fn random(cfg: &LlamaConfig) -> Candidate {
         Candidate {
@@ -293,6 +348,7 @@ mod tests {
                 drop: vec![],
                 heads: Some(2),
                 neurons: Some(64),
+                hidden: Some(32),
             },
             None,
         )

@@ -207,3 +207,40 @@ fn methods_that_do_not_apply_are_refused_in_the_config() {
         assert!(e.contains(want), "{steps}: {e}");
     }
 }
+
+#[test]
+fn minitron_importance_narrows_heads_neurons_and_width_and_block_influence_drops_a_layer() {
+    let s = setup();
+    let c = compress(
+        &s,
+        "  - {name: narrow, steps: [{step: prune, heads: 1, ffn_neurons: 32, hidden: 24, importance: activations}]}
+  - {name: shallow, steps: [{step: prune, drop_layers: {least_important: 1, by: block_influence}}]}
+",
+    )
+    .unwrap();
+    let rows = &c.outcome.rows;
+    let narrow = rows.iter().find(|r| r.variant == "narrow").unwrap();
+    // embed 260×24, per layer q 16×24, k/v 8×24, o 24×16, gate/up/down 32×24, two norms of 24;
+    // the final norm.
+    let per_layer = 16 * 24 + 2 * 8 * 24 + 24 * 16 + 3 * 32 * 24 + 2 * 24;
+    assert_eq!(narrow.params, 260 * 24 + 2 * per_layer + 24);
+    assert!(narrow.val_ppl.unwrap().is_finite());
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.out.join("narrow/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["hidden_size"], 24);
+    assert_eq!(config["num_key_value_heads"], 1);
+    let shallow = rows.iter().find(|r| r.variant == "shallow").unwrap();
+    assert!(
+        shallow
+            .notes
+            .iter()
+            .any(|n| n.contains("block influence of each layer")),
+        "{:?}",
+        shallow.notes
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.out.join("shallow/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["num_hidden_layers"], 1);
+}

@@ -588,44 +588,6 @@ impl crate::model::Model for Llama {
     }
 }
 
-impl Llama {
-    /// Per layer, the mean |activation| of every FFN neuron (`silu(gate)·up`) over the tokens
-    /// of `input_ids` `[batch, seq]`: the calibration statistic of activation-based pruning.
-    pub fn ffn_activation_means(&self, input_ids: &Tensor) -> Result<Vec<Vec<f32>>> {
-        let (b, s) = input_ids
-            .dims2()
-            .context(|| "input_ids must be [batch, seq]".into())?;
-        let ctx = |what: String| move || format!("llama FFN statistics ({what})");
-        let mut x = embed(&self.embed, input_ids).context(ctx("embedding lookup".into()))?;
-        let bias = attention_bias(b, s, None, false, &self.device).context(ctx("mask".into()))?;
-        let eps = self.cfg.rms_norm_eps;
-        let mut out = Vec::with_capacity(self.blocks.len());
-        for (i, block) in self.blocks.iter().enumerate() {
-            let step = || -> candle_core::Result<(Tensor, Vec<f32>)> {
-                let h = rms_norm(&x, &block.input_norm, eps)?;
-                let x = (&x
-                    + block
-                        .attn
-                        .forward(&h, &self.rope, bias.as_ref(), &mut |_, _| Ok(()))?)?;
-                let h = rms_norm(&x, &block.post_norm, eps)?;
-                let act = (block.mlp.gate.forward(&h)?.silu()? * block.mlp.up.forward(&h)?)?;
-                let means = act
-                    .abs()?
-                    .to_dtype(DType::F32)?
-                    .flatten_to(1)?
-                    .mean(0)?
-                    .to_vec1::<f32>()?;
-                let y = (&x + block.mlp.down.forward(&act)?)?;
-                Ok((y, means))
-            };
-            let (y, means) = step().context(ctx(format!("layer {i}")))?;
-            x = y;
-            out.push(means);
-        }
-        Ok(out)
-    }
-}
-
 impl Block {
     fn forward(
         &self,
@@ -837,28 +799,6 @@ mod tests {
         let vm = VarMap::new();
         let m = Llama::load(cfg, &VarMapWeights::new(&vm, DType::F32, &Device::Cpu)).unwrap();
         (vm, m)
-    }
-
-    #[test]
-    fn ffn_activation_means_see_a_silenced_neuron() {
-        let cfg = tiny_config();
-        let (vm, model) = tiny(&cfg);
-        let ids = Tensor::new(&[[1u32, 5, 9, 2, 7], [3, 3, 8, 1, 0]], &Device::Cpu).unwrap();
-        let means = model.ffn_activation_means(&ids).unwrap();
-        assert_eq!(means.len(), cfg.num_hidden_layers);
-        assert!(means.iter().all(|m| m.len() == cfg.intermediate_size));
-        assert!(means[0][3] > 0.0 && means.iter().flatten().all(|&m| m >= 0.0));
-        // Zero neuron 3's gate row in layer 0: silu(0) = 0, so it never fires.
-        {
-            let data = vm.data().lock().unwrap();
-            let gate = &data["model.layers.0.mlp.gate_proj.weight"];
-            let mut w = gate.as_tensor().to_vec2::<f32>().unwrap();
-            w[3].iter_mut().for_each(|x| *x = 0.0);
-            gate.set(&Tensor::new(w, &Device::Cpu).unwrap()).unwrap();
-        }
-        let means = model.ffn_activation_means(&ids).unwrap();
-        assert_eq!(means[0][3], 0.0);
-        assert!(means[0][4] > 0.0);
     }
 
     #[test]

@@ -270,6 +270,7 @@ pub fn quick_compress(model: &str, q: &QuickCompress) -> Result<QuickOutcome> {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "model".into()),
+                embeddings: None,
                 encoded: None,
                 search: Default::default(),
             },
