@@ -226,6 +226,10 @@ pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressE
         |hf: &str, shape: [usize; 2], heads: Option<usize>| -> Result<(), CompressError> {
             let gguf = gguf_tensor_name(hf).expect("a Llama tensor name");
             let [rows, cols] = shape;
+            let wanted = match hf {
+                "model.embed_tokens.weight" | "lm_head.weight" => e.embeddings.unwrap_or(e.qtype),
+                _ => e.qtype,
+            };
             if let Some(crate::tensors::Stored::Gguf { dtype, data, .. }) =
                 e.encoded.and_then(|m| m.get(hf))
             {
@@ -249,10 +253,10 @@ pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressE
                     }
                     None => data.clone(),
                 };
-                if *dtype != e.qtype {
+                if *dtype != wanted {
                     fallbacks.push(Fallback {
                         tensor: gguf.clone(),
-                        wanted: format!("{:?}", e.qtype),
+                        wanted: format!("{wanted:?}"),
                         used: format!("{dtype:?}"),
                         row_length: cols,
                     });
@@ -269,11 +273,11 @@ pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressE
             if let Some(h) = heads {
                 t = permute_qk(&t, h).map_err(ctx(&gguf))?;
             }
-            let used = fitting_type(e.qtype, cols);
-            if used != e.qtype {
+            let used = fitting_type(wanted, cols);
+            if used != wanted {
                 fallbacks.push(Fallback {
                     tensor: gguf.clone(),
-                    wanted: format!("{:?}", e.qtype),
+                    wanted: format!("{wanted:?}"),
                     used: format!("{used:?}"),
                     row_length: cols,
                 });
