@@ -3,6 +3,9 @@
 //! weights. Each keeps the C code's float arithmetic and loop order: byte-exact output
 //! depends on it.
 
+// Index loops mirror the C code line for line, which is what makes the port checkable.
+#![allow(clippy::needless_range_loop)]
+
 /// Round to nearest, ties to even, by the C code's magic-number trick.
 pub fn nearest_int(f: f32) -> i32 {
     debug_assert!(f.abs() <= 4194303.0, "{f}");
