@@ -59,6 +59,11 @@ pub enum ShareWeights {
     /// the diagonal of the layer's Hessian, a sensitivity in the spirit of SqueezeLLM's Fisher
     /// weighting (which needs gradients this step does not take).
     Activations,
+    /// The activation-weighted codebooks, then every weight rounded to its codebook column by
+    /// column with the error spread over the columns not yet rounded through the inverse
+    /// Hessian of the layer's inputs (GPTQ's compensation with a lookup table as the grid),
+    /// layer by layer on the earlier layers as already shared.
+    Hessian,
 }
 
 pub(crate) const TECHNIQUE: Technique = Technique {
@@ -94,6 +99,7 @@ impl Pass for Share {
         let by = match self.0.weights {
             ShareWeights::None => "",
             ShareWeights::Activations => ", activation-weighted",
+            ShareWeights::Hessian => ", Hessian-compensated",
         };
         format!("k-means {}-bit{per}{by}", self.0.bits)
     }
@@ -105,6 +111,43 @@ impl Pass for Share {
         let done = match s.weights {
             ShareWeights::None => {
                 share_weights_with(&mut c.weights, |_| true, s.bits, s.codebook, &|_| None)?
+            }
+            ShareWeights::Hessian => {
+                let blocks = cx.calibration.token_blocks().ok_or_else(|| {
+                    CompressError::Unsupported(
+                        "weights: hessian needs calibration token blocks, which this task does not provide".into(),
+                    )
+                })?;
+                let mut done = vec![];
+                walk(c, &blocks, Collect::Hessians, &mut |stage, c| {
+                    for (name, st) in &stage.matrices {
+                        let hinv = crate::obs::inverse_hessian(name, st, crate::obs::DAMP)?;
+                        let imp = st.importance();
+                        done.push(share_one(
+                            &mut c.weights,
+                            name,
+                            s.bits,
+                            s.codebook,
+                            Some(&imp),
+                            Some(&hinv),
+                        )?);
+                    }
+                    Ok(())
+                })?;
+                // Whatever no stage covered (an untied embedding, a lookup table).
+                if let Ok(rest) = c.weights.dense_matrices(|_| true, "share") {
+                    for name in rest {
+                        done.push(share_one(
+                            &mut c.weights,
+                            &name,
+                            s.bits,
+                            s.codebook,
+                            None,
+                            None,
+                        )?);
+                    }
+                }
+                done
             }
             ShareWeights::Activations => {
                 let blocks = cx.calibration.token_blocks().ok_or_else(|| {
@@ -260,75 +303,128 @@ pub fn share_weights_with(
     let names = map.dense_matrices(select, "share")?;
     let mut done = vec![];
     for name in names {
-        let t = &map.tensors[&name];
-        let terr = |source| CompressError::Tensor {
-            context: format!("sharing `{name}`"),
-            source,
-        };
-        let shape = t.dims().to_vec();
-        let values = values_f32(&name, t)?;
-        let cols = shape.last().copied().unwrap_or(1).max(1);
-        let rows = values.len() / cols;
-        let imp = importance(&name).filter(|w| w.len() == cols);
-        let (codebook, indices, codebook_rows) = match codebook_of {
-            Codebook::PerMatrix => {
-                let w: Option<Vec<f32>> = imp
-                    .as_ref()
-                    .map(|w| (0..values.len()).map(|i| w[i % cols]).collect());
-                let (cb, idx) = kmeans_1d_weighted(&values, w.as_deref(), bits);
-                (cb, idx, 1)
-            }
-            Codebook::PerRow => {
-                let mut cb = Vec::with_capacity(rows << bits);
-                let mut idx = Vec::with_capacity(values.len());
-                for r in 0..rows {
-                    let row = &values[r * cols..(r + 1) * cols];
-                    let (c, _) = kmeans_1d_weighted(row, imp.as_deref(), bits);
-                    // Stored as f16: assign to the centroids as they will be read back.
-                    let c: Vec<f32> = c.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
-                    idx.extend(row.iter().map(|&x| nearest_centroid(&c, x)));
-                    cb.extend(c);
-                }
-                (cb, idx, rows)
-            }
-        };
-        let k = 1usize << bits;
-        let decoded: Vec<f32> = indices
-            .iter()
-            .enumerate()
-            .map(|(j, &i)| {
-                let base = if codebook_rows == 1 {
-                    0
-                } else {
-                    (j / cols) * k
-                };
-                codebook[base + i as usize]
-            })
-            .collect();
-        let sq: f64 = values
-            .iter()
-            .zip(&decoded)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum();
-        let rms_error = (sq / values.len().max(1) as f64).sqrt();
-        let dense = Tensor::from_vec(decoded, shape, t.device()).map_err(terr)?;
-        map.tensors.insert(name.clone(), dense);
-        map.stored.insert(
-            name.clone(),
-            Stored::Shared {
-                codebook,
-                indices,
-                bits,
-                rows: codebook_rows,
-            },
-        );
-        done.push(Shared {
-            tensor: name,
+        let imp = importance(&name);
+        done.push(share_one(
+            map,
+            &name,
             bits,
-            rms_error,
-        });
+            codebook_of,
+            imp.as_deref(),
+            None,
+        )?);
     }
     Ok(done)
+}
+
+/// OBS compensation with a fixed codebook: each weight becomes its row's nearest centroid and
+/// the error goes to the columns not yet visited (GPTQ with a lookup table as the grid).
+struct CodebookRule<'a> {
+    codebook: &'a [f32],
+    k: usize,
+    per_row: bool,
+    cols: usize,
+    indices: Vec<u16>,
+}
+
+impl crate::obs::ColumnRule for CodebookRule<'_> {
+    fn before_column(&mut self, _: usize, _: usize, _: faer::MatRef<f32>, _: &[f32]) {}
+    fn replace(&mut self, row: usize, i: usize, w: f32) -> f32 {
+        let base = if self.per_row { row * self.k } else { 0 };
+        let c = &self.codebook[base..base + self.k];
+        let j = nearest_centroid(c, w);
+        self.indices[row * self.cols + i] = j;
+        c[j as usize]
+    }
+}
+
+/// Shares one matrix of `map`: codebooks by k-means weighted by `importance` (its input
+/// channels' mean x², when it fits), and with `hinv` the weights rounded to them column by
+/// column with OBS error compensation.
+fn share_one(
+    map: &mut TensorMap,
+    name: &str,
+    bits: u32,
+    codebook_of: Codebook,
+    importance: Option<&[f32]>,
+    hinv: Option<&crate::obs::InverseHessian>,
+) -> Result<Shared, CompressError> {
+    let t = &map.tensors[name];
+    let terr = |source| CompressError::Tensor {
+        context: format!("sharing `{name}`"),
+        source,
+    };
+    let shape = t.dims().to_vec();
+    let values = values_f32(name, t)?;
+    let cols = shape.last().copied().unwrap_or(1).max(1);
+    let rows = values.len() / cols;
+    let imp = importance.filter(|w| w.len() == cols);
+    let k = 1usize << bits;
+    let (codebook, mut indices, codebook_rows) = match codebook_of {
+        Codebook::PerMatrix => {
+            let w: Option<Vec<f32>> = imp.map(|w| (0..values.len()).map(|i| w[i % cols]).collect());
+            let (cb, idx) = kmeans_1d_weighted(&values, w.as_deref(), bits);
+            (cb, idx, 1)
+        }
+        Codebook::PerRow => {
+            let mut cb = Vec::with_capacity(rows << bits);
+            let mut idx = Vec::with_capacity(values.len());
+            for r in 0..rows {
+                let row = &values[r * cols..(r + 1) * cols];
+                let (c, _) = kmeans_1d_weighted(row, imp, bits);
+                // Stored as f16: assign to the centroids as they will be read back.
+                let c: Vec<f32> = c.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+                idx.extend(row.iter().map(|&x| nearest_centroid(&c, x)));
+                cb.extend(c);
+            }
+            (cb, idx, rows)
+        }
+    };
+    if let Some(hinv) = hinv {
+        let mut m = crate::obs::to_mat(&values, rows, cols);
+        let mut rule = CodebookRule {
+            codebook: &codebook,
+            k,
+            per_row: codebook_rows != 1,
+            cols,
+            indices: vec![0; values.len()],
+        };
+        crate::obs::sweep(&mut m, hinv, crate::sparsegpt::BLOCK, &mut rule);
+        indices = rule.indices;
+    }
+    let decoded: Vec<f32> = indices
+        .iter()
+        .enumerate()
+        .map(|(j, &i)| {
+            let base = if codebook_rows == 1 {
+                0
+            } else {
+                (j / cols) * k
+            };
+            codebook[base + i as usize]
+        })
+        .collect();
+    let sq: f64 = values
+        .iter()
+        .zip(&decoded)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    let rms_error = (sq / values.len().max(1) as f64).sqrt();
+    let dense = Tensor::from_vec(decoded, shape, t.device()).map_err(terr)?;
+    map.tensors.insert(name.to_string(), dense);
+    map.stored.insert(
+        name.to_string(),
+        Stored::Shared {
+            codebook,
+            indices,
+            bits,
+            rows: codebook_rows,
+        },
+    );
+    Ok(Shared {
+        tensor: name.to_string(),
+        bits,
+        rms_error,
+    })
 }
 
 #[cfg(test)]
@@ -402,6 +498,34 @@ mod tests {
             per_row_weighted < per_row,
             "{per_row_weighted} vs {per_row}"
         );
+    }
+
+    #[test]
+    fn hessian_compensation_lowers_the_output_error_of_the_same_codebooks() {
+        let d = candle_core::Device::Cpu;
+        let (rows, n, t) = (16, 64, 512);
+        let (x, st) = crate::obs::tests::stats(t, n, 3);
+        let hinv = crate::obs::inverse_hessian("w", &st, crate::obs::DAMP).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (rows, n), &d).unwrap();
+        let want = values_f32("w", &w).unwrap();
+        let imp = st.importance();
+        let out_err = |hinv| {
+            let mut map = TensorMap::from_tensors([("w".to_string(), w.clone())].into(), d.clone());
+            share_one(&mut map, "w", 2, Codebook::PerRow, Some(&imp), hinv).unwrap();
+            let got = values_f32("w", &map.tensors["w"]).unwrap();
+            let mut e = 0f64;
+            for s in 0..t {
+                for r in 0..rows {
+                    let dot: f64 = (0..n)
+                        .map(|j| (want[r * n + j] - got[r * n + j]) as f64 * x[s * n + j] as f64)
+                        .sum();
+                    e += dot * dot;
+                }
+            }
+            e
+        };
+        let (plain, compensated) = (out_err(None), out_err(Some(&hinv)));
+        assert!(compensated < 0.8 * plain, "{compensated} vs {plain}");
     }
 
     #[test]
