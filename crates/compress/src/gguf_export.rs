@@ -7,15 +7,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{self, Value};
-use std::borrow::Cow;
-
-use candle_core::quantized::{GgmlDType, QStorage, QTensor};
-use candle_core::{Device, Tensor};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Tensor;
 use candle_nn::Init;
 use distill_models::{LlamaConfig, WeightSource};
 
 use crate::error::CompressError;
-use crate::ggml_quant::{quantize_rows, Format};
+use crate::ggml_quant::{qtensor, quantize_rows, Format};
 
 /// The GGUF types an export can ask for.
 pub const EXPORT_TYPES: &[&str] = &["f32", "f16", "q8_0", "q6_k", "q5_k", "q4_k", "q5_0", "q4_0"];
@@ -261,11 +259,9 @@ pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressE
                         row_length: cols,
                     });
                 }
-                let storage = QStorage::from_data(Cow::Owned(data), &Device::Cpu, *dtype)
-                    .map_err(ctx(&gguf))?;
                 tensors.push((
                     gguf.clone(),
-                    QTensor::new(storage, (rows, cols)).map_err(ctx(&gguf))?,
+                    qtensor(data, *dtype, rows, cols).map_err(ctx(&gguf))?,
                 ));
                 return Ok(());
             }
@@ -286,9 +282,7 @@ pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressE
                 (Search::Reference, Some(f)) => {
                     let values = crate::tensors::values_f32(hf, &t)?;
                     let bytes = quantize_rows(f, &values, cols, None);
-                    let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, used)
-                        .map_err(ctx(&gguf))?;
-                    QTensor::new(storage, (rows, cols)).map_err(ctx(&gguf))?
+                    qtensor(bytes, used, rows, cols).map_err(ctx(&gguf))?
                 }
                 _ => QTensor::quantize(&t, used).map_err(ctx(&gguf))?,
             };

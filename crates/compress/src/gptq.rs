@@ -105,9 +105,6 @@ mod tests {
     use crate::ggml_quant::quantize_rows;
     use crate::obs::tests::stats;
     use crate::obs::{inverse_hessian, DAMP};
-    use candle_core::quantized::{QStorage, QTensor};
-    use candle_core::Device;
-    use std::borrow::Cow;
 
     fn output_error(w: &[f32], w_hat: &[f32], x: &[f32], rows: usize, n: usize, t: usize) -> f64 {
         let mut e = 0f64;
@@ -123,15 +120,7 @@ mod tests {
     }
 
     fn decode(format: Format, bytes: &[u8], rows: usize, cols: usize) -> Vec<f32> {
-        let s = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, format.dtype()).unwrap();
-        QTensor::new(s, (rows, cols))
-            .unwrap()
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
+        crate::ggml_quant::decode(bytes, format.dtype(), rows, cols).unwrap()
     }
 
     #[test]

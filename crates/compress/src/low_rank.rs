@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::calibrate::{walk, Collect, SiteStats};
 use crate::error::CompressError;
+use crate::obs::{add_damping, hessian_matrix};
 use crate::pass::{Candidate, Context, Pass, PassReport};
 use crate::sparsity::is_layer_matrix;
 use crate::stored::Stored;
@@ -202,23 +203,8 @@ pub fn factorise(
 /// The lower Cholesky factor `S` of the damped `XᵀX` of `stats` (`XᵀX + λI = S·Sᵀ`), SVD-LLM's
 /// whitening; an error naming the matrix when it is not positive definite.
 pub fn whitening(name: &str, stats: &SiteStats, damp: f64) -> Result<Mat<f64>, CompressError> {
-    let n = stats.columns;
-    let h = stats.hessian.as_ref().ok_or_else(|| {
-        CompressError::Unsupported(format!("{name}: the calibration walk collected no Hessian"))
-    })?;
-    if stats.tokens < n {
-        tracing::warn!(
-            "{name}: {} calibration tokens for {n} input channels: XᵀX has rank at most {}; dampening makes it invertible",
-            stats.tokens,
-            stats.tokens
-        );
-    }
-    let mut m = Mat::<f64>::from_fn(n, n, |i, j| h[i * n + j]);
-    let mean = (0..n).map(|j| m[(j, j)]).sum::<f64>() / n as f64;
-    let lambda = damp * mean.max(f64::MIN_POSITIVE);
-    for j in 0..n {
-        m[(j, j)] += lambda;
-    }
+    let mut m = hessian_matrix(name, stats)?;
+    let lambda = add_damping(&mut m, damp);
     let l = m.llt(Side::Lower).map_err(|_| {
         CompressError::Unsupported(format!(
             "{name}: XᵀX of the calibration inputs is not positive definite after dampening by λ = {lambda:.3e}; raise `damp`"

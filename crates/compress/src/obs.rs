@@ -25,27 +25,16 @@ pub struct InverseHessian {
     pub dead: Vec<usize>,
 }
 
-/// Prepares `stats`' Hessian for the matrix `name`: dead channels get `H_jj = 1`, `λ = damp ·
-/// mean(diag H)` is added to the diagonal, and a Hessian still not positive definite is an
-/// error naming the matrix. Fewer calibration tokens than columns (a Hessian of deficient
-/// rank) is a warning: the damping makes it invertible, but the solution is poorer.
+/// Prepares `stats`' Hessian for the matrix `name` ([`hessian_matrix`]): dead channels get
+/// `H_jj = 1`, `λ = damp · mean(diag H)` is added to the diagonal, and a Hessian still not
+/// positive definite is an error naming the matrix.
 pub fn inverse_hessian(
     name: &str,
     stats: &SiteStats,
     damp: f64,
 ) -> Result<InverseHessian, CompressError> {
     let n = stats.columns;
-    let h = stats.hessian.as_ref().ok_or_else(|| {
-        CompressError::Unsupported(format!("{name}: the calibration walk collected no Hessian"))
-    })?;
-    if stats.tokens < n {
-        tracing::warn!(
-            "{name}: {} calibration tokens for {n} input channels, so its Hessian has rank at most {}; dampening makes it invertible, but more calibration blocks give a better solution",
-            stats.tokens,
-            stats.tokens
-        );
-    }
-    let mut m = Mat::<f64>::from_fn(n, n, |i, j| h[i * n + j]);
+    let mut m = hessian_matrix(name, stats)?;
     let mut dead = vec![];
     for j in 0..n {
         if m[(j, j)] == 0.0 {
@@ -53,11 +42,7 @@ pub fn inverse_hessian(
             dead.push(j);
         }
     }
-    let mean_diag = (0..n).map(|j| m[(j, j)]).sum::<f64>() / n as f64;
-    let lambda = damp * mean_diag;
-    for j in 0..n {
-        m[(j, j)] += lambda;
-    }
+    let lambda = add_damping(&mut m, damp);
     let singular = |what: &str| {
         CompressError::Unsupported(format!(
             "{name}: the calibration Hessian is not positive definite after dampening by λ = {lambda:.3e} ({what}); raise `damp` or use more calibration blocks"
@@ -76,6 +61,35 @@ pub fn inverse_hessian(
         return Err(singular("non-finite factor"));
     }
     Ok(InverseHessian { u, dead })
+}
+
+/// `stats`' Hessian `XᵀX` of the matrix `name` as a dense matrix; an error when the walk
+/// collected none, and a warning when fewer calibration tokens than input channels make it
+/// rank-deficient (dampening makes it invertible, but the solution is poorer).
+pub fn hessian_matrix(name: &str, stats: &SiteStats) -> Result<Mat<f64>, CompressError> {
+    let n = stats.columns;
+    let h = stats.hessian.as_ref().ok_or_else(|| {
+        CompressError::Unsupported(format!("{name}: the calibration walk collected no Hessian"))
+    })?;
+    if stats.tokens < n {
+        tracing::warn!(
+            "{name}: {} calibration tokens for {n} input channels, so its Hessian has rank at most {}; dampening makes it invertible, but more calibration blocks give a better solution",
+            stats.tokens,
+            stats.tokens
+        );
+    }
+    Ok(Mat::<f64>::from_fn(n, n, |i, j| h[i * n + j]))
+}
+
+/// Adds `λ = damp · mean(diag m)` to the diagonal of `m`; returns `λ`.
+pub fn add_damping(m: &mut Mat<f64>, damp: f64) -> f64 {
+    let n = m.nrows();
+    let mean = (0..n).map(|j| m[(j, j)]).sum::<f64>() / n as f64;
+    let lambda = damp * mean.max(f64::MIN_POSITIVE);
+    for j in 0..n {
+        m[(j, j)] += lambda;
+    }
+    lambda
 }
 
 /// What a sweep puts in place of each weight.

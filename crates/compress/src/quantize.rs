@@ -24,7 +24,7 @@ use serde::Deserialize;
 use crate::calibrate::{walk, Collect, SiteStats};
 use crate::error::CompressError;
 use crate::ggml_quant::imatrix_file::Imatrix;
-use crate::ggml_quant::{quantize_rows, Format};
+use crate::ggml_quant::{decode, quantize_rows, Format};
 use crate::gguf_export::{fitting_type, gguf_tensor_name, parse_qtype, Search};
 use crate::gptq::gptq_quantize;
 use crate::int8::Int8;
@@ -247,24 +247,6 @@ impl Calibrated {
         );
         Ok(note)
     }
-}
-
-fn decode(
-    bytes: &[u8],
-    dtype: GgmlDType,
-    rows: usize,
-    cols: usize,
-) -> candle_core::Result<Vec<f32>> {
-    let dev = candle_core::Device::Cpu;
-    let s = candle_core::quantized::QStorage::from_data(
-        std::borrow::Cow::Borrowed(bytes),
-        &dev,
-        dtype,
-    )?;
-    QTensor::new(s, (rows, cols))?
-        .dequantize(&dev)?
-        .flatten_all()?
-        .to_vec1::<f32>()
 }
 
 impl Pass for Calibrated {

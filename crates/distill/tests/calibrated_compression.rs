@@ -131,12 +131,15 @@ fn an_imatrix_file_is_used_and_one_of_another_model_is_refused_by_name() {
         "  - {name: m, steps: [{step: quantize, type: q4_0, method: imatrix}]}\n",
     )
     .unwrap();
+    // A variant `name` quantised with the importance matrix read from `file`.
+    let with_file = |name: &str, file: &std::path::Path| {
+        compress(
+            &s,
+            &format!("  - {{name: {name}, steps: [{{step: quantize, type: q4_0, method: imatrix, imatrix: {}}}]}}\n", file.display()),
+        )
+    };
     let file = s.out.join("m.imatrix");
-    let again = compress(
-        &s,
-        &format!("  - {{name: again, steps: [{{step: quantize, type: q4_0, method: imatrix, imatrix: {}}}]}}\n", file.display()),
-    )
-    .unwrap();
+    let again = with_file("again", &file).unwrap();
     let a: Vec<u8> = std::fs::read(s.out.join("m.gguf")).unwrap();
     let b: Vec<u8> = std::fs::read(s.out.join("again.gguf")).unwrap();
     assert_eq!(a.len(), b.len());
@@ -151,26 +154,14 @@ fn an_imatrix_file_is_used_and_one_of_another_model_is_refused_by_name() {
     m.entries.get_mut("blk.0.attn_q.weight").unwrap().pop();
     let bad = s.out.join("bad.imatrix");
     m.write(&bad).unwrap();
-    let e = compress(
-        &s,
-        &format!("  - {{name: bad, steps: [{{step: quantize, type: q4_0, method: imatrix, imatrix: {}}}]}}\n", bad.display()),
-    )
-    .err()
-    .unwrap();
-    let e = format!("{e:#}");
+    let e = format!("{:#}", with_file("bad", &bad).err().unwrap());
     assert!(
         e.contains("bad.imatrix") && e.contains("blk.0.attn_q.weight") && e.contains("31 values"),
         "{e}"
     );
     m.entries.remove("blk.0.attn_q.weight");
     m.write(&bad).unwrap();
-    let e = compress(
-        &s,
-        &format!("  - {{name: bad, steps: [{{step: quantize, type: q4_0, method: imatrix, imatrix: {}}}]}}\n", bad.display()),
-    )
-    .err()
-    .unwrap();
-    let e = format!("{e:#}");
+    let e = format!("{:#}", with_file("bad", &bad).err().unwrap());
     assert!(e.contains("has no entry `blk.0.attn_q.weight`"), "{e}");
 }
 

@@ -4,7 +4,10 @@
 //! rounds each column to the grid after error feedback. [`BlockGrid::encode`] writes the
 //! block's bytes exactly as ggml lays them out.
 
-use candle_core::quantized::GgmlDType;
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::Device;
 use half::f16;
 
 use super::search::{make_qkx_quants, make_qp_quants, make_qx_quants, nearest_int};
@@ -376,12 +379,34 @@ pub fn quantize_rows(
     out
 }
 
+/// GGUF blocks of `dtype` (row-major `[rows, cols]`) as a CPU `QTensor`.
+pub fn qtensor(
+    bytes: Vec<u8>,
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+) -> candle_core::Result<QTensor> {
+    let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype)?;
+    QTensor::new(storage, (rows, cols))
+}
+
+/// The values GGUF blocks of `dtype` (row-major `[rows, cols]`) decode to.
+pub fn decode(
+    bytes: &[u8],
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+) -> candle_core::Result<Vec<f32>> {
+    qtensor(bytes.to_vec(), dtype, rows, cols)?
+        .dequantize(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::{QStorage, QTensor};
-    use candle_core::{Device, Tensor};
-    use std::borrow::Cow;
+    use candle_core::Tensor;
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
@@ -398,16 +423,7 @@ mod tests {
     }
 
     fn decode(format: Format, bytes: &[u8], rows: usize, cols: usize) -> Vec<f32> {
-        let storage =
-            QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, format.dtype()).unwrap();
-        QTensor::new(storage, (rows, cols))
-            .unwrap()
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
+        super::decode(bytes, format.dtype(), rows, cols).unwrap()
     }
 
     #[test]

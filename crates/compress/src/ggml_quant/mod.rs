@@ -7,4 +7,4 @@ pub mod grid;
 pub mod imatrix_file;
 pub mod search;
 
-pub use grid::{fit, quantize_rows, BlockGrid, Format};
+pub use grid::{decode, fit, qtensor, quantize_rows, BlockGrid, Format};
