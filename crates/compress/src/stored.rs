@@ -138,6 +138,7 @@ pub fn save_safetensors(map: &TensorMap, dtype: DType, path: &Path) -> Result<u6
     let tmp = path.with_extension("safetensors.tmp");
     safetensors::tensor::serialize_to_file(views(&encoded, path)?, None, &tmp)
         .map_err(|e| io(&tmp)(e.to_string()))?;
+    distill_models::files::with_usual_mode(&tmp).map_err(|e| io(&tmp)(e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| io(path)(e.to_string()))?;
     Ok(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))
 }

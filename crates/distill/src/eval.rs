@@ -120,6 +120,7 @@ pub fn evaluate_text(
                 ]),
                 &tmp,
             )?;
+            distill_models::files::with_usual_mode(&tmp).map_err(io(&tmp))?;
             std::fs::rename(&tmp, path).map_err(io(path))?;
         }
         let lengths: Vec<usize> = group.iter().map(Vec::len).collect();

@@ -34,3 +34,49 @@ pub fn write_folder_atomically<E>(
     std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
     Ok(out)
 }
+
+/// Gives `path` the mode a file created here now gets (0666 less the umask). The safetensors
+/// writer goes through a private temporary file (mode 0600), which would leave a model
+/// unreadable to everyone but its writer, unlike every other output.
+pub fn with_usual_mode(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let probe = dir.join(format!(".mode-probe-{}", std::process::id()));
+        std::fs::File::create(&probe)?;
+        let mode = std::fs::metadata(&probe).map(|m| m.permissions().mode());
+        std::fs::remove_file(&probe)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode? & 0o777))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_safetensors_file_gets_the_mode_of_any_new_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let st = dir.path().join("model.safetensors");
+        let t = candle_core::Tensor::zeros(3, candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap();
+        candle_core::safetensors::save(&std::collections::HashMap::from([("w", t)]), &st).unwrap();
+        let plain = dir.path().join("config.json");
+        std::fs::write(&plain, "{}").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&st), 0o600, "the writer's private temporary file");
+        with_usual_mode(&st).unwrap();
+        assert_eq!(mode(&st), mode(&plain));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no probe left behind"
+        );
+    }
+}

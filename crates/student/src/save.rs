@@ -55,6 +55,7 @@ pub(crate) fn save_varmap(dir: &Path, varmap: &VarMap, dtype: DType) -> Result<u
         .map_err(|x| io(dir)(x.to_string()))?;
     let st = dir.join("model.safetensors");
     candle_core::safetensors::save(&tensors, &st).map_err(|x| io(&st)(x.to_string()))?;
+    distill_models::files::with_usual_mode(&st).map_err(|x| io(&st)(x.to_string()))?;
     Ok(std::fs::metadata(&st).map(|m| m.len()).unwrap_or(0))
 }
 

@@ -103,7 +103,9 @@ pub fn save_tensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    candle_core::safetensors::save(&map, path).ctx(|| format!("writing {}", path.display()))
+    candle_core::safetensors::save(&map, path)
+        .and_then(|()| Ok(distill_models::files::with_usual_mode(path)?))
+        .ctx(|| format!("writing {}", path.display()))
 }
 
 /// The values of `vars`, detached copies.

@@ -194,7 +194,8 @@ impl AdamW {
             "step".into(),
             Tensor::new(&[self.step as f64], &Device::Cpu)?,
         );
-        candle_core::safetensors::save(&t, path)
+        candle_core::safetensors::save(&t, path)?;
+        Ok(distill_models::files::with_usual_mode(path)?)
     }
 
     /// Restores what [`AdamW::save`] wrote; every variable must be present with its shape.
