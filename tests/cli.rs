@@ -1029,6 +1029,10 @@ fn classification_run_compresses_the_student() {
         - {step: quantize, type: int8}
     - name: shared
       steps: [{step: share, bits: 4}]
+    - name: sparsegpt
+      steps: [{step: prune, sparsity: 0.5, method: sparsegpt}]
+    - name: minitron
+      steps: [{step: prune, ffn_neurons: 64, importance: activations}]
 ",
     );
     std::fs::write(&config, &yaml).unwrap();
@@ -1038,11 +1042,31 @@ fn classification_run_compresses_the_student() {
     let o: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("compress.json")).unwrap()).unwrap();
     let rows = o["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 5, "{o}");
+    assert_eq!(rows.len(), 7, "{o}");
     for r in rows {
         let acc = r["acc"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc) && r["msgs_per_s"].as_f64().unwrap() > 0.0);
     }
+    // Every row says how far its class distributions moved from the uncompressed model's.
+    assert!(rows[0]["kl_to_uncompressed"].as_f64().unwrap().abs() < 1e-9);
+    assert!(rows[1..]
+        .iter()
+        .all(|r| r["kl_to_uncompressed"].as_f64().unwrap() > 0.0));
+    // Data-aware methods calibrate an encoder on the training examples: SparseGPT halves the
+    // layer matrices, activation importance narrows the FFN.
+    let sparse = &rows[5];
+    assert!(
+        sparse["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("calibration examples"),
+        "{sparse}"
+    );
+    assert!(sparse["nonzero_params"].as_u64() < rows[0]["nonzero_params"].as_u64());
+    assert_eq!(
+        rows[6]["params"], rows[1]["params"],
+        "the same cut, ranked by activations"
+    );
     assert!(rows[1]["params"].as_u64() < rows[0]["params"].as_u64());
     assert_eq!(rows[2]["steps"][1], "heal 1 epoch(s)");
     assert_eq!(rows[2]["nonzero_params"], rows[1]["nonzero_params"]);

@@ -34,8 +34,10 @@ pub struct CompressConfig {
     /// Validation blocks (causal LM) used to measure every step; 0 = all.
     #[serde(default = "d_eval_blocks")]
     pub eval_blocks: usize,
-    /// Training blocks data-aware methods calibrate on (Wanda, SparseGPT, imatrix, GPTQ,
-    /// activation importance); the first 8 of them also rank layers by calibration loss.
+    /// Training blocks (causal LM) or training examples (classification) the data-aware
+    /// methods calibrate on (Wanda, SparseGPT, imatrix, GPTQ, SVD-LLM, weighted k-means,
+    /// activation importance); for a decoder the first 8 of them also rank layers by
+    /// calibration loss.
     #[serde(default = "d_calibration_blocks")]
     pub calibration_blocks: usize,
 }

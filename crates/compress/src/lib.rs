@@ -44,6 +44,7 @@ pub mod tensors;
 mod test_util;
 pub mod wanda;
 
+pub use calibrate::CalibrationTokens;
 pub use config::{CompressConfig, Defaults, Plan};
 pub use error::CompressError;
 pub use gguf_export::{export_gguf, parse_qtype, tokenizer_metadata, GgufExport, GgufSummary};

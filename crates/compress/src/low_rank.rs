@@ -133,9 +133,9 @@ impl Pass for LowRank {
         let done = match self.method {
             LowRankMethod::Svd => low_rank(&mut c.weights, is_layer_matrix, self.target)?,
             LowRankMethod::SvdLlm => {
-                let blocks = cx.calibration.token_blocks().ok_or_else(|| {
+                let blocks = cx.calibration.tokens().ok_or_else(|| {
                     CompressError::Unsupported(
-                        "method: svd_llm needs calibration token blocks, which this task does not provide".into(),
+                        "method: svd_llm needs calibration tokens, which this task does not provide".into(),
                     )
                 })?;
                 let mut done = vec![];

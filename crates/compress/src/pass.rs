@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{Tensor, Var};
+use candle_core::Var;
 use distill_models::ArchConfig;
 
+use crate::calibrate::CalibrationTokens;
 use crate::error::CompressError;
 use crate::tensors::TensorMap;
 
@@ -40,9 +41,9 @@ pub trait Calibration {
     fn measure_name(&self) -> &str;
     /// How well a candidate does on the calibration data; lower is better.
     fn loss(&self, c: &Candidate) -> Result<f64, CompressError>;
-    /// Calibration token ids `[n, seq]` for activation statistics (decoders), if the task has
-    /// unpadded blocks.
-    fn token_blocks(&self) -> Option<Tensor>;
+    /// Calibration token ids for activation statistics (decoder blocks or encoder examples),
+    /// if the task has them.
+    fn tokens(&self) -> Option<CalibrationTokens>;
 }
 
 /// How long a training pass runs.

@@ -23,6 +23,10 @@ pub struct Measured {
     pub quality: f64,
     /// Tokens/s (causal LM) or messages/s (classification).
     pub speed: f64,
+    /// Mean KL divergence from the uncompressed model's output distributions on the same
+    /// validation data, when the task measures it (classification: accuracy on a few hundred
+    /// examples moves in steps too coarse to compare methods by).
+    pub kl_to_uncompressed: Option<f64>,
 }
 
 /// How a task measures a candidate, on validation data that calibration never sees.
@@ -62,6 +66,9 @@ pub struct Row {
     pub val_ppl: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acc: Option<f64>,
+    /// Mean KL divergence from the uncompressed model's outputs (classification).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl_to_uncompressed: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -143,6 +150,7 @@ pub fn run(
             bytes,
             val_ppl: lm.then_some(m.quality),
             acc: (!lm).then_some(m.quality),
+            kl_to_uncompressed: m.kl_to_uncompressed,
             tokens_per_s: lm.then_some(m.speed),
             msgs_per_s: (!lm).then_some(m.speed),
             artifact: None,

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::calibrate::{walk, Collect};
+use crate::calibrate::{walk, CalibrationTokens, Collect};
 use crate::error::CompressError;
 use crate::obs::{from_mat, inverse_hessian, to_mat};
 use crate::pass::{Candidate, Context, Pass, PassReport};
@@ -251,18 +251,12 @@ impl Pass for Prune {
         let p = &self.0;
         let mut report = PassReport::default();
         let by_activations = p.importance == NeuronImportance::Activations;
-        if by_activations && matches!(c.arch, distill_models::ArchConfig::Bert(_)) {
-            return Err(CompressError::Config {
-                key: "importance".into(),
-                msg: "activations is implemented for Llama-family decoders; a BERT classifier's neurons are ranked by weights".into(),
-            });
-        }
         let narrows = p.heads.is_some() || p.ffn_neurons.is_some() || p.hidden.is_some();
         if p.drop_layers.is_some() || narrows {
             let blocks = || {
-                cx.calibration.token_blocks().ok_or_else(|| {
+                cx.calibration.tokens().ok_or_else(|| {
                     CompressError::Unsupported(
-                        "activation importance needs calibration token blocks, which this task does not provide".into(),
+                        "activation importance needs calibration tokens, which this task does not provide".into(),
                     )
                 })
             };
@@ -327,9 +321,9 @@ impl Pass for Prune {
                     Some(s) => SparsityPattern::Share(s),
                     None => SparsityPattern::TwoFour,
                 };
-                let blocks = cx.calibration.token_blocks().ok_or_else(|| {
+                let blocks = cx.calibration.tokens().ok_or_else(|| {
                     CompressError::Unsupported(format!(
-                        "method: {method:?} needs calibration token blocks, which this task does not provide"
+                        "method: {method:?} needs calibration tokens, which this task does not provide"
                     ))
                 })?;
                 report
@@ -345,7 +339,7 @@ impl Pass for Prune {
 /// returns a report note.
 fn calibrated_prune(
     c: &mut Candidate,
-    blocks: &candle_core::Tensor,
+    blocks: &CalibrationTokens,
     method: SparsityMethod,
     pattern: SparsityPattern,
     damp: f64,
@@ -399,12 +393,12 @@ fn calibrated_prune(
     };
     Ok(match method {
         SparsityMethod::Sparsegpt => format!(
-            "sparsegpt {what} over {matrices} matrices, layer by layer on {} calibration blocks; OBS loss estimate {loss:.4e}",
-            blocks.dims()[0]
+            "sparsegpt {what} over {matrices} matrices, layer by layer on {}; OBS loss estimate {loss:.4e}",
+            blocks.describe()
         ),
         _ => format!(
-            "wanda {what} over {matrices} matrices, layer by layer on {} calibration blocks",
-            blocks.dims()[0]
+            "wanda {what} over {matrices} matrices, layer by layer on {}",
+            blocks.describe()
         ),
     })
 }

@@ -314,12 +314,12 @@ impl Pass for Calibrated {
             ));
             return Ok(PassReport { notes });
         }
-        let blocks = cx.calibration.token_blocks().ok_or_else(|| {
+        let blocks = cx.calibration.tokens().ok_or_else(|| {
             CompressError::Unsupported(
-                "method: imatrix and gptq need calibration token blocks, which this task does not provide".into(),
+                "method: imatrix and gptq need calibration tokens, which this task does not provide".into(),
             )
         })?;
-        let chunks = blocks.dims()[0] as u32;
+        let chunks = blocks.len() as u32;
         let collect = match self.method {
             QuantMethod::Gptq => Collect::Hessians,
             _ => Collect::Norms,

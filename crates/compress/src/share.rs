@@ -113,9 +113,9 @@ impl Pass for Share {
                 share_weights_with(&mut c.weights, |_| true, s.bits, s.codebook, &|_| None)?
             }
             ShareWeights::Hessian => {
-                let blocks = cx.calibration.token_blocks().ok_or_else(|| {
+                let blocks = cx.calibration.tokens().ok_or_else(|| {
                     CompressError::Unsupported(
-                        "weights: hessian needs calibration token blocks, which this task does not provide".into(),
+                        "weights: hessian needs calibration tokens, which this task does not provide".into(),
                     )
                 })?;
                 let mut done = vec![];
@@ -150,9 +150,9 @@ impl Pass for Share {
                 done
             }
             ShareWeights::Activations => {
-                let blocks = cx.calibration.token_blocks().ok_or_else(|| {
+                let blocks = cx.calibration.tokens().ok_or_else(|| {
                     CompressError::Unsupported(
-                        "weights: activations needs calibration token blocks, which this task does not provide".into(),
+                        "weights: activations needs calibration tokens, which this task does not provide".into(),
                     )
                 })?;
                 // The importance of every matrix's inputs, then one clustering pass (sharing

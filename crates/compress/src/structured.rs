@@ -3,10 +3,10 @@
 //! initialises students, so tensors and config really shrink and the result is a standard
 //! checkpoint. Parts are ranked by weight norms unless the caller passes activation scores.
 
-use candle_core::Tensor;
 use distill_models::surgery::{self, bert::Head, top_k, Keep, LayerKeep};
 use distill_models::{ArchConfig, WeightSource};
 
+use crate::calibrate::{walk, CalibrationTokens, Collect};
 use crate::error::CompressError;
 use crate::importance::Importance;
 use crate::pass::{Calibration, Candidate};
@@ -170,12 +170,6 @@ pub fn cut(
                         .into(),
                 ));
             }
-            if scores.is_some() {
-                return Err(config(
-                    "importance",
-                    "activations is implemented for Llama-family decoders; a BERT classifier's parts are ranked by weights".into(),
-                ));
-            }
             let hd = t.hidden_size / t.num_attention_heads;
             if let Some(h) = cut.heads {
                 if h == 0 {
@@ -192,7 +186,11 @@ pub fn cut(
                 .heads
                 .filter(|&h| h != t.num_attention_heads)
                 .map(|h| {
-                    Ok::<_, CompressError>(top_k(&surgery::bert::residual_norms(t, src)?, h * hd))
+                    let s = match scores {
+                        Some(s) => s.residual.clone(),
+                        None => surgery::bert::residual_norms(t, src)?,
+                    };
+                    Ok::<_, CompressError>(top_k(&s, h * hd))
                 })
                 .transpose()?;
             let mut per_layer = vec![];
@@ -202,7 +200,15 @@ pub fn cut(
                         .heads
                         .filter(|&h| h != t.num_attention_heads)
                         .map(|h| {
-                            Ok::<_, CompressError>(top_k(&surgery::bert::head_norms(t, src, j)?, h))
+                            let s = match scores {
+                                Some(s) => s.kv_groups.get(i).cloned().ok_or_else(|| {
+                                    CompressError::Unsupported(format!(
+                                        "no head scores for layer {i}"
+                                    ))
+                                })?,
+                                None => surgery::bert::head_norms(t, src, j)?,
+                            };
+                            Ok::<_, CompressError>(top_k(&s, h))
                         })
                         .transpose()?,
                     kv_heads: None,
@@ -283,9 +289,10 @@ pub fn least_important_layers(
 pub fn least_influential_layers(
     c: &Candidate,
     n: usize,
-    blocks: &Tensor,
+    blocks: &CalibrationTokens,
 ) -> Result<(Vec<usize>, String), CompressError> {
-    let bi = crate::importance::measure(c, blocks)?.block_influence;
+    let mut scratch = c.clone();
+    let bi = walk(&mut scratch, blocks, Collect::Norms, &mut |_, _| Ok(()))?.block_influence;
     if n >= bi.len() {
         return Err(config(
             "drop_layers.least_important",
@@ -311,7 +318,7 @@ pub fn least_influential_layers(
 mod tests {
     use super::*;
     use crate::test_util::{random_tensors, tiny_config as cfg};
-    use candle_core::{Device, IndexOp};
+    use candle_core::{Device, IndexOp, Tensor};
     use distill_models::{Input, Llama, LlamaConfig, Model};
 
     fn random(cfg: &LlamaConfig) -> Candidate {

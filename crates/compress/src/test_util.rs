@@ -1,4 +1,4 @@
-//! A tiny random Llama for the unit tests of the passes.
+//! A tiny random Llama and BERT classifier for the unit tests of the passes.
 
 use candle_core::{DType, Device, Tensor};
 use distill_models::LlamaConfig;
@@ -28,5 +28,33 @@ pub fn random_tensors(cfg: &LlamaConfig) -> Tensors {
             };
             (n, t)
         })
+        .collect()
+}
+
+/// A tiny BERT classifier's config (2 layers, 4 heads of 4).
+pub fn tiny_bert_config() -> distill_models::BertConfig {
+    distill_models::BertConfig::from_json(
+        r#"{"model_type":"bert","vocab_size":40,"hidden_size":16,"num_hidden_layers":2,
+            "num_attention_heads":4,"intermediate_size":32,"max_position_embeddings":20}"#,
+        "tiny-bert",
+    )
+    .unwrap()
+}
+
+/// Random weights of a 2-class `BertForSequenceClassification` (`bert.*`, `classifier.*`),
+/// as a fresh trainable classifier creates them.
+pub fn random_bert(cfg: &distill_models::BertConfig) -> Tensors {
+    use distill_models::{BertClassifier, Pooling, VarMapWeights};
+    let vm = candle_nn::VarMap::new();
+    BertClassifier::load(
+        cfg,
+        &VarMapWeights::new(&vm, DType::F32, &Device::Cpu),
+        2,
+        Pooling::Cls,
+    )
+    .unwrap();
+    let data = vm.data().lock().unwrap();
+    data.iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
         .collect()
 }

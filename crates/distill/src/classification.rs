@@ -524,7 +524,12 @@ pub fn run(cfg: &ClassifyConfig, opts: &RunOptions) -> Result<ClsRun> {
     write_atomic(&md_path, report.markdown().as_bytes()).map_err(io(&md_path))?;
     let compression = match &cfg.compress {
         Some(c) => Some(compression::in_run(
-            compression::for_classification(&student_dir.display().to_string(), cfg, opts)?,
+            compression::for_classification(
+                &student_dir.display().to_string(),
+                cfg,
+                c.calibration_blocks,
+                opts,
+            )?,
             c,
             &run_dir,
         )?),

@@ -9,7 +9,7 @@ use candle_nn::Init;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result, TensorContext};
-use crate::llama::{embed, json_error_key};
+use crate::llama::{embed, json_error_key, LinearSite};
 use crate::nn::{attention, attention_bias, layer_norm};
 use crate::weights::{Linear, WeightSource};
 
@@ -292,6 +292,36 @@ impl Bert {
         &self.prefix
     }
 
+    fn check_length(&self, s: usize) -> Result<()> {
+        if s > self.cfg.max_position_embeddings {
+            return Err(ModelError::Config {
+                source_name: "input".into(),
+                key: "max_position_embeddings".into(),
+                msg: format!(
+                    "sequence of {s} tokens exceeds the model's {} positions",
+                    self.cfg.max_position_embeddings
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn embeddings(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let s = input_ids.dim(1)?;
+        let words = embed(&self.word, input_ids)?;
+        let pos = self.position.narrow(0, 0, s)?.unsqueeze(0)?;
+        let types = match token_type_ids {
+            Some(t) => embed(&self.token_type, t)?,
+            None => self.token_type.narrow(0, 0, 1)?.unsqueeze(0)?,
+        };
+        let x = words.broadcast_add(&pos)?.broadcast_add(&types)?;
+        self.emb_norm.forward(&x, self.cfg.layer_norm_eps)
+    }
+
     /// Encodes `input_ids` (`[batch, seq]`). `attention_mask` (1 = token, 0 = padding) keeps
     /// padding out of every token's attention; `token_type_ids` default to 0.
     pub fn forward(
@@ -304,28 +334,11 @@ impl Bert {
         let (b, s) = input_ids
             .dims2()
             .context(|| "input_ids must be [batch, seq]".into())?;
-        if s > self.cfg.max_position_embeddings {
-            return Err(ModelError::Config {
-                source_name: "input".into(),
-                key: "max_position_embeddings".into(),
-                msg: format!(
-                    "sequence of {s} tokens exceeds the model's {} positions",
-                    self.cfg.max_position_embeddings
-                ),
-            });
-        }
+        self.check_length(s)?;
         let ctx = |what: &str| format!("bert forward ({what})");
-        let x = (|| {
-            let words = embed(&self.word, input_ids)?;
-            let pos = self.position.narrow(0, 0, s)?.unsqueeze(0)?;
-            let types = match token_type_ids {
-                Some(t) => embed(&self.token_type, t)?,
-                None => self.token_type.narrow(0, 0, 1)?.unsqueeze(0)?,
-            };
-            let x = words.broadcast_add(&pos)?.broadcast_add(&types)?;
-            self.emb_norm.forward(&x, self.cfg.layer_norm_eps)
-        })()
-        .context(|| ctx("embeddings"))?;
+        let x = self
+            .embeddings(input_ids, token_type_ids)
+            .context(|| ctx("embeddings"))?;
         let bias =
             attention_bias(b, s, attention_mask, false, &self.device).context(|| ctx("mask"))?;
         let mut hidden = want_hidden.then(|| vec![x.clone()]);
@@ -353,24 +366,84 @@ impl Layer {
         cfg: &BertConfig,
         act: Activation,
     ) -> candle_core::Result<Tensor> {
+        self.forward_observed(x, bias, cfg, act, &mut |_, _| Ok(()))
+    }
+
+    /// The layer's forward pass, handing every linear projection's input to `observe`.
+    fn forward_observed(
+        &self,
+        x: &Tensor,
+        bias: Option<&Tensor>,
+        cfg: &BertConfig,
+        act: Activation,
+        observe: &mut dyn FnMut(LinearSite, &Tensor) -> candle_core::Result<()>,
+    ) -> candle_core::Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let heads = cfg.num_attention_heads;
         let d = h / heads;
         let split = |t: Tensor| -> candle_core::Result<Tensor> {
             t.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous()
         };
+        observe(LinearSite::AttentionInput, x)?;
         let q = split(self.query.forward(x)?)?;
         let k = split(self.key.forward(x)?)?;
         let v = split(self.value.forward(x)?)?;
         let a = attention(&q, &k, &v, bias, false)?
             .transpose(1, 2)?
             .reshape((b, s, h))?;
+        observe(LinearSite::AttentionOutput, &a)?;
         let x = self
             .attn_norm
             .forward(&(self.attn_out.forward(&a)? + x)?, cfg.layer_norm_eps)?;
+        observe(LinearSite::MlpInput, &x)?;
         let inner = act.apply(&self.intermediate.forward(&x)?)?;
+        observe(LinearSite::MlpOutput, &inner)?;
         self.out_norm
             .forward(&(self.output.forward(&inner)? + x)?, cfg.layer_norm_eps)
+    }
+}
+
+/// Running an encoder one layer at a time, for compression methods that calibrate each layer
+/// on the output of the layers before it (already compressed), as GPTQ and SparseGPT do.
+impl Bert {
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The embedding output (word + position + token type 0, normalised) for `input_ids`
+    /// (`[batch, seq]`): the first layer's input.
+    pub fn embed_ids(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (_, s) = input_ids
+            .dims2()
+            .context(|| "input_ids must be [batch, seq]".into())?;
+        self.check_length(s)?;
+        self.embeddings(input_ids, None)
+            .context(|| "bert forward (embeddings)".into())
+    }
+
+    /// Layer `i` on `x` (`[batch, seq, hidden]`) with `attention_mask` (1 = token, 0 =
+    /// padding), handing every linear projection's input to `observe`.
+    pub fn layer_forward(
+        &self,
+        i: usize,
+        x: &Tensor,
+        attention_mask: Option<&Tensor>,
+        observe: &mut dyn FnMut(LinearSite, &Tensor) -> candle_core::Result<()>,
+    ) -> Result<Tensor> {
+        let layer = self.layers.get(i).ok_or_else(|| ModelError::Config {
+            source_name: "bert".into(),
+            key: "num_hidden_layers".into(),
+            msg: format!(
+                "layer {i} does not exist (the model has {})",
+                self.layers.len()
+            ),
+        })?;
+        let ctx = || format!("bert forward (layer {i})");
+        let (b, s, _) = x.dims3().context(ctx)?;
+        let bias = attention_bias(b, s, attention_mask, false, &self.device).context(ctx)?;
+        layer
+            .forward_observed(x, bias.as_ref(), &self.cfg, self.act, observe)
+            .context(ctx)
     }
 }
 

@@ -655,17 +655,20 @@ impl Mlp {
     }
 }
 
-/// Where a decoder layer's linear projections read their input: what calibration statistics
-/// (activation norms, Hessians) are collected at. Projections at one site share its input.
+/// Where a layer's linear projections read their input (a Llama decoder's or a BERT encoder's:
+/// both have these four): what calibration statistics (activation norms, Hessians) are
+/// collected at. Projections at one site share its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LinearSite {
-    /// The input norm's output, read by the q, k and v projections.
+    /// The input norm's output (BERT: the layer's input, already normalised), read by the
+    /// q, k and v projections.
     AttentionInput,
     /// The attention heads' output, read by the o projection.
     AttentionOutput,
-    /// The post-attention norm's output, read by the gate and up projections.
+    /// The post-attention norm's output, read by the gate and up (BERT: intermediate)
+    /// projections.
     MlpInput,
-    /// `silu(gate)·up`, read by the down projection.
+    /// `silu(gate)·up` (BERT: `gelu(intermediate)`), read by the down (output) projection.
     MlpOutput,
 }
 
@@ -686,6 +689,21 @@ impl LinearSite {
             LinearSite::AttentionOutput => &["self_attn.o_proj"],
             LinearSite::MlpInput => &["mlp.gate_proj", "mlp.up_proj"],
             LinearSite::MlpOutput => &["mlp.down_proj"],
+        }
+    }
+
+    /// The projections reading this input in a BERT layer, as tensor-name suffixes after
+    /// `encoder.layer.N.` (the intermediate activation is GELU's output).
+    pub fn bert_projections(self) -> &'static [&'static str] {
+        match self {
+            LinearSite::AttentionInput => &[
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+            ],
+            LinearSite::AttentionOutput => &["attention.output.dense"],
+            LinearSite::MlpInput => &["intermediate.dense"],
+            LinearSite::MlpOutput => &["output.dense"],
         }
     }
 

@@ -63,6 +63,36 @@ pub fn accuracy(rows: &[Vec<f32>], labels: &[u32]) -> f64 {
     right as f64 / rows.len().max(1) as f64
 }
 
+/// `log softmax(row)`, in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + row
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    row.iter().map(|&x| x as f64 - lse).collect()
+}
+
+/// Mean over rows of `KL(softmax(reference) ‖ softmax(rows))`, in nats: how far a changed
+/// model's class distributions moved from the reference model's, on the same examples (what
+/// accuracy on a few hundred examples is too coarse to show).
+pub fn mean_kl(reference: &[Vec<f32>], rows: &[Vec<f32>]) -> f64 {
+    let sum: f64 = reference
+        .iter()
+        .zip(rows)
+        .map(|(p, q)| {
+            let (lp, lq) = (log_softmax(p), log_softmax(q));
+            lp.iter()
+                .zip(&lq)
+                .map(|(a, b)| a.exp() * (a - b))
+                .sum::<f64>()
+        })
+        .sum();
+    sum / reference.len().max(1) as f64
+}
+
 /// Class logits of every example of `set`, in order. Examples are batched by length so that
 /// little padding is computed; the mask keeps padding from changing any result.
 pub fn predict_logits(
@@ -158,5 +188,22 @@ mod tests {
         let rows = vec![vec![2.0, 0.0], vec![0.0, 2.0], vec![1.0, 0.0]];
         assert!((accuracy(&rows, &[0, 1, 1]) - 2.0 / 3.0).abs() < 1e-12);
         assert!(mean_cross_entropy(&rows, &[0, 1, 0]) < mean_cross_entropy(&rows, &[1, 0, 1]));
+    }
+
+    #[test]
+    fn kl_is_zero_for_the_same_rows_and_matches_a_hand_value() {
+        let p = vec![vec![2.0f32, 0.0], vec![0.0, 1.0]];
+        assert!(mean_kl(&p, &p).abs() < 1e-12);
+        // Logits shifted by a constant are the same distribution.
+        let shifted: Vec<Vec<f32>> = p
+            .iter()
+            .map(|r| r.iter().map(|x| x + 3.0).collect())
+            .collect();
+        assert!(mean_kl(&p, &shifted).abs() < 1e-9);
+        // p = (0.5, 0.5) against q = softmax(ln 3, 0) = (0.75, 0.25):
+        // 0.5 ln(0.5/0.75) + 0.5 ln(0.5/0.25) = 0.5 ln(4/3).
+        let q = vec![vec![3f32.ln(), 0.0]];
+        let kl = mean_kl(&[vec![0.0, 0.0]], &q);
+        assert!((kl - 0.5 * (4.0f64 / 3.0).ln()).abs() < 1e-7, "{kl}");
     }
 }

@@ -7,10 +7,12 @@ use std::cell::OnceCell;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::Init;
 use distill_compress::pipeline::{Evaluator, Measured};
-use distill_compress::{Calibration, Candidate, CompressError, Defaults, Length, StepHook};
+use distill_compress::{
+    Calibration, CalibrationTokens, Candidate, CompressError, Defaults, Length, StepHook,
+};
 use distill_compress::{TensorMap, Trainer};
 use distill_models::{
     ArchConfig, BertClassifier, Pooling, SafetensorsWeights, VarMapWeights, WeightSource,
@@ -18,7 +20,7 @@ use distill_models::{
 use distill_train::classify::{encode_examples, EncodedSet};
 use distill_train::config::DistillConfig;
 use distill_train::data::{load_labelled, split_stratified};
-use distill_train::scoring::{accuracy, mean_cross_entropy, predict_logits};
+use distill_train::scoring::{accuracy, mean_cross_entropy, mean_kl, predict_logits};
 use distill_train::tasks::{Classification, TeacherSignal};
 use distill_train::Training;
 
@@ -68,7 +70,12 @@ impl Head {
 struct ClsEvaluator {
     head: Head,
     valid: EncodedSet,
+    /// The uncompressed classifier's logits on `valid`, what `kl_to_uncompressed` compares to.
+    reference: Vec<Vec<f32>>,
+    /// Examples the loss ranks layers on.
     calibration: EncodedSet,
+    /// Examples the data-aware methods calibrate on (`compress.calibration_blocks`).
+    statistics: Vec<Vec<u32>>,
 }
 
 impl Calibration for ClsEvaluator {
@@ -79,8 +86,8 @@ impl Calibration for ClsEvaluator {
         let (logits, _) = self.head.logits(c, &self.calibration)?;
         Ok(mean_cross_entropy(&logits, &self.calibration.labels))
     }
-    fn token_blocks(&self) -> Option<Tensor> {
-        None
+    fn tokens(&self) -> Option<CalibrationTokens> {
+        Some(CalibrationTokens::Examples(self.statistics.clone()))
     }
 }
 
@@ -93,6 +100,7 @@ impl Evaluator for ClsEvaluator {
         Ok(Measured {
             quality: accuracy(&logits, &self.valid.labels),
             speed: self.valid.len() as f64 / secs,
+            kl_to_uncompressed: Some(mean_kl(&self.reference, &logits)),
         })
     }
     fn measure_gguf(&self, path: &Path) -> std::result::Result<Measured, CompressError> {
@@ -167,10 +175,12 @@ impl Trainer for ClsTrainer<'_> {
     }
 }
 
-/// The classifier folder `model` with the data split and objective of the run config.
+/// The classifier folder `model` with the data split and objective of the run config; the
+/// first `calibration_examples` training examples calibrate the data-aware methods.
 pub fn for_classification<'a>(
     model: &str,
     run: &ClassifyConfig,
+    calibration_examples: usize,
     opts: &'a RunOptions<'a>,
 ) -> Result<Prepared<'a>> {
     let device = Device::Cpu;
@@ -212,6 +222,7 @@ pub fn for_classification<'a>(
         )
     };
     let (train, valid) = (encode(&split.train)?, encode(&split.validation)?);
+    let statistics = train.ids[..train.len().min(calibration_examples)].to_vec();
     let k = train.len().min(CALIBRATION_EXAMPLES);
     let calibration = EncodedSet {
         ids: train.ids[..k].to_vec(),
@@ -247,9 +258,11 @@ pub fn for_classification<'a>(
         dense_dtype: dtype,
         gguf_tokenizer: None,
         evaluator: Box::new(ClsEvaluator {
+            reference: head().logits(&base, &valid)?.0,
             head: head(),
             valid: valid.clone(),
             calibration,
+            statistics,
         }),
         trainer: Box::new(ClsTrainer {
             head: head(),

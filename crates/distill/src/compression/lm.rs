@@ -6,7 +6,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use distill_compress::pipeline::{Evaluator, Measured};
-use distill_compress::{Calibration, Candidate, CompressError, Defaults, Length, StepHook};
+use distill_compress::{
+    Calibration, CalibrationTokens, Candidate, CompressError, Defaults, Length, StepHook,
+};
 use distill_compress::{TensorMap, Trainer};
 use distill_models::{ArchConfig, Llama, LlamaConfig, SafetensorsWeights, VarMapWeights};
 use distill_teacher::{
@@ -60,7 +62,7 @@ impl Calibration for LmEvaluator {
                 .0,
         )
     }
-    fn token_blocks(&self) -> Option<Tensor> {
+    fn tokens(&self) -> Option<CalibrationTokens> {
         let flat: Vec<u32> = self.calibration.iter().flatten().copied().collect();
         Tensor::from_vec(
             flat,
@@ -68,6 +70,7 @@ impl Calibration for LmEvaluator {
             &Device::Cpu,
         )
         .ok()
+        .map(CalibrationTokens::Blocks)
     }
 }
 
@@ -79,7 +82,11 @@ impl Evaluator for LmEvaluator {
         let m = model(c)?;
         let (quality, speed) =
             perplexity(&m, self.valid.blocks.iter().map(Vec::as_slice)).map_err(external)?;
-        Ok(Measured { quality, speed })
+        Ok(Measured {
+            quality,
+            speed,
+            kl_to_uncompressed: None,
+        })
     }
     fn measure_gguf(&self, path: &Path) -> std::result::Result<Measured, CompressError> {
         let q = Teacher::load(
@@ -95,7 +102,11 @@ impl Evaluator for LmEvaluator {
         let (m, _) = q.language_model().map_err(external)?;
         let (quality, speed) =
             perplexity(m, self.valid.blocks.iter().map(Vec::as_slice)).map_err(external)?;
-        Ok(Measured { quality, speed })
+        Ok(Measured {
+            quality,
+            speed,
+            kl_to_uncompressed: None,
+        })
     }
     fn calibration(&self) -> &dyn Calibration {
         self

@@ -136,7 +136,10 @@ pub fn for_job(
                 .compress
                 .as_ref()
                 .ok_or_else(|| Error::Invalid("no `compress:` section".into()))?;
-            (c, for_classification(model, cfg, opts)?)
+            (
+                c,
+                for_classification(model, cfg, c.calibration_blocks, opts)?,
+            )
         }
     };
     let out = out
