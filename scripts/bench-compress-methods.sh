@@ -121,10 +121,20 @@ wall=$(( $(date +%s) - start ))
 
 scripts/setup-ref-venv.sh >/dev/null
 py="${DISTILL_REF_VENV:-$HOME/.cache/distill/ref-venv}/bin/python"
+# distill's logits on the first 512 tokens of a held-out chapter: with llama.cpp's own CPU
+# arithmetic (`--ggml`, bit for bit) where that path multiplies the file's types (Q8_0, Q4_1,
+# f32), else through candle's QMatMul (its own activation rounding and summation order).
 args=()
+: > "$out/interop-arith.txt"
 for g in "$out"/decoder/*.gguf; do
-  target/release/distill eval "$g" --text "$assets/moby-dick/chapter_2.txt" --max-tokens 128 --block 128 --json \
-    --save-logits "${g%.gguf}.logits.safetensors" > /dev/null
+  how=ggml
+  target/release/distill eval "$g" --ggml --text "$assets/moby-dick/chapter_2.txt" --max-tokens 512 --block 512 --json \
+    --save-logits "${g%.gguf}.logits.safetensors" > /dev/null 2>&1 || {
+    how=qmatmul
+    target/release/distill eval "$g" --text "$assets/moby-dick/chapter_2.txt" --max-tokens 512 --block 512 --json \
+      --save-logits "${g%.gguf}.logits.safetensors" > /dev/null
+  }
+  echo "$(basename "$g") $how" >> "$out/interop-arith.txt"
   args+=("$g" "${g%.gguf}.logits.safetensors")
 done
 "$py" scripts/interop-llamacpp.py "${args[@]}" > "$out/interop.json"
@@ -136,6 +146,7 @@ commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
 o = json.load(open(f"{out}/decoder.json"))
 interop = {os.path.basename(m["gguf"]): m for m in json.load(open(f"{out}/interop.json"))["models"]}
+arith = dict(l.split() for l in open(f"{out}/interop-arith.txt") if l.strip())
 base = o["rows"][0]
 METHODS = ["magnitude", "wanda", "sparsegpt", "candle", "rtn", "imatrix", "gptq", "svd-llm", "svd",
            "matrix", "row-weighted", "row-hessian", "weights", "activations", "loss", "block-influence"]
@@ -159,7 +170,8 @@ for variant, steps in by_variant.items():
     if art.endswith(".gguf"):
         m = interop[os.path.basename(art)]
         row["llamacpp"] = {"loaded": m["loaded"], "top1_agreement": m["top1_agreement"],
-                           "max_abs_logit_diff": m["max_abs_logit_diff"]}
+                           "max_abs_logit_diff": m["max_abs_logit_diff"], "positions": m["positions"],
+                           "ours": arith[os.path.basename(art)]}
         if len(steps) > 1:
             row["val_ppl_dense"] = steps[-2]["val_ppl"]
     rows.append(row)
@@ -175,7 +187,7 @@ def inc(r): return f"{100 * r['increase']:+.1f}%"
 t = "| technique | method | val perplexity | increase | bytes | non-zero params | seconds | llama.cpp top-1 |\n|---|---|---:|---:|---:|---:|---:|---:|\n"
 t += f"| uncompressed | | {base['val_ppl']:.2f} | | {base['bytes']/1e6:.2f} MB | {base['nonzero_params']/1e6:.2f} M | | |\n"
 for r in rows:
-    ll = f"{100 * r['llamacpp']['top1_agreement']:.1f}%" if "llamacpp" in r else ""
+    ll = f"{100 * r['llamacpp']['top1_agreement']:.1f}% ({r['llamacpp']['ours']})" if "llamacpp" in r else ""
     t += (f"| {r['technique']} | {r['method']} | {r['val_ppl']:.2f} | {inc(r)} | {r['bytes']/1e6:.2f} MB | "
           f"{r['nonzero_params']/1e6:.2f} M | {r['seconds']:.0f} | {ll} |\n")
 def get(tech, meth):
@@ -214,7 +226,10 @@ parameters, {base['bytes']/1e6:.2f} MB. Quality is perplexity on 32 validation b
 (held-out Moby Dick chapters); the data-aware methods calibrate on 64 blocks of the training split,
 never on validation text. Each variant starts from the uncompressed model; a GGUF row is the file
 run through candle's QMatMul, and llama.cpp (llama-cpp-python) loads every GGUF and its logits on
-the first 128 tokens of chapter 2 are compared with distill's on the same file (top-1 agreement).
+the first 512 tokens of chapter 2 are compared with distill's on the same file (top-1 agreement):
+`(ggml)` where distill runs the file with llama.cpp's own CPU arithmetic (its ggml path, for
+Q8_0/Q4_1/f32 matrices), `(qmatmul)` where it runs candle's QMatMul, whose activation rounding and
+summation order differ, so near-tied logits of this weak model can swap.
 `q4_k` rows of 576 values do not fit Q4_K's 256-value blocks and fall back to Q5_0 as llama.cpp
 does; `q4_k-e8` keeps the (tied) embedding at Q8_0, as the teacher's own GGUF does; `q4_0` is
 4-bit everywhere.
