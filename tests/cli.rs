@@ -903,6 +903,8 @@ output: {{dir: {runs}, name: tiny}}
       steps: [{{step: share, bits: 4}}]
     - name: int8
       steps: [{{step: quantize, type: int8}}]
+    - name: q8
+      steps: [{{step: quantize, type: q8_0}}]
 "
         ),
     )
@@ -926,10 +928,12 @@ output: {{dir: {runs}, name: tiny}}
             "pruned",
             "factored",
             "shared",
-            "int8"
+            "int8",
+            "q8"
         ]
     );
     let p = |i: usize, k: &str| rows[i][k].as_f64().unwrap();
+    let p_of = |r: &serde_json::Value| r["val_ppl"].as_f64().unwrap();
     for (i, r) in rows.iter().enumerate() {
         assert!(
             p(i, "val_ppl").is_finite() && p(i, "tokens_per_s") > 0.0,
@@ -977,6 +981,44 @@ output: {{dir: {runs}, name: tiny}}
         md.contains("## Compression") && md.contains("k-means 4-bit"),
         "{md}"
     );
+    // The smallest GGUF within 3% of the student's perplexity is the run's artifact, measured
+    // beside teacher and student on the report's validation blocks.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    let art = &report["artifact"];
+    let within: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| {
+            r["artifact"].as_str().is_some_and(|a| a.ends_with(".gguf"))
+                && p_of(r) <= p(0, "val_ppl") * 1.03
+        })
+        .collect();
+    let smallest = within
+        .iter()
+        .min_by_key(|r| r["bytes"].as_u64())
+        .expect("a GGUF within 3%");
+    assert_eq!(art["stats"]["name"], smallest["artifact"], "{report}");
+    assert!(
+        art["stats"]["bytes_on_disk"].as_u64() < report["student"]["bytes_on_disk"].as_u64(),
+        "{art}"
+    );
+    assert!(art["stats"]["val_ppl"].as_f64().unwrap().is_finite());
+    assert!((0.0..=1.0).contains(&art["top1_agreement"].as_f64().unwrap()));
+    assert!(md.contains("| artifact / teacher |"), "{md}");
+    // Model files are as readable as every other output (not the writer's private 0600).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let final_dir = run.join("final");
+        assert_eq!(
+            mode(&final_dir.join("model.safetensors")),
+            mode(&final_dir.join("config.json"))
+        );
+        assert_eq!(
+            mode(&out.join("int8/model.safetensors")),
+            mode(&final_dir.join("config.json"))
+        );
+    }
     assert!(std::fs::read_to_string(out.join("compress.svg"))
         .unwrap()
         .contains("<svg"));

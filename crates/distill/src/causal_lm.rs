@@ -7,7 +7,8 @@ use candle_core::DType;
 use distill_models::{LlamaConfig, Model, WeightSource};
 use distill_student::{build_student, save_hf, HfExport, InitConfig};
 use distill_teacher::{LoadedTokenizer, Teacher, TeacherFiles, TeacherSource};
-use distill_train::scoring::scoring_speed;
+use distill_train::data::BlockSet;
+use distill_train::scoring::{agreement, perplexity, scoring_speed, top1_tokens};
 use distill_train::tasks::CausalLm;
 use distill_train::Learner;
 
@@ -16,7 +17,7 @@ use crate::data::build_data;
 use crate::error::{Context, Error, Result};
 use crate::job::RunConfig;
 use crate::options::RunOptions;
-use crate::report::{ModelStats, RunReport};
+use crate::report::{ArtifactStats, ModelStats, RunReport};
 use crate::run_dir::prepare_run_dir;
 use crate::teacher_cache::{open_for_run, run_identity};
 
@@ -209,7 +210,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
 
     let last = outcome.evals.last();
     let batch = cfg.train.batch_size;
-    let report = RunReport {
+    let mut report = RunReport {
         run: cfg.output.name.clone(),
         teacher: ModelStats {
             name: source.to_string(),
@@ -242,17 +243,31 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
         loss: cfg.distill.loss.clone(),
         alpha: cfg.distill.alpha,
         temperature: cfg.distill.temperature,
+        artifact: None,
     };
     report.write(&run_dir, &outcome)?;
     let compression = match &cfg.compress {
         Some(c) => {
+            // The teacher's top-1 tokens on the report's validation blocks, for the artifact's
+            // agreement, before the teacher is let go to make room for compression.
+            let blocks = &valid.blocks[..report_blocks(&cfg.train, valid.len())];
+            let teacher_top1 = teacher_lm
+                .map(|lm| top1_tokens(lm, blocks.iter().map(Vec::as_slice)))
+                .transpose()?;
             drop(side);
             let model = final_dir.display().to_string();
-            Some(compression::in_run(
-                compression::for_causal_lm(&model, cfg, c.eval_blocks, c.calibration_blocks, opts)?,
-                c,
-                &run_dir,
-            )?)
+            let prepared =
+                compression::for_causal_lm(&model, cfg, c.eval_blocks, c.calibration_blocks, opts)?;
+            let done = compression::run(&prepared, c, &run_dir.join("compressed"))?;
+            drop(prepared);
+            if let Some(a) =
+                measure_artifact(&done, blocks, teacher_top1.as_deref(), &valid, batch)?
+            {
+                report.artifact = Some(a);
+                report.write(&run_dir, &outcome)?;
+            }
+            compression::append_to_report(&done, &run_dir)?;
+            Some(done)
         }
         None => None,
     };
@@ -264,4 +279,78 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
         student: Some(final_dir),
         compression,
     })
+}
+
+/// Validation blocks the learner's evaluations score (`train.eval_blocks`, 0 = all).
+fn report_blocks(train: &distill_train::Training, available: usize) -> usize {
+    match train.eval_blocks {
+        0 => available,
+        n => n.min(available),
+    }
+}
+
+/// The compress section's quality budget for the edge artifact: perplexity within 3% of the
+/// uncompressed student's (the headline's rule).
+const ARTIFACT_BUDGET: f64 = 1.03;
+
+/// The edge artifact of a compress section — its smallest GGUF file within the budget —
+/// measured as a runtime runs it (quantised matrices through QMatMul) on the report's
+/// validation `blocks`: perplexity, agreement with the teacher's `teacher_top1` tokens,
+/// scoring speed.
+fn measure_artifact(
+    c: &Compression,
+    blocks: &[Vec<u32>],
+    teacher_top1: Option<&[Vec<u32>]>,
+    valid: &BlockSet,
+    batch: usize,
+) -> Result<Option<ArtifactStats>> {
+    let rows = &c.outcome.rows;
+    let base = rows
+        .first()
+        .and_then(|r| r.val_ppl)
+        .unwrap_or(f64::INFINITY);
+    let Some((row, path)) = rows
+        .iter()
+        .filter_map(|r| Some((r, r.artifact.as_deref().filter(|p| p.ends_with(".gguf"))?)))
+        .filter(|(r, _)| r.val_ppl.is_some_and(|p| p <= base * ARTIFACT_BUDGET))
+        .min_by_key(|(r, _)| r.bytes)
+    else {
+        tracing::warn!(
+            "no GGUF variant is within {:.0}% of the student's perplexity: the report has no artifact",
+            (ARTIFACT_BUDGET - 1.0) * 100.0
+        );
+        return Ok(None);
+    };
+    let q = Teacher::load(
+        &TeacherSource::Gguf(PathBuf::from(path)),
+        &distill_teacher::LoadOptions {
+            device: candle_core::Device::Cpu,
+            dtype: DType::F32,
+            gguf_mode: distill_teacher::GgufCompute::Quantized,
+            ..Default::default()
+        },
+    )?;
+    let (m, cfg) = q.language_model().context("compress artifact")?;
+    let (ppl, _) = perplexity(m, blocks.iter().map(Vec::as_slice))?;
+    let top1 = match teacher_top1 {
+        Some(t) => Some(agreement(
+            &top1_tokens(m, blocks.iter().map(Vec::as_slice))?,
+            t,
+        )),
+        None => None,
+    };
+    Ok(Some(ArtifactStats {
+        stats: ModelStats {
+            name: path.to_string(),
+            parameters: cfg.param_count(),
+            embedding_parameters: cfg.vocab_size * cfg.hidden_size,
+            bytes_on_disk: std::fs::metadata(path)
+                .map(|m| m.len())
+                .unwrap_or(row.bytes),
+            val_ppl: Some(ppl),
+            tokens_per_second: scoring_speed(m, valid, batch)?,
+        },
+        top1_agreement: top1,
+        steps: row.steps.clone(),
+    }))
 }

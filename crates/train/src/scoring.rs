@@ -148,6 +148,40 @@ pub fn perplexity<'a>(
     ))
 }
 
+/// The top-1 token at every position of every block (`[block][position]`): what another
+/// model's agreement with this one is counted against.
+pub fn top1_tokens<'a>(
+    model: &dyn Model,
+    blocks: impl IntoIterator<Item = &'a [u32]>,
+) -> Result<Vec<Vec<u32>>, TrainError> {
+    blocks
+        .into_iter()
+        .map(|b| {
+            let ids = Tensor::new(b, model.device())
+                .and_then(|t| t.unsqueeze(0))
+                .ctx(|| "block".into())?;
+            model
+                .run(&Input::new(&ids))
+                .map_err(|e| TrainError::Invalid(format!("forward: {e}")))?
+                .logits
+                .squeeze(0)
+                .and_then(|l| l.argmax(candle_core::D::Minus1))
+                .and_then(|a| a.to_vec1::<u32>())
+                .ctx(|| "argmax".into())
+        })
+        .collect()
+}
+
+/// Share of positions where `a` and `b` (`[block][position]`) hold the same token.
+pub fn agreement(a: &[Vec<u32>], b: &[Vec<u32>]) -> f64 {
+    let (mut same, mut all) = (0usize, 0usize);
+    for (x, y) in a.iter().zip(b) {
+        same += x.iter().zip(y).filter(|(p, q)| p == q).count();
+        all += x.len().min(y.len());
+    }
+    same as f64 / all.max(1) as f64
+}
+
 /// Full-sequence scoring throughput (tokens/s) over up to two batches of `blocks`.
 pub fn scoring_speed(
     model: &dyn Model,
@@ -188,6 +222,14 @@ mod tests {
         let rows = vec![vec![2.0, 0.0], vec![0.0, 2.0], vec![1.0, 0.0]];
         assert!((accuracy(&rows, &[0, 1, 1]) - 2.0 / 3.0).abs() < 1e-12);
         assert!(mean_cross_entropy(&rows, &[0, 1, 0]) < mean_cross_entropy(&rows, &[1, 0, 1]));
+    }
+
+    #[test]
+    fn agreement_counts_equal_positions() {
+        let a = vec![vec![1, 2, 3], vec![4, 5]];
+        let b = vec![vec![1, 0, 3], vec![4, 4]];
+        assert!((agreement(&a, &b) - 3.0 / 5.0).abs() < 1e-12);
+        assert_eq!(agreement(&a, &a), 1.0);
     }
 
     #[test]

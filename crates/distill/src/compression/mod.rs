@@ -101,6 +101,12 @@ pub fn run(p: &Prepared, cfg: &CompressConfig, out: &Path) -> Result<Compression
 /// `RUN/compressed/`, the table and headline appended to `RUN/report.md`.
 pub fn in_run(p: Prepared, cfg: &CompressConfig, run_dir: &Path) -> Result<Compression> {
     let c = run(&p, cfg, &run_dir.join("compressed"))?;
+    append_to_report(&c, run_dir)?;
+    Ok(c)
+}
+
+/// Appends the compression table and headline to `RUN/report.md`.
+pub fn append_to_report(c: &Compression, run_dir: &Path) -> Result<()> {
     let report = run_dir.join("report.md");
     let mut md = std::fs::read_to_string(&report).unwrap_or_default();
     md.push_str(&format!(
@@ -108,8 +114,7 @@ pub fn in_run(p: Prepared, cfg: &CompressConfig, run_dir: &Path) -> Result<Compr
         c.headline(),
         c.table()
     ));
-    write_atomic(&report, md.as_bytes()).map_err(io(&report))?;
-    Ok(c)
+    write_atomic(&report, md.as_bytes()).map_err(io(&report))
 }
 
 /// `distill compress MODEL --config RUN.yaml`: the run's `compress:` section on `model`, into

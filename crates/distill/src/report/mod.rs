@@ -8,4 +8,4 @@ mod run;
 
 pub use classification::{summary, ClassificationReport, DataReport, ModelRow, StageReport};
 pub use plot::line_plot;
-pub use run::{ModelStats, RunReport};
+pub use run::{ArtifactStats, ModelStats, RunReport};

@@ -24,6 +24,17 @@ pub struct ModelStats {
     pub tokens_per_second: f64,
 }
 
+/// The edge artifact of a run's `compress:` section (its smallest GGUF file within the quality
+/// budget), measured on the same validation blocks as teacher and student.
+#[derive(Clone, Debug, Serialize)]
+pub struct ArtifactStats {
+    /// `name` is the file's path.
+    pub stats: ModelStats,
+    pub top1_agreement: Option<f64>,
+    /// The compression steps that made it.
+    pub steps: Vec<String>,
+}
+
 /// Teacher against student after a causal-LM run.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
@@ -40,6 +51,8 @@ pub struct RunReport {
     pub loss: String,
     pub alpha: f64,
     pub temperature: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactStats>,
 }
 
 fn millions(n: usize) -> String {
@@ -51,9 +64,15 @@ fn mb(n: u64) -> String {
 }
 
 impl RunReport {
-    /// The headline table (also what the binary prints at the end of a run).
+    /// The headline table (also what the binary prints at the end of a run): teacher, student
+    /// and, after a `compress:` section, the artifact, each beside its ratio to the teacher.
     pub fn table(&self) -> String {
-        let (t, s) = (&self.teacher, &self.student);
+        let t = &self.teacher;
+        let mut cols: Vec<(&str, &ModelStats, Option<f64>)> =
+            vec![("student", &self.student, self.top1_agreement)];
+        if let Some(a) = &self.artifact {
+            cols.push(("artifact", &a.stats, a.top1_agreement));
+        }
         let ppl = |p: Option<f64>| p.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into());
         let ratio = |a: f64, b: f64| {
             if b > 0.0 {
@@ -63,54 +82,84 @@ impl RunReport {
             }
         };
         let mut md = String::new();
-        let _ = writeln!(md, "| | teacher | student | student / teacher |");
-        let _ = writeln!(md, "|---|---:|---:|---:|");
+        let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
         let _ = writeln!(
             md,
-            "| parameters | {} | {} | {} |",
-            millions(t.parameters),
-            millions(s.parameters),
-            ratio(s.parameters as f64, t.parameters as f64)
+            "| | teacher | {} | {} |",
+            names.join(" | "),
+            names
+                .iter()
+                .map(|n| format!("{n} / teacher"))
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
-        let _ = writeln!(
-            md,
-            "| non-embedding parameters | {} | {} | {} |",
-            millions(t.parameters - t.embedding_parameters),
-            millions(s.parameters - s.embedding_parameters),
-            ratio(
-                (s.parameters - s.embedding_parameters) as f64,
-                (t.parameters - t.embedding_parameters) as f64
-            )
-        );
-        let _ = writeln!(
-            md,
-            "| bytes on disk | {} | {} | {} |",
-            mb(t.bytes_on_disk),
-            mb(s.bytes_on_disk),
-            ratio(s.bytes_on_disk as f64, t.bytes_on_disk as f64)
-        );
-        let _ = writeln!(
-            md,
-            "| validation perplexity | {} | {} | |",
-            ppl(t.val_ppl),
-            ppl(s.val_ppl)
-        );
-        let _ = writeln!(
-            md,
-            "| CPU tokens/s (scoring) | {:.0} | {:.0} | {} |",
-            t.tokens_per_second,
-            s.tokens_per_second,
-            ratio(s.tokens_per_second, t.tokens_per_second)
-        );
-        if let Some(a) = self.top1_agreement {
+        let _ = writeln!(md, "|---|---:|{}", "---:|".repeat(2 * cols.len()));
+        let mut line = |label: &str,
+                        value: &dyn Fn(&ModelStats) -> String,
+                        r: Option<&dyn Fn(&ModelStats) -> f64>| {
+            let values: Vec<String> = cols.iter().map(|c| value(c.1)).collect();
+            let ratios: Vec<String> = cols
+                .iter()
+                .map(|c| r.map(|f| ratio(f(c.1), f(t))).unwrap_or_default())
+                .collect();
             let _ = writeln!(
                 md,
-                "| top-1 agreement with the teacher | | {:.1}% | |",
-                100.0 * a
+                "| {label} | {} | {} | {} |",
+                value(t),
+                values.join(" | "),
+                ratios.join(" | ")
+            );
+        };
+        line(
+            "parameters",
+            &|m| millions(m.parameters),
+            Some(&|m| m.parameters as f64),
+        );
+        line(
+            "non-embedding parameters",
+            &|m| millions(m.parameters - m.embedding_parameters),
+            Some(&|m| (m.parameters - m.embedding_parameters) as f64),
+        );
+        line(
+            "bytes on disk",
+            &|m| mb(m.bytes_on_disk),
+            Some(&|m| m.bytes_on_disk as f64),
+        );
+        line("validation perplexity", &|m| ppl(m.val_ppl), None);
+        line(
+            "CPU tokens/s (scoring)",
+            &|m| format!("{:.0}", m.tokens_per_second),
+            Some(&|m| m.tokens_per_second),
+        );
+        if cols.iter().any(|c| c.2.is_some()) {
+            let a: Vec<String> = cols
+                .iter()
+                .map(|c| {
+                    c.2.map(|a| format!("{:.1}%", 100.0 * a))
+                        .unwrap_or_else(|| "–".into())
+                })
+                .collect();
+            let _ = writeln!(
+                md,
+                "| top-1 agreement with the teacher | | {} |{}",
+                a.join(" | "),
+                " |".repeat(cols.len())
             );
         }
         if let Some(k) = self.val_kl {
-            let _ = writeln!(md, "| KL(teacher ‖ student) per token | | {k:.3} | |");
+            let _ = writeln!(
+                md,
+                "| KL(teacher ‖ student) per token | | {k:.3} |{}",
+                " |".repeat(2 * cols.len() - 1)
+            );
+        }
+        if let Some(a) = &self.artifact {
+            let _ = writeln!(
+                md,
+                "\nThe artifact is `{}` ({}), run as a runtime runs it (quantised matrices), on the same validation blocks.",
+                a.stats.name,
+                a.steps.join(" → ")
+            );
         }
         md
     }
