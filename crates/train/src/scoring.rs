@@ -31,16 +31,19 @@ pub fn argmaxes(rows: &[Vec<f32>]) -> Vec<u32> {
     rows.iter().map(|r| argmax(r) as u32).collect()
 }
 
+/// `log Σ exp(row)`, in f64, shifted by the maximum so it cannot overflow.
+fn log_sum_exp(row: &[f32]) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    max + row
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+}
+
 /// `−log softmax(row)[label]`, in f64.
 pub fn cross_entropy(row: &[f32], label: usize) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max
-        + row
-            .iter()
-            .map(|&x| (x as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
-    lse - row[label] as f64
+    log_sum_exp(row) - row[label] as f64
 }
 
 /// Mean [`cross_entropy`] of rows against their labels.
@@ -65,13 +68,7 @@ pub fn accuracy(rows: &[Vec<f32>], labels: &[u32]) -> f64 {
 
 /// `log softmax(row)`, in f64.
 fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max
-        + row
-            .iter()
-            .map(|&x| (x as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
+    let lse = log_sum_exp(row);
     row.iter().map(|&x| x as f64 - lse).collect()
 }
 
