@@ -266,6 +266,18 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
                 report.artifact = Some(a);
                 report.write(&run_dir, &outcome)?;
             }
+            if let Some(q) = report.teacher.val_ppl {
+                // The size-vs-quality plot again, with the teacher marked.
+                crate::report::compress::plot(
+                    &done.outcome,
+                    &done.out.join("compress.svg"),
+                    Some(&crate::report::compress::Reference {
+                        name: "teacher".into(),
+                        bytes: report.teacher.bytes_on_disk,
+                        quality: q,
+                    }),
+                )?;
+            }
             compression::append_to_report(&done, &run_dir)?;
             Some(done)
         }

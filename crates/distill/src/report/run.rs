@@ -221,6 +221,7 @@ impl RunReport {
             "step",
             "loss",
             &series,
+            false,
         )?;
         let val: Vec<(f64, f64)> = outcome
             .evals
@@ -238,6 +239,7 @@ impl RunReport {
             "step",
             "perplexity",
             &series,
+            true,
         )?;
         let write = |name: &str, data: &[u8]| -> Result<()> {
             let p = run_dir.join(name);
