@@ -847,8 +847,54 @@ fn compress_prunes_saves_and_exports_gguf_with_measured_quality() {
     assert!(e.contains("sparsity"), "{e}");
     let e = err(&["--gguf", gguf.to_str().unwrap(), "--quantize", "q3_xs"]);
     assert!(e.contains("q3_xs"), "{e}");
-    let e = err(&["--gguf", tmp.path().join("x.gguf").to_str().unwrap()]);
-    assert!(e.contains("--tokenizer-from"), "{e}");
+    // Without --tokenizer-from, the GGUF's tokenizer comes from the folder's tokenizer.json and
+    // tokenises as the folder does.
+    let own = tmp.path().join("own.gguf");
+    ok(&distill(
+        &[
+            "compress",
+            folder.to_str().unwrap(),
+            "--gguf",
+            own.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    let ids = |m: &Path| -> Vec<u32> {
+        serde_json::from_str(&ok(&distill(
+            &["tokenize", m.to_str().unwrap(), "ab ba abab", "--json"],
+            &[],
+        )))
+        .unwrap()
+    };
+    assert!(!ids(&folder).is_empty());
+    assert_eq!(ids(&own), ids(&folder));
+    // A tokenizer the GGUF writer cannot express is refused by name, and no file is left.
+    let wp = tmp.path().join("wordpiece");
+    std::fs::create_dir_all(&wp).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(folder.join(f), wp.join(f)).unwrap();
+    }
+    // A real WordPiece tokenizer: MiniLM's.
+    std::fs::copy(
+        common::minilm_dir().join("tokenizer.json"),
+        wp.join("tokenizer.json"),
+    )
+    .unwrap();
+    let o = distill(
+        &[
+            "compress",
+            wp.to_str().unwrap(),
+            "--gguf",
+            tmp.path().join("x.gguf").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("WordPiece") && e.contains("tokenizer.json"),
+        "{e}"
+    );
     assert!(!tmp.path().join("x.gguf").exists());
     let e = err(&["--ffn-neurons", "0"]);
     assert!(e.contains("zero"), "{e}");

@@ -12,6 +12,7 @@ use distill_models::ArchConfig;
 use crate::error::CompressError;
 use crate::ggml_quant::imatrix_file::Imatrix;
 use crate::gguf_export::{export_gguf, gguf_tensor_name, tokenizer_metadata, GgufExport, Search};
+use crate::gguf_tokenizer::tokenizer_metadata_from_folder;
 use crate::pass::Candidate;
 use crate::stored::write_model_folder;
 use crate::tensors::Stored;
@@ -99,17 +100,17 @@ impl Sink {
                         "quantize `{name}`: the GGUF exporter knows Llama-family decoders, not BERT classifiers; use `type: int8` (per-channel safetensors)"
                     ))),
                 };
-                let tok = o.gguf_tokenizer.ok_or_else(|| {
-                    CompressError::Unsupported(
-                        "GGUF export copies the tokenizer metadata of a GGUF teacher, and teacher.source is not a GGUF file".into(),
-                    )
-                })?;
+                // A GGUF teacher's own tokenizer keys; else built from the model's tokenizer.json.
+                let tokenizer = match o.gguf_tokenizer {
+                    Some(tok) => tokenizer_metadata(tok)?,
+                    None => tokenizer_metadata_from_folder(o.template, cfg.vocab_size)?,
+                };
                 let summary = export_gguf(
                     path,
                     &GgufExport {
                         config: cfg,
                         weights: &c.weights,
-                        tokenizer: tokenizer_metadata(tok)?,
+                        tokenizer,
                         qtype: *qtype,
                         name: path
                             .file_stem()

@@ -272,3 +272,38 @@ fn pre_encoded_blocks_give_the_file_the_exporter_would_write() {
     write(&b, Some(&stored));
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 }
+
+/// The real SmolLM2 tokenizer, as a student folder holds it (`tokenizer.json` and
+/// `tokenizer_config.json` written from the teacher's GGUF, as `save_hf` does), gives back the
+/// teacher GGUF's own `tokenizer.*` keys: the GGUF written for a student of a Hugging Face
+/// teacher carries the tokenizer llama.cpp's converter would have written.
+#[test]
+fn a_student_folder_tokenizer_gives_the_teachers_gguf_tokenizer_keys() {
+    let gguf = common::smollm2_gguf();
+    let file = distill_models::GgufFile::open(&gguf).unwrap();
+    let loaded = distill_teacher::tokenizer::tokenizer_from_gguf(&file).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    loaded
+        .tokenizer
+        .save(dir.path().join("tokenizer.json"), false)
+        .unwrap();
+    let token = |id: Option<u32>| id.and_then(|i| loaded.tokenizer.id_to_token(i));
+    let cfg = serde_json::json!({
+        "bos_token": token(loaded.info.bos_token_id),
+        "eos_token": token(loaded.info.eos_token_id),
+        "chat_template": loaded.chat_template,
+    });
+    std::fs::write(dir.path().join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let ours = distill_compress::tokenizer_metadata_from_folder(dir.path(), 49152).unwrap();
+    let theirs = tokenizer_metadata(&gguf).unwrap();
+    let show = |v: &gguf_file::Value| format!("{v:?}");
+    for (k, v) in &theirs {
+        // The original checkpoint's unk/pad tokens are not in a student folder's files.
+        if k.ends_with("unknown_token_id") || k.ends_with("padding_token_id") {
+            continue;
+        }
+        let ours = ours.get(k).unwrap_or_else(|| panic!("{k} missing"));
+        assert_eq!(show(ours), show(v), "{k}");
+    }
+    assert!(theirs.len() >= 10, "{:?}", theirs.keys());
+}

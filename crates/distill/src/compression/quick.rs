@@ -10,7 +10,10 @@ use distill_compress::pipeline::nonzero;
 use distill_compress::sparsity::{magnitude_prune, two_four_prune, PruneScope};
 use distill_compress::structured::{cut, Cut};
 use distill_compress::TensorMap;
-use distill_compress::{export_gguf, parse_qtype, tokenizer_metadata, Candidate, GgufExport};
+use distill_compress::{
+    export_gguf, parse_qtype, tokenizer_metadata, tokenizer_metadata_from_folder, Candidate,
+    GgufExport,
+};
 use distill_models::{ArchConfig, Llama, LlamaConfig};
 use distill_student::{save_hf, HfExport};
 use distill_teacher::{
@@ -251,20 +254,20 @@ pub fn quick_compress(model: &str, q: &QuickCompress) -> Result<QuickOutcome> {
     let mut fallbacks = vec![];
     if let Some(path) = &q.gguf {
         let qtype = parse_qtype(&q.quantize)?;
-        let tok_path = q
-            .tokenizer_from
-            .clone()
-            .or(match &resolved {
-                Resolved::Gguf(p) => Some(p.clone()),
-                Resolved::Folder(_) => None,
-            })
-            .ok_or_else(|| Error::Invalid("--tokenizer-from: a Hugging Face folder carries no GGUF tokenizer metadata; name the teacher's GGUF file".into()))?;
+        // `--tokenizer-from` or a GGUF model's own tokenizer keys; else built from the folder's
+        // tokenizer.json.
+        let tokenizer = match (&q.tokenizer_from, &resolved) {
+            (Some(p), _) | (None, Resolved::Gguf(p)) => tokenizer_metadata(p)?,
+            (None, Resolved::Folder(f)) => {
+                tokenizer_metadata_from_folder(&f.dir, llama(&c).vocab_size)?
+            }
+        };
         let summary = export_gguf(
             path,
             &GgufExport {
                 config: llama(&c),
                 weights: &c.weights,
-                tokenizer: tokenizer_metadata(&tok_path)?,
+                tokenizer,
                 qtype,
                 name: Path::new(model)
                     .file_name()
