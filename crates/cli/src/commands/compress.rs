@@ -42,7 +42,7 @@ pub struct Args {
     #[arg(long, default_value = "q8_0")]
     quantize: String,
     /// GGUF file whose tokenizer metadata the GGUF export carries (the teacher's). Default: the
-    /// model's own, when MODEL is a GGUF file.
+    /// model's own, when MODEL is a GGUF file; else built from the folder's tokenizer.json.
     #[arg(long)]
     tokenizer_from: Option<PathBuf>,
     /// Text to measure perplexity and speed on after each step.
