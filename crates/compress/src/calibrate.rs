@@ -200,29 +200,29 @@ fn token_rows(x: &Tensor, rows: Option<&Tensor>) -> candle_core::Result<Tensor> 
 
 /// The model a walk runs, one layer at a time.
 enum Walker {
-    Llama(Llama, distill_models::LlamaConfig),
-    Bert(Bert, distill_models::BertConfig),
+    Llama(Llama),
+    Bert(Bert),
 }
 
 impl Walker {
     fn load(c: &Candidate) -> Result<Self, CompressError> {
         Ok(match &c.arch {
-            ArchConfig::Llama(cfg) => Walker::Llama(Llama::load(cfg, &c.weights)?, cfg.clone()),
-            ArchConfig::Bert(cfg) => Walker::Bert(Bert::load(cfg, &c.weights)?, cfg.clone()),
+            ArchConfig::Llama(cfg) => Walker::Llama(Llama::load(cfg, &c.weights)?),
+            ArchConfig::Bert(cfg) => Walker::Bert(Bert::load(cfg, &c.weights)?),
         })
     }
 
     fn num_layers(&self) -> usize {
         match self {
-            Walker::Llama(m, _) => m.num_layers(),
-            Walker::Bert(m, _) => m.num_layers(),
+            Walker::Llama(m) => m.num_layers(),
+            Walker::Bert(m) => m.num_layers(),
         }
     }
 
     fn embed(&self, ids: &Tensor) -> Result<Tensor, CompressError> {
         Ok(match self {
-            Walker::Llama(m, _) => m.embed_ids(ids)?,
-            Walker::Bert(m, _) => m.embed_ids(ids)?,
+            Walker::Llama(m) => m.embed_ids(ids)?,
+            Walker::Bert(m) => m.embed_ids(ids)?,
         })
     }
 
@@ -233,8 +233,8 @@ impl Walker {
         observe: &mut dyn FnMut(LinearSite, &Tensor) -> candle_core::Result<()>,
     ) -> Result<Tensor, CompressError> {
         Ok(match self {
-            Walker::Llama(m, _) => m.layer_forward(l, &chunk.x, observe)?,
-            Walker::Bert(m, _) => m.layer_forward(l, &chunk.x, chunk.mask.as_ref(), observe)?,
+            Walker::Llama(m) => m.layer_forward(l, &chunk.x, observe)?,
+            Walker::Bert(m) => m.layer_forward(l, &chunk.x, chunk.mask.as_ref(), observe)?,
         })
     }
 
@@ -246,7 +246,7 @@ impl Walker {
                 .iter()
                 .map(|p| format!("model.layers.{l}.{p}.weight"))
                 .collect(),
-            Walker::Bert(m, _) => site
+            Walker::Bert(m) => site
                 .bert_projections()
                 .iter()
                 .map(|p| format!("{}encoder.layer.{l}.{p}.weight", m.prefix()))
@@ -283,7 +283,7 @@ fn chunks(walker: &Walker, tokens: &CalibrationTokens) -> Result<Vec<Chunk>, Com
         }
         CalibrationTokens::Examples(examples) => {
             let pad = match walker {
-                Walker::Bert(_, cfg) => cfg.pad_token_id as u32,
+                Walker::Bert(m) => m.config().pad_token_id as u32,
                 Walker::Llama(..) => 0,
             };
             // Similar lengths together, so little of a chunk is padding.
@@ -401,7 +401,7 @@ pub fn walk(
             "layer {l} calibrated"
         );
     }
-    let Walker::Llama(model, cfg) = &model else {
+    let Walker::Llama(model) = &model else {
         return Ok(Walked {
             labels,
             block_influence,
@@ -410,7 +410,7 @@ pub fn walk(
     let mut head: Option<SiteStats> = None;
     for chunk in &xs {
         let h = model.final_norm(&chunk.x)?;
-        let s = head.get_or_insert_with(|| SiteStats::new(cfg.hidden_size, collect));
+        let s = head.get_or_insert_with(|| SiteStats::new(model.config().hidden_size, collect));
         s.add(&h).map_err(terr("head input statistics".into()))?;
     }
     let head = head.expect("at least one calibration chunk");
