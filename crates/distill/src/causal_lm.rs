@@ -250,7 +250,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
         Some(c) => {
             // The teacher's top-1 tokens on the report's validation blocks, for the artifact's
             // agreement, before the teacher is let go to make room for compression.
-            let blocks = &valid.blocks[..report_blocks(&cfg.train, valid.len())];
+            let blocks = &valid.blocks[..cfg.train.eval_block_count(valid.len())];
             let teacher_top1 = teacher_lm
                 .map(|lm| top1_tokens(lm, blocks.iter().map(Vec::as_slice)))
                 .transpose()?;
@@ -291,14 +291,6 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
         student: Some(final_dir),
         compression,
     })
-}
-
-/// Validation blocks the learner's evaluations score (`train.eval_blocks`, 0 = all).
-fn report_blocks(train: &distill_train::Training, available: usize) -> usize {
-    match train.eval_blocks {
-        0 => available,
-        n => n.min(available),
-    }
 }
 
 /// The compress section's quality budget for the edge artifact: perplexity within 3% of the

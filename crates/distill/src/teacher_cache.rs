@@ -64,11 +64,7 @@ pub fn blocks_the_run_reads(
     let t = &cfg.train;
     let micro = t.total_steps(train.len().div_ceil(t.batch_size.max(1))) * t.grad_accum;
     let train_reads = blocks_read(train, t.seed, micro, t.batch_size);
-    let n = if t.eval_blocks == 0 {
-        valid.len()
-    } else {
-        t.eval_blocks.min(valid.len())
-    };
+    let n = t.eval_block_count(valid.len());
     (train_reads, (0..n).collect())
 }
 

@@ -252,6 +252,15 @@ impl TrainConfig {
 }
 
 impl Training {
+    /// How many of `available` validation blocks each evaluation scores (`eval_blocks`, 0 =
+    /// all): the first ones, so a report and a cache can score the same blocks.
+    pub fn eval_block_count(&self, available: usize) -> usize {
+        match self.eval_blocks {
+            0 => available,
+            n => n.min(available),
+        }
+    }
+
     fn validate(&self, section: &str) -> Result<(), ConfigError> {
         let err = |key: &str, msg: String| ConfigError {
             key: format!("{section}.{key}"),

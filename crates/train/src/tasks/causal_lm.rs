@@ -476,11 +476,7 @@ impl Task for CausalLm<'_> {
     }
 
     fn evaluate(&mut self) -> Result<Evaluation, TrainError> {
-        let n = if self.training.eval_blocks == 0 {
-            self.valid.len()
-        } else {
-            self.training.eval_blocks.min(self.valid.len())
-        };
+        let n = self.training.eval_block_count(self.valid.len());
         if let Some(cache) = self.cache {
             return self.evaluate_from_cache(cache, n);
         }
