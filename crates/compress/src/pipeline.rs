@@ -238,9 +238,19 @@ pub fn run(
 /// The smallest final artifact within 3% of the uncompressed perplexity (or 1 point of its
 /// accuracy).
 fn headline(rows: &[Row], lm: bool) -> Option<Row> {
+    smallest_within_budget(rows, lm, |_| true).cloned()
+}
+
+/// The smallest final artifact that `accept`s and stays within the headline's quality budget:
+/// 3% of the uncompressed perplexity, or 1 point of its accuracy (`rows[0]` is uncompressed).
+pub fn smallest_within_budget(
+    rows: &[Row],
+    lm: bool,
+    accept: impl Fn(&Row) -> bool,
+) -> Option<&Row> {
     let base = rows.first()?;
     rows.iter()
-        .filter(|r| r.artifact.is_some())
+        .filter(|r| r.artifact.is_some() && accept(r))
         .filter(|r| {
             if lm {
                 matches!((r.val_ppl, base.val_ppl), (Some(p), Some(b)) if p <= b * 1.03)
@@ -249,5 +259,4 @@ fn headline(rows: &[Row], lm: bool) -> Option<Row> {
             }
         })
         .min_by_key(|r| r.bytes)
-        .cloned()
 }

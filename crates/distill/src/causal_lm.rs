@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use candle_core::DType;
+use distill_compress::pipeline::{smallest_within_budget, Row};
 use distill_models::{LlamaConfig, Model, WeightSource};
 use distill_student::{build_student, save_hf, HfExport, InitConfig};
 use distill_teacher::{LoadedTokenizer, Teacher, TeacherFiles, TeacherSource};
@@ -17,6 +18,7 @@ use crate::data::build_data;
 use crate::error::{Context, Error, Result};
 use crate::job::RunConfig;
 use crate::options::RunOptions;
+use crate::report::compress::Reference;
 use crate::report::{ArtifactStats, ModelStats, RunReport};
 use crate::run_dir::prepare_run_dir;
 use crate::teacher_cache::{open_for_run, run_identity};
@@ -256,8 +258,13 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
                 .transpose()?;
             drop(side);
             let model = final_dir.display().to_string();
-            let prepared =
+            let mut prepared =
                 compression::for_causal_lm(&model, cfg, c.eval_blocks, c.calibration_blocks, opts)?;
+            prepared.teacher = report.teacher.val_ppl.map(|q| Reference {
+                name: "teacher".into(),
+                bytes: report.teacher.bytes_on_disk,
+                quality: q,
+            });
             let done = compression::run(&prepared, c, &run_dir.join("compressed"))?;
             drop(prepared);
             if let Some(a) =
@@ -265,18 +272,6 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
             {
                 report.artifact = Some(a);
                 report.write(&run_dir, &outcome)?;
-            }
-            if let Some(q) = report.teacher.val_ppl {
-                // The size-vs-quality plot again, with the teacher marked.
-                crate::report::compress::plot(
-                    &done.outcome,
-                    &done.out.join("compress.svg"),
-                    Some(&crate::report::compress::Reference {
-                        name: "teacher".into(),
-                        bytes: report.teacher.bytes_on_disk,
-                        quality: q,
-                    }),
-                )?;
             }
             compression::append_to_report(&done, &run_dir)?;
             Some(done)
@@ -293,14 +288,10 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
     })
 }
 
-/// The compress section's quality budget for the edge artifact: perplexity within 3% of the
-/// uncompressed student's (the headline's rule).
-const ARTIFACT_BUDGET: f64 = 1.03;
-
-/// The edge artifact of a compress section — its smallest GGUF file within the budget —
-/// measured as a runtime runs it (quantised matrices through QMatMul) on the report's
-/// validation `blocks`: perplexity, agreement with the teacher's `teacher_top1` tokens,
-/// scoring speed.
+/// The edge artifact of a compress section — its smallest GGUF file within the headline's
+/// quality budget — measured as a runtime runs it (quantised matrices through QMatMul) on the
+/// report's validation `blocks`: perplexity, agreement with the teacher's `teacher_top1`
+/// tokens, scoring speed.
 fn measure_artifact(
     c: &Compression,
     blocks: &[Vec<u32>],
@@ -308,23 +299,17 @@ fn measure_artifact(
     valid: &BlockSet,
     batch: usize,
 ) -> Result<Option<ArtifactStats>> {
-    let rows = &c.outcome.rows;
-    let base = rows
-        .first()
-        .and_then(|r| r.val_ppl)
-        .unwrap_or(f64::INFINITY);
-    let Some((row, path)) = rows
-        .iter()
-        .filter_map(|r| Some((r, r.artifact.as_deref().filter(|p| p.ends_with(".gguf"))?)))
-        .filter(|(r, _)| r.val_ppl.is_some_and(|p| p <= base * ARTIFACT_BUDGET))
-        .min_by_key(|(r, _)| r.bytes)
-    else {
+    let is_gguf = |r: &Row| r.artifact.as_deref().is_some_and(|p| p.ends_with(".gguf"));
+    let Some(row) = smallest_within_budget(&c.outcome.rows, true, is_gguf) else {
         tracing::warn!(
-            "no GGUF variant is within {:.0}% of the student's perplexity: the report has no artifact",
-            (ARTIFACT_BUDGET - 1.0) * 100.0
+            "no GGUF variant is within 3% of the student's perplexity: the report has no artifact"
         );
         return Ok(None);
     };
+    let path = row
+        .artifact
+        .as_deref()
+        .expect("a GGUF row has its artifact");
     let q = Teacher::load(
         &TeacherSource::Gguf(PathBuf::from(path)),
         &distill_teacher::LoadOptions {

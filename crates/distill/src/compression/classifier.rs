@@ -257,6 +257,7 @@ pub fn for_classification<'a>(
         base_config,
         dense_dtype: dtype,
         gguf_tokenizer: None,
+        teacher: None,
         evaluator: Box::new(ClsEvaluator {
             reference: head().logits(&base, &valid)?.0,
             head: head(),

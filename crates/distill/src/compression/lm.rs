@@ -216,6 +216,7 @@ pub fn for_causal_lm<'a>(
         base_config: read_config_json(&folder.config_path)?,
         dense_dtype: DType::F32,
         gguf_tokenizer,
+        teacher: None,
         evaluator: Box::new(evaluator),
         trainer: Box::new(LmTrainer {
             train,

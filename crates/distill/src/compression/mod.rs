@@ -45,6 +45,8 @@ pub struct Prepared<'a> {
     pub dense_dtype: DType,
     /// A GGUF file whose tokenizer metadata GGUF artifacts carry (a GGUF teacher's).
     pub gguf_tokenizer: Option<PathBuf>,
+    /// The teacher, marked on the size-vs-quality plot (set by a run that has one measured).
+    pub teacher: Option<render::Reference>,
     pub evaluator: Box<dyn Evaluator + 'a>,
     pub trainer: Box<dyn Trainer + 'a>,
     pub defaults: Defaults,
@@ -90,7 +92,7 @@ pub fn run(p: &Prepared, cfg: &CompressConfig, out: &Path) -> Result<Compression
         &p.defaults,
         out,
     )?;
-    render::write(&outcome, out)?;
+    render::write(&outcome, out, p.teacher.as_ref())?;
     Ok(Compression {
         out: out.to_path_buf(),
         outcome,

@@ -74,8 +74,9 @@ pub fn headline_text(o: &Outcome) -> String {
     }
 }
 
-/// Writes `compress.md`, `compress.json` and `compress.svg` into `out`.
-pub fn write(o: &Outcome, out: &Path) -> Result<()> {
+/// Writes `compress.md`, `compress.json` and `compress.svg` (with `teacher` marked, when given)
+/// into `out`.
+pub fn write(o: &Outcome, out: &Path, teacher: Option<&Reference>) -> Result<()> {
     let mut md = format!("# Compression of {}\n\n{}\n\n", o.model, headline_text(o));
     md.push_str(&table(o));
     md.push_str("\n![size vs quality](compress.svg)\n\nNotes:\n");
@@ -99,7 +100,7 @@ pub fn write(o: &Outcome, out: &Path) -> Result<()> {
             .expect("an outcome serialises")
             .as_bytes(),
     )?;
-    plot(o, &out.join("compress.svg"), None)
+    plot(o, &out.join("compress.svg"), teacher)
 }
 
 /// A model the size/quality plot marks besides the variants: the run's teacher.
@@ -137,7 +138,7 @@ fn pareto(points: &[Point], lower_is_better: bool) -> Vec<Point> {
 /// variant's final artifact as a numbered point (the key beside the chart names them, so labels
 /// never overlap; points that coincide share one label), the Pareto frontier as a line, the
 /// uncompressed model and, when given, the teacher as their own markers.
-pub fn plot(o: &Outcome, path: &Path, teacher: Option<&Reference>) -> Result<()> {
+fn plot(o: &Outcome, path: &Path, teacher: Option<&Reference>) -> Result<()> {
     let lm = o.is_causal_lm();
     let q_of = |r: &Row| r.val_ppl.or(r.acc.map(|a| a * 100.0));
     let Some(base) = o.rows.first().and_then(|r| {
