@@ -19,15 +19,8 @@ use serde_json::Value as Json;
 
 use crate::error::CompressError;
 
-/// llama.cpp's token types.
-const NORMAL: i32 = 1;
-const CONTROL: i32 = 3;
-const USER_DEFINED: i32 = 4;
-const UNUSED: i32 = 5;
-
-/// Split patterns llama.cpp names (the `tokenizer.json` pattern of Llama 3 and Qwen2).
-const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+use distill_models::gguf_vocab::token_type::{CONTROL, NORMAL, UNUSED, USER_DEFINED};
+use distill_models::gguf_vocab::{LLAMA3_SPLIT_REGEX, QWEN2_SPLIT_REGEX};
 
 /// The `tokenizer.*` GGUF keys of the model folder `dir`, for a vocabulary of `vocab_size`
 /// (the model's embedding rows; the tokenizer may hold fewer).
@@ -201,8 +194,8 @@ fn pre_tokenizer_name(p: &Json) -> Result<&'static str, String> {
         [d, b] if d["type"] == "Digits" && d["individual_digits"] == true && byte_level(b) => {
             Ok("smollm")
         }
-        [s, b] if split(s, LLAMA3_REGEX) && byte_level(b) => Ok("llama-bpe"),
-        [s, b] if split(s, QWEN2_REGEX) && byte_level(b) => Ok("qwen2"),
+        [s, b] if split(s, LLAMA3_SPLIT_REGEX) && byte_level(b) => Ok("llama-bpe"),
+        [s, b] if split(s, QWEN2_SPLIT_REGEX) && byte_level(b) => Ok("qwen2"),
         _ => Err(format!(
             "pre_tokenizer {p} is not one llama.cpp names (supported: GPT-2 byte-level, digits then byte-level as SmolLM, Llama 3's and Qwen2's split patterns)"
         )),

@@ -17,6 +17,7 @@ pub mod error;
 pub mod files;
 pub mod ggml_cpu;
 pub mod gguf;
+pub mod gguf_vocab;
 pub mod llama;
 pub mod model;
 pub mod nn;

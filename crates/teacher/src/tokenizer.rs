@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use distill_models::gguf_vocab::token_type::{CONTROL, UNKNOWN, USER_DEFINED};
+use distill_models::gguf_vocab::{LLAMA3_SPLIT_REGEX, QWEN2_SPLIT_REGEX};
 use distill_models::GgufFile;
 use serde::Serialize;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -159,8 +161,6 @@ const DIGITS_THEN_GPT2: &[&str] = &[
 ];
 /// llama.cpp pre-tokenizers that split like GPT-2.
 const GPT2: &[&str] = &["gpt2", "default", "gpt-2"];
-const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Every `tokenizer.ggml.pre` value this crate reproduces.
 pub fn supported_gguf_pre_tokenizers() -> Vec<&'static str> {
@@ -168,11 +168,6 @@ pub fn supported_gguf_pre_tokenizers() -> Vec<&'static str> {
     v.extend(["llama3", "llama-bpe", "qwen2"]);
     v
 }
-
-/// GGUF token types (llama.cpp's `llama_token_type`).
-const TOKEN_TYPE_UNKNOWN: i64 = 2;
-const TOKEN_TYPE_CONTROL: i64 = 3;
-const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
 /// Rebuilds the tokenizer stored in a GGUF file's metadata.
 ///
@@ -260,13 +255,13 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<LoadedTokenizer> {
         ByteLevel::new(false, true, true).into()
     } else if llama3_like {
         Sequence::new(vec![
-            split(LLAMA3_REGEX)?,
+            split(LLAMA3_SPLIT_REGEX)?,
             ByteLevel::new(false, true, false).into(),
         ])
         .into()
     } else if pre == "qwen2" {
         Sequence::new(vec![
-            split(QWEN2_REGEX)?,
+            split(QWEN2_SPLIT_REGEX)?,
             ByteLevel::new(false, true, false).into(),
         ])
         .into()
@@ -284,13 +279,8 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<LoadedTokenizer> {
     let added: Vec<AddedToken> = tokens
         .iter()
         .zip(&types)
-        .filter(|(_, t)| {
-            matches!(
-                **t,
-                TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED | TOKEN_TYPE_UNKNOWN
-            )
-        })
-        .map(|(tok, t)| AddedToken::from(tok.to_string(), *t != TOKEN_TYPE_USER_DEFINED))
+        .filter(|(_, &t)| [CONTROL, USER_DEFINED, UNKNOWN].map(i64::from).contains(&t))
+        .map(|(tok, &t)| AddedToken::from(tok.to_string(), t != i64::from(USER_DEFINED)))
         .collect();
     tokenizer
         .add_special_tokens(added)
