@@ -36,42 +36,37 @@ for s in "${strings[@]}"; do
   echo >> "$tmp/ours-tokens.jsonl"
 done
 printf '%s\0' "${strings[@]}" > "$tmp/strings.bin"
+# Logits (and key reading, generation) by the shared interop check; tokenisation below.
+"$py" scripts/interop-llamacpp.py "$tmp/model.gguf" "$tmp/ours.safetensors" > "$tmp/interop.json"
 "$py" - "$tmp" "$model" <<'PY'
 import json, sys, datetime, subprocess
-import numpy as np
-from importlib.metadata import version
-import llama_cpp
 from llama_cpp import Llama
-from safetensors.numpy import load_file
 tmp, model = sys.argv[1], sys.argv[2]
 strings = open(f"{tmp}/strings.bin", "rb").read().decode().split("\0")[:-1]
 ours = [json.loads(l) for l in open(f"{tmp}/ours-tokens.jsonl") if l.strip()]
-llm = Llama(model_path=f"{tmp}/model.gguf", n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2,
-            logits_all=True, seed=0, n_gpu_layers=0, flash_attn=False,
-            type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32, verbose=False)
+interop = json.load(open(f"{tmp}/interop.json"))
+m = interop["models"][0]
+vocab = Llama(model_path=f"{tmp}/model.gguf", vocab_only=True, verbose=False)
 tok = []
 for s, o in zip(strings, ours):
-    theirs = llm.tokenize(s.encode(), add_bos=False, special=True)
+    theirs = vocab.tokenize(s.encode(), add_bos=False, special=True)
     tok.append({"text": s, "same": theirs == o, "distill": o, "llama_cpp": theirs})
-saved = load_file(f"{tmp}/ours.safetensors")
-ids = saved["ids"].astype(np.int64).tolist()
-llm.reset(); llm.eval(ids)
-ref = np.array(llm.scores[: len(ids)], dtype=np.float32)
-got = saved["logits"].astype(np.float32)
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
 doc = {"script": "scripts/check-interop-hf-gguf.sh", "model": model, "commit": commit,
-       "date": datetime.date.today().isoformat(), "llama_cpp_python": version("llama-cpp-python"),
-       "tokenisation": tok, "positions": len(ids),
-       "max_abs_logit_diff": float(np.abs(ref - got).max()),
-       "top1_agreement": float(np.mean(ref.argmax(1) == got.argmax(1)))}
+       "date": datetime.date.today().isoformat(), "cpu": cpu,
+       "llama_cpp_python": interop["llama_cpp_python"], "tokenisation": tok,
+       "positions": m["positions"], "max_abs_logit_diff": m["max_abs_logit_diff"],
+       "top1_agreement": m["top1_agreement"], "tokenizer_pre": m["tokenizer_pre"],
+       "generated": m["generated"]}
 json.dump(doc, open("docs/results/interop-hf-gguf.json", "w"), indent=2, ensure_ascii=False)
 rows = "\n".join(f"| {json.dumps(t['text'], ensure_ascii=False)[:60]} | {len(t['distill'])} | {'same' if t['same'] else 'DIFFERENT'} |" for t in tok)
 md = f"""# A Hugging Face folder exported to GGUF, in llama.cpp
 
 `distill compress {model} --gguf model.gguf --quantize f32`, with no GGUF tokenizer source: the
-`tokenizer.ggml.*` keys are built from the folder's `tokenizer.json` and `tokenizer_config.json`.
-llama.cpp (llama-cpp-python {doc['llama_cpp_python']}) loads the file; produced by
-`scripts/check-interop-hf-gguf.sh` on {doc['date']} (commit {commit}).
+`tokenizer.ggml.*` keys are built from the folder's `tokenizer.json` and `tokenizer_config.json`
+(pre-tokenizer `{doc['tokenizer_pre']}`). llama.cpp (llama-cpp-python {doc['llama_cpp_python']}) loads the file;
+produced by `scripts/check-interop-hf-gguf.sh` on {doc['date']} (commit {commit}) on {cpu}.
 
 Tokenisation, llama.cpp (`tokenize(special=True)`, no BOS) against `distill tokenize` on the folder:
 
@@ -79,9 +74,10 @@ Tokenisation, llama.cpp (`tokenize(special=True)`, no BOS) against `distill toke
 |---|---:|---|
 {rows}
 
-Logits on the first {len(ids)} tokens of Moby Dick chapter 2, llama.cpp against `distill eval --ggml`
+Logits on the first {doc['positions']} tokens of Moby Dick chapter 2, llama.cpp against `distill eval --ggml`
 on the same file: max abs difference {doc['max_abs_logit_diff']:.3g}, top-1 agreement
-{100 * doc['top1_agreement']:.1f}%.
+{100 * doc['top1_agreement']:.1f}%. llama.cpp's greedy continuation of "{interop['prompt']}":
+{json.dumps(doc['generated'], ensure_ascii=False)}.
 """
 open("docs/results/interop-hf-gguf.md", "w").write(md)
 print(md)
