@@ -1204,3 +1204,129 @@ fn classification_run_compresses_the_student() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("Llama-family") && e.contains("int8"), "{e}");
 }
+
+/// A student of the real SmolLM2 teacher with its vocabulary trimmed to ten Moby Dick chapters:
+/// the exported tokenizer splits the training text exactly as the teacher's does (the same
+/// token strings), the weights have the kept rows only, and the GGUF artifact carries the
+/// trimmed vocabulary and tokenises like the folder. Bad `keep` entries are refused by name.
+#[test]
+fn run_trims_the_vocabulary_to_the_corpus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = common::smollm2_gguf();
+    let data = common::asset("moby-dick");
+    let config = tmp.path().join("run.yaml");
+    let yaml = |keep: &str| {
+        format!(
+            "teacher: {{source: {teacher}, gguf_weights: dequantized}}
+data:
+  source: {{kind: folder, path: {data}, pattern: 'chapter_1?.txt'}}
+  block_size: 64
+  validation_fraction: 0.2
+student:
+  layers: 1
+  hidden: 192
+  init: {{kind: from_teacher}}
+  vocab: {{trim: corpus, keep: [{keep}]}}
+distill: {{alpha: 0.5, temperature: 1.0}}
+train: {{steps: 2, batch_size: 2, lr: 0.001, eval_every: 2, eval_blocks: 2, checkpoint_every: 2}}
+output: {{dir: {runs}, name: trimmed}}
+compress:
+  eval_blocks: 2
+  variants:
+    - name: q8
+      steps: [{{step: quantize, type: q8_0}}]
+",
+            teacher = gguf.display(),
+            data = data.display(),
+            runs = tmp.path().join("runs").display(),
+        )
+    };
+    std::fs::write(&config, yaml("'Queequeg', 'Ġwhale'")).unwrap();
+    let o = distill(&["run", config.to_str().unwrap()], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("student.vocab.keep")
+            && err.contains("`Queequeg` is not a token"),
+        "{err}"
+    );
+
+    std::fs::write(&config, yaml("' Queequeg', 'Ġwhale'")).unwrap();
+    let o = distill(&["run", config.to_str().unwrap(), "--overwrite"], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("` Queequeg` is not a token"),
+        "{err}"
+    );
+
+    std::fs::write(&config, yaml("'Ġelectricity', ' submarine'")).unwrap();
+    ok(&distill(
+        &["run", config.to_str().unwrap(), "--overwrite"],
+        &[],
+    ));
+    let run = tmp.path().join("runs/trimmed");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    let v = &report["vocab"];
+    let kept = v["kept"].as_u64().unwrap() as usize;
+    assert_eq!(v["full"], 49152);
+    assert!(kept > 1000 && kept < 20000, "{v}");
+    assert_eq!(v["corpus_tokenisation_exact"], true);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("final/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["vocab_size"].as_u64().unwrap() as usize, kept);
+    assert_eq!(
+        report["student"]["embedding_parameters"].as_u64().unwrap() as usize,
+        kept * 192
+    );
+
+    // The same token strings as the teacher's, on training text and on a chat turn.
+    let teacher = distill_models::GgufFile::open(&gguf).unwrap();
+    let teacher_tokens = teacher.get_strings("tokenizer.ggml.tokens").unwrap();
+    let trimmed = tokenizers::Tokenizer::from_file(run.join("final/tokenizer.json")).unwrap();
+    assert_eq!(trimmed.get_vocab_size(true), kept);
+    for listed in ["Ġelectricity", "Ġsubmarine"] {
+        assert!(trimmed.token_to_id(listed).is_some(), "{listed}");
+    }
+    let split: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
+    assert_eq!(split["validation"].as_array().unwrap().len(), 2, "{split}");
+    let chapter = std::fs::read_to_string(split["train"][0].as_str().unwrap()).unwrap();
+    let head: String = chapter.chars().take(1500).collect();
+    let texts = [
+        head.clone(),
+        format!("<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+            "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+            head.chars().take(200).collect::<String>()),
+    ];
+    let ids = |model: &Path, text: &str| -> Vec<u32> {
+        serde_json::from_str(&ok(&distill(
+            &["tokenize", model.to_str().unwrap(), text, "--json"],
+            &[],
+        )))
+        .unwrap()
+    };
+    let artifact = run.join("compressed/q8.gguf");
+    for text in &texts {
+        let full: Vec<&str> = ids(&gguf, text)
+            .iter()
+            .map(|&i| teacher_tokens[i as usize])
+            .collect();
+        let ours = ids(&run.join("final"), text);
+        let strings: Vec<String> = ours
+            .iter()
+            .map(|&i| trimmed.id_to_token(i).unwrap())
+            .collect();
+        assert_eq!(strings, full, "{text:?}");
+        assert!(ours.iter().all(|&i| (i as usize) < kept));
+        // The artifact's GGUF tokenizer is the trimmed one.
+        assert_eq!(ids(&artifact, text), ours, "{text:?}");
+    }
+    let art = distill_models::GgufFile::open(&artifact).unwrap();
+    assert_eq!(
+        art.get_strings("tokenizer.ggml.tokens").unwrap().len(),
+        kept
+    );
+    assert_eq!(art.get_usize("llama.vocab_size").unwrap(), kept);
+}

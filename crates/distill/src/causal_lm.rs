@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use candle_core::DType;
 use distill_compress::pipeline::{smallest_within_budget, Row};
 use distill_models::{LlamaConfig, Model, WeightSource};
+use distill_student::vocab::{RestrictedModel, RowSelectedWeights};
 use distill_student::{build_student, save_hf, HfExport, InitConfig};
 use distill_teacher::{LoadedTokenizer, Teacher, TeacherFiles, TeacherSource};
 use distill_train::data::BlockSet;
@@ -14,7 +15,7 @@ use distill_train::tasks::CausalLm;
 use distill_train::Learner;
 
 use crate::compression::{self, Compression};
-use crate::data::build_data;
+use crate::data::{build_data_from, split_run_documents, write_split};
 use crate::error::{Context, Error, Result};
 use crate::job::RunConfig;
 use crate::options::RunOptions;
@@ -22,6 +23,7 @@ use crate::report::compress::Reference;
 use crate::report::{ArtifactStats, ModelStats, RunReport};
 use crate::run_dir::prepare_run_dir;
 use crate::teacher_cache::{open_for_run, run_identity};
+use crate::vocab::trim_for_run;
 
 /// The teacher of a run: loaded and run online, or only its files (tokenizer, config, weights
 /// for initialisation) when its outputs come from a cache.
@@ -98,9 +100,31 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
         TeacherSide::Online(Teacher::load(&source, &load)?)
     };
     let teacher_cfg = side.config()?.clone();
-    let tokenizer = side.tokenizer();
+    let split = split_run_documents(cfg)?;
+    write_split(cfg, &split, &run_dir.join("split.json"))?;
+    let vocab = match &cfg.student.vocab {
+        Some(_) if cfg.teacher.cache.is_some() => {
+            return Err(Error::Invalid(
+                "student.vocab: a trimmed vocabulary cannot train from teacher.cache (the cache holds the full vocabulary's top-k); drop one of them".into(),
+            ))
+        }
+        Some(v) => Some(trim_for_run(&split, v, side.tokenizer(), teacher_cfg.vocab_size)?),
+        None => None,
+    };
+    let tokenizer = vocab.as_ref().map_or(side.tokenizer(), |v| &v.tokenizer);
+    // The teacher as the student sees it: over the trimmed vocabulary, when there is one.
+    let view_cfg = match &vocab {
+        Some(v) => LlamaConfig {
+            vocab_size: v.trim.len(),
+            bos_token_id: tokenizer.info.bos_token_id.map(Into::into),
+            eos_token_id: tokenizer.info.eos_token_id.map(Into::into),
+            ..teacher_cfg.clone()
+        },
+        None => teacher_cfg.clone(),
+    };
 
-    let (train, valid) = build_data(cfg, tokenizer, teacher_cfg.vocab_size)?;
+    let (train, valid) = build_data_from(cfg, &split, tokenizer, view_cfg.vocab_size)?;
+    drop(split);
     tracing::info!(
         train_blocks = train.len(),
         validation_blocks = valid.len(),
@@ -126,6 +150,19 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
         InitConfig::FromTeacher { .. } if !opts.resume => Some(side.dense_weights(DType::F32)?),
         _ => None,
     };
+    let rows = match (&vocab, &dense) {
+        (Some(v), Some(d)) => Some(RowSelectedWeights::new(
+            d.as_ref(),
+            &v.trim.kept,
+            teacher_cfg.vocab_size,
+            &["model.embed_tokens.weight", "lm_head.weight"],
+        )?),
+        _ => None,
+    };
+    let init_source: Option<&dyn WeightSource> = match &rows {
+        Some(r) => Some(r),
+        None => dense.as_deref(),
+    };
     let spec = if opts.resume {
         // The checkpoint holds the weights; only the shape matters here.
         distill_student::StudentConfig {
@@ -135,13 +172,13 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
     } else {
         cfg.student.clone()
     };
-    let student =
-        build_student(&teacher_cfg, dense.as_deref(), &spec, &device).context("student")?;
+    let student = build_student(&view_cfg, init_source, &spec, &device).context("student")?;
+    drop(rows);
     drop(dense);
-    if student.config.vocab_size != teacher_cfg.vocab_size {
+    if student.config.vocab_size != view_cfg.vocab_size {
         return Err(Error::Invalid(format!(
             "student vocabulary ({}) differs from the teacher's ({}); a vocabulary mapping is not supported",
-            student.config.vocab_size, teacher_cfg.vocab_size
+            student.config.vocab_size, view_cfg.vocab_size
         )));
     }
     tracing::info!(
@@ -151,7 +188,14 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
         "student"
     );
 
-    let teacher_lm = side.model()?;
+    let restricted = match (&vocab, side.model()?) {
+        (Some(v), Some(m)) => Some(RestrictedModel::new(m, &v.trim.kept)?),
+        _ => None,
+    };
+    let teacher_lm: Option<&dyn Model> = match &restricted {
+        Some(r) => Some(r),
+        None => side.model()?,
+    };
     let mut task = match &cache {
         Some(cache) => CausalLm::from_cache(
             &student.model,
@@ -246,6 +290,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
         alpha: cfg.distill.alpha,
         temperature: cfg.distill.temperature,
         artifact: None,
+        vocab: vocab.as_ref().map(|v| v.stats.clone()),
     };
     report.write(&run_dir, &outcome)?;
     let compression = match &cfg.compress {
@@ -256,6 +301,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
             let teacher_top1 = teacher_lm
                 .map(|lm| top1_tokens(lm, blocks.iter().map(Vec::as_slice)))
                 .transpose()?;
+            drop(restricted);
             drop(side);
             let model = final_dir.display().to_string();
             let mut prepared =

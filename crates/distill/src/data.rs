@@ -2,10 +2,16 @@
 //! blocks, for training and for compressing what it trained.
 
 use distill_teacher::LoadedTokenizer;
-use distill_train::data::{load_documents, pack_blocks, split_documents, BlockSet};
+use distill_train::data::{load_documents, pack_blocks, split_documents, BlockSet, Split};
 
 use crate::error::{Context, Error, Result};
 use crate::job::RunConfig;
+
+/// The run's documents, split by whole documents into training and validation.
+pub fn split_run_documents(cfg: &RunConfig) -> Result<Split> {
+    let docs = load_documents(&cfg.data.source).context("data.source")?;
+    split_documents(docs, cfg.data.validation_fraction, cfg.data.seed).context("data")
+}
 
 /// Documents → split by whole documents → tokenised and packed blocks.
 pub fn build_data(
@@ -13,9 +19,34 @@ pub fn build_data(
     tokenizer: &LoadedTokenizer,
     vocab: usize,
 ) -> Result<(BlockSet, BlockSet)> {
-    let docs = load_documents(&cfg.data.source).context("data.source")?;
-    let split =
-        split_documents(docs, cfg.data.validation_fraction, cfg.data.seed).context("data")?;
+    build_data_from(cfg, &split_run_documents(cfg)?, tokenizer, vocab)
+}
+
+/// Writes which documents trained and which validated (`split.json`, by document id).
+pub fn write_split(cfg: &RunConfig, split: &Split, path: &std::path::Path) -> Result<()> {
+    let ids =
+        |d: &[distill_train::data::Document]| d.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
+    let json = serde_json::json!({
+        "seed": cfg.data.seed,
+        "train": ids(&split.train),
+        "validation": ids(&split.validation),
+    });
+    distill_train::checkpoint::write_atomic(
+        path,
+        serde_json::to_string_pretty(&json)
+            .expect("JSON")
+            .as_bytes(),
+    )
+    .map_err(crate::error::io(path))
+}
+
+/// A split's documents → tokenised and packed blocks.
+pub fn build_data_from(
+    cfg: &RunConfig,
+    split: &Split,
+    tokenizer: &LoadedTokenizer,
+    vocab: usize,
+) -> Result<(BlockSet, BlockSet)> {
     let tok = &tokenizer.tokenizer;
     let sep = match &cfg.data.separator_token {
         Some(t) => tok.token_to_id(t).ok_or_else(|| {

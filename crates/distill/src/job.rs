@@ -203,6 +203,13 @@ impl ClassifyConfig {
             self.train.check_layers("train", layers)?;
         }
         self.distill.validate()?;
+        if self.student.vocab.is_some() {
+            return Err(ConfigError {
+                key: "student.vocab".into(),
+                msg: "vocabulary trimming is for causal-LM runs; a classifier keeps its encoder's vocabulary".into(),
+            }
+            .into());
+        }
         self.export_dtype()?;
         if let Some(c) = &self.compress {
             c.plans(&Defaults::classification())?;
@@ -283,6 +290,48 @@ data:
 train: {steps: 10}
 output: {name: x}
 ";
+
+    /// The trimmed quickstart is the quickstart plus `student.vocab`: a comparison of the two
+    /// measures trimming alone.
+    #[test]
+    fn the_trimmed_quickstart_differs_from_the_quickstart_only_in_its_vocabulary() {
+        let read = |name: &str| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../configs")
+                .join(name);
+            parse(&std::fs::read_to_string(&path).unwrap()).unwrap()
+        };
+        let full = read("quickstart.yaml");
+        let mut trimmed = read("quickstart-trimmed.yaml");
+        assert!(full.student.vocab.is_none());
+        let v = trimmed.student.vocab.take().expect("student.vocab");
+        assert_eq!((v.min_count, v.keep.len()), (1, 0));
+        assert_eq!(trimmed.output.name, "quickstart-trimmed");
+        trimmed.output.name = full.output.name.clone();
+        assert_eq!(trimmed, full);
+    }
+
+    #[test]
+    fn classification_refuses_a_trimmed_vocabulary() {
+        let e = parse_job(
+            "task: classification
+teacher: {source: minilm}
+data:
+  source: {kind: class_folders, path: /tmp, classes: {a: x, b: y}}
+  labels: [x, y]
+student: {layers: 2, vocab: {trim: corpus}}
+train: {steps: 10, lr: 1.0e-4}
+output: {name: x}
+",
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("student.vocab") && e.contains("causal-LM"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {

@@ -44,6 +44,7 @@ mod options;
 pub mod report;
 mod run_dir;
 pub mod teacher_cache;
+pub mod vocab;
 
 pub use distill_train::{EvalRecord, Event, Observer, Silent, StepRecord, StopFlag};
 pub use error::{Context, Error, Result};

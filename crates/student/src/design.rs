@@ -27,6 +27,9 @@ pub struct StudentConfig {
     pub kv_heads: Option<usize>,
     #[serde(default)]
     pub init: InitConfig,
+    /// A vocabulary trimmed to the training corpus (causal-LM runs); unset: the teacher's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab: Option<crate::vocab::VocabConfig>,
 }
 
 /// Where the student's weights start.

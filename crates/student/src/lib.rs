@@ -15,6 +15,7 @@ mod error;
 mod init;
 mod llama;
 mod save;
+pub mod vocab;
 
 pub use bert::{
     bert_classifier_shapes, build_bert_student, derive_bert_config, save_bert_classifier,
@@ -25,3 +26,4 @@ pub use error::StudentError;
 pub use init::{evenly_spaced_layers, Student};
 pub use llama::{build_student, LlamaStudent};
 pub use save::{save_hf, HfExport};
+pub use vocab::{VocabConfig, VocabTrim};

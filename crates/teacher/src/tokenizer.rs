@@ -74,6 +74,26 @@ impl LoadedTokenizer {
     }
 }
 
+impl LoadedTokenizer {
+    /// This tokenizer's facts carried over to `tokenizer`, a trimmed copy of it whose ids are
+    /// `new_id(old)` (special tokens, BOS and EOS renumbered; the chat template is text and
+    /// stays as it is).
+    pub fn restricted(&self, tokenizer: Tokenizer, new_id: impl Fn(u32) -> Option<u32>) -> Self {
+        let info = TokenizerInfo {
+            vocab_size: tokenizer.get_vocab_size(true),
+            special_tokens: special_tokens(&tokenizer),
+            bos_token_id: self.info.bos_token_id.and_then(&new_id),
+            eos_token_id: self.info.eos_token_id.and_then(&new_id),
+            ..self.info.clone()
+        };
+        Self {
+            tokenizer,
+            info,
+            chat_template: self.chat_template.clone(),
+        }
+    }
+}
+
 fn model_kind(t: &Tokenizer) -> &'static str {
     match t.get_model() {
         ModelWrapper::BPE(_) => "BPE",

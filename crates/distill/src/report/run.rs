@@ -53,6 +53,9 @@ pub struct RunReport {
     pub temperature: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub artifact: Option<ArtifactStats>,
+    /// The student's vocabulary, when trimmed to the corpus.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vocab: Option<crate::vocab::VocabStats>,
 }
 
 fn millions(n: usize) -> String {
@@ -181,6 +184,29 @@ impl RunReport {
             let _ = writeln!(
                 md,
                 "\nStudent layers were initialised from teacher layers {l:?}."
+            );
+        }
+        if let Some(v) = &self.vocab {
+            let _ = writeln!(
+                md,
+                "\nVocabulary trimmed to the training documents: {} of {} ids kept ({} used by the corpus's {} tokens at least {} time(s), {} special, {} bytes, {} for the chat template, {} listed, {} merge intermediates); {} of {} merges kept.{}",
+                v.kept,
+                v.full,
+                v.kept_for.corpus,
+                v.corpus_tokens,
+                v.min_count,
+                v.kept_for.special,
+                v.kept_for.bytes,
+                v.kept_for.template,
+                v.kept_for.listed,
+                v.kept_for.merges,
+                v.merges_after,
+                v.merges_before,
+                if v.corpus_tokenisation_exact {
+                    " The trimmed tokenizer splits every training document exactly as the full one; the teacher's distribution is renormalised over the kept ids, and its perplexity here is over them."
+                } else {
+                    ""
+                }
             );
         }
         md.push_str(
