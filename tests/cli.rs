@@ -1330,3 +1330,99 @@ compress:
     );
     assert_eq!(art.get_usize("llama.vocab_size").unwrap(), kept);
 }
+
+/// `distill auto` on a trained tiny student: a structural prefix healed and measured, the
+/// frontier screened, a GGUF written within the budget in no more measurements than allowed;
+/// an unmeetable budget returns the closest candidate and says so; bad budgets, targets and a
+/// missing student are refused by name.
+#[test]
+fn auto_finds_a_small_artifact_within_the_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_run_setup(
+        tmp.path(),
+        2,
+        "auto:
+  max_evaluations: 6
+  types: [q8_0, q4_0]
+  embeddings: [q8_0, q4_0]
+  calibration_blocks: 4
+  eval_blocks: 4
+  structure:
+    - name: ffn-32-healed
+      steps: [{step: prune, ffn_neurons: 32}, {step: heal, steps: 2, lr: 0.001}]
+",
+    );
+    let c = config.to_str().unwrap();
+    let o = distill(&["auto", c, "--budget", "ppl:+50%"], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no trained student"),
+        "{err}"
+    );
+    ok(&distill(&["run", c], &[]));
+    for (args, want) in [
+        (vec!["--budget", "ppl:5"], "--budget"),
+        (vec!["--budget", "bleu:+1%"], "unknown metric `bleu`"),
+        (
+            vec!["--budget", "ppl:+5%", "--target", "latency:3ms"],
+            "unknown target unit `latency`",
+        ),
+    ] {
+        let mut a = vec!["auto", c];
+        a.extend(args);
+        let o = distill(&a, &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{want}: {err}");
+    }
+
+    let v: serde_json::Value = serde_json::from_str(&ok(&distill(
+        &["auto", c, "--budget", "ppl:+50%", "--json"],
+        &[],
+    )))
+    .unwrap();
+    assert_eq!(v["met"], true, "{v}");
+    let evaluations = v["evaluations"].as_u64().unwrap();
+    assert!((3..=6).contains(&evaluations), "{v}");
+    assert!(v["proxy_evaluations"].as_u64().unwrap() >= 1);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows[0]["variant"], "uncompressed");
+    assert_eq!(rows[1]["variant"], "ffn-32-healed", "{v}");
+    let best = &v["best"];
+    let path = best["artifact"].as_str().unwrap();
+    assert!(path.ends_with("auto/auto.gguf") && Path::new(path).exists());
+    assert!(best["val_ppl"].as_f64().unwrap() <= v["limit"].as_f64().unwrap());
+    assert!(best["bytes"].as_u64().unwrap() < rows[0]["bytes"].as_u64().unwrap() / 2);
+    // The file is a model others load: our GGUF reader scores it.
+    let e: serde_json::Value = serde_json::from_str(&ok(&distill(
+        &[
+            "eval",
+            path,
+            "--text",
+            tmp.path().join("docs/doc_0.txt").to_str().unwrap(),
+            "--block",
+            "64",
+            "--json",
+        ],
+        &[],
+    )))
+    .unwrap();
+    assert!(e["perplexity"].as_f64().unwrap().is_finite());
+    let run = tmp.path().join("runs/tiny/auto");
+    for f in ["auto.md", "auto.json", "auto.svg"] {
+        assert!(run.join(f).exists(), "{f}");
+    }
+    let md = std::fs::read_to_string(run.join("auto.md")).unwrap();
+    assert!(md.contains("method: gptq") && md.contains("types:"), "{md}");
+    assert!(!v["pareto"].as_array().unwrap().is_empty());
+
+    // Nothing fits in 100 bytes: say so, and return the closest.
+    let out = ok(&distill(
+        &["auto", c, "--budget", "ppl:+50%", "--target", "bytes:100"],
+        &[],
+    ));
+    assert!(
+        out.contains("Nothing measured meets") && out.contains("closest"),
+        "{out}"
+    );
+    assert!(run.join("auto.gguf").exists());
+}

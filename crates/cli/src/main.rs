@@ -22,6 +22,8 @@ Examples:
   distill run configs/spam-minilm.yaml           # fine-tune a classifier teacher, distil a student
   distill eval runs/spam-minilm/student --labelled configs/spam-minilm.yaml --split test
   distill compress runs/quickstart/final --gguf student.gguf --quantize q8_0 --tokenizer-from teacher.gguf
+  distill auto configs/quickstart.yaml --budget ppl:+5%     # smallest GGUF within 5% perplexity
+  distill auto configs/quickstart.yaml --budget ppl:+5% --target bytes:20MB
 
 Sources: a .gguf file, a Hugging Face model folder, or hf://org/name[@revision]
 (Hub access honours HF_TOKEN, HF_ENDPOINT, HF_HUB_CACHE, HF_HOME and HF_HUB_OFFLINE).
@@ -52,6 +54,9 @@ enum Command {
     Eval(commands::eval::Args),
     /// Prune, factorise, share or quantise a model and export it (safetensors, GGUF).
     Compress(commands::compress::Args),
+    /// Search the run's trained student for the smallest GGUF artifact within a quality
+    /// budget (per-tensor types, structural cuts with healing), measuring every candidate.
+    Auto(commands::auto::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -67,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Tokenize(a) => commands::inspect::tokenize(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Compress(a) => commands::compress::run(a),
+        Command::Auto(a) => commands::auto::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -251,7 +251,9 @@ pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressE
                     }
                     None => data.clone(),
                 };
-                if *dtype != wanted {
+                // A type the rows do not fit, replaced as llama.cpp does (a pass that chose
+                // per-tensor types chose them: not a fallback).
+                if *dtype != wanted && *dtype == fitting_type(wanted, cols) {
                     fallbacks.push(Fallback {
                         tensor: gguf.clone(),
                         wanted: format!("{wanted:?}"),

@@ -16,6 +16,7 @@
 //! stored), which is itself a weight source, so any pass's output runs at once.
 //! [`pipeline::run`] runs a `compress:` section given the task's [`pipeline::Evaluator`].
 
+pub mod auto;
 pub mod calibrate;
 pub mod config;
 mod error;

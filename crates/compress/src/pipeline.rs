@@ -118,6 +118,35 @@ pub fn nonzero(map: &TensorMap) -> Result<usize, CompressError> {
     Ok(n)
 }
 
+/// A table row for candidate `c` after `steps`, measured as `m` (`lm`: a causal LM's
+/// perplexity and tokens/s, else a classifier's accuracy and messages/s).
+pub fn row_of(
+    model: &str,
+    variant: &str,
+    steps: &[String],
+    c: &Candidate,
+    bytes: u64,
+    m: Measured,
+    lm: bool,
+) -> Result<Row, CompressError> {
+    Ok(Row {
+        model: model.to_string(),
+        variant: variant.to_string(),
+        steps: steps.to_vec(),
+        params: c.weights.parameters(),
+        nonzero_params: nonzero(&c.weights)?,
+        bytes,
+        val_ppl: lm.then_some(m.quality),
+        acc: (!lm).then_some(m.quality),
+        kl_to_uncompressed: m.kl_to_uncompressed,
+        tokens_per_s: lm.then_some(m.speed),
+        msgs_per_s: (!lm).then_some(m.speed),
+        artifact: None,
+        notes: vec![],
+        seconds: 0.0,
+    })
+}
+
 /// Runs every variant of `cfg` on `src`, writing artifacts into `out`.
 pub fn run(
     src: &Source,
@@ -135,28 +164,8 @@ pub fn run(
     let task = eval.task();
     let lm = task == "causal_lm";
     let dtype = src.output.dense_dtype;
-    let row = |variant: &str,
-               steps: &[String],
-               c: &Candidate,
-               bytes,
-               m: Measured|
-     -> Result<Row, CompressError> {
-        Ok(Row {
-            model: src.name.clone(),
-            variant: variant.to_string(),
-            steps: steps.to_vec(),
-            params: c.weights.parameters(),
-            nonzero_params: nonzero(&c.weights)?,
-            bytes,
-            val_ppl: lm.then_some(m.quality),
-            acc: (!lm).then_some(m.quality),
-            kl_to_uncompressed: m.kl_to_uncompressed,
-            tokens_per_s: lm.then_some(m.speed),
-            msgs_per_s: (!lm).then_some(m.speed),
-            artifact: None,
-            notes: vec![],
-            seconds: 0.0,
-        })
+    let row = |variant: &str, steps: &[String], c: &Candidate, bytes, m: Measured| {
+        row_of(&src.name, variant, steps, c, bytes, m, lm)
     };
     let base = eval.measure(&src.base)?;
     tracing::info!(

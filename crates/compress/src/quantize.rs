@@ -15,6 +15,7 @@
 //! `imatrix` and `gptq` encode the layer matrices and the head (a tied embedding for its role
 //! as the head) in a pass before the sink; the sink writes those blocks as they are.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -73,6 +74,11 @@ pub struct QuantizeSettings {
     /// large share of their parameters there and feel its error in every logit.
     #[serde(default)]
     pub embeddings: Option<String>,
+    /// Per-tensor types by Hugging Face tensor name (`model.layers.3.mlp.down_proj.weight:
+    /// q8_0`), over `type` and `embeddings`; `imatrix` and `gptq` only (what `distill auto`
+    /// writes for a mixed-precision artifact).
+    #[serde(default)]
+    pub types: BTreeMap<String, String>,
 }
 
 fn d_damp() -> f64 {
@@ -127,14 +133,35 @@ fn build(s: &Settings, _: &Defaults) -> Result<Built, CompressError> {
             })
         })
         .transpose()?;
+    let types = q
+        .types
+        .iter()
+        .map(|(name, t)| {
+            parse_qtype(t)
+                .map(|t| (name.clone(), t))
+                .map_err(|_| CompressError::Config {
+                    key: format!("types.{name}"),
+                    msg: format!("`{t}`: expected f16, q8_0, q6_k, q5_k, q5_0, q4_k or q4_0"),
+                })
+        })
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    if !types.is_empty() && !matches!(q.method, QuantMethod::Imatrix | QuantMethod::Gptq) {
+        return Err(bad(
+            "types",
+            "per-tensor types are encoded by `method: imatrix` or `gptq`".into(),
+        ));
+    }
     let search = match q.method {
         QuantMethod::Candle => Search::Candle,
         _ => Search::Reference,
     };
-    let name = match &q.embeddings {
+    let mut name = match &q.embeddings {
         Some(e) => format!("{} ({e} embeddings)", q.to),
         None => q.to.clone(),
     };
+    if !types.is_empty() {
+        name = format!("{name}, {} tensors typed", types.len());
+    }
     let sink = Sink::Gguf {
         qtype,
         embeddings,
@@ -147,6 +174,7 @@ fn build(s: &Settings, _: &Defaults) -> Result<Built, CompressError> {
             Box::new(Calibrated {
                 qtype,
                 embeddings,
+                types,
                 name,
                 method: q.method,
                 file: q.imatrix,
@@ -161,6 +189,8 @@ fn build(s: &Settings, _: &Defaults) -> Result<Built, CompressError> {
 pub struct Calibrated {
     pub qtype: GgmlDType,
     pub embeddings: Option<GgmlDType>,
+    /// Per-tensor types, over `qtype` and `embeddings`.
+    pub types: BTreeMap<String, GgmlDType>,
     pub name: String,
     pub method: QuantMethod,
     pub file: Option<PathBuf>,
@@ -168,7 +198,7 @@ pub struct Calibrated {
 }
 
 /// Whether `name` is a matrix the calibrated methods encode: a layer's projection or the head.
-fn encodes_matrix(name: &str) -> bool {
+pub(crate) fn encodes_matrix(name: &str) -> bool {
     crate::sparsity::is_layer_matrix(name)
         || name == "lm_head.weight"
         || name == "model.embed_tokens.weight"
@@ -191,49 +221,24 @@ impl Calibrated {
             source,
         };
         let (rows, cols) = t.dims2().map_err(terr)?;
-        let wanted = match name {
-            "model.embed_tokens.weight" | "lm_head.weight" => self.embeddings.unwrap_or(self.qtype),
+        let wanted = match (self.types.get(name), name) {
+            (Some(&t), _) => t,
+            (None, "model.embed_tokens.weight" | "lm_head.weight") => {
+                self.embeddings.unwrap_or(self.qtype)
+            }
             _ => self.qtype,
         };
         let used = fitting_type(wanted, cols);
         let values = values_f32(name, t)?;
-        let mut note = None;
-        let (data, dense) = match (Format::of(used), self.method, stats) {
-            (Some(f), QuantMethod::Gptq, Some(st)) => {
-                let hinv = inverse_hessian(name, st, self.damp)?;
-                let q = gptq_quantize(&values, rows, cols, f, &hinv, Some(imp));
-                (q.bytes, q.values)
-            }
-            (Some(f), _, _) => {
-                let bytes = quantize_rows(f, &values, cols, Some(imp));
-                let dense = decode(&bytes, used, rows, cols).map_err(terr)?;
-                (bytes, dense)
-            }
-            (None, method, _) => {
-                // Types without a grid here: candle's importance search where it has one.
-                let t = Tensor::from_vec(values, (rows, cols), &c.weights.device).map_err(terr)?;
-                let q = match used {
-                    GgmlDType::Q2K
-                    | GgmlDType::Q3K
-                    | GgmlDType::Q4K
-                    | GgmlDType::Q5K
-                    | GgmlDType::Q6K => QTensor::quantize_imatrix(&t, imp, used),
-                    _ => QTensor::quantize(&t, used),
-                }
-                .map_err(terr)?;
-                if method == QuantMethod::Gptq {
-                    note = Some(format!(
-                        "{name}: GPTQ has no grid for {used:?}; importance-matrix search instead"
-                    ));
-                }
-                let dense = q
-                    .dequantize(&c.weights.device)
-                    .and_then(|d| d.flatten_all())
-                    .and_then(|d| d.to_vec1::<f32>())
-                    .map_err(terr)?;
-                (q.data().map_err(terr)?.to_vec(), dense)
-            }
+        let hinv = match (Format::of(used), self.method, stats) {
+            (Some(_), QuantMethod::Gptq, Some(st)) => Some(inverse_hessian(name, st, self.damp)?),
+            _ => None,
         };
+        let (data, dense, fell_back) =
+            encode_matrix(used, &values, rows, cols, imp, hinv.as_ref()).map_err(terr)?;
+        let note = (fell_back && self.method == QuantMethod::Gptq).then(|| {
+            format!("{name}: GPTQ has no grid for {used:?}; importance-matrix search instead")
+        });
         let dense = Tensor::from_vec(dense, (rows, cols), &c.weights.device).map_err(terr)?;
         c.weights.tensors.insert(name.to_string(), dense);
         c.weights.stored.insert(
@@ -247,6 +252,47 @@ impl Calibrated {
         );
         Ok(note)
     }
+}
+
+/// `values` (`[rows, cols]`, row-major) as GGUF blocks of `used` and their decoded values:
+/// GPTQ when `hinv` (the upper Cholesky factor of the damped inverse Hessian) is given and the
+/// type has a grid here, else llama.cpp's importance-weighted search; types without a grid
+/// here go through candle's importance search (the `bool` says so).
+pub fn encode_matrix(
+    used: GgmlDType,
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    imp: &[f32],
+    hinv: Option<&crate::obs::InverseHessian>,
+) -> candle_core::Result<(Vec<u8>, Vec<f32>, bool)> {
+    Ok(match (Format::of(used), hinv) {
+        (Some(f), Some(h)) => {
+            let q = gptq_quantize(values, rows, cols, f, h, Some(imp));
+            (q.bytes, q.values, false)
+        }
+        (Some(f), None) => {
+            let bytes = quantize_rows(f, values, cols, Some(imp));
+            let dense = decode(&bytes, used, rows, cols)?;
+            (bytes, dense, false)
+        }
+        (None, _) => {
+            let t = Tensor::from_slice(values, (rows, cols), &candle_core::Device::Cpu)?;
+            let q = match used {
+                GgmlDType::Q2K
+                | GgmlDType::Q3K
+                | GgmlDType::Q4K
+                | GgmlDType::Q5K
+                | GgmlDType::Q6K => QTensor::quantize_imatrix(&t, imp, used),
+                _ => QTensor::quantize(&t, used),
+            }?;
+            let dense = q
+                .dequantize(&candle_core::Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            (q.data()?.to_vec(), dense, true)
+        }
+    })
 }
 
 impl Pass for Calibrated {

@@ -77,6 +77,9 @@ pub struct RunConfig {
     /// Compressed variants of the trained student, measured step by step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compress: Option<CompressConfig>,
+    /// The search space and evaluation budget of `distill auto` (defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<distill_compress::auto::AutoConfig>,
 }
 
 /// `output:` — where the run folder goes.

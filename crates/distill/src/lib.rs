@@ -30,6 +30,7 @@
 //! `cargo run --release --example distil_tiny -p distill` runs this on the real SmolLM2
 //! teacher and Moby Dick (`scripts/fetch-assets.sh` fetches them).
 
+pub mod auto;
 pub mod causal_lm;
 pub mod classification;
 pub mod classifier;

@@ -1,5 +1,6 @@
 //! One module per subcommand: arguments, a call into the library, printing.
 
+pub mod auto;
 pub mod cache_teacher;
 pub mod compress;
 pub mod eval;

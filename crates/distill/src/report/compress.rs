@@ -100,7 +100,9 @@ pub fn write(o: &Outcome, out: &Path, teacher: Option<&Reference>) -> Result<()>
             .expect("an outcome serialises")
             .as_bytes(),
     )?;
-    plot(o, &out.join("compress.svg"), teacher)
+    plot(o, &out.join("compress.svg"), teacher, &|r| {
+        r.artifact.is_some()
+    })
 }
 
 /// A model the size/quality plot marks besides the variants: the run's teacher.
@@ -138,7 +140,14 @@ fn pareto(points: &[Point], lower_is_better: bool) -> Vec<Point> {
 /// variant's final artifact as a numbered point (the key beside the chart names them, so labels
 /// never overlap; points that coincide share one label), the Pareto frontier as a line, the
 /// uncompressed model and, when given, the teacher as their own markers.
-fn plot(o: &Outcome, path: &Path, teacher: Option<&Reference>) -> Result<()> {
+/// `include` picks the rows after the first that are plotted (a compress run: the final
+/// artifacts; `distill auto`: every measured candidate).
+pub(crate) fn plot(
+    o: &Outcome,
+    path: &Path,
+    teacher: Option<&Reference>,
+    include: &dyn Fn(&Row) -> bool,
+) -> Result<()> {
     let lm = o.is_causal_lm();
     let q_of = |r: &Row| r.val_ppl.or(r.acc.map(|a| a * 100.0));
     let Some(base) = o.rows.first().and_then(|r| {
@@ -154,7 +163,7 @@ fn plot(o: &Outcome, path: &Path, teacher: Option<&Reference>) -> Result<()> {
         .rows
         .iter()
         .skip(1)
-        .filter(|r| r.artifact.is_some())
+        .filter(|r| include(r))
         .filter_map(|r| {
             Some(Point {
                 name: r.variant.clone(),
@@ -400,7 +409,7 @@ mod tests {
             bytes: 98_400_000,
             quality: 87.7,
         };
-        plot(&o, &path, Some(&teacher)).unwrap();
+        plot(&o, &path, Some(&teacher), &|r| r.artifact.is_some()).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         for want in [
             "q4_0-gptq",

@@ -1,6 +1,7 @@
 //! Reports as data, and their renderers: a causal-LM run ([`RunReport`]), a classification
 //! run ([`ClassificationReport`]), a compress run ([`compress`]).
 
+pub mod auto;
 mod classification;
 pub mod compress;
 mod plot;

@@ -1,0 +1,65 @@
+//! `distill auto RUN.yaml --budget ppl:+5%`: the smallest GGUF artifact of the run's student
+//! within a quality budget, found by measuring candidates.
+
+use std::path::PathBuf;
+
+use distill::auto::{run_auto, Budget, Target};
+use distill::{load_job, Job, RunOptions};
+
+use crate::progress::Progress;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The run config whose data measures and heals (its `auto:` section, if any, sets the
+    /// search space and the evaluation budget).
+    config: PathBuf,
+    /// Quality the artifact may give up against the uncompressed student: ppl:+N% (causal LM).
+    #[arg(long)]
+    budget: String,
+    /// Also reach bytes:N[K|M|G] (then: the best quality that fits) or tokens_per_s:N.
+    #[arg(long)]
+    target: Option<String>,
+    /// The model to search (default: RUN/final, the run's trained student).
+    #[arg(long)]
+    model: Option<String>,
+    /// Where auto.gguf and the reports go (default: RUN/auto).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let budget = Budget::parse(&a.budget)?;
+    let target = a.target.as_deref().map(Target::parse).transpose()?;
+    let job = load_job(&a.config)?;
+    let Job::CausalLm(cfg) = &job else {
+        anyhow::bail!(
+            "{}: distill auto searches causal-LM students (GGUF types); this is a classification run",
+            a.config.display()
+        );
+    };
+    let progress = Progress::default();
+    let opts = RunOptions {
+        observer: &progress,
+        stop: super::interrupt_flag(),
+        ..RunOptions::default()
+    };
+    let r = run_auto(
+        cfg,
+        a.model.as_deref(),
+        budget,
+        target,
+        a.out.as_deref(),
+        &opts,
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r.outcome)?);
+    } else {
+        println!("{}", distill::report::auto::verdict(&r.outcome));
+        println!("report: {}", r.out.join("auto.md").display());
+    }
+    Ok(())
+}
