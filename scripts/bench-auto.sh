@@ -51,7 +51,7 @@ slim = lambda r: {k: r.get(k) for k in ("variant", "steps", "bytes", "val_ppl", 
 doc = {
     "script": "scripts/bench-auto.sh", "date": datetime.date.today().isoformat(), "commit": commit, "cpu": cpu,
     "model": "runs/quickstart/final", "budget": budget, "limit": limit, "met": auto["met"],
-    "uncompressed": {"bytes": hand["rows"][0]["bytes"], "val_ppl": base, "auto_val_ppl": auto["base_val_ppl"]},
+    "uncompressed": {"bytes": hand["rows"][0]["bytes"], "val_ppl": base, "auto_val_ppl": auto["base_quality"]},
     "best": {"bytes": b["bytes"], "val_ppl": b["val_ppl"], "steps": b["steps"], "artifact": b["artifact"]},
     "best_steps": auto["best_steps"],
     "evaluations": auto["evaluations"], "proxy_evaluations": auto["proxy_evaluations"],

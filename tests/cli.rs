@@ -1203,6 +1203,55 @@ fn classification_run_compresses_the_student() {
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("Llama-family") && e.contains("int8"), "{e}");
+
+    // `distill auto` on the same student: accuracy budgets, safetensors encodings, a healed cut.
+    let auto_cfg = tmp.path().join("auto.yaml");
+    std::fs::write(
+        &auto_cfg,
+        format!(
+            "{head}auto:
+  max_evaluations: 6
+  structure:
+    - name: ffn-64-healed
+      steps: [{{step: prune, ffn_neurons: 64}}, {{step: heal, epochs: 1}}]
+"
+        ),
+    )
+    .unwrap();
+    let a = auto_cfg.to_str().unwrap();
+    let o = distill(&["auto", a, "--budget", "ppl:+5%"], &[]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("acc:-Npt"), "{e}");
+    let v: serde_json::Value = serde_json::from_str(&ok(&distill(
+        &["auto", a, "--budget", "acc:-5pt", "--json"],
+        &[],
+    )))
+    .unwrap();
+    assert_eq!(v["task"], "classification");
+    assert_eq!(v["met"], true, "{v}");
+    assert!(v["evaluations"].as_u64().unwrap() <= 6, "{v}");
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows[1]["variant"], "ffn-64-healed", "{v}");
+    let best = &v["best"];
+    assert!(best["acc"].as_f64().unwrap() >= v["limit"].as_f64().unwrap());
+    assert!(best["bytes"].as_u64().unwrap() < rows[0]["bytes"].as_u64().unwrap());
+    let folder = Path::new(best["artifact"].as_str().unwrap());
+    assert!(folder.join("model.safetensors").exists() && folder.join("config.json").exists());
+    // The folder is a classifier our evaluator loads, at the accuracy auto measured.
+    let e: serde_json::Value = serde_json::from_str(&ok(&distill(
+        &[
+            "eval",
+            folder.to_str().unwrap(),
+            "--labelled",
+            a,
+            "--split",
+            "validation",
+            "--json",
+        ],
+        &[],
+    )))
+    .unwrap();
+    assert_eq!(e["accuracy"], best["acc"], "{e}");
 }
 
 /// A student of the real SmolLM2 teacher with its vocabulary trimmed to ten Moby Dick chapters:

@@ -160,6 +160,9 @@ pub struct ClassifyConfig {
     /// Compressed variants of the trained student, measured step by step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compress: Option<CompressConfig>,
+    /// The search space and evaluation budget of `distill auto` (defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<distill_compress::auto::AutoConfig>,
 }
 
 fn d_pooling() -> Pooling {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use distill::auto::{run_auto, Budget, Target};
-use distill::{load_job, Job, RunOptions};
+use distill::{load_job, RunOptions};
 
 use crate::progress::Progress;
 
@@ -13,13 +13,14 @@ pub struct Args {
     /// The run config whose data measures and heals (its `auto:` section, if any, sets the
     /// search space and the evaluation budget).
     config: PathBuf,
-    /// Quality the artifact may give up against the uncompressed student: ppl:+N% (causal LM).
+    /// Quality the artifact may give up against the uncompressed student: ppl:+N% (causal
+    /// LM) or acc:-Npt (classifier).
     #[arg(long)]
     budget: String,
     /// Also reach bytes:N[K|M|G] (then: the best quality that fits) or tokens_per_s:N.
     #[arg(long)]
     target: Option<String>,
-    /// The model to search (default: RUN/final, the run's trained student).
+    /// The model to search (default: the run's trained student, RUN/final or RUN/student).
     #[arg(long)]
     model: Option<String>,
     /// Where auto.gguf and the reports go (default: RUN/auto).
@@ -34,12 +35,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let budget = Budget::parse(&a.budget)?;
     let target = a.target.as_deref().map(Target::parse).transpose()?;
     let job = load_job(&a.config)?;
-    let Job::CausalLm(cfg) = &job else {
-        anyhow::bail!(
-            "{}: distill auto searches causal-LM students (GGUF types); this is a classification run",
-            a.config.display()
-        );
-    };
     let progress = Progress::default();
     let opts = RunOptions {
         observer: &progress,
@@ -47,7 +42,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ..RunOptions::default()
     };
     let r = run_auto(
-        cfg,
+        &job,
         a.model.as_deref(),
         budget,
         target,

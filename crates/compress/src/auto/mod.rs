@@ -17,6 +17,7 @@
 //! on validation, by bisection over their sizes, encoded with the configured method (GPTQ by
 //! default). See `docs/auto.md`.
 
+mod classifier;
 mod frontier;
 mod options;
 mod search;
@@ -51,6 +52,10 @@ pub struct AutoConfig {
     /// ...), each measured once and quantised like the unchanged model when within budget.
     #[serde(default)]
     pub structure: Vec<Variant>,
+    /// A classifier's encodings (it has no GGUF export): named step lists tried on every
+    /// structural base, measured smallest first.
+    #[serde(default = "d_encodings")]
+    pub encodings: Vec<Variant>,
     /// A frontier point is measured on validation only if its calibration-loss increase is at
     /// most this many times the budget's (the proxy rounds to nearest; GPTQ does better).
     #[serde(default = "d_slack")]
@@ -79,6 +84,14 @@ fn d_max_evaluations() -> usize {
 }
 fn d_types() -> Vec<String> {
     ["q8_0", "q5_0", "q4_k", "q4_0"].map(String::from).to_vec()
+}
+fn d_encodings() -> Vec<Variant> {
+    serde_json::from_value(serde_json::json!([
+        {"name": "int8", "steps": [{"step": "quantize", "type": "int8"}]},
+        {"name": "kmeans-6bit", "steps": [{"step": "share", "bits": 6, "weights": "activations"}]},
+        {"name": "kmeans-4bit-per-row", "steps": [{"step": "share", "bits": 4, "codebook": "per_row", "weights": "activations"}]}
+    ]))
+    .expect("default encodings")
 }
 fn d_method() -> QuantMethod {
     QuantMethod::Gptq

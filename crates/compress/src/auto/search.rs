@@ -45,8 +45,10 @@ pub struct AutoOutcome {
     pub model: String,
     pub budget: String,
     pub target: Option<String>,
-    /// The uncompressed model's validation perplexity and the budget's limit.
-    pub base_val_ppl: f64,
+    /// `causal_lm` (quality: validation perplexity) or `classification` (accuracy, 0..1).
+    pub task: String,
+    /// The uncompressed model's validation quality and the budget's limit.
+    pub base_quality: f64,
     pub limit: f64,
     /// Whether the best candidate meets the budget (and target); if not it is the closest.
     pub met: bool,
@@ -68,15 +70,17 @@ pub struct AutoOutcome {
 }
 
 /// Validation measurements, counted, each a row.
-struct Meter<'e> {
-    eval: &'e dyn Evaluator,
-    name: &'e str,
-    rows: Vec<Row>,
-    evaluations: usize,
+pub(super) struct Meter<'e> {
+    pub eval: &'e dyn Evaluator,
+    pub name: &'e str,
+    /// A causal LM (perplexity rows) or a classifier (accuracy rows).
+    pub lm: bool,
+    pub rows: Vec<Row>,
+    pub evaluations: usize,
 }
 
 impl Meter<'_> {
-    fn measure(
+    pub fn measure(
         &mut self,
         c: &Candidate,
         variant: &str,
@@ -86,10 +90,10 @@ impl Meter<'_> {
         self.evaluations += 1;
         let m = self.eval.measure(c)?;
         self.rows
-            .push(row_of(self.name, variant, steps, c, bytes, m, true)?);
+            .push(row_of(self.name, variant, steps, c, bytes, m, self.lm)?);
         tracing::info!(
             variant,
-            val_ppl = m.quality,
+            quality = m.quality,
             bytes,
             evaluation = self.evaluations,
             "measured"
@@ -98,11 +102,11 @@ impl Meter<'_> {
     }
 }
 
-struct Base {
-    name: String,
-    candidate: Candidate,
-    steps: Vec<String>,
-    configs: Vec<serde_json::Value>,
+pub(super) struct Base {
+    pub name: String,
+    pub candidate: Candidate,
+    pub steps: Vec<String>,
+    pub configs: Vec<serde_json::Value>,
 }
 
 /// Searches for the smallest artifact of `base` within `budget` (or the best within `target`
@@ -122,9 +126,9 @@ pub fn search(
 ) -> Result<AutoOutcome, CompressError> {
     let t0 = Instant::now();
     if eval.task() != "causal_lm" {
-        return Err(CompressError::Unsupported(
-            "distill auto searches GGUF types of Llama-family decoders; a classifier has no GGUF export (compress it with `int8` or `share` variants)".into(),
-        ));
+        return super::classifier::search(
+            name, base, eval, trainer, output, defaults, cfg, budget, target, out,
+        );
     }
     let Budget::PplRelative(r) = budget else {
         return Err(CompressError::Config {
@@ -161,6 +165,7 @@ pub fn search(
     let mut meter = Meter {
         eval,
         name,
+        lm: true,
         rows: vec![],
         evaluations: 0,
     };
@@ -174,73 +179,19 @@ pub fn search(
     let limit = budget.limit(m0.quality);
     tracing::info!(val_ppl = m0.quality, limit, budget = %budget.label(), "uncompressed model");
 
-    // Structural bases: the model as it is, and every prefix that stays within budget.
-    let mut bases = vec![Base {
-        name: "as-is".into(),
-        candidate: base.clone(),
-        steps: vec![],
-        configs: vec![],
-    }];
-    for (i, v) in cfg.structure.iter().enumerate() {
-        if meter.evaluations >= cfg.max_evaluations {
-            break;
-        }
-        let key = format!("auto.structure[{i}]");
-        let plans = CompressConfig {
-            variants: vec![v.clone()],
-            eval_blocks: 0,
-            calibration_blocks: 1,
-        }
-        .plans(defaults)
-        .map_err(|e| CompressError::Context {
-            context: key.clone(),
-            source: Box::new(e),
-        })?;
-        let plan = &plans[0];
-        if plan.sink != Sink::Folder || plan.passes.iter().any(|p| p.encodes()) {
-            return Err(CompressError::Config {
-                key,
-                msg: "a structural prefix prunes and heals; it may not quantise, factorise or share (auto chooses the types)".into(),
-            });
-        }
-        let mut c = base.clone();
-        let mut steps = vec![];
-        for pass in &plan.passes {
-            steps.push(pass.label());
-            pass.apply(
-                &mut c,
-                &Context {
-                    calibration,
-                    trainer,
-                },
-            )?;
-        }
-        let bytes = c
-            .weights
-            .tensors
-            .values()
-            .map(|t| (t.elem_count() * 4) as u64)
-            .sum();
-        let m = meter.measure(&c, &v.name, &steps, bytes)?;
-        let speed_ok = match target {
-            Some(Target::TokensPerS(s)) => m.speed >= s,
-            _ => true,
-        };
-        if budget.allows(m0.quality, m.quality) && speed_ok {
-            bases.push(Base {
-                name: v.name.clone(),
-                candidate: c,
-                steps,
-                configs: v
-                    .steps
-                    .iter()
-                    .map(|s| serde_json::to_value(s).expect("step JSON"))
-                    .collect(),
-            });
-        } else {
-            tracing::info!(prefix = %v.name, val_ppl = m.quality, "structural prefix outside the budget: not quantised");
-        }
-    }
+    let bases = structural_bases(
+        base,
+        m0,
+        &mut meter,
+        cfg,
+        budget,
+        target,
+        &Context {
+            calibration,
+            trainer,
+        },
+        defaults,
+    )?;
 
     let mut probes: Vec<Probe> = vec![];
     let mut proxy_evaluations = 0usize;
@@ -479,7 +430,8 @@ pub fn search(
             Target::Bytes(b) => format!("bytes:{b}"),
             Target::TokensPerS(s) => format!("tokens_per_s:{s}"),
         }),
-        base_val_ppl: m0.quality,
+        task: "causal_lm".into(),
+        base_quality: m0.quality,
         limit,
         met: met
             && best_row.as_ref().is_some_and(|r| {
@@ -500,21 +452,98 @@ pub fn search(
     })
 }
 
+/// The model as it is, and every `structure:` prefix (pruned and healed), each measured once;
+/// those within budget (and the speed target) are the bases the encodings start from.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn structural_bases(
+    base: &Candidate,
+    m0: Measured,
+    meter: &mut Meter,
+    cfg: &AutoConfig,
+    budget: Budget,
+    target: Option<Target>,
+    cx: &Context,
+    defaults: &Defaults,
+) -> Result<Vec<Base>, CompressError> {
+    let mut bases = vec![Base {
+        name: "as-is".into(),
+        candidate: base.clone(),
+        steps: vec![],
+        configs: vec![],
+    }];
+    for (i, v) in cfg.structure.iter().enumerate() {
+        if meter.evaluations >= cfg.max_evaluations {
+            break;
+        }
+        let key = format!("auto.structure[{i}]");
+        let plans = CompressConfig {
+            variants: vec![v.clone()],
+            eval_blocks: 0,
+            calibration_blocks: 1,
+        }
+        .plans(defaults)
+        .map_err(|e| CompressError::Context {
+            context: key.clone(),
+            source: Box::new(e),
+        })?;
+        let plan = &plans[0];
+        if plan.sink != Sink::Folder || plan.passes.iter().any(|p| p.encodes()) {
+            return Err(CompressError::Config {
+                key,
+                msg: "a structural prefix prunes and heals; it may not quantise, factorise or share (auto chooses the types)".into(),
+            });
+        }
+        let mut c = base.clone();
+        let mut steps = vec![];
+        for pass in &plan.passes {
+            steps.push(pass.label());
+            pass.apply(&mut c, cx)?;
+        }
+        let bytes = c
+            .weights
+            .tensors
+            .values()
+            .map(|t| (t.elem_count() * 4) as u64)
+            .sum();
+        let m = meter.measure(&c, &v.name, &steps, bytes)?;
+        let speed_ok = match target {
+            Some(Target::TokensPerS(s)) => m.speed >= s,
+            _ => true,
+        };
+        if budget.allows(m0.quality, m.quality) && speed_ok {
+            bases.push(Base {
+                name: v.name.clone(),
+                candidate: c,
+                steps,
+                configs: v
+                    .steps
+                    .iter()
+                    .map(|s| serde_json::to_value(s).expect("step JSON"))
+                    .collect(),
+            });
+        } else {
+            tracing::info!(prefix = %v.name, quality = m.quality, "structural prefix outside the budget: not compressed further");
+        }
+    }
+
+    Ok(bases)
+}
+
 /// The measured rows no other measured row beats on both bytes and perplexity (the written
 /// artifact's row stands for the candidate it was written from).
-fn pareto_rows(rows: &[Row]) -> Vec<Row> {
-    let mut v: Vec<&Row> = rows.iter().filter(|r| r.val_ppl.is_some()).collect();
+pub(super) fn pareto_rows(rows: &[Row]) -> Vec<Row> {
+    // Lower is better: perplexity, or accuracy negated.
+    let q = |r: &Row| r.val_ppl.or(r.acc.map(|a| -a));
+    let mut v: Vec<&Row> = rows.iter().filter(|r| q(r).is_some()).collect();
     v.sort_by(|a, b| {
-        a.bytes.cmp(&b.bytes).then(
-            a.val_ppl
-                .partial_cmp(&b.val_ppl)
-                .unwrap_or(std::cmp::Ordering::Equal),
-        )
+        a.bytes
+            .cmp(&b.bytes)
+            .then(q(a).partial_cmp(&q(b)).unwrap_or(std::cmp::Ordering::Equal))
     });
     let mut out: Vec<Row> = vec![];
     let mut best = f64::INFINITY;
     for r in v {
-        let p = r.val_ppl.unwrap_or(f64::INFINITY);
+        let p = q(r).unwrap_or(f64::INFINITY);
         if p < best {
             best = p;
             out.push(r.clone());

@@ -17,29 +17,46 @@ pub fn verdict(o: &AutoOutcome) -> String {
         Some(t) => format!("{} and {t}", o.budget),
         None => o.budget.clone(),
     };
+    let lm = o.task == "causal_lm";
+    let q = |v: f64| {
+        if lm {
+            format!("perplexity {v:.2}")
+        } else {
+            format!("accuracy {:.2}%", 100.0 * v)
+        }
+    };
+    let bound = if lm {
+        format!(
+            "perplexity ≤ {:.2}, the uncompressed {:.2} + budget",
+            o.limit, o.base_quality
+        )
+    } else {
+        format!(
+            "accuracy ≥ {:.2}%, the uncompressed {:.2}% − budget",
+            100.0 * o.limit,
+            100.0 * o.base_quality
+        )
+    };
+    let quality = |r: &distill_compress::pipeline::Row| q(r.val_ppl.or(r.acc).unwrap_or(f64::NAN));
+    let counts = format!(
+        "{} validation measurements, {} calibration screens",
+        o.evaluations, o.proxy_evaluations
+    );
     match &o.best {
         Some(b) if o.met => format!(
-            "Within {within} (perplexity ≤ {:.2}, the uncompressed {:.2} + budget): **{}**, {:.2} MB, perplexity {:.2} as written, after {} validation measurements and {} calibration screens.",
-            o.limit,
-            o.base_val_ppl,
-            b.artifact.as_deref().unwrap_or("auto.gguf"),
+            "Within {within} ({bound}): **{}**, {:.2} MB, {} as written ({counts}).",
+            b.artifact.as_deref().unwrap_or("auto"),
             b.bytes as f64 / 1e6,
-            b.val_ppl.unwrap_or(f64::NAN),
-            o.evaluations,
-            o.proxy_evaluations
+            quality(b),
         ),
         Some(b) => format!(
-            "Nothing measured meets {within} (perplexity ≤ {:.2}); the closest is **{}**, {:.2} MB at perplexity {:.2} ({} validation measurements, {} calibration screens).",
-            o.limit,
-            b.artifact.as_deref().unwrap_or("auto.gguf"),
+            "Nothing measured meets {within} ({bound}); the closest is **{}**, {:.2} MB at {} ({counts}).",
+            b.artifact.as_deref().unwrap_or("auto"),
             b.bytes as f64 / 1e6,
-            b.val_ppl.unwrap_or(f64::NAN),
-            o.evaluations,
-            o.proxy_evaluations
+            quality(b),
         ),
         None => format!(
-            "No candidate was measured within {within}: the evaluation budget ended first, or no frontier point passed the calibration screen ({} screens)",
-            o.proxy_evaluations
+            "No candidate was measured within {within}: the evaluation budget ended first, or no frontier point passed the calibration screen ({counts})."
         ),
     }
 }
@@ -48,7 +65,7 @@ pub fn verdict(o: &AutoOutcome) -> String {
 pub fn write(o: &AutoOutcome, out: &Path, teacher: Option<&Reference>) -> Result<()> {
     let as_outcome = Outcome {
         model: o.model.clone(),
-        task: "causal_lm".into(),
+        task: o.task.clone(),
         rows: o.rows.clone(),
         headline: o.best.clone(),
     };
@@ -65,8 +82,11 @@ pub fn write(o: &AutoOutcome, out: &Path, teacher: Option<&Reference>) -> Result
     }
     md.push_str("## Every validation measurement\n\n");
     md.push_str(&table(&as_outcome));
-    md.push_str("\n![size vs quality](auto.svg)\n\n## Proxy screen of the frontier\n\n");
-    md.push_str("| base | types | tensor bytes | proxy error | calibration ppl | ratio | screened | val ppl |\n|---|---|---:|---:|---:|---:|---|---:|\n");
+    md.push_str("\n![size vs quality](auto.svg)\n");
+    if !o.probes.is_empty() {
+        md.push_str("\n## Proxy screen of the frontier\n\n");
+        md.push_str("| base | types | tensor bytes | proxy error | calibration ppl | ratio | screened | val ppl |\n|---|---|---:|---:|---:|---:|---|---:|\n");
+    }
     for p in &o.probes {
         let _ = writeln!(
             md,
