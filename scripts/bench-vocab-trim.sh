@@ -8,8 +8,75 @@
 # and llama.cpp (llama-cpp-python, scripts/setup-ref-venv.sh) tokenise like `distill tokenize`.
 # Writes docs/results/vocab-trim.{md,json}.
 #   scripts/bench-vocab-trim.sh
+#   scripts/bench-vocab-trim.sh --render   # docs/results/vocab-trim.md again from the .json
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# Renders docs/results/vocab-trim.md from docs/results/vocab-trim.json.
+render() {
+python3 - <<'PY'
+import json
+doc = json.load(open("docs/results/vocab-trim.json"))
+v = {"full": doc["full_ids"], "kept": doc["kept_ids"], "corpus_distinct": doc["corpus_distinct_ids"],
+     "corpus_tokens": doc["corpus_tokens"], "kept_for": doc["kept_for"],
+     "merges_before": doc["merges_before"], "merges_after": doc["merges_after"]}
+vt, tf, lc = doc["validation_text"], doc["transformers"], doc["llama_cpp"]
+mb = lambda b: f"{b / 1e6:.1f} MB"
+ok = lambda xs: "all same" if all(xs) else "DIFFERENT: " + str(xs)
+share = doc["embedding_share_before"]
+unused = share * (1 - v["corpus_distinct"] / v["full"])
+removed = share * (1 - v["kept"] / v["full"])
+fall = 1 - doc["student_bytes_after"] / doc["student_bytes_before"]
+md = f"""# Vocabulary trimming on the quickstart
+
+`configs/quickstart.yaml` against `configs/quickstart-trimmed.yaml` (the same run plus
+`student.vocab: {{trim: corpus, min_count: 1}}`), both run by `scripts/bench-vocab-trim.sh` on
+{doc['date']} (commit {doc['commit']}) on {doc['cpu']}, 2 cores, one after the other.
+
+The training chapters ({v['corpus_tokens']:,} tokens) use **{v['corpus_distinct']:,} of the {v['full']:,} ids**.
+The student keeps **{v['kept']:,}**: {v['kept_for']['corpus']:,} for the corpus, {v['kept_for']['special']} special,
+{v['kept_for']['bytes']} byte tokens not already counted, {v['kept_for']['template']} for the chat template's text and roles,
+{v['kept_for']['merges']:,} intermediate tokens of the merges that build them; {v['merges_after']:,} of
+{v['merges_before']:,} merges stay. The trimmed tokenizer splits every training chapter exactly as the full one
+(checked by the run).
+
+| | full vocabulary | trimmed | ratio |
+|---|---:|---:|---:|
+| student parameters | {doc['student_params_before'] / 1e6:.2f} M | {doc['student_params_after'] / 1e6:.2f} M | {doc['student_params_after'] / doc['student_params_before']:.2f}× |
+| student bytes (f32 safetensors) | {mb(doc['student_bytes_before'])} | {mb(doc['student_bytes_after'])} | {doc['student_bytes_after'] / doc['student_bytes_before']:.2f}× |
+| edge artifact bytes (GPTQ Q4_0 GGUF) | {mb(doc['artifact_bytes_before'])} | {mb(doc['artifact_bytes_after'])} | {doc['artifact_bytes_after'] / doc['artifact_bytes_before']:.2f}× |
+| artifact / teacher bytes | {doc['artifact_bytes_before'] / doc['teacher_bytes']:.2f}× | {doc['artifact_bytes_after'] / doc['teacher_bytes']:.2f}× | |
+| student validation perplexity (report, own tokenisation) | {doc['val_ppl_before']:.2f} | {doc['val_ppl_after']:.2f} | |
+| artifact validation perplexity | {doc['artifact_val_ppl_before']:.2f} | {doc['artifact_val_ppl_after']:.2f} | |
+| teacher validation perplexity (trimmed: renormalised over the kept ids) | {doc['teacher_val_ppl_before']:.2f} | {doc['teacher_val_ppl_after']:.2f} | |
+| held-out chapters, tokens | {vt['teacher_tokens']:,} | {vt['trimmed_tokens']:,} | {vt['trimmed_tokens'] / vt['teacher_tokens']:.3f}× |
+| held-out chapters, perplexity per teacher token | {vt['ppl_per_teacher_token_before']:.2f} | {vt['ppl_per_teacher_token_after']:.2f} | {vt['ppl_per_teacher_token_after'] / vt['ppl_per_teacher_token_before']:.3f}× |
+| training tokens/s | {doc['train_tokens_per_second_before']:.0f} | {doc['train_tokens_per_second_after']:.0f} | {doc['train_tokens_per_second_after'] / doc['train_tokens_per_second_before']:.2f}× |
+| run wall time (train, export, compress) | {doc['wall_seconds_before']} s | {doc['wall_seconds_after']} s | |
+
+The embedding table was {100 * share:.1f}% of the full student's parameters. The ids the corpus does not use
+are {100 * unused:.1f}% of the student; trimming removes {100 * (1 - v['kept'] / v['full']):.1f}% of the rows
+({100 * removed:.1f}% of the student), and the f32 student falls by exactly that, {100 * fall:.1f}%. The
+difference, {100 * (unused - removed):.1f} points, is the {v['kept'] - v['corpus_distinct']:,} ids kept besides the corpus's:
+mostly merge intermediates, without which the trimmed tokenizer could not reproduce the corpus's tokens.
+
+Perplexities in the report are per token of each model's own tokenisation. Held-out chapters hold words the
+training chapters do not, which the trimmed tokenizer spells with more, shorter tokens; the row "per teacher
+token" divides each student's total negative log-likelihood on the whole held-out text (`distill eval
+--block 512`) by the teacher tokenizer's token count, so the two numbers score the same text on the same
+scale: on text outside its corpus the trimmed student is worse, by the ratio shown.
+
+Files others load (the strings: a training chapter's first 2,000 characters, a chat turn, text outside the corpus):
+
+- transformers {tf['version']}: `AutoTokenizer` on the trimmed folder ({tf['vocab']:,} tokens) tokenises like
+  `distill tokenize`: {ok(tf['same'])}; `AutoModelForCausalLM` loads it, logits over {tf['logits_vocab']:,} ids.
+- llama.cpp (llama-cpp-python {lc['version']}): loads the artifact's vocabulary ({lc['vocab']:,} tokens) and tokenises
+  like `distill tokenize` on the folder: {ok(lc['same'])}; `distill tokenize` on the GGUF file: {ok(lc['gguf_same_as_folder'])}.
+"""
+open("docs/results/vocab-trim.md", "w").write(md)
+print(md)
+PY
+}
+[[ "${1:-}" == "--render" ]] && { render; exit 0; }
 assets="${DISTILL_ASSETS:-$HOME/.cache/distill/assets}"
 scripts/fetch-assets.sh
 scripts/setup-ref-venv.sh >/dev/null
@@ -118,52 +185,5 @@ doc = {
     "transformers": tf, "llama_cpp": lc, "strings": strings,
 }
 json.dump(doc, open("docs/results/vocab-trim.json", "w"), indent=2, ensure_ascii=False)
-mb = lambda b: f"{b / 1e6:.1f} MB"
-ok = lambda xs: "all same" if all(xs) else "DIFFERENT: " + str(xs)
-md = f"""# Vocabulary trimming on the quickstart
-
-`configs/quickstart.yaml` against `configs/quickstart-trimmed.yaml` (the same run plus
-`student.vocab: {{trim: corpus, min_count: 1}}`), both run by `scripts/bench-vocab-trim.sh` on
-{doc['date']} (commit {commit}) on {cpu}, 2 cores, one after the other.
-
-The training chapters ({v['corpus_tokens']:,} tokens) use **{v['corpus_distinct']:,} of the {v['full']:,} ids**.
-The student keeps **{v['kept']:,}**: {v['kept_for']['corpus']:,} for the corpus, {v['kept_for']['special']} special,
-{v['kept_for']['bytes']} byte tokens not already counted, {v['kept_for']['template']} for the chat template's text and roles,
-{v['kept_for']['merges']:,} intermediate tokens of the merges that build them; {v['merges_after']:,} of
-{v['merges_before']:,} merges stay. The trimmed tokenizer splits every training chapter exactly as the full one
-(checked by the run).
-
-| | full vocabulary | trimmed | ratio |
-|---|---:|---:|---:|
-| student parameters | {full['student']['parameters'] / 1e6:.2f} M | {trim['student']['parameters'] / 1e6:.2f} M | {trim['student']['parameters'] / full['student']['parameters']:.2f}× |
-| student bytes (f32 safetensors) | {mb(doc['student_bytes_before'])} | {mb(doc['student_bytes_after'])} | {doc['student_bytes_after'] / doc['student_bytes_before']:.2f}× |
-| edge artifact bytes (GPTQ Q4_0 GGUF) | {mb(doc['artifact_bytes_before'])} | {mb(doc['artifact_bytes_after'])} | {doc['artifact_bytes_after'] / doc['artifact_bytes_before']:.2f}× |
-| artifact / teacher bytes | {doc['artifact_bytes_before'] / doc['teacher_bytes']:.2f}× | {doc['artifact_bytes_after'] / doc['teacher_bytes']:.2f}× | |
-| student validation perplexity (report, own tokenisation) | {doc['val_ppl_before']:.2f} | {doc['val_ppl_after']:.2f} | |
-| artifact validation perplexity | {doc['artifact_val_ppl_before']:.2f} | {doc['artifact_val_ppl_after']:.2f} | |
-| teacher validation perplexity (trimmed: renormalised over the kept ids) | {doc['teacher_val_ppl_before']:.2f} | {doc['teacher_val_ppl_after']:.2f} | |
-| held-out chapters, tokens | {ev['quickstart']['tokens']:,} | {ev['quickstart-trimmed']['tokens']:,} | {ev['quickstart-trimmed']['tokens'] / ev['quickstart']['tokens']:.3f}× |
-| held-out chapters, perplexity per teacher token | {per_teacher_token['quickstart']:.2f} | {per_teacher_token['quickstart-trimmed']:.2f} | |
-| training tokens/s | {full['train_tokens_per_second']:.0f} | {trim['train_tokens_per_second']:.0f} | {trim['train_tokens_per_second'] / full['train_tokens_per_second']:.2f}× |
-| run wall time (train, export, compress) | {wall_full} s | {wall_trim} s | |
-
-The embedding table was {100 * doc['embedding_share_before']:.0f}% of the full student's parameters; trimming removes
-{100 * (1 - v['kept'] / v['full']):.0f}% of its rows, so the f32 student falls by
-{100 * (1 - doc['student_bytes_after'] / doc['student_bytes_before']):.1f}% (the unused share of the embeddings is
-{100 * doc['embedding_share_before'] * (1 - v['kept'] / v['full']):.1f}% of the student).
-
-Perplexities in the report are per token of each model's own tokenisation. Held-out chapters hold words the
-training chapters do not, which the trimmed tokenizer spells with more, shorter tokens; the row "per teacher
-token" divides each student's total negative log-likelihood on the whole held-out text (`distill eval
---block 512`) by the teacher tokenizer's token count, so the two numbers score the same text on the same scale.
-
-Files others load (the strings: a training chapter's first 2,000 characters, a chat turn, text outside the corpus):
-
-- transformers {tf['version']}: `AutoTokenizer` on the trimmed folder ({tf['vocab']:,} tokens) tokenises like
-  `distill tokenize`: {ok(tf['same'])}; `AutoModelForCausalLM` loads it, logits over {tf['logits_vocab']:,} ids.
-- llama.cpp (llama-cpp-python {lc['version']}): loads the artifact's vocabulary ({lc['vocab']:,} tokens) and tokenises
-  like `distill tokenize` on the folder: {ok(lc['same'])}; `distill tokenize` on the GGUF file: {ok(lc['gguf_same_as_folder'])}.
-"""
-open("docs/results/vocab-trim.md", "w").write(md)
-print(md)
 PY
+render
