@@ -42,11 +42,11 @@ pub struct CompressConfig {
     pub calibration_blocks: usize,
 }
 
-fn d_eval_blocks() -> usize {
+pub(crate) fn d_eval_blocks() -> usize {
     32
 }
 
-fn d_calibration_blocks() -> usize {
+pub(crate) fn d_calibration_blocks() -> usize {
     64
 }
 

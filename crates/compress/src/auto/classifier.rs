@@ -155,10 +155,7 @@ pub(super) fn search(
     Ok(AutoOutcome {
         model: name.to_string(),
         budget: budget.label(),
-        target: target.map(|t| match t {
-            Target::Bytes(b) => format!("bytes:{b}"),
-            Target::TokensPerS(s) => format!("tokens_per_s:{s}"),
-        }),
+        target: target.map(|t| t.label()),
         task: "classification".into(),
         base_quality: m0.quality,
         limit,

@@ -64,19 +64,12 @@ pub struct AutoConfig {
     #[serde(default = "d_sweep")]
     pub sweep: usize,
     /// Validation blocks every measurement runs on (0 = all).
-    #[serde(default = "d_eval_blocks")]
+    #[serde(default = "crate::config::d_eval_blocks")]
     pub eval_blocks: usize,
     /// Training blocks the proxies and GPTQ calibrate on (the first 8 also give the
     /// calibration loss).
-    #[serde(default = "d_calibration_blocks")]
+    #[serde(default = "crate::config::d_calibration_blocks")]
     pub calibration_blocks: usize,
-}
-
-fn d_eval_blocks() -> usize {
-    32
-}
-fn d_calibration_blocks() -> usize {
-    64
 }
 
 fn d_max_evaluations() -> usize {
@@ -189,6 +182,14 @@ pub enum Target {
 }
 
 impl Target {
+    /// The target as given on the command line (`bytes:N`, `tokens_per_s:N`).
+    pub fn label(&self) -> String {
+        match self {
+            Target::Bytes(b) => format!("bytes:{b}"),
+            Target::TokensPerS(s) => format!("tokens_per_s:{s}"),
+        }
+    }
+
     /// Parses `bytes:N[K|M|G|KB|MB|GB]` or `tokens_per_s:N`.
     pub fn parse(s: &str) -> Result<Self, CompressError> {
         let bad = |msg: String| CompressError::Config {

@@ -426,10 +426,7 @@ pub fn search(
     Ok(AutoOutcome {
         model: name.to_string(),
         budget: budget.label(),
-        target: target.map(|t| match t {
-            Target::Bytes(b) => format!("bytes:{b}"),
-            Target::TokensPerS(s) => format!("tokens_per_s:{s}"),
-        }),
+        target: target.map(|t| t.label()),
         task: "causal_lm".into(),
         base_quality: m0.quality,
         limit,
