@@ -21,6 +21,8 @@ pub enum TrainError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error("data-parallel rank {rank}: {msg}")]
+    Parallel { rank: usize, msg: String },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]

@@ -18,6 +18,9 @@ use crate::checkpoint::{
 };
 use crate::error::{io_err, Ctx, TrainError};
 use crate::optim::{clip_factor, global_grad_norm, AdamW, AdamWParams};
+use crate::parallel::{
+    all_reduce_step, broadcast_from_rank0, Communicator, LocalStep, Shard, Single,
+};
 use crate::progress::{Event, Observer, Silent, StopFlag};
 pub use crate::records::{EvalRecord, StepRecord};
 use crate::schedule::lr_at;
@@ -60,6 +63,7 @@ pub struct Learner<'a> {
     after_step: Vec<AfterStep<'a>>,
     early_stopping: Box<dyn EarlyStopping + 'a>,
     device: Device,
+    comm: &'a dyn Communicator,
 }
 
 impl<'a> Learner<'a> {
@@ -76,6 +80,7 @@ impl<'a> Learner<'a> {
             after_step: vec![],
             early_stopping: Box::new(Patience(training.patience)),
             device: Device::Cpu,
+            comm: &Single,
         }
     }
 
@@ -126,9 +131,32 @@ impl<'a> Learner<'a> {
         self
     }
 
+    /// Trains as one rank of a data-parallel group: each rank reads its part of every combined
+    /// micro-batch (`batch_size` rows over all ranks), and the gradients are summed after
+    /// every step ([`crate::parallel`]), so the group trains as one process would on the
+    /// combined batch. Only rank 0 writes metrics and checkpoints; every rank evaluates.
+    pub fn data_parallel(mut self, comm: &'a dyn Communicator) -> Self {
+        self.comm = comm;
+        self
+    }
+
+    fn writes(&self) -> bool {
+        self.comm.rank() == 0
+    }
+
     /// Trains `task` from scratch or, with `resume`, from the newest checkpoint.
     pub fn fit(mut self, task: &mut dyn Task, resume: bool) -> Result<LearnOutcome, TrainError> {
         let cfg = self.training;
+        let shard = Shard {
+            rank: self.comm.rank(),
+            world: self.comm.world(),
+        };
+        if cfg.batch_size < shard.world {
+            return Err(TrainError::Invalid(format!(
+                "batch_size {} is the combined micro-batch of all {} ranks: it must give each at least one row",
+                cfg.batch_size, shard.world
+            )));
+        }
         let all_vars = task.variables();
         let trainable = task.trainable();
         let trainable_parameters = trainable.values().map(|v| v.elem_count()).sum();
@@ -181,7 +209,10 @@ impl<'a> Learner<'a> {
             resumed_from = Some(state.step);
             tracing::info!(stage = %self.stage, step = state.step, checkpoint = %dir.display(), "resumed");
         }
-        let mut metrics = match &self.metrics {
+        if shard.world > 1 {
+            broadcast_from_rank0(self.comm, &all_vars)?;
+        }
+        let mut metrics = match self.metrics.as_ref().filter(|_| self.writes()) {
             Some(p) => {
                 if let Some(dir) = p.parent() {
                     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -213,10 +244,18 @@ impl<'a> Learner<'a> {
         let mut interrupted = false;
         let mut stopped_early = state.stopped_early;
         let unit = task.unit();
+        // A group stops at the step after any rank was asked to (the flag travels with the
+        // step's sum), so that no rank waits on one that has left.
+        let mut group_stop = false;
+        let mut part_names: Option<Vec<String>> = None;
 
         while state.step < total && !stopped_early {
-            let stop_now = self.stop.is_some_and(|s| s.is_set())
-                || self.stop_at.is_some_and(|s| state.step >= s);
+            let asked = if shard.world > 1 {
+                group_stop
+            } else {
+                self.stop.is_some_and(|s| s.is_set())
+            };
+            let stop_now = asked || self.stop_at.is_some_and(|s| state.step >= s);
             if stop_now {
                 interrupted = true;
                 break;
@@ -228,6 +267,7 @@ impl<'a> Learner<'a> {
             let mut parts: BTreeMap<String, f32> = BTreeMap::new();
             let mut units = 0usize;
             let (mut forward_total, mut backward_total) = (0f64, 0f64);
+            let mut non_finite = None;
             for micro in 0..cfg.grad_accum {
                 let at = BatchAt {
                     step,
@@ -235,6 +275,7 @@ impl<'a> Learner<'a> {
                     index: step * cfg.grad_accum + micro,
                     batch_size: cfg.batch_size,
                     seed: cfg.seed,
+                    shard,
                 };
                 let tf = Instant::now();
                 let losses = task.loss(&at)?;
@@ -243,6 +284,11 @@ impl<'a> Learner<'a> {
                     .total
                     .to_scalar::<f32>()
                     .ctx(|| "loss value".into())?;
+                if !value.is_finite() && shard.world > 1 {
+                    // The other ranks learn of it from the step's sum, and all stop together.
+                    non_finite = Some(value);
+                    break;
+                }
                 if !value.is_finite() {
                     let dir =
                         self.save(&state, &all_vars, &opt, &best_values, start, base_elapsed)?;
@@ -281,8 +327,36 @@ impl<'a> Learner<'a> {
                 }
                 units += losses.units;
             }
-            let lr = lr_at(step, total, cfg.lr, warmup, cfg.min_lr_ratio);
+            let a = cfg.grad_accum as f32;
+            let (mut loss, mut parts): (f32, BTreeMap<String, f32>) = (
+                loss_sum / a,
+                parts.into_iter().map(|(k, v)| (k, v / a)).collect(),
+            );
             let to = Instant::now();
+            if shard.world > 1 {
+                let names = part_names.get_or_insert_with(|| parts.keys().cloned().collect());
+                let local = LocalStep {
+                    units,
+                    loss,
+                    parts,
+                    non_finite: non_finite.is_some(),
+                    stop: self.stop.is_some_and(|s| s.is_set()),
+                };
+                let (combined, all) =
+                    all_reduce_step(self.comm, &trainable, &grads, &local, names)?;
+                if all.non_finite {
+                    let dir =
+                        self.save(&state, &all_vars, &opt, &best_values, start, base_elapsed)?;
+                    return Err(TrainError::NonFinite {
+                        step,
+                        value: non_finite.unwrap_or(f32::NAN),
+                        checkpoint: dir,
+                    });
+                }
+                grads = combined;
+                (units, loss, parts, group_stop) = (all.units, all.loss, all.parts, all.stop);
+            }
+            let lr = lr_at(step, total, cfg.lr, warmup, cfg.min_lr_ratio);
             let norm = global_grad_norm(&grads).ctx(|| "gradient norm".into())?;
             opt.step_scaled(&grads, lr, clip_factor(norm, cfg.max_grad_norm))
                 .ctx(|| format!("optimiser step {step}"))?;
@@ -295,13 +369,12 @@ impl<'a> Learner<'a> {
             state.units_seen += units as u64;
             let done = state.step;
             let epoch = (done * cfg.grad_accum - 1) / bpe;
-            let a = cfg.grad_accum as f32;
             let record = StepRecord {
                 stage: stage.clone(),
                 step: done,
                 epoch,
-                loss: loss_sum / a,
-                parts: parts.into_iter().map(|(k, v)| (k, v / a)).collect(),
+                loss,
+                parts,
                 lr,
                 grad_norm: norm,
                 throughput: BTreeMap::from([(
@@ -386,11 +459,14 @@ impl<'a> Learner<'a> {
                 0 => evaluated,
                 n => done % n == 0,
             };
-            if self.checkpoints.is_some() && (checkpoint_due || last || stopped_early) {
+            if self.checkpoints.is_some()
+                && self.writes()
+                && (checkpoint_due || last || stopped_early)
+            {
                 self.save(&state, &all_vars, &opt, &best_values, start, base_elapsed)?;
             }
         }
-        if interrupted && self.checkpoints.is_some() {
+        if interrupted && self.checkpoints.is_some() && self.writes() {
             let dir = self.save(&state, &all_vars, &opt, &best_values, start, base_elapsed)?;
             let text = format!(
                 "interrupted at step {}: checkpoint saved in {}",
@@ -442,8 +518,12 @@ impl<'a> Learner<'a> {
             .checkpoints
             .as_ref()
             .ok_or_else(|| TrainError::Invalid("this stage writes no checkpoints".into()))?;
-        std::fs::create_dir_all(root).map_err(io_err(root))?;
         let dir = step_dir(root, state.step);
+        if !self.writes() {
+            // Rank 0 writes the group's checkpoint.
+            return Ok(dir);
+        }
+        std::fs::create_dir_all(root).map_err(io_err(root))?;
         let tmp = tmp_sibling(&dir);
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;

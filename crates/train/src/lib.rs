@@ -38,6 +38,7 @@ pub mod losses;
 pub mod metrics;
 pub mod objective;
 pub mod optim;
+pub mod parallel;
 pub mod progress;
 pub mod records;
 pub mod schedule;

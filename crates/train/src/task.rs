@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use candle_core::{Tensor, Var};
 
 use crate::error::TrainError;
+use crate::parallel::Shard;
 
 /// Where in training a micro-batch sits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,8 +16,40 @@ pub struct BatchAt {
     pub micro: usize,
     /// Micro-batch index over the whole run: `step · grad_accum + micro`.
     pub index: usize,
+    /// Rows of the combined micro-batch: all ranks' together (`train.batch_size`, whatever
+    /// the number of ranks, so a run trains the same on one device or eight).
     pub batch_size: usize,
     pub seed: u64,
+    /// This rank's part of the combined micro-batch: data-parallel ranks read disjoint rows
+    /// of the batch one process would read.
+    pub shard: Shard,
+}
+
+impl BatchAt {
+    /// This rank's positions in an endless stream of rows read a combined micro-batch at a
+    /// time (a causal-LM run's blocks, which wrap into the next epoch's order).
+    pub fn stream_rows(&self) -> std::ops::Range<usize> {
+        let b = self.batch_size;
+        let mine = self.shard.rows(b);
+        self.index * b + mine.start..self.index * b + mine.end
+    }
+
+    /// For data read in whole epochs of `n` rows in combined micro-batches (the last one of an
+    /// epoch shorter): the epoch, and this rank's positions within that epoch's order, and
+    /// where the combined micro-batch starts (so per-row draws can be taken from it).
+    pub fn epoch_rows(&self, n: usize) -> (u64, std::ops::Range<usize>, usize) {
+        let b = self.batch_size;
+        let per_epoch = n.div_ceil(b).max(1);
+        let chunk = self.index % per_epoch;
+        let start = chunk * b;
+        let len = b.min(n.saturating_sub(start));
+        let mine = self.shard.rows(len);
+        (
+            (self.index / per_epoch) as u64,
+            start + mine.start..start + mine.end,
+            start,
+        )
+    }
 }
 
 /// A micro-batch's loss.

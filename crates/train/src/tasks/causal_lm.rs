@@ -154,12 +154,11 @@ impl<'a> CausalLm<'a> {
     }
 
     /// The block indices of the micro-batch at `at`: consecutive positions of the seeded
-    /// block order, which wraps into the next epoch's order ([`blocks_read`] lists them all).
+    /// block order, which wraps into the next epoch's order ([`blocks_read`] lists them all);
+    /// a data-parallel rank takes its part of the combined micro-batch.
     fn batch_blocks(&mut self, at: &BatchAt) -> Vec<usize> {
-        let b = at.batch_size;
         let n = self.train.len();
-        let first = at.index * b;
-        (first..first + b)
+        at.stream_rows()
             .map(|k| {
                 let epoch = (k / n) as u64;
                 let order = self
@@ -412,7 +411,7 @@ impl Task for CausalLm<'_> {
             .flat_map(|&i| self.train.blocks[i].iter().copied())
             .collect();
         let s = self.train.block_size;
-        let b = at.batch_size;
+        let b = blocks.len();
         let ids = Tensor::from_vec(ids, (b, s), &self.device).ctx(|| "batch".into())?;
         if let Some(cache) = self.cache {
             return self.loss_from_cache(cache, &blocks, &ids, b, s);

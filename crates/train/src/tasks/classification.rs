@@ -110,19 +110,20 @@ impl<'a> Classification<'a> {
 
     /// The example indices of the micro-batch at `at`: chunk `index mod batches` of the
     /// epoch's seeded order (the last chunk of an epoch may be smaller).
+    /// A data-parallel rank takes its part of the combined chunk.
     fn rows(&mut self, at: &BatchAt) -> Vec<usize> {
         let n = self.train.len();
-        let bpe = n.div_ceil(at.batch_size);
-        let epoch = (at.index / bpe) as u64;
-        let chunk = at.index % bpe;
+        let (epoch, mine, _) = at.epoch_rows(n);
         let order = self
             .orders
             .entry(epoch)
             .or_insert_with(|| epoch_order(n, at.seed, epoch));
-        order[chunk * at.batch_size..((chunk + 1) * at.batch_size).min(n)].to_vec()
+        order[mine].to_vec()
     }
 
-    /// Dropout mask `[rows, hidden]` of the micro-batch at `at`, scaled by `1/(1−p)`.
+    /// Dropout mask `[rows, hidden]` of the micro-batch at `at`, scaled by `1/(1−p)`: drawn
+    /// for the combined micro-batch, and this rank's rows of it, so that data-parallel ranks
+    /// drop what one process would.
     fn dropout(&self, at: &BatchAt, rows: usize) -> Result<Option<Tensor>, TrainError> {
         let p = self.training.dropout;
         if p <= 0.0 {
@@ -132,8 +133,11 @@ impl<'a> Classification<'a> {
         rng.set_stream(at.index as u64);
         let keep = 1.0 / (1.0 - p) as f32;
         let hidden = self.student.hidden_size();
-        let m: Vec<f32> = (0..rows * hidden)
+        let (_, mine, start) = at.epoch_rows(self.train.len());
+        let skip = (mine.start - start) * hidden;
+        let m: Vec<f32> = (0..skip + rows * hidden)
             .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+            .skip(skip)
             .collect();
         Tensor::from_vec(m, (rows, hidden), &self.device)
             .map(Some)
@@ -160,6 +164,15 @@ impl Task for Classification<'_> {
 
     fn loss(&mut self, at: &BatchAt) -> Result<Losses, TrainError> {
         let rows = self.rows(at);
+        if rows.is_empty() {
+            // A data-parallel rank past the end of an epoch's short last batch: it adds
+            // nothing (the learner weighs each rank by its examples).
+            return Ok(Losses {
+                total: Tensor::zeros((), DType::F32, &self.device).ctx(|| "loss".into())?,
+                parts: vec![],
+                units: 0,
+            });
+        }
         let seqs: Vec<&[u32]> = rows.iter().map(|&i| self.train.ids[i].as_slice()).collect();
         let batch = pad_batch(&seqs, self.pad_id, &self.device)?;
         let dropout = self.dropout(at, rows.len())?;
