@@ -109,6 +109,16 @@ impl CacheBuilder {
         })
     }
 
+    /// The cache another process of a group is making in `dir` (it opened it with
+    /// [`Self::open`], which checked it): for reading the pending jobs and writing their
+    /// shard files with [`Self::write_file`]; the manifest stays the opener's to write.
+    pub fn follow(dir: &Path) -> Result<Self, CacheError> {
+        Ok(Self {
+            dir: dir.into(),
+            manifest: Manifest::read(dir)?,
+        })
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
@@ -147,31 +157,83 @@ impl CacheBuilder {
         data: &[Vec<u32>],
         records: &[u8],
     ) -> Result<(), CacheError> {
+        let split = &self.manifest.splits[job.split];
+        if job.shard != split.shards.len() {
+            return Err(CacheError::Invalid(format!(
+                "shard {} of {} written out of order: shard {} is next",
+                job.shard,
+                split.name,
+                split.shards.len()
+            )));
+        }
+        self.write_file(job, records)?;
+        self.record(job, data, records)
+    }
+
+    /// Writes a job's shard file without recording it: how the ranks of a group share the
+    /// work, the one that opened the cache recording each file with [`Self::adopt`].
+    pub fn write_file(&self, job: &ShardJob, records: &[u8]) -> Result<(), CacheError> {
         let m = &self.manifest;
         let positions = m.identity.block_size - 1;
         let count = job.entries.len();
         let want = count * positions * m.layout.record_bytes;
         let split = &m.splits[job.split];
-        if records.len() != want || job.shard != split.shards.len() {
+        if records.len() != want {
             return Err(CacheError::Invalid(format!(
-                "shard {} of {}: {} record bytes for shard {}, expected {want} for shard {}",
+                "shard {} of {}: {} record bytes, expected {want}",
                 job.shard,
                 split.name,
                 records.len(),
-                job.shard,
-                split.shards.len()
             )));
         }
-        let file = shard_file(&split.name, job.shard);
         let mut bytes = Vec::with_capacity(shard::HEADER + records.len());
         bytes.extend_from_slice(&shard::header(count, positions, m.layout.record_bytes));
         bytes.extend_from_slice(records);
-        write_atomically(&self.dir.join(&file), &bytes)?;
+        write_atomically(&self.dir.join(shard_file(&split.name, job.shard)), &bytes)
+    }
+
+    /// Records the next shard from its file when one is there (written by [`Self::write_file`],
+    /// here or in an earlier session): `false` when there is none. A file of the wrong shape
+    /// is an error naming it.
+    pub fn adopt(&mut self, job: &ShardJob, data: &[Vec<u32>]) -> Result<bool, CacheError> {
+        let m = &self.manifest;
+        let split = &m.splits[job.split];
+        if job.shard != split.shards.len() {
+            return Ok(false);
+        }
+        let path = self.dir.join(shard_file(&split.name, job.shard));
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(CacheError::io(&path, "reading")(e)),
+        };
+        let body = bytes.get(shard::HEADER..).unwrap_or_default();
+        let records = shard::records(
+            &path,
+            &bytes,
+            job.entries.len(),
+            m.identity.block_size - 1,
+            m.layout.record_bytes,
+            crc32fast::hash(body),
+        )?;
+        self.record(job, data, records)?;
+        Ok(true)
+    }
+
+    /// Adds a written shard to the manifest and writes it.
+    fn record(
+        &mut self,
+        job: &ShardJob,
+        data: &[Vec<u32>],
+        records: &[u8],
+    ) -> Result<(), CacheError> {
+        let split = &self.manifest.splits[job.split];
+        let file = shard_file(&split.name, job.shard);
         let tokens = blocks_digest(self.blocks(job).iter().map(|&b| &data[b as usize][..]));
         self.manifest.splits[job.split].shards.push(ShardManifest {
             file,
             first: job.entries.start,
-            count,
+            count: job.entries.len(),
             tokens_sha256: tokens,
             crc32: crc32fast::hash(records),
         });
@@ -279,6 +341,10 @@ fn resume(
                 ok
             })
             .count();
+        // The files of dropped shards go, so that none is adopted again.
+        for s in &ms.shards[keep..] {
+            let _ = std::fs::remove_file(dir.join(&s.file));
+        }
         ms.shards.truncate(keep);
     }
     tracing::info!(

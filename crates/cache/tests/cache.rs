@@ -252,3 +252,99 @@ fn damaged_shards_and_directories_that_are_not_caches_are_refused() {
         .to_string();
     assert!(e.contains("holds other files"), "{e}");
 }
+
+/// Two ranks of a group share the shards: each writes the files of its jobs, the rank that
+/// opened the cache adopts them in order. The cache is the one a single process makes, and a
+/// group stopped between writing and adopting leaves files the next session adopts.
+#[test]
+fn a_group_writes_shard_files_and_the_opener_adopts_them() {
+    let train = data(9, 0);
+    let reads: Vec<u32> = (0..9).collect();
+    let single = tempfile::tempdir().unwrap();
+    make(single.path(), &train, reads.clone(), None).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::new(5, V, 8).unwrap();
+    let open = || {
+        CacheBuilder::open(
+            dir.path(),
+            identity(),
+            layout,
+            &[SplitRequest {
+                name: "train",
+                data: &train,
+                blocks: reads.clone(),
+            }],
+            2,
+        )
+        .unwrap()
+    };
+    let mut opener = open();
+    let follower = CacheBuilder::follow(dir.path()).unwrap();
+    let jobs = opener.pending();
+    assert_eq!((jobs.len(), follower.pending()), (5, jobs.clone()));
+    // Rank 1 writes its share (jobs 1 and 3); rank 0 only job 0 before it is stopped.
+    for job in jobs.iter().skip(1).step_by(2) {
+        let blocks = follower.blocks(job).to_vec();
+        follower
+            .write_file(job, &records(&layout, &blocks, &train))
+            .unwrap();
+    }
+    let blocks = opener.blocks(&jobs[0]).to_vec();
+    opener
+        .write_file(&jobs[0], &records(&layout, &blocks, &train))
+        .unwrap();
+    // Adopted in order up to the first missing file (job 2).
+    let adopted = jobs
+        .iter()
+        .take_while(|j| opener.adopt(j, &train).unwrap())
+        .count();
+    assert_eq!(adopted, 2);
+    drop(opener);
+    let e = TeacherCache::open(dir.path()).err().unwrap().to_string();
+    assert!(e.contains("incomplete (2 of 5 shards)"), "{e}");
+
+    // The next session adopts job 3's file once job 2 is made, and makes job 4.
+    let mut opener = open();
+    let jobs = opener.pending();
+    assert_eq!(jobs.len(), 3);
+    for job in &jobs {
+        if !opener.adopt(job, &train).unwrap() {
+            let blocks = opener.blocks(job).to_vec();
+            opener
+                .write(job, &train, &records(&layout, &blocks, &train))
+                .unwrap();
+        }
+    }
+    opener.finish(Some(123.0)).unwrap();
+    let a = std::fs::read_to_string(single.path().join("cache.json")).unwrap();
+    let b = std::fs::read_to_string(dir.path().join("cache.json")).unwrap();
+    assert_eq!(a, b, "the group's manifest differs from one process's");
+    for s in 0..5 {
+        let f = format!("train-{s:05}.bin");
+        assert_eq!(
+            std::fs::read(single.path().join(&f)).unwrap(),
+            std::fs::read(dir.path().join(&f)).unwrap(),
+            "{f}"
+        );
+    }
+
+    // A file of the wrong shape is refused, naming it.
+    let other = tempfile::tempdir().unwrap();
+    let mut b = CacheBuilder::open(
+        other.path(),
+        identity(),
+        layout,
+        &[SplitRequest {
+            name: "train",
+            data: &train,
+            blocks: reads.clone(),
+        }],
+        2,
+    )
+    .unwrap();
+    std::fs::write(other.path().join("train-00000.bin"), b"DSTLTC01 too short").unwrap();
+    let job = b.pending()[0].clone();
+    let e = b.adopt(&job, &train).unwrap_err().to_string();
+    assert!(e.contains("train-00000.bin"), "{e}");
+}
