@@ -491,6 +491,25 @@ impl Llama {
         &self.device
     }
 
+    /// Multiplies every layer's projections in `dtype` (`None`: the weights' own), the weights
+    /// staying as they are: a student trains f32 master weights with bf16 products. The
+    /// embedding, norms, attention scores and the head stay in the weights' dtype.
+    pub fn set_matmul_dtype(&mut self, dtype: Option<DType>) {
+        for b in &mut self.blocks {
+            for l in [
+                &mut b.attn.q,
+                &mut b.attn.k,
+                &mut b.attn.v,
+                &mut b.attn.o,
+                &mut b.mlp.gate,
+                &mut b.mlp.up,
+                &mut b.mlp.down,
+            ] {
+                l.set_compute_dtype(dtype);
+            }
+        }
+    }
+
     /// Logits for every position of `input_ids` (`[batch, seq]`, u32), and on request the hidden
     /// states: the embedding output, then each layer's output, the last one after the final norm
     /// (the convention of transformers' `output_hidden_states`). `attention_mask` (`[batch, seq]`,

@@ -79,11 +79,24 @@ impl Matrix {
 pub struct Linear {
     weight: Matrix,
     bias: Option<Tensor>,
+    /// Multiply dense matrices in this dtype (input and weight cast, the product cast back):
+    /// bf16 products over f32 master weights on a GPU's tensor cores.
+    compute: Option<DType>,
 }
 
 impl Linear {
     pub fn new(weight: Matrix, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            compute: None,
+        }
+    }
+
+    /// Multiplies in `dtype` from now on (`None`: in the input's dtype). Gradients flow back
+    /// through the casts to the weights in their own dtype.
+    pub fn set_compute_dtype(&mut self, dtype: Option<DType>) {
+        self.compute = dtype;
     }
 
     /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`) of shape `[out, inp]`.
@@ -105,7 +118,7 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self::new(weight, bias))
     }
 
     pub fn weight(&self) -> &Matrix {
@@ -119,10 +132,16 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let product = |x: &Tensor, w: &Tensor| match self.compute {
+            Some(dt) if dt != x.dtype() || dt != w.dtype() => {
+                times_transposed(&x.to_dtype(dt)?, &w.to_dtype(dt)?)?.to_dtype(x.dtype())
+            }
+            _ => times_transposed(x, w),
+        };
         let y = match &self.weight {
-            Matrix::Dense(w) => times_transposed(x, w)?,
+            Matrix::Dense(w) => product(x, w)?,
             Matrix::Quantized { matmul, .. } => matmul.forward(x)?,
-            Matrix::LowRank { u, v } => times_transposed(&times_transposed(x, v)?, u)?,
+            Matrix::LowRank { u, v } => product(&product(x, v)?, u)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),

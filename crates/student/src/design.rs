@@ -30,6 +30,24 @@ pub struct StudentConfig {
     /// A vocabulary trimmed to the training corpus (causal-LM runs); unset: the teacher's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vocab: Option<crate::vocab::VocabConfig>,
+    /// Dtype of the layers' matrix products while training a causal-LM student: `f32` (the
+    /// default) or `bf16`. The weights stay f32 either way (the optimiser's master copy); on a
+    /// GPU bf16 products run on its tensor cores, on a CPU they are slower than f32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matmul_dtype: Option<String>,
+}
+
+impl StudentConfig {
+    /// `matmul_dtype` as a dtype (`None` for f32, the weights' own); an error names the key.
+    pub fn matmul_dtype(&self) -> Result<Option<candle_core::DType>, String> {
+        match self.matmul_dtype.as_deref().map(str::trim) {
+            None | Some("f32") => Ok(None),
+            Some("bf16") => Ok(Some(candle_core::DType::BF16)),
+            Some(other) => Err(format!(
+                "student.matmul_dtype: expected f32 or bf16, got `{other}`"
+            )),
+        }
+    }
 }
 
 /// Where the student's weights start.

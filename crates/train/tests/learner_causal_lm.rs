@@ -302,3 +302,46 @@ fn a_teacher_with_another_vocabulary_is_refused() {
         "{e}"
     );
 }
+
+/// A student multiplying in bf16 over f32 master weights trains as the f32 one does, to
+/// within bf16's precision: the same falling KL, weights still f32 and moved by the updates.
+#[test]
+fn bf16_matmuls_over_f32_master_weights_train_like_f32() {
+    let s = setup();
+    let mut tc = train_cfg(30);
+    tc.eval_every = Some(30);
+    let mut runs = vec![];
+    for dtype in [None, Some(DType::BF16)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (vm, mut m) = model(&cfg(1, 16));
+        let before = snapshot(&vm);
+        m.set_matmul_dtype(dtype);
+        let (out, _) = fit(
+            &s,
+            tmp.path(),
+            (&vm, &m),
+            &tc,
+            &distill(1.0),
+            &s.train,
+            false,
+            None,
+        )
+        .unwrap();
+        for (name, v) in vm.data().lock().unwrap().iter() {
+            assert_eq!(v.dtype(), DType::F32, "{name} is no longer f32");
+        }
+        assert_ne!(snapshot(&vm), before, "the weights did not move");
+        let first = out.steps_log.first().unwrap().part("soft").unwrap();
+        let last = out.steps_log.last().unwrap().part("soft").unwrap();
+        assert!(
+            last < 0.7 * first,
+            "{dtype:?}: KL did not fall: {first} → {last}"
+        );
+        runs.push(last);
+    }
+    let (f32_kl, bf16_kl) = (runs[0], runs[1]);
+    assert!(
+        (f32_kl - bf16_kl).abs() < 0.1 * f32_kl,
+        "final KL f32 {f32_kl}, bf16 products {bf16_kl}"
+    );
+}
