@@ -28,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod batch_probe;
 pub mod checkpoint;
 pub mod classify;
 pub mod config;
@@ -52,4 +53,4 @@ pub use learner::{LearnOutcome, Learner};
 pub use progress::{Event, Observer, Silent, StopFlag};
 pub use records::{EvalRecord, StepRecord};
 pub use task::{BatchAt, Evaluation, Losses, Task};
-pub use training::{TaskKind, TrainConfig, Training};
+pub use training::{BatchSize, TaskKind, TrainConfig, Training};

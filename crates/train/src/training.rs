@@ -25,6 +25,16 @@ pub enum Length {
     Epochs(usize),
 }
 
+/// `batch_size` as written: a number of rows, or `auto`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum BatchSize {
+    Rows(usize),
+    /// `auto`: on a GPU, the largest micro-batch whose training step fits in its memory,
+    /// found by trying (causal-LM runs); on a CPU, the default.
+    Word(String),
+}
+
 /// How the learning rate warms up.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,9 +60,10 @@ pub struct TrainConfig {
     /// Passes over the training data (give this or `steps`; early stopping may end sooner).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epochs: Option<usize>,
-    /// Blocks (causal LM) or examples (classification) per micro-batch.
+    /// Blocks (causal LM) or examples (classification) per micro-batch, or `auto` (causal
+    /// LM: on a GPU the largest that fits, found by trying a training step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch_size: Option<usize>,
+    pub batch_size: Option<BatchSize>,
     /// Micro-batches per optimiser step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_accum: Option<usize>,
@@ -122,7 +133,12 @@ pub struct Training {
     #[serde(skip)]
     pub task: TaskKind,
     pub length: Length,
+    /// Rows per combined micro-batch; with [`Self::batch_auto`], the default until the run
+    /// has chosen its own.
     pub batch_size: usize,
+    /// `batch_size: auto`: the run chooses `batch_size` for its device before training.
+    #[serde(skip)]
+    pub batch_auto: bool,
     pub grad_accum: usize,
     pub lr: f64,
     pub min_lr_ratio: f64,
@@ -212,6 +228,24 @@ impl TrainConfig {
             (None, None) if lm => Warmup::Steps(0),
             (None, None) => Warmup::Fraction(0.1),
         };
+        let (batch_size, batch_auto) = match &self.batch_size {
+            None => (None, false),
+            Some(BatchSize::Rows(n)) => (Some(*n), false),
+            Some(BatchSize::Word(w)) if w.trim() == "auto" && lm => (None, true),
+            Some(BatchSize::Word(w)) if w.trim() == "auto" => {
+                return Err(err(
+                    "batch_size",
+                    "`auto` is for causal-LM runs; give a classifier's batch size as a number"
+                        .into(),
+                ))
+            }
+            Some(BatchSize::Word(w)) => {
+                return Err(err(
+                    "batch_size",
+                    format!("expected a number of rows or `auto`, got `{w}`"),
+                ))
+            }
+        };
         let lr = match (self.lr, lm) {
             (Some(v), _) => v,
             (None, true) => 3e-4,
@@ -225,7 +259,8 @@ impl TrainConfig {
         let t = Training {
             task,
             length,
-            batch_size: self.batch_size.unwrap_or(if lm { 8 } else { 16 }),
+            batch_size: batch_size.unwrap_or(if lm { 8 } else { 16 }),
+            batch_auto,
             grad_accum: self.grad_accum.unwrap_or(1),
             lr,
             min_lr_ratio: self.min_lr_ratio.unwrap_or(if lm { 0.1 } else { 0.0 }),
@@ -372,7 +407,11 @@ impl Training {
         TrainConfig {
             steps,
             epochs,
-            batch_size: Some(self.batch_size),
+            batch_size: Some(if self.batch_auto {
+                BatchSize::Word("auto".into())
+            } else {
+                BatchSize::Rows(self.batch_size)
+            }),
             grad_accum: Some(self.grad_accum),
             lr: Some(self.lr),
             min_lr_ratio: Some(self.min_lr_ratio),
@@ -448,6 +487,36 @@ mod tests {
 
     fn parse(json: &str) -> TrainConfig {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn batch_size_auto_is_for_causal_lm_runs_and_round_trips() {
+        let lm = parse(r#"{"steps": 10, "batch_size": "auto"}"#)
+            .resolve(TaskKind::CausalLm, "train")
+            .unwrap();
+        assert!(lm.batch_auto);
+        assert_eq!(lm.batch_size, 8, "the default until the run chooses");
+        assert_eq!(
+            lm.to_config().batch_size,
+            Some(BatchSize::Word("auto".into()))
+        );
+        let fixed = parse(r#"{"steps": 10, "batch_size": 4}"#)
+            .resolve(TaskKind::CausalLm, "train")
+            .unwrap();
+        assert_eq!((fixed.batch_size, fixed.batch_auto), (4, false));
+        let e = parse(r#"{"steps": 10, "batch_size": "big"}"#)
+            .resolve(TaskKind::CausalLm, "train")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train.batch_size") && e.contains("`big`"), "{e}");
+        let e = parse(r#"{"epochs": 1, "lr": 1e-4, "batch_size": "auto"}"#)
+            .resolve(TaskKind::Classification, "train")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("train.batch_size") && e.contains("causal-LM"),
+            "{e}"
+        );
     }
 
     #[test]
