@@ -3,15 +3,16 @@
 #   1. the CUDA 13 compiler, headers and runtime from PyPI wheels into a venv under
 #      ${DISTILL_CUDA_CACHE:-~/.cache/distill/cuda13} (CUDA_HOME = its nvidia/cu13);
 #   2. link stubs (shared libraries exporting the symbols cudarc declares, with the real
-#      sonames) for the driver and math libraries absent here: libcuda.so.1, libcublas.so.13,
-#      libcublasLt.so.13, libcurand.so.10; the binary then needs the real ones at run time;
+#      sonames) for the driver and libraries absent here: libcuda.so.1, libcublas.so.13,
+#      libcublasLt.so.13, libcurand.so.10 and, with the `nccl` feature, libnccl.so.2; the
+#      binary then needs the real ones at run time;
 #   3. a release build for CUDA_COMPUTE_CAP (default 90: H100/H200) into target-cuda/, so the
 #      CPU build in target/ stays, a stripped copy at target-cuda/distill-cuda and that gzipped
 #      (target-cuda/distill-cuda.gz, what travels to a GPU machine: the stripped binary is
 #      ≈ 75 MiB, most of it candle's kernels);
 #   4. a smoke test: the binary, loaded against the stubs, scores a text on the CPU.
 # Measured: 9 minutes clean on 2 cores (Intel Xeon, 2026-12-02); incremental afterwards.
-#   scripts/build-cuda.sh [--features cuda,cudnn]
+#   scripts/build-cuda.sh [--features cuda,nccl]   (any of cuda, cudnn, nccl)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 features="cuda"
@@ -35,16 +36,19 @@ for lib in "$CUDA_HOME"/lib/lib*.so.*; do
   [[ -e "$plain" ]] || ln -sf "$(basename "$lib")" "$plain"
 done
 
+# Each feature of the binary's crate: `cuda,nccl` → `distill-cli/cuda,distill-cli/nccl`.
+cli_features=$(echo "$features" | tr ',' '\n' | sed '/^$/d; s|^|distill-cli/|' | paste -sd, -)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target-cuda}"
 cargo fetch --quiet
-cudarc=$(cargo metadata --format-version 1 --features "distill-cli/$features" 2>/dev/null \
+cudarc=$(cargo metadata --format-version 1 --features "$cli_features" 2>/dev/null \
   | python3 -c 'import json,sys; m=json.load(sys.stdin); print(next(p["manifest_path"] for p in m["packages"] if p["name"]=="cudarc").rsplit("/",1)[0])')
 stubs="$cache/stubs"
 mkdir -p "$stubs"
 # name soname source-dir-in-cudarc
 while read -r name soname dir; do
   if ls "$CUDA_HOME/lib/$name.so"* >/dev/null 2>&1; then continue; fi
-  grep -rhoE "fn cu[A-Za-z0-9_]+\(" "$cudarc/src/$dir" | sed -e 's/^fn //' -e 's/($//' | sort -u \
+  [[ -d "$cudarc/src/$dir" ]] || continue
+  grep -rhoE "fn (cu|nccl)[A-Za-z0-9_]+\(" "$cudarc/src/$dir" | sed -e 's/^fn //' -e 's/($//' | sort -u \
     | awk '{print "void " $1 "(void) {}"}' > "$stubs/$name.c"
   cc -shared -fPIC -Wl,-soname,"$soname" -o "$stubs/$name.so" "$stubs/$name.c"
 done <<'LIBS'
@@ -52,11 +56,12 @@ libcuda libcuda.so.1 driver
 libcublas libcublas.so.13 cublas
 libcublasLt libcublasLt.so.13 cublaslt
 libcurand libcurand.so.10 curand
+libnccl libnccl.so.2 nccl
 LIBS
 export LIBRARY_PATH="$stubs:$CUDA_HOME/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stubs -L native=$CUDA_HOME/lib"
 start=$(date +%s)
-cargo build --release --bin distill --features "distill-cli/$features"
+cargo build --release --bin distill --features "$cli_features"
 bin="$CARGO_TARGET_DIR/release/distill"
 strip -o "$CARGO_TARGET_DIR/distill-cuda" "$bin"
 gzip -9 -c "$CARGO_TARGET_DIR/distill-cuda" > "$CARGO_TARGET_DIR/distill-cuda.gz"
@@ -67,7 +72,7 @@ echo "build-cuda: it needs at run time: $(readelf -d "$bin" | grep NEEDED | sed 
 # and math libraries; nothing may call into them, so the model runs on the CPU.
 rt="$stubs/runtime"
 mkdir -p "$rt"
-for l in libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libcurand.so.10; do
+for l in libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnccl.so.2; do
   [[ -e "$stubs/${l%%.so*}.so" ]] && ln -sf "../${l%%.so*}.so" "$rt/$l"
 done
 assets="${DISTILL_ASSETS:-$HOME/.cache/distill/assets}"

@@ -1475,3 +1475,150 @@ fn auto_finds_a_small_artifact_within_the_budget() {
     );
     assert!(run.join("auto.gguf").exists());
 }
+
+/// The `train` lines of a run's metrics: (step, loss).
+fn train_losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+/// `distill launch` starts two CPU ranks (processes joined over TCP) that train what one
+/// process trains on the same combined batch: the same loss at every step and the same
+/// exported weights; rank 0 alone writes the run folder and prints the report. A rank that
+/// fails stops the group with its error.
+#[test]
+fn launch_trains_two_cpu_ranks_as_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_run_setup(tmp.path(), 4, "");
+    let c = config.to_str().unwrap();
+    ok(&distill(&["run", c], &[]));
+    let runs = tmp.path().join("runs");
+    std::fs::rename(runs.join("tiny"), runs.join("single")).unwrap();
+
+    let port = common::free_port().to_string();
+    let launch = |extra: &[&str]| {
+        let mut args = vec![
+            "launch",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            &port,
+            "--",
+            "run",
+            c,
+        ];
+        args.extend_from_slice(extra);
+        distill(&args, &[])
+    };
+    let o = launch(&[]);
+    let out = ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(out.matches("report:").count(), 1, "{out}");
+    assert!(
+        err.contains("[rank 1]") && err.contains("rank done"),
+        "{err}"
+    );
+    let (single, group) = (runs.join("single"), runs.join("tiny"));
+    let (a, b) = (train_losses(&single), train_losses(&group));
+    assert_eq!(a.len(), 4);
+    assert_eq!(b.len(), 4, "one line per step, from rank 0 alone");
+    for ((sa, la), (sb, lb)) in a.iter().zip(&b) {
+        assert_eq!(sa, sb);
+        assert!(
+            (la - lb).abs() < 1e-4 * la.abs().max(1.0),
+            "step {sa}: {la} vs {lb}"
+        );
+    }
+    let load = |run: &Path| {
+        candle_core::safetensors::load(
+            run.join("final/model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let (wa, wb) = (load(&single), load(&group));
+    assert_eq!(wa.len(), wb.len());
+    for (name, t) in &wa {
+        let d = common::max_abs_diff(t, &wb[name]);
+        assert!(d < 1e-4, "{name}: the group's weights differ by {d}");
+    }
+
+    // The folder exists: rank 0 refuses, and the launcher stops the group with the error.
+    let o = launch(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("--resume") && err.contains("failed"), "{err}");
+    // Resumed by the group from rank 0's checkpoint.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("steps: 4", "steps: 6"),
+    )
+    .unwrap();
+    ok(&launch(&["--resume"]));
+    let steps: Vec<u64> = train_losses(&group).iter().map(|s| s.0).collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
+
+    // Only `run` and `cache-teacher` are launched.
+    let o = distill(&["launch", "--nproc-per-node", "2", "--", "eval", c], &[]);
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("cache-teacher"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `batch_size: auto` on the CPU trains with the default and records it in the run's
+/// `config.yaml`, which a resumed run keeps; `student.matmul_dtype: bf16` trains a student
+/// whose exported weights are still f32.
+#[test]
+fn batch_size_auto_and_bf16_matmuls_on_the_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_run_setup(tmp.path(), 2, "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("batch_size: 2", "batch_size: auto")
+        .replace(
+            "student: {layers: 1,",
+            "student: {layers: 1, matmul_dtype: bf16,",
+        );
+    std::fs::write(&config, text).unwrap();
+    let c = config.to_str().unwrap();
+    let o = distill(&["run", c], &[]);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("batch_size auto") && err.contains("BF16"),
+        "{err}"
+    );
+    let run = tmp.path().join("runs/tiny");
+    let resolved = std::fs::read_to_string(run.join("config.yaml")).unwrap();
+    assert!(resolved.contains("batch_size: 8"), "{resolved}");
+    assert!(resolved.contains("matmul_dtype: bf16"), "{resolved}");
+    assert_eq!(
+        safetensors_dtypes(&run.join("final/model.safetensors")),
+        vec!["F32".to_string()]
+    );
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("steps: 2", "steps: 3"),
+    )
+    .unwrap();
+    let o = distill(&["run", c, "--resume"], &[]);
+    ok(&o);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("the batch the run started with"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let steps: Vec<u64> = train_losses(&run).iter().map(|s| s.0).collect();
+    assert_eq!(steps, vec![1, 2, 3]);
+}

@@ -63,3 +63,11 @@ pub fn fixture(rel: &str) -> PathBuf {
     assert!(p.exists(), "missing fixture {}", p.display());
     p
 }
+
+/// A TCP port on 127.0.0.1 that nothing listens on now (for a data-parallel group's rank 0).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}

@@ -19,6 +19,7 @@ Examples:
   distill eval model.gguf --text moby-dick/chapter_1.txt --max-tokens 2048
   distill eval model.gguf --text moby-dick/chapter_1.txt --ggml   # llama.cpp's exact logits
   distill eval ./my-model-folder --text valid.txt --device cuda:0 --dtype bf16
+  distill launch --nproc-per-node 2 -- run configs/quickstart.yaml   # data-parallel, 2 ranks
   distill run configs/spam-minilm.yaml           # fine-tune a classifier teacher, distil a student
   distill eval runs/spam-minilm/student --labelled configs/spam-minilm.yaml --split test
   distill compress runs/quickstart/final --gguf student.gguf --quantize q8_0 --tokenizer-from teacher.gguf
@@ -40,6 +41,9 @@ struct Cli {
 enum Command {
     /// Distil a student from a teacher as one YAML config describes (train, export, report).
     Run(commands::run::Args),
+    /// Start the ranks of a data-parallel group on this host (one per GPU), each running the
+    /// command after `--` (`run CONFIG`), with the variables torchrun sets.
+    Launch(commands::launch::Args),
     /// Run a causal-LM run's teacher once and keep its top-k targets in `teacher.cache`, so
     /// that `distill run` trains without running the teacher. Resumes when run again.
     CacheTeacher(commands::cache_teacher::Args),
@@ -64,6 +68,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => commands::run::run(a),
+        Command::Launch(a) => commands::launch::run(a),
         Command::CacheTeacher(a) => commands::cache_teacher::run(a),
         Command::Schema => serde_json::to_string_pretty(&distill::schema())
             .map(|s| println!("{s}"))

@@ -9,14 +9,17 @@ use distill_models::{LlamaConfig, Model, WeightSource};
 use distill_student::vocab::{RestrictedModel, RowSelectedWeights};
 use distill_student::{build_student, save_hf, HfExport, InitConfig};
 use distill_teacher::{LoadedTokenizer, Teacher, TeacherFiles, TeacherSource};
+use distill_train::batch_probe::largest_batch;
 use distill_train::data::BlockSet;
+use distill_train::parallel::{Communicator, Single};
 use distill_train::scoring::{agreement, perplexity, scoring_speed, top1_tokens};
 use distill_train::tasks::CausalLm;
-use distill_train::Learner;
+use distill_train::{Learner, Training};
 
 use crate::compression::{self, Compression};
 use crate::data::{build_data_from, split_run_documents, write_split};
 use crate::error::{Context, Error, Result};
+use crate::group::{self, rank_device};
 use crate::job::RunConfig;
 use crate::options::RunOptions;
 use crate::report::compress::Reference;
@@ -74,6 +77,9 @@ impl TeacherSide {
 #[derive(Debug)]
 pub struct LmRun {
     pub run_dir: PathBuf,
+    /// This process's rank in its data-parallel group (0 when it trained alone); only rank 0
+    /// exports, reports and compresses.
+    pub rank: usize,
     /// Steps trained, over all sessions of the run.
     pub steps: usize,
     /// Stopped by the stop flag (a checkpoint was written; `--resume` continues).
@@ -86,11 +92,34 @@ pub struct LmRun {
 }
 
 /// Runs a causal-LM job.
+///
+/// As one rank of a data-parallel group (`opts.launch`), it trains its share of every batch on
+/// the device of its `LOCAL_RANK`; rank 0 alone prepares the run folder, writes checkpoints and
+/// metrics, and exports, reports and compresses the student, while the other ranks return after
+/// training (their [`LmRun::rank`] is not 0 and they have no report).
 pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
     let run_dir = cfg.run_dir();
-    prepare_run_dir(cfg, &run_dir, opts.resume, opts.overwrite)?;
-    let load = cfg.teacher.load_options().context("teacher")?;
+    let resumed_batch = resumed_batch_size(cfg, opts);
+    let cfg = resumed_batch.as_ref().unwrap_or(cfg);
+    let mut teacher_section = cfg.teacher.clone();
+    if let Some(l) = &opts.launch {
+        teacher_section.device = rank_device(&cfg.teacher.device, l)?;
+    }
+    let load = teacher_section.load_options().context("teacher")?;
     let device = load.device.clone();
+    let comm = opts
+        .launch
+        .as_ref()
+        .map(|l| group::join(l, &device))
+        .transpose()?;
+    let rank = comm.as_ref().map_or(0, |c| c.rank());
+    if rank == 0 {
+        prepare_run_dir(cfg, &run_dir, opts.resume, opts.overwrite)?;
+    }
+    if let Some(c) = &comm {
+        // The others start once the folder is there (and an old one is gone).
+        c.barrier()?;
+    }
     let source = TeacherSource::parse(&cfg.teacher.source).context("teacher.source")?;
     let side = if cfg.teacher.cache.is_some() {
         tracing::info!(source = %source, "reading the teacher's files (its outputs come from the cache)");
@@ -101,7 +130,9 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
     };
     let teacher_cfg = side.config()?.clone();
     let split = split_run_documents(cfg)?;
-    write_split(cfg, &split, &run_dir.join("split.json"))?;
+    if rank == 0 {
+        write_split(cfg, &split, &run_dir.join("split.json"))?;
+    }
     let vocab = match &cfg.student.vocab {
         Some(_) if cfg.teacher.cache.is_some() => {
             return Err(Error::Invalid(
@@ -172,7 +203,11 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
     } else {
         cfg.student.clone()
     };
-    let student = build_student(&view_cfg, init_source, &spec, &device).context("student")?;
+    let mut student = build_student(&view_cfg, init_source, &spec, &device).context("student")?;
+    if let Some(dt) = cfg.student.matmul_dtype().map_err(Error::Job)? {
+        tracing::info!(dtype = ?dt, "student: the layers multiply in {dt:?} over f32 weights");
+        student.model.set_matmul_dtype(Some(dt));
+    }
     drop(rows);
     drop(dense);
     if student.config.vocab_size != view_cfg.vocab_size {
@@ -196,13 +231,21 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
         Some(r) => Some(r),
         None => side.model()?,
     };
+    let training = choose_batch_size(
+        cfg,
+        comm.as_deref(),
+        (&student.model, &student.varmap),
+        teacher_lm,
+        (&train, &valid),
+        &device,
+    )?;
     let mut task = match &cache {
         Some(cache) => CausalLm::from_cache(
             &student.model,
             &student.varmap,
             cache,
             &cfg.distill,
-            &cfg.train,
+            &training,
             &train,
             &valid,
             &device,
@@ -212,29 +255,31 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
             &student.varmap,
             teacher_lm,
             &cfg.distill,
-            &cfg.train,
+            &training,
             &train,
             &valid,
             &device,
         )?,
     };
-    let outcome = Learner::new(&cfg.train, "train")
+    let outcome = Learner::new(&training, "train")
         .checkpoints(run_dir.join("checkpoints"))
         .metrics(run_dir.join("metrics.jsonl"))
         .observer(opts.observer)
         .stop_flag(&opts.stop)
         .device(&device)
+        .data_parallel(comm.as_deref().unwrap_or(&Single))
         .fit(&mut task, opts.resume)?;
     let teacher_val_ppl = task.teacher_val_ppl();
     drop(task);
     if !cfg.distill.needs_teacher() {
         tracing::info!("alpha = 0: the teacher was used for evaluation only");
     }
-    if outcome.interrupted {
+    if outcome.interrupted || rank != 0 {
         return Ok(LmRun {
             run_dir,
+            rank,
             steps: outcome.steps,
-            interrupted: true,
+            interrupted: outcome.interrupted,
             report: None,
             student: None,
             compression: None,
@@ -255,7 +300,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
     )?;
 
     let last = outcome.evals.last();
-    let batch = cfg.train.batch_size;
+    let batch = training.batch_size;
     let mut report = RunReport {
         run: cfg.output.name.clone(),
         teacher: ModelStats {
@@ -297,7 +342,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
         Some(c) => {
             // The teacher's top-1 tokens on the report's validation blocks, for the artifact's
             // agreement, before the teacher is let go to make room for compression.
-            let blocks = &valid.blocks[..cfg.train.eval_block_count(valid.len())];
+            let blocks = &valid.blocks[..training.eval_block_count(valid.len())];
             let teacher_top1 = teacher_lm
                 .map(|lm| top1_tokens(lm, blocks.iter().map(Vec::as_slice)))
                 .transpose()?;
@@ -326,12 +371,115 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
     };
     Ok(LmRun {
         run_dir,
+        rank,
         steps: outcome.steps,
         interrupted: false,
         report: Some(report),
         student: Some(final_dir),
         compression,
     })
+}
+
+/// For a resumed run with `batch_size: auto`: the config with the batch size the run chose
+/// when it started (its `config.yaml`), so that it reads the data it would have read.
+fn resumed_batch_size(cfg: &RunConfig, opts: &RunOptions) -> Option<RunConfig> {
+    if !(opts.resume && cfg.train.batch_auto) {
+        return None;
+    }
+    let text = std::fs::read_to_string(cfg.run_dir().join("config.yaml")).ok()?;
+    let crate::Job::CausalLm(started) = crate::parse_job(&text).ok()? else {
+        return None;
+    };
+    if started.train.batch_auto {
+        return None;
+    }
+    tracing::info!(
+        batch_size = started.train.batch_size,
+        "batch_size auto: the batch the run started with"
+    );
+    let mut cfg = cfg.clone();
+    cfg.train.batch_size = started.train.batch_size;
+    cfg.train.batch_auto = false;
+    Some(cfg)
+}
+
+/// The run's training settings with `batch_size` chosen when the config says `auto`: on a
+/// GPU, the largest micro-batch whose step fits (each rank of a group tries its own device,
+/// the group takes the smallest, times its ranks); on a CPU, the default. Rank 0 writes the
+/// choice into the run's `config.yaml`.
+fn choose_batch_size(
+    cfg: &RunConfig,
+    comm: Option<&dyn Communicator>,
+    (student, varmap): (&dyn Model, &candle_nn::VarMap),
+    teacher: Option<&dyn Model>,
+    (train, valid): (&BlockSet, &BlockSet),
+    device: &candle_core::Device,
+) -> Result<Training> {
+    let mut training = cfg.train.clone();
+    if !training.batch_auto {
+        return Ok(training);
+    }
+    let run_dir = cfg.run_dir();
+    let (rank, world) = comm.map_or((0, 1), |c| (c.rank(), c.world()));
+    let rows = if device.is_cpu() {
+        tracing::info!(
+            batch_size = training.batch_size,
+            "batch_size auto: on the CPU memory is not what limits a batch; the default (write a number to choose)"
+        );
+        training.batch_size
+    } else {
+        let mut probe = CausalLm::new(
+            student,
+            varmap,
+            teacher,
+            &cfg.distill,
+            &training,
+            train,
+            valid,
+            device,
+        )?;
+        let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+        let started = std::time::Instant::now();
+        let p = largest_batch(
+            &mut probe,
+            device,
+            train.len().clamp(1, 1024),
+            2 * params,
+            training.seed,
+        )?;
+        let mine = p.rows;
+        let rows = match comm {
+            Some(c) if world > 1 => {
+                let mut v = vec![0f32; world];
+                v[rank] = mine as f32;
+                let all =
+                    c.all_reduce_sum(&candle_core::Tensor::new(v, &candle_core::Device::Cpu)?)?;
+                let least = all.to_vec1::<f32>()?.into_iter().fold(f32::MAX, f32::min) as usize;
+                least * world
+            }
+            _ => mine,
+        };
+        tracing::info!(
+            batch_size = rows,
+            per_rank = mine,
+            limited_by_memory = p.limited_by_memory,
+            tries = p.tries,
+            seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+            "batch_size auto: the largest micro-batch whose step fits"
+        );
+        rows
+    };
+    training.batch_size = rows;
+    training.batch_auto = false;
+    if rank == 0 {
+        let mut resolved = cfg.clone();
+        resolved.train = training.clone();
+        let text = serde_yaml::to_string(&resolved).map_err(|e| Error::Job(e.to_string()))?;
+        let path = run_dir.join("config.yaml");
+        distill_train::checkpoint::write_atomic(&path, text.as_bytes())
+            .map_err(crate::error::io(&path))?;
+    }
+    Ok(training)
 }
 
 /// The edge artifact of a compress section — its smallest GGUF file within the headline's

@@ -139,6 +139,12 @@ fn fit_stage(
 pub fn run(cfg: &ClassifyConfig, opts: &RunOptions) -> Result<ClsRun> {
     let wall = Instant::now();
     let run_dir = cfg.run_dir();
+    if opts.launch.is_some() {
+        // Its stages (fine-tuning, distillation, the labels-only baseline) train in one process.
+        return Err(Error::Invalid(
+            "a classification run trains in one process: run it without a launcher (WORLD_SIZE unset or 1)".into(),
+        ));
+    }
     prepare_run_dir(cfg, &run_dir, opts.resume, opts.overwrite)?;
     let load = cfg.teacher.load_options().context("teacher")?;
     let device = load.device.clone();

@@ -113,6 +113,14 @@ impl RunConfig {
             }
             .into());
         }
+        self.student.matmul_dtype().map_err(Error::Job)?;
+        if self.train.batch_auto && self.teacher.cache.is_some() {
+            return Err(ConfigError {
+                key: "train.batch_size".into(),
+                msg: "`auto` cannot train from teacher.cache: the cache holds the blocks a fixed batch size reads; write the number".into(),
+            }
+            .into());
+        }
         if let Some(c) = &self.compress {
             c.plans(&Defaults::causal_lm())?;
         }
@@ -213,6 +221,13 @@ impl ClassifyConfig {
             return Err(ConfigError {
                 key: "student.vocab".into(),
                 msg: "vocabulary trimming is for causal-LM runs; a classifier keeps its encoder's vocabulary".into(),
+            }
+            .into());
+        }
+        if self.student.matmul_dtype.is_some() {
+            return Err(ConfigError {
+                key: "student.matmul_dtype".into(),
+                msg: "is for causal-LM students; a classifier trains in f32".into(),
             }
             .into());
         }
@@ -394,6 +409,34 @@ output: {name: x}
             parse(&format!("{MINIMAL}student: {{layer: 3}}\n")).unwrap_err()
         );
         assert!(e.contains("layer"), "{e}");
+    }
+
+    #[test]
+    fn matmul_dtype_and_batch_size_auto_are_checked() {
+        let c = parse(&format!("{MINIMAL}student: {{matmul_dtype: bf16}}\n")).unwrap();
+        assert_eq!(
+            c.student.matmul_dtype().unwrap(),
+            Some(candle_core::DType::BF16)
+        );
+        let e = parse(&format!("{MINIMAL}student: {{matmul_dtype: f16}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("student.matmul_dtype") && e.contains("f16"),
+            "{e}"
+        );
+        let auto = MINIMAL.replace("steps: 10", "steps: 10, batch_size: auto");
+        assert!(parse(&auto).unwrap().train.batch_auto);
+        let e = parse(&auto.replace(
+            "teacher: {source: model.gguf}",
+            "teacher: {source: model.gguf, cache: /tmp/c}",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("train.batch_size") && e.contains("teacher.cache"),
+            "{e}"
+        );
     }
 
     #[test]

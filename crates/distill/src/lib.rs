@@ -39,6 +39,7 @@ mod data;
 mod env;
 mod error;
 pub mod eval;
+pub mod group;
 pub mod job;
 pub mod models;
 mod options;
@@ -47,12 +48,15 @@ mod run_dir;
 pub mod teacher_cache;
 pub mod vocab;
 
+pub use distill_train::parallel::Launch;
 pub use distill_train::{EvalRecord, Event, Observer, Silent, StepRecord, StopFlag};
 pub use error::{Context, Error, Result};
 pub use job::{load_job, parse_job, schema, ClassifyConfig, Job, RunConfig, Task};
 pub use options::RunOptions;
 
 /// What a run produced.
+// Returned once per run: the size of the larger variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum RunOutcome {
     CausalLm(causal_lm::LmRun),

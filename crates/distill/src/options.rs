@@ -1,5 +1,7 @@
-//! How a job runs: resume or start over, who hears about progress, what stops it.
+//! How a job runs: resume or start over, who hears about progress, what stops it, and the
+//! data-parallel group it belongs to.
 
+use distill_train::parallel::Launch;
 use distill_train::{Observer, Silent, StopFlag};
 
 /// How a job runs.
@@ -12,6 +14,9 @@ pub struct RunOptions<'a> {
     pub observer: &'a dyn Observer,
     /// Set to stop at the next step boundary with a checkpoint.
     pub stop: StopFlag,
+    /// This process's place in a data-parallel group a launcher started (`Launch::from_env`);
+    /// `None` trains alone.
+    pub launch: Option<Launch>,
 }
 
 impl Default for RunOptions<'static> {
@@ -21,6 +26,7 @@ impl Default for RunOptions<'static> {
             overwrite: false,
             observer: &Silent,
             stop: StopFlag::new(),
+            launch: None,
         }
     }
 }

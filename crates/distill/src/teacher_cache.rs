@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use crate::data::build_data;
 use crate::error::{Context, Error, Result};
+use crate::group::{self, rank_device};
 use crate::job::RunConfig;
 use crate::options::RunOptions;
 
@@ -34,6 +35,8 @@ pub const VALID: &str = "valid";
 #[derive(Debug)]
 pub struct CacheOutcome {
     pub dir: PathBuf,
+    /// This process's rank in its group (0 alone); only rank 0 writes the manifest.
+    pub rank: usize,
     pub manifest: Manifest,
     /// Shards made in this session (the others were there from an earlier one).
     pub shards_made: usize,
@@ -134,11 +137,20 @@ pub fn open_for_run(
 
 /// Runs the teacher of `cfg` over the blocks the run reads and writes (or finishes) its cache
 /// in `teacher.cache`.
+///
+/// As one rank of a data-parallel group (`opts.launch`), it runs the teacher on the device of
+/// its `LOCAL_RANK` over every `world`-th pending shard and writes those shard files; rank 0
+/// opens the cache first and, once every rank is done, records the files in order and marks
+/// the cache complete. A group stopped part-way leaves files the next session records.
 pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome> {
     let started = Instant::now();
     let c = cache_config(cfg)?;
     let dir = PathBuf::from(c.dir());
-    let load = cfg.teacher.load_options().context("teacher")?;
+    let mut teacher_section = cfg.teacher.clone();
+    if let Some(l) = &opts.launch {
+        teacher_section.device = rank_device(&cfg.teacher.device, l)?;
+    }
+    let load = teacher_section.load_options().context("teacher")?;
     let source = TeacherSource::parse(&cfg.teacher.source).context("teacher.source")?;
     tracing::info!(source = %source, "loading the teacher");
     let teacher = Teacher::load(&source, &load)?;
@@ -151,34 +163,67 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
         .and_then(|l| l.with_tail_samples(c.tail_samples()))
         .context("teacher.cache")?;
     let as_u32 = |v: &[usize]| v.iter().map(|&b| b as u32).collect::<Vec<_>>();
-    let mut builder = CacheBuilder::open(
-        &dir,
-        identity,
-        layout,
-        &[
-            SplitRequest {
-                name: TRAIN,
-                data: &train.blocks,
-                blocks: as_u32(&tr),
-            },
-            SplitRequest {
-                name: VALID,
-                data: &valid.blocks,
-                blocks: as_u32(&va),
-            },
-        ],
-        SHARD_BLOCKS,
-    )
-    .context("teacher.cache")?;
-    let jobs = builder.pending();
+    let split_data = |split: usize| if split == 0 { &train } else { &valid };
+    let comm = opts
+        .launch
+        .as_ref()
+        .map(|l| group::join(l, &load.device))
+        .transpose()?;
+    let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
+    let mut builder = if rank == 0 {
+        let mut b = CacheBuilder::open(
+            &dir,
+            identity,
+            layout,
+            &[
+                SplitRequest {
+                    name: TRAIN,
+                    data: &train.blocks,
+                    blocks: as_u32(&tr),
+                },
+                SplitRequest {
+                    name: VALID,
+                    data: &valid.blocks,
+                    blocks: as_u32(&va),
+                },
+            ],
+            SHARD_BLOCKS,
+        )
+        .context("teacher.cache")?;
+        adopt_written(&mut b, &split_data)?;
+        b
+    } else {
+        // Rank 0 opens (checks, resumes) the cache first; the others follow its manifest.
+        comm.as_ref().expect("a group").barrier()?;
+        CacheBuilder::follow(&dir).context("teacher.cache")?
+    };
+    if rank == 0 {
+        if let Some(c) = &comm {
+            c.barrier()?;
+        }
+    }
+    // Every rank sees the same pending shards and takes every `world`-th of them.
+    let all_jobs = builder.pending();
+    let jobs: Vec<_> = all_jobs.iter().skip(rank).step_by(world).cloned().collect();
     let total = (tr.len() + va.len()) as u64;
-    let pending: usize = jobs.iter().map(|j| j.entries.len()).sum();
+    let pending: usize = all_jobs.iter().map(|j| j.entries.len()).sum();
+    let mine: usize = jobs.iter().map(|j| j.entries.len()).sum();
     let mut done = total - pending as u64;
+    if world > 1 {
+        tracing::info!(
+            rank,
+            world,
+            shards = jobs.len(),
+            blocks = mine,
+            "this rank's share of the teacher cache"
+        );
+    }
     let stage = "cache-teacher";
     opts.observer.event(&Event::Started {
         stage,
         unit: "blocks",
-        total,
+        // A rank of a group counts its own share.
+        total: done + mine as u64,
         done,
     });
     tracing::info!(
@@ -199,7 +244,7 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
             interrupted = true;
             break;
         }
-        let data = if job.split == 0 { &train } else { &valid };
+        let data = split_data(job.split);
         let blocks: Vec<usize> = builder.blocks(job).iter().map(|&b| b as usize).collect();
         let s = data.block_size;
         let rb = layout.record_bytes;
@@ -224,20 +269,36 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
             done += chunk.len() as u64;
             opts.observer.event(&Event::Progress { stage, done });
         }
-        builder
-            .write(job, &data.blocks, &records)
-            .context("teacher.cache")?;
+        if world > 1 {
+            builder.write_file(job, &records)
+        } else {
+            builder.write(job, &data.blocks, &records)
+        }
+        .context("teacher.cache")?;
         shards_made += 1;
     }
     opts.observer.event(&Event::Finished { stage });
+    if let Some(c) = &comm {
+        // Every rank's files are written (or it stopped); rank 0 records them in order. A
+        // rank stopped early leaves the cache unfinished for every rank.
+        let stopped = c.all_reduce_sum(&candle_core::Tensor::new(
+            &[f32::from(u8::from(interrupted))],
+            &candle_core::Device::Cpu,
+        )?)?;
+        interrupted = stopped.to_vec1::<f32>()?[0] > 0.0;
+        if rank == 0 {
+            adopt_written(&mut builder, &split_data)?;
+        }
+    }
     let speed = (teacher_seconds > 0.0).then(|| teacher_tokens as f64 / teacher_seconds);
-    let manifest = if interrupted {
+    let manifest = if interrupted || rank != 0 {
         builder.manifest().clone()
     } else {
         builder.finish(speed).context("teacher.cache")?
     };
     let positions = (tr.len() + va.len()) * (cfg.data.block_size - 1);
     Ok(CacheOutcome {
+        rank,
         bytes: shard_bytes(&dir, &manifest),
         dir,
         manifest,
@@ -246,6 +307,23 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
         seconds: started.elapsed().as_secs_f64(),
         interrupted,
     })
+}
+
+/// Records the pending shards whose files are already written (by the ranks of a group, now
+/// or in a session that stopped), in order up to the first missing one.
+fn adopt_written<'a>(
+    builder: &mut CacheBuilder,
+    data: &impl Fn(usize) -> &'a BlockSet,
+) -> Result<()> {
+    for job in builder.pending() {
+        if !builder
+            .adopt(&job, &data(job.split).blocks)
+            .context("teacher.cache")?
+        {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The teacher's logits `[blocks·s·V]` (f32, row-major) for `blocks` of `data`.

@@ -206,3 +206,72 @@ fn cache_teacher_resumes_after_a_stop_and_runs_refuse_caches_not_made_for_them()
         "{e}"
     );
 }
+
+/// Two ranks of a group (threads joined over TCP) share the shards of `cache-teacher`: the
+/// cache they leave is the one a single process makes, byte for byte but the measured speed.
+#[test]
+fn a_group_of_two_ranks_makes_the_cache_one_process_makes() {
+    let tmp = setup();
+    let cache_at = |dir: &str| {
+        job(
+            tmp.path(),
+            "offline",
+            &format!(
+                "  cache: {{dir: {}, top_k: 5}}",
+                tmp.path().join(dir).display()
+            ),
+            |t| t,
+        )
+    };
+    let single = cache_teacher(&cache_at("single"), &RunOptions::default()).unwrap();
+    assert!(single.manifest.complete);
+    let cfg = cache_at("group");
+    let port = common::free_port();
+    let outcomes: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|rank| {
+                let cfg = &cfg;
+                s.spawn(move || {
+                    let opts = RunOptions {
+                        launch: Some(distill::Launch {
+                            rank,
+                            world: 2,
+                            local_rank: rank,
+                            master_addr: "127.0.0.1".into(),
+                            master_port: port,
+                        }),
+                        ..RunOptions::default()
+                    };
+                    cache_teacher(cfg, &opts).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!((outcomes[0].rank, outcomes[1].rank), (0, 1));
+    // One training and one validation shard: each rank made one.
+    assert!(
+        outcomes.iter().all(|o| o.shards_made == 1),
+        "shards made: {:?}",
+        outcomes.iter().map(|o| o.shards_made).collect::<Vec<_>>()
+    );
+    let group = &outcomes[0].manifest;
+    assert!(group.complete);
+    assert_eq!(group.shard_count(), single.manifest.shard_count());
+    let mut a = single.manifest.clone();
+    let mut b = group.clone();
+    a.teacher_tokens_per_second = None;
+    b.teacher_tokens_per_second = None;
+    assert_eq!(a, b);
+    for s in a.splits.iter().flat_map(|s| &s.shards) {
+        assert_eq!(
+            std::fs::read(tmp.path().join("single").join(&s.file)).unwrap(),
+            std::fs::read(tmp.path().join("group").join(&s.file)).unwrap(),
+            "{}",
+            s.file
+        );
+    }
+    // A run trains from the group's cache.
+    let ran = lm(run(&Job::CausalLm(Box::new(cfg)), &RunOptions::default()).unwrap());
+    assert!(ran.report.is_some());
+}

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use distill::{load_job, Job, RunOptions};
+use distill::{load_job, Job, Launch, Observer, RunOptions, Silent};
 
 use crate::progress::Progress;
 
@@ -20,13 +20,28 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             a.config.display()
         );
     };
+    // Under a launcher this process is one rank; rank 0 shows the progress and the result.
+    let launch = Launch::from_env()?;
     let progress = Progress::default();
+    let observer: &dyn Observer = match &launch {
+        Some(l) if l.rank != 0 => &Silent,
+        _ => &progress,
+    };
     let opts = RunOptions {
-        observer: &progress,
+        observer,
         stop: super::interrupt_flag(),
+        launch,
         ..RunOptions::default()
     };
     let out = distill::teacher_cache::cache_teacher(&cfg, &opts)?;
+    if out.rank != 0 {
+        tracing::info!(
+            rank = out.rank,
+            shards = out.shards_made,
+            "rank done; rank 0 records the cache"
+        );
+        return Ok(());
+    }
     let layout = &out.manifest.layout;
     if out.interrupted {
         println!(

@@ -5,6 +5,7 @@ pub mod cache_teacher;
 pub mod compress;
 pub mod eval;
 pub mod inspect;
+pub mod launch;
 pub mod run;
 
 use distill::models::{load_options, GgufMode};

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use distill::{load_job, RunOptions, RunOutcome};
+use distill::{load_job, Launch, Observer, RunOptions, RunOutcome, Silent};
 
 use crate::progress::Progress;
 
@@ -20,14 +20,29 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let job = load_job(&a.config)?;
+    // Under a launcher (WORLD_SIZE > 1) this process is one rank; rank 0 shows the progress.
+    let launch = Launch::from_env()?;
     let progress = Progress::default();
+    let observer: &dyn Observer = match &launch {
+        Some(l) if l.rank != 0 => &Silent,
+        _ => &progress,
+    };
     let opts = RunOptions {
         resume: a.resume,
         overwrite: a.overwrite,
-        observer: &progress,
+        observer,
         stop: super::interrupt_flag(),
+        launch,
     };
     let compression = match distill::run(&job, &opts)? {
+        RunOutcome::CausalLm(lm) if lm.rank != 0 => {
+            tracing::info!(
+                rank = lm.rank,
+                steps = lm.steps,
+                "rank done; rank 0 exports and reports"
+            );
+            return Ok(());
+        }
         RunOutcome::CausalLm(lm) => {
             let (Some(report), Some(student)) = (&lm.report, &lm.student) else {
                 println!(

@@ -1,0 +1,134 @@
+//! `distill launch --nproc-per-node N -- run CONFIG` (or `-- cache-teacher CONFIG`): starts N ranks of a data-parallel group
+//! on this host, each this binary with the command after `--` and the variables `torchrun`
+//! sets (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR`,
+//! `MASTER_PORT`). With `--nnodes` and `--node-rank` it starts this host's share of a group
+//! over several hosts. Rank 0 of the host keeps the terminal; the others' lines come
+//! prefixed with their rank. When one rank fails, the others are stopped.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Ranks on this host (one per GPU; any number on the CPU).
+    #[arg(long)]
+    nproc_per_node: usize,
+    /// Hosts in the group.
+    #[arg(long, default_value_t = 1)]
+    nnodes: usize,
+    /// This host's place among them, `0..nnodes`.
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// Where rank 0 (on host 0) listens for the others.
+    #[arg(long, default_value = "127.0.0.1")]
+    master_addr: String,
+    #[arg(long, default_value_t = 29500)]
+    master_port: u16,
+    /// The command each rank runs: `run CONFIG [--resume | --overwrite]` or
+    /// `cache-teacher CONFIG`.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    if a.nproc_per_node == 0 || a.nnodes == 0 {
+        bail!("--nproc-per-node and --nnodes must be at least 1");
+    }
+    if a.node_rank >= a.nnodes {
+        bail!(
+            "--node-rank {}: must be below --nnodes {}",
+            a.node_rank,
+            a.nnodes
+        );
+    }
+    if !matches!(
+        a.command.first().map(String::as_str),
+        Some("run" | "cache-teacher")
+    ) {
+        bail!(
+            "distill launch starts ranks of `distill run` or `distill cache-teacher`: write `distill launch --nproc-per-node N -- run CONFIG` (got `{}`)",
+            a.command.join(" ")
+        );
+    }
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let world = a.nnodes * a.nproc_per_node;
+    // The terminal's Ctrl-C reaches every rank, which checkpoints and exits; the launcher
+    // waits for them.
+    let _ = ctrlc::set_handler(|| {});
+    let mut ranks: Vec<(usize, Child)> = vec![];
+    let mut copiers = vec![];
+    for local in 0..a.nproc_per_node {
+        let rank = a.node_rank * a.nproc_per_node + local;
+        let mut c = Command::new(&exe);
+        c.args(&a.command)
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", world.to_string())
+            .env("LOCAL_RANK", local.to_string())
+            .env("LOCAL_WORLD_SIZE", a.nproc_per_node.to_string())
+            .env("MASTER_ADDR", &a.master_addr)
+            .env("MASTER_PORT", a.master_port.to_string());
+        if local != 0 {
+            c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        let mut child = c.spawn().with_context(|| format!("starting rank {rank}"))?;
+        if local != 0 {
+            copiers.push(prefix_lines(rank, child.stdout.take().expect("piped")));
+            copiers.push(prefix_lines(rank, child.stderr.take().expect("piped")));
+        }
+        ranks.push((rank, child));
+    }
+    tracing::info!(world, local = a.nproc_per_node, "ranks started");
+    let failed = wait_all(&mut ranks)?;
+    for c in copiers {
+        let _ = c.join();
+    }
+    match failed {
+        None => Ok(()),
+        Some((rank, status)) => {
+            bail!("rank {rank} failed ({status}); the other ranks were stopped")
+        }
+    }
+}
+
+/// Copies a rank's output to stderr line by line, each line prefixed with the rank.
+fn prefix_lines(rank: usize, from: impl Read + Send + 'static) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(std::io::stderr().lock(), "[rank {rank}] {line}");
+        }
+    })
+}
+
+/// Waits for every rank; at the first that fails, stops the others and returns it.
+fn wait_all(ranks: &mut [(usize, Child)]) -> anyhow::Result<Option<(usize, ExitStatus)>> {
+    let mut running: Vec<usize> = (0..ranks.len()).collect();
+    while !running.is_empty() {
+        let mut still = vec![];
+        for i in running {
+            let (rank, child) = &mut ranks[i];
+            match child
+                .try_wait()
+                .with_context(|| format!("waiting for rank {rank}"))?
+            {
+                Some(status) if !status.success() => {
+                    let failed = (*rank, status);
+                    for (_, other) in ranks.iter_mut() {
+                        let _ = other.kill();
+                        let _ = other.wait();
+                    }
+                    return Ok(Some(failed));
+                }
+                Some(_) => {}
+                None => still.push(i),
+            }
+        }
+        running = still;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(None)
+}
