@@ -4,6 +4,8 @@
 #   1. the teacher's logits on the GPU (bf16 and f32) against the CPU's on the same 256 tokens
 #      of a held-out chapter: top-1 agreement, max |difference|, perplexity of each;
 #   2. one distillation run of STEPS steps (default 300) of the quickstart student on the GPU;
+#   2b. a short run with `batch_size: auto` and `student.matmul_dtype: bf16` (the batch chosen,
+#      its training speed);
 #   3. a throughput table: teacher tokens/s (bf16, f32), the student's training step tokens/s,
 #      achieved TFLOP/s against the card's bf16 dense peak.
 # Everything goes to $OUT (default runs/gpu-check): gpu.md, gpu.json, the logs.
@@ -81,6 +83,20 @@ start=$(date +%s)
 "$bin" run "$out/distil.yaml" > "$out/distil.log" 2>&1
 echo $(( $(date +%s) - start )) > "$out/distil.seconds"
 
+# 2b. The GPU options on a short run: `batch_size: auto` (the largest micro-batch whose step
+# fits; the CPU keeps the default) and bf16 products over f32 student weights.
+short=$(( steps / 6 > 2 ? steps / 6 : 2 ))
+sed -e "s|^  batch_size: $batch\$|  batch_size: auto|" -e "s|^  steps: $steps\$|  steps: $short|" \
+    -e "s|^  eval_every: .*|  eval_every: $short|" -e "s|^  checkpoint_every: .*|  checkpoint_every: $short|" \
+    -e "s|^  name: distil\$|  name: distil-auto-bf16|" -e "s|^  init: {kind: from_teacher}|&\n  matmul_dtype: bf16|" \
+    "$out/distil.yaml" > "$out/distil-auto.yaml"
+grep -q "batch_size: auto" "$out/distil-auto.yaml" && grep -q "matmul_dtype: bf16" "$out/distil-auto.yaml" \
+  || { echo "gpu-check: could not write $out/distil-auto.yaml from $out/distil.yaml" >&2; exit 1; }
+rm -rf "$out/distil-auto-bf16"
+start=$(date +%s)
+"$bin" run "$out/distil-auto.yaml" > "$out/distil-auto.log" 2>&1
+echo $(( $(date +%s) - start )) > "$out/distil-auto.seconds"
+
 # 3. The table.
 python3 - "$out" "$device" "$steps" "$batch" "$(basename "$gguf")" <<'PY'
 import json, struct, sys, statistics, array, math
@@ -124,6 +140,18 @@ doc["distil"] = {"steps": steps, "batch_size": batch, "seconds": int(open(f"{out
                  "train_tokens_per_second": tps, "achieved_tflops": tps * flops / 1e12}
 peak = 989.0 if "H200" in doc["gpu"] or "H100" in doc["gpu"] else None
 doc["distil"]["share_of_bf16_peak"] = doc["distil"]["achieved_tflops"] / peak if peak else None
+import re
+resolved = open(f"{out}/distil-auto-bf16/config.yaml").read()
+auto_batch = int(re.search(r"^  batch_size: (\d+)$", resolved, re.M).group(1))
+auto_train = [json.loads(l) for l in open(f"{out}/distil-auto-bf16/metrics.jsonl")]
+auto_train = [r for r in auto_train if r.get("kind") == "train"]
+auto_rep = json.load(open(f"{out}/distil-auto-bf16/report.json"))
+auto_tps = statistics.median(r["tokens_per_second"] for r in auto_train[1:] or auto_train)
+doc["auto_bf16"] = {"steps": len(auto_train), "batch_size_chosen": auto_batch,
+                    "seconds": int(open(f"{out}/distil-auto.seconds").read()),
+                    "train_tokens_per_second": auto_tps, "achieved_tflops": auto_tps * flops / 1e12,
+                    "student_val_ppl": auto_rep["student"]["val_ppl"],
+                    "share_of_bf16_peak": auto_tps * flops / 1e12 / peak if peak else None}
 json.dump(doc, open(f"{out}/gpu.json", "w"), indent=2)
 t = doc["teacher"]
 L = [f"# GPU check ({device})", "", f"GPU: {doc['gpu']}", "",
@@ -137,6 +165,11 @@ d = doc["distil"]
 L += ["", f"Distillation on {device}: {steps} steps of batch {batch} × 128 in {d['seconds']} s; student validation perplexity {d['student_val_ppl']:.2f} (teacher {d['teacher_val_ppl']:.2f});",
       f"training {d['train_tokens_per_second']:.0f} tokens/s, ≈ {d['achieved_tflops']:.2f} TFLOP/s (2·teacher + 6·student parameters per token)"
       + (f", {100*d['share_of_bf16_peak']:.2f}% of the bf16 dense peak." if d["share_of_bf16_peak"] else ".")]
+a = doc["auto_bf16"]
+L += ["", f"`batch_size: auto` with `student.matmul_dtype: bf16` on {device}: batch {a['batch_size_chosen']} chosen, {a['steps']} steps in {a['seconds']} s (the batch search included);",
+      f"training {a['train_tokens_per_second']:.0f} tokens/s, ≈ {a['achieved_tflops']:.2f} TFLOP/s"
+      + (f", {100*a['share_of_bf16_peak']:.2f}% of the bf16 dense peak" if a["share_of_bf16_peak"] else "")
+      + f"; student validation perplexity {a['student_val_ppl']:.2f} after these steps."]
 open(f"{out}/gpu.md", "w").write("\n".join(L) + "\n")
 print("\n".join(L))
 PY
