@@ -56,6 +56,10 @@ if [[ "$bin" == *.gz ]]; then
   bin="$out/distill"
 fi
 [[ -x "$bin" ]] || { echo "gpu-check: no binary at $bin" >&2; exit 1; }
+# A library the binary needs and the machine lacks (libnccl.so.2 of a `cuda,nccl` build, say)
+# stops the check here, named, rather than at the first command.
+missing=$(ldd "$bin" 2>/dev/null | awk '/not found/ {print $1}' | paste -sd' ' -)
+[[ -z "$missing" ]] || { echo "gpu-check: $bin needs $missing, not found (LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}); a --features cuda build needs no NCCL" >&2; exit 1; }
 gguf="${teacher:-$assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf}"
 text="$assets/moby-dick/chapter_2.txt"
 [[ -e "$gguf" && -f "$text" ]] || { echo "gpu-check: teacher $gguf or text $text missing" >&2; exit 1; }

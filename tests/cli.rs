@@ -431,32 +431,14 @@ fn run_trains_checkpoints_resumes_exports_and_reports() {
     );
 
     // More steps, resumed from the step-4 checkpoint.
-    std::fs::write(
-        &config,
-        std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("steps: 4", "steps: 6"),
-    )
-    .unwrap();
+    edit(&config, "steps: 4", "steps: 6");
     let out = ok(&distill(&["run", c, "--resume"], &[]));
     assert!(out.contains("report:"), "{out}");
-    let steps: Vec<u64> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "train")
-        .map(|v| v["step"].as_u64().unwrap())
-        .collect();
+    let steps: Vec<u64> = train_losses(&run).iter().map(|s| s.0).collect();
     assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
 
     // --overwrite starts over.
-    std::fs::write(
-        &config,
-        std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("steps: 6", "steps: 2"),
-    )
-    .unwrap();
+    edit(&config, "steps: 6", "steps: 2");
     ok(&distill(&["run", c, "--overwrite"], &[]));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
@@ -1476,6 +1458,13 @@ fn auto_finds_a_small_artifact_within_the_budget() {
     assert!(run.join("auto.gguf").exists());
 }
 
+/// Replaces `from` by `to` in the file at `path`.
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} has no `{from}`", path.display());
+    std::fs::write(path, text.replace(from, to)).unwrap();
+}
+
 /// The `train` lines of a run's metrics: (step, loss).
 fn train_losses(run: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -1554,13 +1543,7 @@ fn launch_trains_two_cpu_ranks_as_one_process() {
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("--resume") && err.contains("failed"), "{err}");
     // Resumed by the group from rank 0's checkpoint.
-    std::fs::write(
-        &config,
-        std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("steps: 4", "steps: 6"),
-    )
-    .unwrap();
+    edit(&config, "steps: 4", "steps: 6");
     ok(&launch(&["--resume"]));
     let steps: Vec<u64> = train_losses(&group).iter().map(|s| s.0).collect();
     assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
@@ -1581,14 +1564,12 @@ fn launch_trains_two_cpu_ranks_as_one_process() {
 fn batch_size_auto_and_bf16_matmuls_on_the_cpu() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tiny_run_setup(tmp.path(), 2, "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("batch_size: 2", "batch_size: auto")
-        .replace(
-            "student: {layers: 1,",
-            "student: {layers: 1, matmul_dtype: bf16,",
-        );
-    std::fs::write(&config, text).unwrap();
+    edit(&config, "batch_size: 2", "batch_size: auto");
+    edit(
+        &config,
+        "student: {layers: 1,",
+        "student: {layers: 1, matmul_dtype: bf16,",
+    );
     let c = config.to_str().unwrap();
     let o = distill(&["run", c], &[]);
     ok(&o);
@@ -1605,13 +1586,7 @@ fn batch_size_auto_and_bf16_matmuls_on_the_cpu() {
         safetensors_dtypes(&run.join("final/model.safetensors")),
         vec!["F32".to_string()]
     );
-    std::fs::write(
-        &config,
-        std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("steps: 2", "steps: 3"),
-    )
-    .unwrap();
+    edit(&config, "steps: 2", "steps: 3");
     let o = distill(&["run", c, "--resume"], &[]);
     ok(&o);
     assert!(

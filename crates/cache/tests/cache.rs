@@ -265,9 +265,9 @@ fn a_group_writes_shard_files_and_the_opener_adopts_them() {
 
     let dir = tempfile::tempdir().unwrap();
     let layout = Layout::new(5, V, 8).unwrap();
-    let open = || {
+    let open_in = |dir: &Path| {
         CacheBuilder::open(
-            dir.path(),
+            dir,
             identity(),
             layout,
             &[SplitRequest {
@@ -279,6 +279,7 @@ fn a_group_writes_shard_files_and_the_opener_adopts_them() {
         )
         .unwrap()
     };
+    let open = || open_in(dir.path());
     let mut opener = open();
     let follower = CacheBuilder::follow(dir.path()).unwrap();
     let jobs = opener.pending();
@@ -331,18 +332,7 @@ fn a_group_writes_shard_files_and_the_opener_adopts_them() {
 
     // A file of the wrong shape is refused, naming it.
     let other = tempfile::tempdir().unwrap();
-    let mut b = CacheBuilder::open(
-        other.path(),
-        identity(),
-        layout,
-        &[SplitRequest {
-            name: "train",
-            data: &train,
-            blocks: reads.clone(),
-        }],
-        2,
-    )
-    .unwrap();
+    let mut b = open_in(other.path());
     std::fs::write(other.path().join("train-00000.bin"), b"DSTLTC01 too short").unwrap();
     let job = b.pending()[0].clone();
     let e = b.adopt(&job, &train).unwrap_err().to_string();

@@ -492,6 +492,41 @@ pub fn bytes_on_disk(files: &[impl AsRef<Path>]) -> u64 {
 mod tests {
     use super::*;
 
+    /// bf16 products round (the output differs from f32's, by bf16's precision) and their
+    /// gradient reaches an f32 weight as f32.
+    #[test]
+    fn a_linear_multiplies_in_its_compute_dtype_over_f32_weights() {
+        let dev = Device::Cpu;
+        let w = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (24, 64), &dev).unwrap())
+            .unwrap();
+        let x = Tensor::randn(0f32, 1.0, (5, 64), &dev).unwrap();
+        let mut l = Linear::new(Matrix::Dense(w.as_tensor().clone()), None);
+        let exact = l.forward(&x).unwrap();
+        l.set_compute_dtype(Some(DType::BF16));
+        let y = l.forward(&x).unwrap();
+        assert_eq!(y.dtype(), DType::F32);
+        let diff = (&y - &exact).unwrap().abs().unwrap();
+        let (max, scale) = (
+            diff.max_all().unwrap().to_scalar::<f32>().unwrap(),
+            exact
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+        );
+        assert!(max > 0.0, "the product was not rounded to bf16");
+        assert!(
+            max < 2e-2 * scale,
+            "bf16 product off by {max} (scale {scale})"
+        );
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let gw = g.get(w.as_tensor()).expect("a gradient for the weight");
+        assert_eq!(gw.dtype(), DType::F32);
+        assert_eq!(gw.dims(), &[24, 64]);
+    }
+
     fn head(seed: Option<u64>, vm: &VarMap) -> Vec<f32> {
         let mut w = VarMapWeights::new(vm, DType::F32, &Device::Cpu);
         if let Some(s) = seed {

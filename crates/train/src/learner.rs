@@ -19,7 +19,7 @@ use crate::checkpoint::{
 use crate::error::{io_err, Ctx, TrainError};
 use crate::optim::{clip_factor, global_grad_norm, AdamW, AdamWParams};
 use crate::parallel::{
-    all_reduce_step, broadcast_from_rank0, Communicator, LocalStep, Shard, Single,
+    all_reduce_step, broadcast_from_rank0, Communicator, Shard, Single, StepStats,
 };
 use crate::progress::{Event, Observer, Silent, StopFlag};
 pub use crate::records::{EvalRecord, StepRecord};
@@ -284,19 +284,11 @@ impl<'a> Learner<'a> {
                     .total
                     .to_scalar::<f32>()
                     .ctx(|| "loss value".into())?;
-                if !value.is_finite() && shard.world > 1 {
-                    // The other ranks learn of it from the step's sum, and all stop together.
+                if !value.is_finite() {
+                    // Reported after the step's sum, so that a group's other ranks learn of it
+                    // and all stop together.
                     non_finite = Some(value);
                     break;
-                }
-                if !value.is_finite() {
-                    let dir =
-                        self.save(&state, &all_vars, &opt, &best_values, start, base_elapsed)?;
-                    return Err(TrainError::NonFinite {
-                        step,
-                        value,
-                        checkpoint: dir,
-                    });
                 }
                 let scaled =
                     (&losses.total / cfg.grad_accum as f64).ctx(|| "scaling the loss".into())?;
@@ -333,28 +325,29 @@ impl<'a> Learner<'a> {
                 parts.into_iter().map(|(k, v)| (k, v / a)).collect(),
             );
             let to = Instant::now();
+            let mut any_non_finite = non_finite.is_some();
             if shard.world > 1 {
                 let names = part_names.get_or_insert_with(|| parts.keys().cloned().collect());
-                let local = LocalStep {
+                let local = StepStats {
                     units,
                     loss,
                     parts,
-                    non_finite: non_finite.is_some(),
+                    non_finite: any_non_finite,
                     stop: self.stop.is_some_and(|s| s.is_set()),
                 };
                 let (combined, all) =
                     all_reduce_step(self.comm, &trainable, &grads, &local, names)?;
-                if all.non_finite {
-                    let dir =
-                        self.save(&state, &all_vars, &opt, &best_values, start, base_elapsed)?;
-                    return Err(TrainError::NonFinite {
-                        step,
-                        value: non_finite.unwrap_or(f32::NAN),
-                        checkpoint: dir,
-                    });
-                }
                 grads = combined;
                 (units, loss, parts, group_stop) = (all.units, all.loss, all.parts, all.stop);
+                any_non_finite = all.non_finite;
+            }
+            if any_non_finite {
+                let dir = self.save(&state, &all_vars, &opt, &best_values, start, base_elapsed)?;
+                return Err(TrainError::NonFinite {
+                    step,
+                    value: non_finite.unwrap_or(f32::NAN),
+                    checkpoint: dir,
+                });
             }
             let lr = lr_at(step, total, cfg.lr, warmup, cfg.min_lr_ratio);
             let norm = global_grad_norm(&grads).ctx(|| "gradient norm".into())?;

@@ -25,7 +25,7 @@ pub use in_process::InProcess;
 pub use launch::Launch;
 #[cfg(feature = "nccl")]
 pub use nccl::Nccl;
-pub(crate) use step::{all_reduce_step, broadcast_from_rank0, LocalStep};
+pub(crate) use step::{all_reduce_step, broadcast_from_rank0, StepStats};
 pub use tcp::Tcp;
 
 /// Sums tensors over the ranks of a data-parallel group.

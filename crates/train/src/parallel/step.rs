@@ -15,25 +15,16 @@ use candle_core::{DType, Tensor, Var};
 use super::Communicator;
 use crate::error::{Ctx, TrainError};
 
-/// What one rank did in a step, before the sum.
-pub(crate) struct LocalStep {
-    /// Tokens or examples in its micro-batches.
+/// A step's statistics: one rank's before the sum, the group's after it.
+pub(crate) struct StepStats {
+    /// Tokens or examples in the micro-batches.
     pub units: usize,
-    /// Mean loss over its micro-batches.
+    /// Mean loss over them.
     pub loss: f32,
     pub parts: BTreeMap<String, f32>,
+    /// A loss was not finite (after the sum: on some rank).
     pub non_finite: bool,
-    pub stop: bool,
-}
-
-/// The step over all ranks.
-pub(crate) struct CombinedStep {
-    pub units: usize,
-    pub loss: f32,
-    pub parts: BTreeMap<String, f32>,
-    /// Some rank's loss was not finite.
-    pub non_finite: bool,
-    /// Some rank was asked to stop.
+    /// A stop was asked for (after the sum: on some rank).
     pub stop: bool,
 }
 
@@ -44,9 +35,9 @@ pub(crate) fn all_reduce_step(
     comm: &dyn Communicator,
     trainable: &BTreeMap<String, Var>,
     grads: &HashMap<String, Tensor>,
-    local: &LocalStep,
+    local: &StepStats,
     part_names: &[String],
-) -> Result<(HashMap<String, Tensor>, CombinedStep), TrainError> {
+) -> Result<(HashMap<String, Tensor>, StepStats), TrainError> {
     let Some(device) = trainable.values().next().map(|v| v.device().clone()) else {
         return Err(TrainError::Invalid(
             "data-parallel step: nothing to train".into(),
@@ -117,7 +108,7 @@ pub(crate) fn all_reduce_step(
         .collect();
     Ok((
         out,
-        CombinedStep {
+        StepStats {
             units,
             loss: (stats[1] as f64 * per) as f32,
             parts,
