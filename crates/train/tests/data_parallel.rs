@@ -1,53 +1,18 @@
 //! Data-parallel training on the CPU with ranks that are threads ([`InProcess`]): a group
 //! trains as one process does on the combined batch, and stops together.
 
+mod support;
+
 use std::path::Path;
 
-use candle_core::{DType, Device};
-use candle_nn::VarMap;
-use distill_models::{Llama, LlamaConfig, VarMapWeights};
+use candle_core::Device;
+use distill_models::{Llama, LlamaConfig};
 use distill_train::config::DistillConfig;
 use distill_train::data::BlockSet;
 use distill_train::parallel::{Communicator, InProcess};
 use distill_train::tasks::CausalLm;
 use distill_train::{LearnOutcome, Learner, StopFlag, TaskKind, TrainConfig, Training};
-
-fn cfg(layers: usize, hidden: usize) -> LlamaConfig {
-    LlamaConfig::from_json(
-        &format!(
-            r#"{{"model_type":"llama","vocab_size":64,"hidden_size":{hidden},"intermediate_size":64,
-                "num_hidden_layers":{layers},"num_attention_heads":4,"num_key_value_heads":2,
-                "tie_word_embeddings":true,"max_position_embeddings":64}}"#
-        ),
-        "tiny",
-    )
-    .unwrap()
-}
-
-fn model(c: &LlamaConfig) -> (VarMap, Llama) {
-    let vm = VarMap::new();
-    let m = Llama::load(c, &VarMapWeights::new(&vm, DType::F32, &Device::Cpu)).unwrap();
-    (vm, m)
-}
-
-fn blocks(n: usize, s: usize, seed: u32) -> BlockSet {
-    let mut x = seed;
-    let blocks = (0..n)
-        .map(|_| {
-            (0..s)
-                .map(|_| {
-                    x = x.wrapping_mul(1103515245).wrapping_add(12345);
-                    (x >> 16) % 64
-                })
-                .collect()
-        })
-        .collect();
-    BlockSet {
-        block_size: s,
-        blocks,
-        stream_tokens: n * s,
-    }
-}
+use support::{blocks, cfg, model, weights, Weights};
 
 fn training(batch_size: usize) -> Training {
     let tc: TrainConfig = serde_json::from_str(&format!(
@@ -56,24 +21,6 @@ fn training(batch_size: usize) -> Training {
     ))
     .unwrap();
     tc.resolve(TaskKind::CausalLm, "train").unwrap()
-}
-
-/// Variable names and values, in name order.
-type Weights = Vec<(String, Vec<f32>)>;
-
-fn weights(vm: &VarMap) -> Weights {
-    let mut v: Vec<_> = vm
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| {
-            let t = v.as_tensor().flatten_all().unwrap();
-            (k.clone(), t.to_vec1::<f32>().unwrap())
-        })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 struct Setup {

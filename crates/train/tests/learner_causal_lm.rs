@@ -1,53 +1,18 @@
 //! The learner on the causal-LM task with tiny random models: resume is bit-exact,
 //! distillation moves the student towards the teacher, and bad states are reported.
 
+mod support;
+
 use std::path::Path;
 
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
-use distill_models::{Llama, LlamaConfig, VarMapWeights};
+use distill_models::Llama;
 use distill_train::config::DistillConfig;
 use distill_train::data::BlockSet;
 use distill_train::tasks::CausalLm;
 use distill_train::{LearnOutcome, Learner, TaskKind, TrainConfig, TrainError, Training};
-
-fn cfg(layers: usize, hidden: usize) -> LlamaConfig {
-    LlamaConfig::from_json(
-        &format!(
-            r#"{{"model_type":"llama","vocab_size":64,"hidden_size":{hidden},"intermediate_size":64,
-                "num_hidden_layers":{layers},"num_attention_heads":4,"num_key_value_heads":2,
-                "tie_word_embeddings":true,"max_position_embeddings":64}}"#
-        ),
-        "tiny",
-    )
-    .unwrap()
-}
-
-fn model(c: &LlamaConfig) -> (VarMap, Llama) {
-    let vm = VarMap::new();
-    let m = Llama::load(c, &VarMapWeights::new(&vm, DType::F32, &Device::Cpu)).unwrap();
-    (vm, m)
-}
-
-fn blocks(n: usize, s: usize, seed: u32) -> BlockSet {
-    // A simple learnable stream: mostly counting upwards modulo 64.
-    let mut x = seed;
-    let blocks = (0..n)
-        .map(|_| {
-            (0..s)
-                .map(|_| {
-                    x = x.wrapping_mul(1103515245).wrapping_add(12345);
-                    (x >> 16) % 64
-                })
-                .collect()
-        })
-        .collect();
-    BlockSet {
-        block_size: s,
-        blocks,
-        stream_tokens: n * s,
-    }
-}
+use support::{blocks, cfg, model, weights};
 
 fn train_cfg(steps: usize) -> TrainConfig {
     from_json(&format!(
@@ -66,27 +31,6 @@ fn from_json<T: serde::de::DeserializeOwned>(json: &str) -> T {
 
 fn distill(alpha: f64) -> DistillConfig {
     from_json(&format!(r#"{{"alpha": {alpha}, "temperature": 2.0}}"#))
-}
-
-fn snapshot(vm: &VarMap) -> Vec<(String, Vec<f32>)> {
-    let mut v: Vec<_> = vm
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v.as_tensor()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap(),
-            )
-        })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 /// The soft loss (KL) of a run's first and last steps.
@@ -209,8 +153,8 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     assert_eq!(second.resumed_from, Some(3));
     assert_eq!(second.steps, 6);
     assert_eq!(
-        snapshot(&vm_a),
-        snapshot(&vm_c),
+        weights(&vm_a),
+        weights(&vm_c),
         "resumed weights differ from the uninterrupted run"
     );
 
@@ -324,13 +268,13 @@ fn bf16_matmuls_over_f32_master_weights_train_like_f32() {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
         .collect();
-    let before = snapshot(&vm);
+    let before = weights(&vm);
     let mut runs = vec![];
     for dtype in [None, Some(DType::BF16)] {
         for (name, value) in &initial {
             vm.data().lock().unwrap()[name].set(value).unwrap();
         }
-        assert_eq!(snapshot(&vm), before);
+        assert_eq!(weights(&vm), before);
         let tmp = tempfile::tempdir().unwrap();
         m.set_matmul_dtype(dtype);
         let (out, _) = fit(
@@ -347,7 +291,7 @@ fn bf16_matmuls_over_f32_master_weights_train_like_f32() {
         for (name, v) in vm.data().lock().unwrap().iter() {
             assert_eq!(v.dtype(), DType::F32, "{name} is no longer f32");
         }
-        assert_ne!(snapshot(&vm), before, "the weights did not move");
+        assert_ne!(weights(&vm), before, "the weights did not move");
         let (first, last) = first_and_last_kl(&out);
         assert!(
             last < 0.7 * first,

@@ -3,6 +3,8 @@
 //! teacher, frozen variables stay, resume is bit-exact (dropout, keep-best and early-stopping
 //! state included), and every soft loss and hidden-state losses train a classifier.
 
+mod support;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
@@ -15,6 +17,7 @@ use distill_train::tasks::{Classification, TeacherSignal};
 use distill_train::{LearnOutcome, Learner, TaskKind, TrainConfig, Training};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use support::weights;
 
 fn tiny_cfg() -> BertConfig {
     BertConfig::from_json(
@@ -114,23 +117,6 @@ fn fit(
     Learner::new(training, "test").fit(&mut t, false).unwrap()
 }
 
-fn snapshot(vm: &VarMap) -> Vec<(String, Vec<f32>)> {
-    let mut v: Vec<_> = vm
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v.as_tensor().flatten_all().unwrap().to_vec1().unwrap(),
-            )
-        })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 #[test]
 fn learns_a_separable_task_keeps_the_best_weights_and_is_reproducible() {
     let dev = Device::Cpu;
@@ -221,10 +207,10 @@ fn frozen_variables_do_not_move() {
             "freeze_embeddings": true, "freeze_layers": [0]}"#,
     ));
     let m = seeded_model(&vm, 13, Some(cfg.clone()));
-    let before: HashMap<String, Vec<f32>> = snapshot(&vm).into_iter().collect();
+    let before: HashMap<String, Vec<f32>> = weights(&vm).into_iter().collect();
     let out = fit(&m, &vm, None, &labels_only(), &cfg, (&train, &valid));
     assert!(out.trainable_parameters > 0);
-    for (k, now) in snapshot(&vm) {
+    for (k, now) in weights(&vm) {
         let moved = now != before[&k];
         assert_eq!(moved, !cfg.is_frozen(&k), "{k}");
     }
@@ -273,7 +259,7 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
             .stop_at(stop_at)
             .fit(&mut t, resume)
             .unwrap();
-        (out, snapshot(&vm))
+        (out, weights(&vm))
     };
     let (straight, a) = run("a", false, None);
     assert_eq!(straight.steps, 8);
