@@ -63,7 +63,29 @@ enum Command {
     Auto(commands::auto::Args),
 }
 
+/// Every training step allocates and frees buffers of hundreds of megabytes (activations,
+/// gradients, a group's gradient sum). glibc serves each from a fresh `mmap` and unmaps it on
+/// `free`, so the next step pays a page fault per 4 KiB again, which on a VM costs seconds a
+/// step (`docs/results/data-parallel.md` measures both settings side by side). Below 1 GiB,
+/// blocks stay in the heap for reuse instead; the process keeps the memory it peaked at, as a
+/// training run does anyway. `DISTILL_MALLOC_DEFAULTS=1` keeps glibc's defaults.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_large_blocks_for_reuse() {
+    if std::env::var_os("DISTILL_MALLOC_DEFAULTS").is_some_and(|v| v == "1") {
+        return;
+    }
+    // SAFETY: mallopt only changes the allocator's thresholds; it runs before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_large_blocks_for_reuse() {}
+
 fn main() -> std::process::ExitCode {
+    keep_large_blocks_for_reuse();
     logging::init();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -3,7 +3,8 @@
 //! sets (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR`,
 //! `MASTER_PORT`). With `--nnodes` and `--node-rank` it starts this host's share of a group
 //! over several hosts. Rank 0 of the host keeps the terminal; the others' lines come
-//! prefixed with their rank. When one rank fails, the others are stopped.
+//! prefixed with their rank. When one rank fails, the others are stopped. The host's cores are
+//! shared out (`RAYON_NUM_THREADS`) unless the caller chose.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -56,6 +57,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let exe = std::env::current_exe().context("finding this binary")?;
     let world = a.nnodes * a.nproc_per_node;
+    // Ranks on one host share its cores: each gets its share of the CPU threads (candle's and
+    // rayon's pools read RAYON_NUM_THREADS), unless the caller set it.
+    let threads = std::env::var_os("RAYON_NUM_THREADS").is_none().then(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / a.nproc_per_node).max(1)
+    });
+    if let Some(t) = threads {
+        tracing::info!(
+            threads_per_rank = t,
+            "RAYON_NUM_THREADS set for each rank (set it to choose)"
+        );
+    }
     // The terminal's Ctrl-C reaches every rank, which checkpoints and exits; the launcher
     // waits for them.
     let _ = ctrlc::set_handler(|| {});
@@ -71,6 +84,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .env("LOCAL_WORLD_SIZE", a.nproc_per_node.to_string())
             .env("MASTER_ADDR", &a.master_addr)
             .env("MASTER_PORT", a.master_port.to_string());
+        if let Some(t) = threads {
+            c.env("RAYON_NUM_THREADS", t.to_string());
+        }
         if local != 0 {
             c.stdout(Stdio::piped()).stderr(Stdio::piped());
         }

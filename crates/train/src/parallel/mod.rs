@@ -102,18 +102,25 @@ pub(crate) fn sum_in_order<'v>(
     };
     let mut acc = first.to_vec();
     for (rank, p) in parts {
-        if p.len() != acc.len() {
-            return Err(format!(
-                "rank {rank} sent {} values, rank 0 {}: the ranks disagree on the model or the step",
-                p.len(),
-                acc.len()
-            ));
-        }
-        for (a, b) in acc.iter_mut().zip(p) {
-            *a += b;
-        }
+        add_into(&mut acc, rank, p)?;
     }
     Ok(acc)
+}
+
+/// `acc += theirs`, element-wise, the values of rank `rank`: the step of the in-order sum (so
+/// a backend that receives one rank at a time sums as [`sum_in_order`] does).
+pub(crate) fn add_into(acc: &mut [f32], rank: usize, theirs: &[f32]) -> Result<(), String> {
+    if theirs.len() != acc.len() {
+        return Err(format!(
+            "rank {rank} sent {} values, rank 0 {}: the ranks disagree on the model or the step",
+            theirs.len(),
+            acc.len()
+        ));
+    }
+    for (a, b) in acc.iter_mut().zip(theirs) {
+        *a += b;
+    }
+    Ok(())
 }
 
 /// The values of a 1-D `f32` tensor on the host.

@@ -75,9 +75,12 @@ pub(crate) fn all_reduce_step(
         pieces.push(Tensor::from_vec(stats, n, &device)?);
         Tensor::cat(&pieces, 0)
     };
+    let t0 = std::time::Instant::now();
     let flat = pack(&mut present, stats).ctx(|| "packing the gradients".into())?;
     let n_stats = 4 + part_names.len() + present.len();
+    let t1 = std::time::Instant::now();
     let sum = comm.all_reduce_sum(&flat)?;
+    let t2 = std::time::Instant::now();
     let total = flat.elem_count();
     let stats: Vec<f32> = sum
         .narrow(0, total - n_stats, n_stats)
@@ -101,6 +104,13 @@ pub(crate) fn all_reduce_step(
         }
         offset += n;
     }
+    tracing::debug!(
+        pack_s = (t1 - t0).as_secs_f64(),
+        sum_s = (t2 - t1).as_secs_f64(),
+        unpack_s = t2.elapsed().as_secs_f64(),
+        values = flat.elem_count(),
+        "data-parallel step sum"
+    );
     let parts = part_names
         .iter()
         .zip(&stats[4..4 + part_names.len()])

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 
-use super::{error, host_values, sum_in_order, Communicator, Launch};
+use super::{add_into, error, host_values, Communicator, Launch};
 use crate::error::TrainError;
 
 const MAGIC: &[u8; 4] = b"DSTL";
@@ -112,25 +112,22 @@ impl Communicator for Tcp {
         let mut links = self.links.lock().expect("links");
         let sum = match &mut *links {
             Links::Hub(peers) => {
-                let mut theirs = Vec::with_capacity(peers.len());
+                // Rank order, one rank at a time into the running sum: the sum every backend
+                // on the CPU computes, without holding every rank's values at once.
+                let mut sum = mine;
                 for (i, p) in peers.iter_mut().enumerate() {
-                    let b = receive(p).map_err(|e| err(format!("from rank {}: {e}", i + 1)))?;
-                    theirs.push(from_bytes(&b));
+                    let theirs =
+                        receive(p).map_err(|e| err(format!("from rank {}: {e}", i + 1)))?;
+                    add_into(&mut sum, i + 1, &theirs).map_err(err)?;
                 }
-                let sum = sum_in_order(
-                    std::iter::once((0, &mine[..]))
-                        .chain(theirs.iter().enumerate().map(|(i, v)| (i + 1, &v[..]))),
-                )
-                .map_err(err)?;
-                let bytes = to_bytes(&sum);
                 for (i, p) in peers.iter_mut().enumerate() {
-                    send(p, &bytes).map_err(|e| err(format!("to rank {}: {e}", i + 1)))?;
+                    send(p, &sum).map_err(|e| err(format!("to rank {}: {e}", i + 1)))?;
                 }
                 sum
             }
             Links::Spoke(s) => {
-                send(s, &to_bytes(&mine)).map_err(|e| err(format!("to rank 0: {e}")))?;
-                let sum = from_bytes(&receive(s).map_err(|e| err(format!("from rank 0: {e}")))?);
+                send(s, &mine).map_err(|e| err(format!("to rank 0: {e}")))?;
+                let sum = receive(s).map_err(|e| err(format!("from rank 0: {e}")))?;
                 if sum.len() != mine.len() {
                     return Err(err(format!(
                         "rank 0 answered {} values for {}",
@@ -200,28 +197,24 @@ fn configure(s: &TcpStream) -> std::io::Result<()> {
     s.set_read_timeout(Some(READ_TIMEOUT))
 }
 
-fn send(s: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-    s.write_all(&(bytes.len() as u64).to_le_bytes())?;
-    s.write_all(bytes)?;
+// Values travel as their in-memory bytes, which are little-endian on every target built here.
+#[cfg(not(target_endian = "little"))]
+compile_error!("the TCP communicator sends f32 values as little-endian bytes");
+
+/// A message: its length in elements, then the elements' bytes (`f32` values, or `u8`).
+fn send<T: bytemuck::Pod>(s: &mut TcpStream, values: &[T]) -> std::io::Result<()> {
+    s.write_all(&(values.len() as u64).to_le_bytes())?;
+    s.write_all(bytemuck::cast_slice(values))?;
     s.flush()
 }
 
-fn receive(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+/// A message [`send`] sent, read straight into its values.
+fn receive<T: bytemuck::Pod + Default>(s: &mut TcpStream) -> std::io::Result<Vec<T>> {
     let mut len = [0u8; 8];
     s.read_exact(&mut len)?;
-    let mut bytes = vec![0u8; u64::from_le_bytes(len) as usize];
-    s.read_exact(&mut bytes)?;
-    Ok(bytes)
-}
-
-fn to_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn from_bytes(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect()
+    let mut values = vec![T::default(); u64::from_le_bytes(len) as usize];
+    s.read_exact(bytemuck::cast_slice_mut(&mut values))?;
+    Ok(values)
 }
 
 #[cfg(test)]
