@@ -19,7 +19,7 @@ use distill_train::{Learner, Training};
 use crate::compression::{self, Compression};
 use crate::data::{build_data_from, split_run_documents, write_split};
 use crate::error::{Context, Error, Result};
-use crate::group::{self, rank_device};
+use crate::group::load_and_join;
 use crate::job::RunConfig;
 use crate::options::RunOptions;
 use crate::report::compress::Reference;
@@ -101,17 +101,8 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
     let run_dir = cfg.run_dir();
     let resumed_batch = resumed_batch_size(cfg, opts);
     let cfg = resumed_batch.as_ref().unwrap_or(cfg);
-    let mut teacher_section = cfg.teacher.clone();
-    if let Some(l) = &opts.launch {
-        teacher_section.device = rank_device(&cfg.teacher.device, l)?;
-    }
-    let load = teacher_section.load_options().context("teacher")?;
+    let (load, comm) = load_and_join(&cfg.teacher, opts.launch.as_ref())?;
     let device = load.device.clone();
-    let comm = opts
-        .launch
-        .as_ref()
-        .map(|l| group::join(l, &device))
-        .transpose()?;
     let rank = comm.as_ref().map_or(0, |c| c.rank());
     if rank == 0 {
         prepare_run_dir(cfg, &run_dir, opts.resume, opts.overwrite)?;

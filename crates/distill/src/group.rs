@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use candle_core::Device;
+use distill_teacher::{LoadOptions, TeacherConfig};
 use distill_train::parallel::{Communicator, Launch, Tcp};
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 
 /// How long a rank waits for the others to join (a teacher download or a slow disk on one
 /// host delays its rank).
@@ -42,6 +43,25 @@ pub fn rank_device(spec: &str, launch: &Launch) -> Result<String> {
             "teacher.device `{other}`: under a launcher each rank takes the GPU of its LOCAL_RANK; write `cuda` or `auto` (or `cpu`)"
         ))),
     }
+}
+
+/// This process's load options for the `teacher:` section and, under a launcher, its place in
+/// the group: the device of its rank ([`rank_device`]) and the group joined from it ([`join`]).
+/// What a causal-LM run and `cache-teacher` both start with.
+pub fn load_and_join(
+    teacher: &TeacherConfig,
+    launch: Option<&Launch>,
+) -> Result<(LoadOptions, Option<Box<dyn Communicator>>)> {
+    let Some(launch) = launch else {
+        return Ok((teacher.load_options().context("teacher")?, None));
+    };
+    let section = TeacherConfig {
+        device: rank_device(&teacher.device, launch)?,
+        ..teacher.clone()
+    };
+    let load = section.load_options().context("teacher")?;
+    let comm = join(launch, &load.device)?;
+    Ok((load, Some(comm)))
 }
 
 /// Joins the group `launch` describes from `device`: TCP on the CPU, NCCL on CUDA (a build

@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use crate::data::build_data;
 use crate::error::{Context, Error, Result};
-use crate::group::{self, rank_device};
+use crate::group::load_and_join;
 use crate::job::RunConfig;
 use crate::options::RunOptions;
 
@@ -146,11 +146,7 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
     let started = Instant::now();
     let c = cache_config(cfg)?;
     let dir = PathBuf::from(c.dir());
-    let mut teacher_section = cfg.teacher.clone();
-    if let Some(l) = &opts.launch {
-        teacher_section.device = rank_device(&cfg.teacher.device, l)?;
-    }
-    let load = teacher_section.load_options().context("teacher")?;
+    let (load, comm) = load_and_join(&cfg.teacher, opts.launch.as_ref())?;
     let source = TeacherSource::parse(&cfg.teacher.source).context("teacher.source")?;
     tracing::info!(source = %source, "loading the teacher");
     let teacher = Teacher::load(&source, &load)?;
@@ -164,13 +160,10 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
         .context("teacher.cache")?;
     let as_u32 = |v: &[usize]| v.iter().map(|&b| b as u32).collect::<Vec<_>>();
     let split_data = |split: usize| if split == 0 { &train } else { &valid };
-    let comm = opts
-        .launch
-        .as_ref()
-        .map(|l| group::join(l, &load.device))
-        .transpose()?;
     let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
-    let mut builder = if rank == 0 {
+    // Rank 0 opens (checks, resumes) the cache while the others wait; they then follow its
+    // manifest.
+    let opened = if rank == 0 {
         let mut b = CacheBuilder::open(
             &dir,
             identity,
@@ -191,17 +184,17 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
         )
         .context("teacher.cache")?;
         adopt_written(&mut b, &split_data)?;
-        b
+        Some(b)
     } else {
-        // Rank 0 opens (checks, resumes) the cache first; the others follow its manifest.
-        comm.as_ref().expect("a group").barrier()?;
-        CacheBuilder::follow(&dir).context("teacher.cache")?
+        None
     };
-    if rank == 0 {
-        if let Some(c) = &comm {
-            c.barrier()?;
-        }
+    if let Some(c) = &comm {
+        c.barrier()?;
     }
+    let mut builder = match opened {
+        Some(b) => b,
+        None => CacheBuilder::follow(&dir).context("teacher.cache")?,
+    };
     // Every rank sees the same pending shards and takes every `world`-th of them.
     let all_jobs = builder.pending();
     let jobs: Vec<_> = all_jobs.iter().skip(rank).step_by(world).cloned().collect();

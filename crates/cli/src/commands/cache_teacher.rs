@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use distill::{load_job, Job, Launch, Observer, RunOptions, Silent};
+use distill::{load_job, Job, Launch, RunOptions};
 
 use crate::progress::Progress;
 
@@ -23,10 +23,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // Under a launcher this process is one rank; rank 0 shows the progress and the result.
     let launch = Launch::from_env()?;
     let progress = Progress::default();
-    let observer: &dyn Observer = match &launch {
-        Some(l) if l.rank != 0 => &Silent,
-        _ => &progress,
-    };
+    let observer = super::rank_observer(launch.as_ref(), &progress);
     let opts = RunOptions {
         observer,
         stop: super::interrupt_flag(),

@@ -44,6 +44,18 @@ impl ModelArgs {
     }
 }
 
+/// Where a command's progress goes: the terminal alone, or rank 0's of a data-parallel group
+/// (`launch`, from the launcher's variables); the other ranks stay silent.
+pub fn rank_observer<'a>(
+    launch: Option<&distill::Launch>,
+    progress: &'a crate::progress::Progress,
+) -> &'a dyn distill::Observer {
+    match launch {
+        Some(l) if l.rank != 0 => &distill::Silent,
+        _ => progress,
+    }
+}
+
 /// Sets a stop flag on Ctrl-C; a second Ctrl-C while the checkpoint is written exits at once.
 pub fn interrupt_flag() -> distill::StopFlag {
     let stop = distill::StopFlag::new();

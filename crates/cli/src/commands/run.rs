@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use distill::{load_job, Launch, Observer, RunOptions, RunOutcome, Silent};
+use distill::{load_job, Launch, RunOptions, RunOutcome};
 
 use crate::progress::Progress;
 
@@ -23,10 +23,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // Under a launcher (WORLD_SIZE > 1) this process is one rank; rank 0 shows the progress.
     let launch = Launch::from_env()?;
     let progress = Progress::default();
-    let observer: &dyn Observer = match &launch {
-        Some(l) if l.rank != 0 => &Silent,
-        _ => &progress,
-    };
+    let observer = super::rank_observer(launch.as_ref(), &progress);
     let opts = RunOptions {
         resume: a.resume,
         overwrite: a.overwrite,
