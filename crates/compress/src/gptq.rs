@@ -35,7 +35,7 @@ struct GridRule<'a> {
 
 impl ColumnRule for GridRule<'_> {
     fn before_column(&mut self, i: usize, start: usize, block: MatRef<f32>, _diag: &[f32]) {
-        if i % self.group != 0 {
+        if !i.is_multiple_of(self.group) {
             return;
         }
         let k0 = i - start;

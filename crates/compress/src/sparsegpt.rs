@@ -49,7 +49,7 @@ impl ColumnRule for Mask {
             }
         }
         let k = i - start;
-        if self.pattern == SparsityPattern::TwoFour && k % 4 == 0 {
+        if self.pattern == SparsityPattern::TwoFour && k.is_multiple_of(4) {
             for r in 0..rows {
                 let mut idx = [k, k + 1, k + 2, k + 3];
                 idx.sort_by(|&a, &b| saliency(r, a).total_cmp(&saliency(r, b)).then(a.cmp(&b)));

@@ -93,7 +93,7 @@ impl BertConfig {
                 return Err(err(key, "must be positive".into()));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(err(
                 "num_attention_heads",
                 format!(

@@ -194,7 +194,7 @@ impl LlamaConfig {
                 return Err(err(key, "must be positive".into()));
             }
         }
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(err(
                 "num_attention_heads",
                 format!(
@@ -203,7 +203,7 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(err(
                 "head_dim",
                 format!(
@@ -213,7 +213,7 @@ impl LlamaConfig {
             ));
         }
         let kv = self.kv_heads();
-        if kv == 0 || self.num_attention_heads % kv != 0 {
+        if kv == 0 || !self.num_attention_heads.is_multiple_of(kv) {
             return Err(err(
                 "num_key_value_heads",
                 format!(

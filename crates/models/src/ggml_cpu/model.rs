@@ -35,7 +35,8 @@ impl BlockMatrix {
     fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
         let by_row: Vec<Vec<f32>> = match &self.stored {
             Stored::F32(w) => {
-                let tiny_blas = n >= 2 && self.cols % 8 == 0 && self.rows % 4 == 0;
+                let tiny_blas =
+                    n >= 2 && self.cols.is_multiple_of(8) && self.rows.is_multiple_of(4);
                 let dot = if tiny_blas { dot_lanes8 } else { dot_f32 };
                 w.par_chunks_exact(self.cols)
                     .map(|row| x.chunks_exact(self.cols).map(|a| dot(row, a)).collect())

@@ -175,7 +175,7 @@ fn check_groups(
     let all_q: Vec<u32> = (0..t.num_attention_heads as u32).collect();
     let kv = kv.unwrap_or(&all_kv);
     let q = heads.unwrap_or(&all_q);
-    if q.len() % kv.len() != 0 {
+    if !q.len().is_multiple_of(kv.len()) {
         return Err(format!(
             "{} query heads do not share {} key/value heads evenly",
             q.len(),
