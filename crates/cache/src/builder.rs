@@ -33,6 +33,8 @@ pub struct ShardJob {
 pub struct CacheBuilder {
     dir: PathBuf,
     manifest: Manifest,
+    /// Held by the one process that opened the cache: one writer per cache.
+    _lock: Option<distill_files::Lock>,
 }
 
 fn shard_file(split: &str, shard: usize) -> String {
@@ -83,11 +85,25 @@ impl CacheBuilder {
             complete: false,
             teacher_tokens_per_second: None,
         };
+        let existed = dir.exists();
+        std::fs::create_dir_all(dir).map_err(CacheError::io(dir, "creating"))?;
+        let lock = match distill_files::Lock::acquire(dir, "distill cache-teacher") {
+            Ok(l) => l,
+            Err(e) => {
+                if !existed {
+                    let _ = std::fs::remove_dir(dir);
+                }
+                return Err(e.into());
+            }
+        };
         let manifest = match Manifest::read(dir) {
             Ok(old) => resume(dir, old, fresh, splits)?,
             Err(CacheError::NotACache { .. }) if !Manifest::path(dir).exists() => {
                 let occupied = std::fs::read_dir(dir)
-                    .map(|mut d| d.next().is_some())
+                    .map(|d| {
+                        d.filter_map(|e| e.ok())
+                            .any(|e| e.file_name() != distill_files::lock::LOCK_FILE)
+                    })
                     .unwrap_or(false);
                 if occupied {
                     return Err(CacheError::NotACache {
@@ -97,7 +113,6 @@ impl CacheBuilder {
                         ),
                     });
                 }
-                std::fs::create_dir_all(dir).map_err(CacheError::io(dir, "creating"))?;
                 fresh.write(dir)?;
                 fresh
             }
@@ -106,6 +121,7 @@ impl CacheBuilder {
         Ok(Self {
             dir: dir.into(),
             manifest,
+            _lock: Some(lock),
         })
     }
 
@@ -116,6 +132,7 @@ impl CacheBuilder {
         Ok(Self {
             dir: dir.into(),
             manifest: Manifest::read(dir)?,
+            _lock: None,
         })
     }
 

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    #[error(transparent)]
+    Files(#[from] distill_files::FilesError),
     #[error("{0}")]
     Invalid(String),
     #[error("{}: {what}", path.display())]

@@ -130,11 +130,9 @@ impl Manifest {
 }
 
 /// Writes `bytes` to `path` via a sibling temporary file and a rename: a reader never sees a
-/// half-written file.
+/// half-written file, and a failed write leaves none behind.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(CacheError::io(&tmp, "writing"))?;
-    std::fs::rename(&tmp, path).map_err(CacheError::io(path, "renaming into place"))
+    Ok(distill_files::write_file(path, bytes)?)
 }
 
 /// A digest of token blocks: their count, length and ids in order.

@@ -1,10 +1,12 @@
 //! `distill`: knowledge distillation from one YAML file. This binary parses arguments, turns
-//! Ctrl-C into a stop request, shows progress and prints results; the `distill` library does
-//! the work.
+//! stop signals (Ctrl-C, SIGTERM, SIGHUP) into a stop request, shows progress and prints
+//! results; the `distill` library does the work.
 
 mod commands;
 mod logging;
+mod output;
 mod progress;
+mod signals;
 
 use clap::{Parser, Subcommand};
 
@@ -93,8 +95,8 @@ fn main() -> std::process::ExitCode {
         Command::Launch(a) => commands::launch::run(a),
         Command::CacheTeacher(a) => commands::cache_teacher::run(a),
         Command::Schema => serde_json::to_string_pretty(&distill::schema())
-            .map(|s| println!("{s}"))
-            .map_err(Into::into),
+            .map_err(anyhow::Error::from)
+            .and_then(|s| Ok(out!("{s}")?)),
         Command::Inspect(a) => commands::inspect::inspect(a),
         Command::Tokenize(a) => commands::inspect::tokenize(a),
         Command::Eval(a) => commands::eval::run(a),
@@ -103,9 +105,22 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => exit_for(&e),
     }
+}
+
+/// The exit of a failed command: a stop on request exits with the signal's code; a reader
+/// that closed stdout ends it quietly (141, as SIGPIPE would); anything else is said.
+fn exit_for(e: &anyhow::Error) -> std::process::ExitCode {
+    use std::io::Write;
+    if e.downcast_ref::<commands::Stopped>().is_some() {
+        return std::process::ExitCode::from(signals::exit_code());
+    }
+    if e.downcast_ref::<output::StdoutError>()
+        .is_some_and(output::StdoutError::is_closed_pipe)
+    {
+        return std::process::ExitCode::from(141);
+    }
+    let _ = writeln!(std::io::stderr(), "error: {e:#}");
+    std::process::ExitCode::FAILURE
 }

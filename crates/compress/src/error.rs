@@ -5,6 +5,8 @@ use distill_models::ModelError;
 /// Errors of compression passes and exports; each names the key, file or tensor concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum CompressError {
+    #[error(transparent)]
+    Files(#[from] distill_files::FilesError),
     /// A compression setting is invalid.
     #[error("{key}: {msg}")]
     Config { key: String, msg: String },

@@ -44,7 +44,7 @@ pub fn parse_qtype(s: &str) -> Result<GgmlDType, CompressError> {
 /// The type a tensor whose rows have `cols` values gets when `wanted` does not fit: llama.cpp's
 /// fallbacks (K-quants to the 32-block type of about the same size), then f16.
 pub fn fitting_type(wanted: GgmlDType, cols: usize) -> GgmlDType {
-    let fits = |t: GgmlDType| cols % t.block_size() == 0;
+    let fits = |t: GgmlDType| cols.is_multiple_of(t.block_size());
     if fits(wanted) {
         return wanted;
     }
@@ -370,7 +370,6 @@ pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressE
     }
     md.extend(e.tokenizer.iter().map(|(k, v)| (k.clone(), v.clone())));
 
-    let tmp = path.with_extension(format!("gguf.tmp-{}", std::process::id()));
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |e: std::io::Error| CompressError::Io {
@@ -381,19 +380,13 @@ pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressE
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
-    let written = (|| -> Result<(), CompressError> {
-        let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    distill_files::write_file_with(path, |tmp| -> Result<(), CompressError> {
+        let mut file = std::fs::File::create(tmp).map_err(io(tmp))?;
         let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
         gguf_file::write(&mut file, &md_refs, &t_refs).map_err(ctx("writing GGUF"))?;
-        file.sync_all().map_err(io(&tmp))?;
-        Ok(())
-    })();
-    if let Err(err) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err);
-    }
-    std::fs::rename(&tmp, path).map_err(io(path))?;
+        file.sync_all().map_err(io(tmp))
+    })?;
     // One line per kind of fallback, not per tensor.
     let mut kinds: BTreeMap<(String, String, usize), Vec<&str>> = BTreeMap::new();
     for fb in &fallbacks {

@@ -157,10 +157,8 @@ pub fn run(
     out: &Path,
 ) -> Result<Outcome, CompressError> {
     let plans = cfg.plans(defaults)?;
-    std::fs::create_dir_all(out).map_err(|e| CompressError::Io {
-        path: out.to_path_buf(),
-        msg: e.to_string(),
-    })?;
+    // Marked as distill's: a later run may write here again; a user's folder is not.
+    distill_files::marker::mark_container(out, "compressed")?;
     let task = eval.task();
     let lm = task == "causal_lm";
     let dtype = src.output.dense_dtype;

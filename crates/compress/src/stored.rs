@@ -135,11 +135,10 @@ pub fn encode_all(map: &TensorMap, dtype: DType) -> Result<Encoded, CompressErro
 /// place). Returns its size in bytes.
 pub fn save_safetensors(map: &TensorMap, dtype: DType, path: &Path) -> Result<u64, CompressError> {
     let encoded = encode_all(map, dtype)?;
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::tensor::serialize_to_file(views(&encoded, path)?, None, &tmp)
-        .map_err(|e| io(&tmp)(e.to_string()))?;
-    distill_models::files::with_usual_mode(&tmp).map_err(|e| io(&tmp)(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path)(e.to_string()))?;
+    distill_files::write_file_with(path, |tmp| {
+        safetensors::tensor::serialize_to_file(views(&encoded, path)?, None, tmp)
+            .map_err(|e| io(tmp)(e.to_string()))
+    })?;
     Ok(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))
 }
 
@@ -209,5 +208,5 @@ pub fn write_model_folder(
         .map_err(|e| io(&cfg_path)(e.to_string()))?;
         save_safetensors(map, dtype, &tmp.join("model.safetensors"))
     };
-    distill_models::files::write_folder_atomically(dir, fill, |p, e| io(p)(e.to_string()))
+    distill_files::write_folder(dir, "model", fill)
 }

@@ -54,6 +54,7 @@ pub fn run_auto(
     let out = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| run_dir.join("auto"));
+    crate::compression::check_output_folder(&out, &model, opts.overwrite)?;
     let (auto, prepared): (_, Prepared) = match job {
         Job::CausalLm(cfg) => {
             let auto = cfg.auto.clone().unwrap_or_default();

@@ -24,15 +24,15 @@ use crate::job::RunConfig;
 use crate::options::RunOptions;
 use crate::report::compress::Reference;
 use crate::report::{ArtifactStats, ModelStats, RunReport};
-use crate::run_dir::prepare_run_dir;
+use crate::run_dir::{local_inputs, RunDir, RunDirOptions};
 use crate::teacher_cache::{open_for_run, run_identity};
 use crate::vocab::trim_for_run;
 
 /// The teacher of a run: loaded and run online, or only its files (tokenizer, config, weights
 /// for initialisation) when its outputs come from a cache.
 enum TeacherSide {
-    Online(Teacher),
-    Cached(TeacherFiles),
+    Online(Box<Teacher>),
+    Cached(Box<TeacherFiles>),
 }
 
 impl TeacherSide {
@@ -104,9 +104,24 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
     let (load, comm) = load_and_join(&cfg.teacher, opts.launch.as_ref())?;
     let device = load.device.clone();
     let rank = comm.as_ref().map_or(0, |c| c.rank());
-    if rank == 0 {
-        prepare_run_dir(cfg, &run_dir, opts.resume, opts.overwrite)?;
-    }
+    let mut run_folder = if rank == 0 {
+        let mut inputs = vec![std::path::Path::new(&cfg.teacher.source)];
+        inputs.extend(cfg.data.source.paths());
+        if let Some(c) = &cfg.teacher.cache {
+            inputs.push(std::path::Path::new(c.dir()));
+        }
+        Some(RunDir::prepare(
+            cfg,
+            &run_dir,
+            &RunDirOptions {
+                resume: opts.resume,
+                overwrite: opts.overwrite,
+                inputs: local_inputs(inputs),
+            },
+        )?)
+    } else {
+        None
+    };
     if let Some(c) = &comm {
         // The others start once the folder is there (and an old one is gone).
         c.barrier()?;
@@ -114,10 +129,10 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
     let source = TeacherSource::parse(&cfg.teacher.source).context("teacher.source")?;
     let side = if cfg.teacher.cache.is_some() {
         tracing::info!(source = %source, "reading the teacher's files (its outputs come from the cache)");
-        TeacherSide::Cached(TeacherFiles::open(&source, &load)?)
+        TeacherSide::Cached(Box::new(TeacherFiles::open(&source, &load)?))
     } else {
         tracing::info!(source = %source, "loading the teacher");
-        TeacherSide::Online(Teacher::load(&source, &load)?)
+        TeacherSide::Online(Box::new(Teacher::load(&source, &load)?))
     };
     let teacher_cfg = side.config()?.clone();
     let split = split_run_documents(cfg)?;
@@ -252,6 +267,10 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
             &device,
         )?,
     };
+    // Training begins: the folder now keeps whatever happens.
+    if let Some(f) = run_folder.as_mut() {
+        f.keep();
+    }
     let outcome = Learner::new(&training, "train")
         .checkpoints(run_dir.join("checkpoints"))
         .metrics(run_dir.join("metrics.jsonl"))
@@ -467,8 +486,7 @@ fn choose_batch_size(
         resolved.train = training.clone();
         let text = serde_yaml::to_string(&resolved).map_err(|e| Error::Job(e.to_string()))?;
         let path = run_dir.join("config.yaml");
-        distill_train::checkpoint::write_atomic(&path, text.as_bytes())
-            .map_err(crate::error::io(&path))?;
+        distill_files::write_file(&path, text.as_bytes()).map_err(crate::error::Error::from)?;
     }
     Ok(training)
 }

@@ -9,13 +9,14 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Var};
 use candle_nn::{Init, VarMap};
+use distill_files::write_file;
 use distill_models::{
     pad_batch, ArchConfig, BertClassifier, BertConfig, Input, Model, SafetensorsWeights,
     VarMapWeights, WeightSource,
 };
 use distill_student::{build_bert_student, save_bert_classifier, BertExport, InitConfig};
 use distill_teacher::{load_tokenizer, resolve, Resolved, TeacherSource};
-use distill_train::checkpoint::{latest, write_atomic};
+use distill_train::checkpoint::latest;
 use distill_train::classify::{encode_examples, Confusion, EncodedSet};
 use distill_train::config::DistillConfig;
 use distill_train::data::{load_labelled, split_stratified, LabelledSet, LabelledSplit};
@@ -25,11 +26,11 @@ use distill_train::{Event, LearnOutcome, Learner, Training};
 
 use crate::classifier::{labels_of, load_classifier, pad_id};
 use crate::compression::{self, Compression};
-use crate::error::{io, Context, Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::job::ClassifyConfig;
 use crate::options::RunOptions;
 use crate::report::{summary, ClassificationReport, DataReport, ModelRow, StageReport};
-use crate::run_dir::prepare_run_dir;
+use crate::run_dir::{local_inputs, RunDir, RunDirOptions};
 
 /// What a classification run produced.
 #[derive(Debug)]
@@ -145,7 +146,15 @@ pub fn run(cfg: &ClassifyConfig, opts: &RunOptions) -> Result<ClsRun> {
             "a classification run trains in one process: run it without a launcher (WORLD_SIZE unset or 1)".into(),
         ));
     }
-    prepare_run_dir(cfg, &run_dir, opts.resume, opts.overwrite)?;
+    let mut run_folder = RunDir::prepare(
+        cfg,
+        &run_dir,
+        &RunDirOptions {
+            resume: opts.resume,
+            overwrite: opts.overwrite,
+            inputs: local_inputs([Path::new(&cfg.teacher.source), cfg.data.source.path()]),
+        },
+    )?;
     let load = cfg.teacher.load_options().context("teacher")?;
     let device = load.device.clone();
 
@@ -171,13 +180,13 @@ pub fn run(cfg: &ClassifyConfig, opts: &RunOptions) -> Result<ClsRun> {
         "test": ids_of(&split.test),
     });
     let split_path = run_dir.join("split.json");
-    write_atomic(
+    write_file(
         &split_path,
         serde_json::to_string_pretty(&split_json)
             .expect("JSON")
             .as_bytes(),
     )
-    .map_err(io(&split_path))?;
+    .map_err(crate::error::Error::from)?;
     tracing::info!(
         examples = set.examples.len(),
         skipped = set.skipped.len(),
@@ -198,6 +207,7 @@ pub fn run(cfg: &ClassifyConfig, opts: &RunOptions) -> Result<ClsRun> {
     // Teacher: a BERT folder.
     let source = TeacherSource::parse(&cfg.teacher.source).context("teacher.source")?;
     let resolved = resolve(&source, &load.hub)?;
+    distill_teacher::check_finite(&source, &resolved, load.non_finite).context("teacher.source")?;
     let Resolved::Folder(folder) = &resolved else {
         return Err(Error::Invalid(format!("teacher.source: classification needs a BERT encoder in Hugging Face layout; {source} is a GGUF file")));
     };
@@ -231,6 +241,8 @@ pub fn run(cfg: &ClassifyConfig, opts: &RunOptions) -> Result<ClsRun> {
         ..cfg.distill.clone()
     };
 
+    // Training begins: the folder now keeps whatever happens.
+    run_folder.keep();
     let mut stages = vec![];
     let teacher_dir = run_dir.join("teacher");
     let teacher_vm = VarMap::new();
@@ -519,15 +531,15 @@ pub fn run(cfg: &ClassifyConfig, opts: &RunOptions) -> Result<ClsRun> {
         summary,
     };
     let json_path = run_dir.join("report.json");
-    write_atomic(
+    write_file(
         &json_path,
         serde_json::to_string_pretty(&report)
             .expect("a report serialises")
             .as_bytes(),
     )
-    .map_err(io(&json_path))?;
+    .map_err(crate::error::Error::from)?;
     let md_path = run_dir.join("report.md");
-    write_atomic(&md_path, report.markdown().as_bytes()).map_err(io(&md_path))?;
+    write_file(&md_path, report.markdown().as_bytes()).map_err(crate::error::Error::from)?;
     let compression = match &cfg.compress {
         Some(c) => Some(compression::in_run(
             compression::for_classification(

@@ -40,6 +40,7 @@ pub fn pad_id(tok: &tokenizers::Tokenizer, cfg: &BertConfig) -> u32 {
 pub fn load_classifier(source: &str, device: &Device) -> Result<LoadedClassifier> {
     let src = TeacherSource::parse(source)?;
     let resolved = resolve(&src, &HubOptions::from_env())?;
+    distill_teacher::check_finite(&src, &resolved, distill_teacher::NonFinite::Refuse)?;
     let Resolved::Folder(folder) = &resolved else {
         return Err(Error::Invalid(format!(
             "{source}: a classifier is a Hugging Face folder, not a GGUF file"

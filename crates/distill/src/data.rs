@@ -31,13 +31,13 @@ pub fn write_split(cfg: &RunConfig, split: &Split, path: &std::path::Path) -> Re
         "train": ids(&split.train),
         "validation": ids(&split.validation),
     });
-    distill_train::checkpoint::write_atomic(
+    distill_files::write_file(
         path,
         serde_json::to_string_pretty(&json)
             .expect("JSON")
             .as_bytes(),
     )
-    .map_err(crate::error::io(path))
+    .map_err(crate::error::Error::from)
 }
 
 /// A split's documents → tokenised and packed blocks.

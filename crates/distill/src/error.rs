@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use distill_cache::CacheError;
 use distill_compress::CompressError;
+use distill_files::FilesError;
 use distill_models::ModelError;
 use distill_student::StudentError;
 use distill_teacher::TeacherError;
@@ -32,6 +33,8 @@ pub enum Error {
     Config(Box<ConfigError>),
     #[error(transparent)]
     Cache(Box<CacheError>),
+    #[error(transparent)]
+    Files(Box<FilesError>),
     /// A run config that does not parse or validate.
     #[error("{0}")]
     Job(String),
@@ -76,6 +79,7 @@ boxed_from!(
     Data(DataError),
     Config(ConfigError),
     Cache(CacheError),
+    Files(FilesError),
 );
 
 /// Adds what was being done to any error this crate can hold.

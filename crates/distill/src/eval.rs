@@ -9,7 +9,7 @@ use distill_train::metrics::{next_token_nll, NllSum};
 use distill_train::{Event, Observer};
 use serde::Serialize;
 
-use crate::error::{io, Error, Result};
+use crate::error::{Error, Result};
 
 /// How the text is cut and run.
 #[derive(Clone, Debug)]
@@ -44,6 +44,10 @@ pub struct TextEval {
     pub quantized: bool,
     /// For a GGUF model: `quantized`, `dequantized` or `ggml`.
     pub gguf_weights: Option<String>,
+    /// Tensors of the weight files that hold NaN or infinite values: the numbers above are
+    /// what a damaged model gives.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub non_finite_tensors: Vec<String>,
 }
 
 impl TextEval {
@@ -54,6 +58,12 @@ impl TextEval {
             self.tokens_per_second, self.device, self.dtype
         )
     }
+}
+
+/// `tensor `a` holds` / `tensors `a`, `b` hold`, for messages about damaged weights.
+pub fn damaged(tensors: &[String]) -> String {
+    let verb = if tensors.len() == 1 { "holds" } else { "hold" };
+    format!("{} {verb}", distill_teacher::error::name_list(tensors))
 }
 
 /// Scores the model at `source` on the text file `text`.
@@ -72,13 +82,18 @@ pub fn evaluate_text(
     if o.batch < 1 {
         return Err(Error::Invalid("--batch must be at least 1".into()));
     }
-    let content = std::fs::read_to_string(text).map_err(io(text))?;
-    let src = TeacherSource::parse(source)?;
-    let teacher = Teacher::load(&src, &o.load)?;
-    let mut ids = teacher.tokenizer.encode(&content)?;
-    if let Some(m) = o.max_tokens {
-        ids.truncate(m);
+    if let Some(path) = &o.save_logits {
+        let inputs = crate::run_dir::local_inputs([Path::new(source), text]);
+        distill_files::check_file_target(path, &inputs)?;
     }
+    let src = TeacherSource::parse(source)?;
+    // A damaged model is still measured (what it gives is worth seeing), and named.
+    let load = distill_teacher::LoadOptions {
+        non_finite: distill_teacher::NonFinite::Report,
+        ..o.load.clone()
+    };
+    let teacher = Teacher::load(&src, &load)?;
+    let ids = crate::text_ids::text_ids(text, &teacher.tokenizer, o.max_tokens)?;
     let windows: Vec<Vec<u32>> = ids
         .chunks(o.block)
         .filter(|c| c.len() >= 2)
@@ -109,19 +124,16 @@ pub fn evaluate_text(
         if let (0, Some(path)) = (gi, &o.save_logits) {
             let first = logits.get(0)?.narrow(0, 0, group[0].len())?;
             let ids = candle_core::Tensor::new(group[0].as_slice(), &candle_core::Device::Cpu)?;
-            let tmp = distill_train::checkpoint::tmp_sibling(path);
-            candle_core::safetensors::save(
-                &std::collections::HashMap::from([
+            distill_files::write_file_with(path, |tmp| -> Result<()> {
+                let tensors = std::collections::HashMap::from([
                     (
                         "logits".to_string(),
                         first.to_device(&candle_core::Device::Cpu)?,
                     ),
                     ("ids".to_string(), ids),
-                ]),
-                &tmp,
-            )?;
-            distill_models::files::with_usual_mode(&tmp).map_err(io(&tmp))?;
-            std::fs::rename(&tmp, path).map_err(io(path))?;
+                ]);
+                Ok(candle_core::safetensors::save(&tensors, tmp)?)
+            })?;
         }
         let lengths: Vec<usize> = group.iter().map(Vec::len).collect();
         total.add(next_token_nll(&logits, &input, &lengths)?);
@@ -145,5 +157,6 @@ pub fn evaluate_text(
         dtype: format!("{:?}", o.load.dtype).to_lowercase(),
         quantized: o.load.gguf_mode != GgufCompute::Dequantized && gguf,
         gguf_weights: gguf.then(|| format!("{:?}", o.load.gguf_mode).to_lowercase()),
+        non_finite_tensors: teacher.non_finite.clone(),
     })
 }

@@ -248,12 +248,14 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The largest run config read: far above any real one (they are a few KiB).
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 /// Reads, expands, parses and validates a run config of either task.
 pub fn load_job(path: &Path) -> Result<Job> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        msg: format!("reading: {e}"),
-    })?;
+    // A regular file of sane size: `/dev/zero` or a FIFO would otherwise be read until memory
+    // runs out.
+    let text = distill_files::input::read_text_limited(path, MAX_CONFIG_BYTES, "a run config")?;
     parse_job(&text).map_err(|e| Error::Context {
         context: path.display().to_string(),
         source: Box::new(e),

@@ -46,6 +46,7 @@ mod options;
 pub mod report;
 mod run_dir;
 pub mod teacher_cache;
+mod text_ids;
 pub mod vocab;
 
 pub use distill_train::parallel::Launch;

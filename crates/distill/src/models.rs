@@ -37,5 +37,6 @@ pub fn load_options(device: &str, dtype: &str, gguf: GgufCompute) -> Result<Load
         dtype,
         gguf_mode: gguf,
         hub: HubOptions::from_env(),
+        non_finite: distill_teacher::NonFinite::Refuse,
     })
 }

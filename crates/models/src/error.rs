@@ -5,6 +5,8 @@ use std::path::PathBuf;
 /// Everything that can go wrong while building or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    #[error(transparent)]
+    Files(#[from] distill_files::FilesError),
     /// A tensor the architecture needs is absent from the weights.
     #[error("{source_name}: missing tensor `{name}`")]
     MissingTensor { source_name: String, name: String },

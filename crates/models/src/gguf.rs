@@ -72,6 +72,11 @@ impl GgufFile {
         &self.content.metadata
     }
 
+    /// The parsed header.
+    pub fn content(&self) -> &Content {
+        &self.content
+    }
+
     pub fn tensor_infos(&self) -> &HashMap<String, TensorInfo> {
         &self.content.tensor_infos
     }
@@ -364,7 +369,7 @@ pub fn unpermute_dense(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> 
 pub fn unpermute_quantized_rows(qt: &QTensor, heads: usize) -> candle_core::Result<QTensor> {
     let (rows, cols) = qt.shape().dims2()?;
     let dtype: GgmlDType = qt.dtype();
-    if cols % dtype.block_size() != 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+    if cols % dtype.block_size() != 0 || rows % heads != 0 || !(rows / heads).is_multiple_of(2) {
         candle_core::bail!("cannot unpermute a {rows}x{cols} {dtype:?} matrix over {heads} heads");
     }
     let row_bytes = cols / dtype.block_size() * dtype.type_size();

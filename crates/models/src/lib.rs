@@ -14,7 +14,7 @@ pub mod bert;
 pub mod bert_classifier;
 pub mod encoded;
 pub mod error;
-pub mod files;
+pub mod finite;
 pub mod ggml_cpu;
 pub mod gguf;
 pub mod gguf_vocab;

@@ -226,6 +226,11 @@ impl SafetensorsWeights {
     pub fn files(&self) -> &[PathBuf] {
         &self.files
     }
+
+    /// The mapped files.
+    pub fn mapped(&self) -> &MmapedSafetensors {
+        &self.st
+    }
 }
 
 impl SafetensorsWeights {

@@ -45,7 +45,7 @@ pub fn derive_bert_config(t: &BertConfig, s: &StudentConfig) -> Result<BertConfi
     let heads = match s.heads {
         Some(0) => return Err(cfg_err("heads", "must be at least 1")),
         Some(h) => h,
-        None if hidden % hd == 0 => hidden / hd,
+        None if hidden.is_multiple_of(hd) => hidden / hd,
         None => {
             return Err(cfg_err(
                 "hidden",
@@ -53,7 +53,7 @@ pub fn derive_bert_config(t: &BertConfig, s: &StudentConfig) -> Result<BertConfi
             ))
         }
     };
-    if hidden % heads != 0 {
+    if !hidden.is_multiple_of(heads) {
         return Err(cfg_err(
             "heads",
             format!("{heads} heads do not divide hidden {hidden}"),

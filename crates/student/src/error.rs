@@ -3,6 +3,8 @@ use distill_models::ModelError;
 /// Errors in designing, initialising or saving a student; each names the key or file concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum StudentError {
+    #[error(transparent)]
+    Files(#[from] distill_files::FilesError),
     /// A `student:` config value is invalid.
     #[error("student.{key}: {msg}")]
     Config { key: String, msg: String },

@@ -29,18 +29,19 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(String) -> StudentError + '_ {
     }
 }
 
-/// Writes the model into `dir` (replacing it when it exists). Returns the bytes of the weights.
+/// Writes the model into `dir` (replacing what distill wrote there earlier). Returns the bytes of the weights.
 pub fn save_hf(dir: &Path, e: &HfExport) -> Result<u64, StudentError> {
     write_folder_atomically(dir, |tmp| fill_llama_folder(dir, tmp, e))
 }
 
-/// Fills a temporary sibling of `dir` with `fill`, then puts it in place of `dir`: a reader
-/// never sees a half-written model folder. Returns what `fill` returns.
+/// Fills a temporary sibling of `dir` with `fill`, then puts it in place of `dir` (see
+/// [`distill_files::write_folder`]: a reader never sees a half-written model folder, and only
+/// files distill wrote are ever replaced). Returns what `fill` returns.
 pub(crate) fn write_folder_atomically(
     dir: &Path,
     fill: impl FnOnce(&Path) -> Result<u64, StudentError>,
 ) -> Result<u64, StudentError> {
-    distill_models::files::write_folder_atomically(dir, fill, |p, e| io(p)(e.to_string()))
+    distill_files::write_folder(dir, "model", fill)
 }
 
 /// Saves the variables of `varmap` as `model.safetensors` in `dir`, converted to `dtype`.
@@ -55,7 +56,7 @@ pub(crate) fn save_varmap(dir: &Path, varmap: &VarMap, dtype: DType) -> Result<u
         .map_err(|x| io(dir)(x.to_string()))?;
     let st = dir.join("model.safetensors");
     candle_core::safetensors::save(&tensors, &st).map_err(|x| io(&st)(x.to_string()))?;
-    distill_models::files::with_usual_mode(&st).map_err(|x| io(&st)(x.to_string()))?;
+    distill_files::usual_mode(&st).map_err(|x| io(&st)(x.to_string()))?;
     Ok(std::fs::metadata(&st).map(|m| m.len()).unwrap_or(0))
 }
 

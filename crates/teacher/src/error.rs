@@ -6,9 +6,18 @@ use distill_models::ModelError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TeacherError {
+    #[error(transparent)]
+    Files(#[from] distill_files::FilesError),
     /// The model files themselves are wrong (missing tensor, bad shape, bad config, ...).
     #[error(transparent)]
     Model(#[from] ModelError),
+
+    /// Weight files hold NaN or infinite values.
+    #[error("{source_name}: {} hold{} NaN or infinite values; the weights are damaged (fetch or export them again)", name_list(.tensors), if .tensors.len() == 1 { "s" } else { "" })]
+    NonFinite {
+        source_name: String,
+        tensors: Vec<String>,
+    },
 
     /// The source string could not be understood.
     #[error("teacher source `{source_spec}`: {msg}")]
@@ -55,4 +64,20 @@ pub type Result<T> = std::result::Result<T, TeacherError>;
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TeacherError {
     let path = path.into();
     move |source| TeacherError::Io { path, source }
+}
+
+/// `tensor `a``, `tensors `a`, `b` and 3 more`.
+pub fn name_list(names: &[String]) -> String {
+    let shown: Vec<String> = names.iter().take(5).map(|n| format!("`{n}`")).collect();
+    let more = names.len().saturating_sub(5);
+    let noun = if names.len() == 1 {
+        "tensor"
+    } else {
+        "tensors"
+    };
+    if more > 0 {
+        format!("{noun} {} and {more} more", shown.join(", "))
+    } else {
+        format!("{noun} {}", shown.join(", "))
+    }
 }

@@ -28,7 +28,7 @@ pub use hub::HubOptions;
 pub use inspect::{inspect, ModelInfo};
 pub use source::TeacherSource;
 pub use teacher::{
-    load_tokenizer, pad_batch, resolve, CacheConfig, GgufCompute, LoadOptions, Resolved, Teacher,
-    TeacherConfig, TeacherFiles, TeacherModel,
+    check_finite, load_tokenizer, non_finite_tensors, pad_batch, resolve, CacheConfig, GgufCompute,
+    LoadOptions, NonFinite, Resolved, Teacher, TeacherConfig, TeacherFiles, TeacherModel,
 };
 pub use tokenizer::{LoadedTokenizer, TokenizerInfo};

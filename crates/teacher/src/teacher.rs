@@ -26,6 +26,19 @@ pub struct LoadOptions {
     /// For GGUF sources: how matrices are multiplied.
     pub gguf_mode: GgufCompute,
     pub hub: HubOptions,
+    /// What NaN or infinite values in the weight files do.
+    pub non_finite: NonFinite,
+}
+
+/// What to do when a model's weight files hold NaN or infinite values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NonFinite {
+    /// An error naming the tensors (a teacher or student must not train or teach on them).
+    #[default]
+    Refuse,
+    /// Load anyway, warn naming them and list them in [`Teacher::non_finite`] (for `eval`,
+    /// which reports what such a model does).
+    Report,
 }
 
 impl Default for LoadOptions {
@@ -35,6 +48,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             gguf_mode: GgufCompute::Quantized,
             hub: HubOptions::from_env(),
+            non_finite: NonFinite::Refuse,
         }
     }
 }
@@ -82,6 +96,38 @@ pub fn resolve(source: &TeacherSource, hub: &HubOptions) -> Result<Resolved> {
                 return Err(TeacherError::NotFound { path: path.clone() });
             }
             Ok(Resolved::Gguf(path.clone()))
+        }
+    }
+}
+
+/// The tensors of a resolved source's weight files that hold NaN or infinite values.
+pub fn non_finite_tensors(resolved: &Resolved) -> Result<Vec<String>> {
+    Ok(match resolved {
+        Resolved::Folder(f) => distill_models::finite::non_finite_in_safetensors(&f.weight_files)?,
+        Resolved::Gguf(p) => distill_models::finite::non_finite_in_gguf(p)?,
+    })
+}
+
+/// Scans the weight files of `resolved` and applies `policy`: the damaged tensors (empty when
+/// all are finite), or an error naming them.
+pub fn check_finite(
+    source: &TeacherSource,
+    resolved: &Resolved,
+    policy: NonFinite,
+) -> Result<Vec<String>> {
+    let bad = non_finite_tensors(resolved)?;
+    if bad.is_empty() {
+        return Ok(bad);
+    }
+    let err = TeacherError::NonFinite {
+        source_name: source.to_string(),
+        tensors: bad.clone(),
+    };
+    match policy {
+        NonFinite::Refuse => Err(err),
+        NonFinite::Report => {
+            tracing::warn!("{err}");
+            Ok(bad)
         }
     }
 }
@@ -205,6 +251,7 @@ impl TeacherConfig {
             dtype,
             gguf_mode,
             hub: HubOptions::from_env(),
+            non_finite: NonFinite::Refuse,
         })
     }
 }
@@ -234,6 +281,7 @@ impl TeacherFiles {
     /// Resolves `source` and reads its config and tokenizer; loads no weights.
     pub fn open(source: &TeacherSource, opts: &LoadOptions) -> Result<Self> {
         let resolved = resolve(source, &opts.hub)?;
+        check_finite(source, &resolved, opts.non_finite)?;
         let (config, files) = match &resolved {
             Resolved::Folder(folder) => match &folder.config {
                 ArchConfig::Llama(c) => (c.clone(), folder.weight_files.clone()),
@@ -293,6 +341,8 @@ pub struct Teacher {
     pub tokenizer: LoadedTokenizer,
     /// Files the weights were read from.
     pub files: Vec<PathBuf>,
+    /// Tensors holding NaN or infinite values (loaded only with [`NonFinite::Report`]).
+    pub non_finite: Vec<String>,
     device: Device,
 }
 
@@ -300,6 +350,7 @@ impl Teacher {
     /// Loads the teacher named by `source`.
     pub fn load(source: &TeacherSource, opts: &LoadOptions) -> Result<Self> {
         let resolved = resolve(source, &opts.hub)?;
+        let non_finite = check_finite(source, &resolved, opts.non_finite)?;
         let (model, files) = match &resolved {
             Resolved::Folder(folder) => {
                 let weights =
@@ -345,6 +396,7 @@ impl Teacher {
             model,
             tokenizer,
             files,
+            non_finite,
             device: opts.device.clone(),
         })
     }

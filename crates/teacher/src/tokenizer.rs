@@ -54,8 +54,18 @@ pub struct LoadedTokenizer {
 impl LoadedTokenizer {
     /// Token ids of `text` as the model sees them (BOS added when the model's tokenizer adds it).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, true)
+    }
+
+    /// Token ids of `text` as it continues an earlier piece of the same text: no BOS or other
+    /// special tokens added.
+    pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, false)
+    }
+
+    fn encode_with(&self, text: &str, special_tokens: bool) -> Result<Vec<u32>> {
         self.tokenizer
-            .encode_fast(text, true)
+            .encode_fast(text, special_tokens)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| TeacherError::Tokenizer {
                 source_name: "encode".into(),

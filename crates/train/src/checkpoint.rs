@@ -34,22 +34,6 @@ pub struct TrainerState {
     pub stopped_early: bool,
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = tmp_sibling(path);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
-}
-
-/// A temporary name beside `path` (same folder, so the rename is atomic).
-pub fn tmp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
 /// The folder of the checkpoint at `step` under the checkpoints folder `root`.
 pub fn step_dir(root: &Path, step: usize) -> PathBuf {
     root.join(format!("step-{step:06}"))
@@ -68,7 +52,8 @@ pub fn publish(root: &Path, dir: &Path, keep: usize) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    write_atomic(&root.join("latest"), name.as_bytes())?;
+    distill_files::write_file(&root.join("latest"), name.as_bytes())
+        .map_err(std::io::Error::other)?;
     let mut all: Vec<PathBuf> = std::fs::read_dir(root)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -104,7 +89,7 @@ pub fn save_tensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     candle_core::safetensors::save(&map, path)
-        .and_then(|()| Ok(distill_models::files::with_usual_mode(path)?))
+        .and_then(|()| Ok(distill_files::usual_mode(path)?))
         .ctx(|| format!("writing {}", path.display()))
 }
 

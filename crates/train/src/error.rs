@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 /// Errors of a training run.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    #[error(transparent)]
+    Files(#[from] distill_files::FilesError),
     #[error("{context}: {source}")]
     Tensor {
         context: String,

@@ -13,8 +13,7 @@ use candle_core::{Device, Tensor, Var};
 use serde::Serialize;
 
 use crate::checkpoint::{
-    latest, load_into, publish, read_state, save_tensors, step_dir, tmp_sibling, values_of,
-    write_atomic, TrainerState,
+    latest, load_into, publish, read_state, save_tensors, step_dir, values_of, TrainerState,
 };
 use crate::error::{io_err, Ctx, TrainError};
 use crate::optim::{clip_factor, global_grad_norm, AdamW, AdamWParams};
@@ -391,7 +390,7 @@ impl<'a> Learner<'a> {
 
             let last = done == total;
             let epoch_end = ((done - 1) * cfg.grad_accum) / bpe < (done * cfg.grad_accum) / bpe;
-            let due = (cfg.eval_every > 0 && done % cfg.eval_every == 0)
+            let due = (cfg.eval_every > 0 && done.is_multiple_of(cfg.eval_every))
                 || (cfg.eval_every == 0 && epoch_end)
                 || last;
             let mut evaluated = false;
@@ -450,7 +449,7 @@ impl<'a> Learner<'a> {
             state.stopped_early = stopped_early;
             let checkpoint_due = match cfg.checkpoint_every {
                 0 => evaluated,
-                n => done % n == 0,
+                n => done.is_multiple_of(n),
             };
             if self.checkpoints.is_some()
                 && self.writes()
@@ -517,27 +516,23 @@ impl<'a> Learner<'a> {
             return Ok(dir);
         }
         std::fs::create_dir_all(root).map_err(io_err(root))?;
-        let tmp = tmp_sibling(&dir);
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        save_tensors(&values_of(vars)?, &tmp.join("model.safetensors"))?;
-        opt.save(&tmp.join("optimizer.safetensors"))
-            .ctx(|| format!("{}: saving the optimiser", tmp.display()))?;
-        if let Some(b) = best {
-            save_tensors(b, &tmp.join("best.safetensors"))?;
-        }
         let st = TrainerState {
             elapsed_seconds: base_elapsed + start.elapsed().as_secs_f64(),
             ..state.clone()
         };
-        let json = serde_json::to_vec_pretty(&st).expect("state serialises");
-        std::fs::write(tmp.join("state.json"), json).map_err(io_err(&tmp))?;
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
-        }
-        std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+        // Written whole beside its place and renamed in; a failure (a full disk) leaves the
+        // previous checkpoints as they were and no temporary folder.
+        distill_files::write_folder(&dir, "checkpoint", |tmp| -> Result<(), TrainError> {
+            save_tensors(&values_of(vars)?, &tmp.join("model.safetensors"))?;
+            opt.save(&tmp.join("optimizer.safetensors"))
+                .ctx(|| format!("{}: saving the optimiser", tmp.display()))?;
+            if let Some(b) = best {
+                save_tensors(b, &tmp.join("best.safetensors"))?;
+            }
+            let json = serde_json::to_vec_pretty(&st).expect("state serialises");
+            let path = tmp.join("state.json");
+            std::fs::write(&path, json).map_err(io_err(&path))
+        })?;
         publish(root, &dir, self.training.keep_checkpoints).map_err(io_err(&dir))?;
         tracing::debug!(stage = %self.stage, step = state.step, dir = %dir.display(), "checkpoint");
         Ok(dir)
@@ -573,5 +568,5 @@ fn truncate_metrics(path: &Path, stage: &str, step: usize) -> std::io::Result<()
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    write_atomic(path, kept.as_bytes())
+    distill_files::write_file(path, kept.as_bytes()).map_err(std::io::Error::other)
 }

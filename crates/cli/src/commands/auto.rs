@@ -23,9 +23,14 @@ pub struct Args {
     /// The model to search (default: the run's trained student, RUN/final or RUN/student).
     #[arg(long)]
     model: Option<String>,
-    /// Where auto.gguf and the reports go (default: RUN/auto).
+    /// Where auto.gguf and the reports go (default: RUN/auto): a new or empty folder, or one
+    /// distill wrote.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Write into an --out folder distill did not make (only the files distill writes are
+    /// replaced).
+    #[arg(long)]
+    overwrite: bool,
     /// Print the outcome as JSON.
     #[arg(long)]
     json: bool,
@@ -38,7 +43,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let progress = Progress::default();
     let opts = RunOptions {
         observer: &progress,
-        stop: super::interrupt_flag(),
+        stop: crate::signals::stop_flag(),
+        overwrite: a.overwrite,
         ..RunOptions::default()
     };
     let r = run_auto(
@@ -51,10 +57,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r.outcome)?);
+        crate::out!("{}", serde_json::to_string_pretty(&r.outcome)?)?;
     } else {
-        println!("{}", distill::report::auto::verdict(&r.outcome));
-        println!("report: {}", r.out.join("auto.md").display());
+        crate::out!("{}", distill::report::auto::verdict(&r.outcome))?;
+        crate::out!("report: {}", r.out.join("auto.md").display())?;
     }
     Ok(())
 }

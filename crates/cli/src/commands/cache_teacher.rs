@@ -26,7 +26,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let observer = super::rank_observer(launch.as_ref(), &progress);
     let opts = RunOptions {
         observer,
-        stop: super::interrupt_flag(),
+        stop: crate::signals::stop_flag(),
         launch,
         ..RunOptions::default()
     };
@@ -41,15 +41,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let layout = &out.manifest.layout;
     if out.interrupted {
-        println!(
+        crate::out!(
             "interrupted with {} of {} shards; finish with: distill cache-teacher {}",
             out.manifest.shards_done(),
             out.manifest.shard_count(),
             a.config.display()
-        );
-        return Ok(());
+        )?;
+        return Err(super::Stopped.into());
     }
-    println!(
+    crate::out!(
         "teacher cache: {} ({} positions, top-{} at {} bits, {} bytes per position, {:.1} MB; {} shards made in {:.0} s)",
         out.dir.display(),
         out.positions,
@@ -59,7 +59,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         out.bytes as f64 / 1e6,
         out.shards_made,
         out.seconds
-    );
-    println!("train from it with: distill run {}", a.config.display());
+    )?;
+    crate::out!("train from it with: distill run {}", a.config.display())?;
     Ok(())
 }

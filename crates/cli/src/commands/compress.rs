@@ -31,9 +31,14 @@ pub struct Args {
     /// Structured: remove these layers (comma-separated, 0-based).
     #[arg(long, value_delimiter = ',')]
     drop_layers: Vec<usize>,
-    /// Save the result in Hugging Face layout here.
+    /// Save the result in Hugging Face layout here: a new or empty folder, or one distill
+    /// wrote (a folder holding other files is refused unless --overwrite).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Write into an --out folder distill did not make: its files of the names distill writes
+    /// are replaced; nothing else there is touched.
+    #[arg(long)]
+    overwrite: bool,
     /// Write a GGUF file here.
     #[arg(long)]
     gguf: Option<PathBuf>,
@@ -66,16 +71,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let progress = Progress::default();
         let opts = RunOptions {
             observer: &progress,
-            stop: super::interrupt_flag(),
+            stop: crate::signals::stop_flag(),
+            overwrite: a.overwrite,
             ..RunOptions::default()
         };
         let c = distill::compression::for_job(&a.model, &job, a.out.as_deref(), &opts)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&c.outcome)?);
+            crate::out!("{}", serde_json::to_string_pretty(&c.outcome)?)?;
         } else {
-            println!("{}\n{}", c.table(), c.headline());
-            println!("report: {}", c.out.join("compress.md").display());
+            crate::out!("{}\n{}", c.table(), c.headline())?;
+            crate::out!("report: {}", c.out.join("compress.md").display())?;
         }
         return Ok(());
     }
@@ -93,6 +99,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }),
             two_four: a.two_four,
             out: a.out.clone(),
+            overwrite: a.overwrite,
             gguf: a.gguf.clone(),
             quantize: a.quantize.clone(),
             tokenizer_from: a.tokenizer_from.clone(),
@@ -101,9 +108,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         },
     )?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&o)?);
+        crate::out!("{}", serde_json::to_string_pretty(&o)?)?;
     } else {
-        print!("{}", o.text());
+        crate::out_raw!("{}", o.text())?;
     }
     Ok(())
 }

@@ -59,9 +59,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .expect("clap requires --text or --labelled");
         let e = evaluate_labelled(&a.source, labelled, &a.split, &load.device, a.predictions)?;
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&e)?);
+            crate::out!("{}", serde_json::to_string_pretty(&e)?)?;
         } else {
-            print!("{}", e.text());
+            crate::out_raw!("{}", e.text())?;
         }
         return Ok(());
     };
@@ -74,9 +74,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let e = evaluate_text(&a.source, text, &opts, &Progress::default())?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&e)?);
+        crate::out!("{}", serde_json::to_string_pretty(&e)?)?;
     } else {
-        println!("{}", e.text());
+        crate::out!("{}", e.text())?;
+    }
+    if !e.non_finite_tensors.is_empty() {
+        anyhow::bail!(
+            "{}: {} NaN or infinite values; the numbers above are what the damaged weights give",
+            a.source,
+            distill::eval::damaged(&e.non_finite_tensors)
+        );
     }
     Ok(())
 }

@@ -12,9 +12,9 @@ pub struct Args {
 pub fn inspect(a: Args) -> anyhow::Result<()> {
     let info = distill::models::inspect(&a.source)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        crate::out!("{}", serde_json::to_string_pretty(&info)?)?;
     } else {
-        print!("{}", info.to_text());
+        crate::out_raw!("{}", info.to_text())?;
     }
     Ok(())
 }
@@ -34,12 +34,12 @@ pub fn tokenize(a: TokenizeArgs) -> anyhow::Result<()> {
     let tokens = distill::models::tokenize(&a.source, &a.text)?;
     if a.json {
         let ids: Vec<u32> = tokens.iter().map(|t| t.0).collect();
-        println!("{}", serde_json::to_string(&ids)?);
+        crate::out!("{}", serde_json::to_string(&ids)?)?;
     } else {
         for (id, piece) in &tokens {
-            println!("{id:>7}  {piece:?}");
+            crate::out!("{id:>7}  {piece:?}")?;
         }
-        println!("{} tokens", tokens.len());
+        crate::out!("{} tokens", tokens.len())?;
     }
     Ok(())
 }

@@ -5,9 +5,16 @@
 //! over several hosts. Rank 0 of the host keeps the terminal; the others' lines come
 //! prefixed with their rank. When one rank fails, the others are stopped. The host's cores are
 //! shared out (`RAYON_NUM_THREADS`) unless the caller chose.
+//!
+//! The ranks run in a process group of their own, so a stop signal (Ctrl-C at the terminal,
+//! SIGTERM from `timeout`, Slurm or systemd, SIGHUP) reaches each rank exactly once: the
+//! launcher forwards every one it receives. The ranks then checkpoint together and the
+//! launcher waits for all of them and exits with the signal's code.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -69,9 +76,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "RAYON_NUM_THREADS set for each rank (set it to choose)"
         );
     }
-    // The terminal's Ctrl-C reaches every rank, which checkpoints and exits; the launcher
-    // waits for them.
-    let _ = ctrlc::set_handler(|| {});
+    // Every stop signal the launcher receives goes to every rank once; the ranks checkpoint
+    // and exit, and the launcher waits for them.
+    let pids: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let forward_to = pids.clone();
+    crate::signals::on_stop_signals(move |sig| {
+        for &pid in forward_to.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            // SAFETY: kill only sends a signal to a process this launcher started.
+            unsafe { libc::kill(pid as libc::pid_t, sig) };
+        }
+    });
     let mut ranks: Vec<(usize, Child)> = vec![];
     let mut copiers = vec![];
     for local in 0..a.nproc_per_node {
@@ -90,7 +104,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if local != 0 {
             c.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
+        // Out of the terminal's process group: signals reach a rank through the launcher only.
+        c.process_group(0);
         let mut child = c.spawn().with_context(|| format!("starting rank {rank}"))?;
+        pids.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(child.id());
         if local != 0 {
             copiers.push(prefix_lines(rank, child.stdout.take().expect("piped")));
             copiers.push(prefix_lines(rank, child.stderr.take().expect("piped")));
@@ -101,6 +120,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let failed = wait_all(&mut ranks)?;
     for c in copiers {
         let _ = c.join();
+    }
+    if let Some(sig) = crate::signals::received() {
+        tracing::warn!(signal = sig, "the ranks stopped on a signal");
+        return Err(super::Stopped.into());
     }
     match failed {
         None => Ok(()),
@@ -131,7 +154,9 @@ fn wait_all(ranks: &mut [(usize, Child)]) -> anyhow::Result<Option<(usize, ExitS
                 .try_wait()
                 .with_context(|| format!("waiting for rank {rank}"))?
             {
-                Some(status) if !status.success() => {
+                // After a stop signal every rank checkpoints and exits non-zero: all are
+                // waited for, none is killed in the middle of writing.
+                Some(status) if !status.success() && crate::signals::received().is_none() => {
                     let failed = (*rank, status);
                     for (_, other) in ranks.iter_mut() {
                         let _ = other.kill();

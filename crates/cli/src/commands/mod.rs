@@ -56,15 +56,8 @@ pub fn rank_observer<'a>(
     }
 }
 
-/// Sets a stop flag on Ctrl-C; a second Ctrl-C while the checkpoint is written exits at once.
-pub fn interrupt_flag() -> distill::StopFlag {
-    let stop = distill::StopFlag::new();
-    let flag = stop.clone();
-    let _ = ctrlc::set_handler(move || {
-        if flag.request() {
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to abort)");
-    });
-    stop
-}
+/// A command that stopped on request (a signal) after saying so and how to continue: it exits
+/// with the signal's code (`crate::signals::exit_code`), never 0.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped on request")]
+pub struct Stopped;

@@ -13,7 +13,8 @@ pub struct Args {
     /// Continue the run from its newest checkpoint.
     #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
-    /// Delete an existing run folder of the same name and start over.
+    /// Start the run over in its existing folder: what an earlier run wrote there is removed
+    /// (nothing else is), unless another run holds the folder.
     #[arg(long)]
     overwrite: bool,
 }
@@ -28,7 +29,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         resume: a.resume,
         overwrite: a.overwrite,
         observer,
-        stop: super::interrupt_flag(),
+        stop: crate::signals::stop_flag(),
         launch,
     };
     let compression = match distill::run(&job, &opts)? {
@@ -42,35 +43,35 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         RunOutcome::CausalLm(lm) => {
             let (Some(report), Some(student)) = (&lm.report, &lm.student) else {
-                println!(
+                crate::out!(
                     "interrupted at step {}; continue with: distill run {} --resume",
                     lm.steps,
                     a.config.display()
-                );
-                return Ok(());
+                )?;
+                return Err(super::Stopped.into());
             };
-            println!("\n{}", report.table());
-            println!("report: {}", lm.run_dir.join("report.md").display());
-            println!("student: {}", student.display());
+            crate::out!("\n{}", report.table())?;
+            crate::out!("report: {}", lm.run_dir.join("report.md").display())?;
+            crate::out!("student: {}", student.display())?;
             lm.compression
         }
         RunOutcome::Classification(cls) => {
             let Some(report) = &cls.report else {
-                println!(
+                crate::out!(
                     "{}; continue with: distill run {} --resume",
                     cls.interrupted.as_deref().unwrap_or("interrupted"),
                     a.config.display()
-                );
-                return Ok(());
+                )?;
+                return Err(super::Stopped.into());
             };
-            println!("\n{}", report.markdown());
-            println!("report: {}", cls.run_dir.join("report.md").display());
+            crate::out!("\n{}", report.markdown())?;
+            crate::out!("report: {}", cls.run_dir.join("report.md").display())?;
             cls.compression
         }
     };
     if let Some(c) = compression {
-        println!("\n{}\n{}", c.table(), c.headline());
-        println!("compressed: {}", c.out.display());
+        crate::out!("\n{}\n{}", c.table(), c.headline())?;
+        crate::out!("compressed: {}", c.out.display())?;
     }
     Ok(())
 }

@@ -42,10 +42,8 @@ pub(super) fn search(
             msg: "is empty: a classifier needs at least one encoding to try".into(),
         });
     }
-    std::fs::create_dir_all(out).map_err(|e| CompressError::Io {
-        path: out.to_path_buf(),
-        msg: e.to_string(),
-    })?;
+    // Marked as distill's: a later run may write here again; a user's folder is not.
+    distill_files::marker::mark_container(out, "auto")?;
     let dtype = output.dense_dtype;
     let calibration = eval.calibration();
     let cx = Context {

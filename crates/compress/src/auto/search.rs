@@ -154,10 +154,8 @@ pub fn search(
     };
     let layer_types = parse_list("types", &cfg.types)?;
     let embed_types = parse_list("embeddings", &cfg.embeddings)?;
-    std::fs::create_dir_all(out).map_err(|e| CompressError::Io {
-        path: out.to_path_buf(),
-        msg: e.to_string(),
-    })?;
+    // Marked as distill's: a later run may write here again; a user's folder is not.
+    distill_files::marker::mark_container(out, "auto")?;
     let calibration = eval.calibration();
     let tokens = calibration.tokens().ok_or_else(|| {
         CompressError::Unsupported("distill auto needs calibration tokens".into())

@@ -51,9 +51,7 @@ impl Imatrix {
         i32le(&mut out, self.chunks as i32);
         i32le(&mut out, self.dataset.len() as i32);
         out.extend_from_slice(self.dataset.as_bytes());
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        std::fs::write(&tmp, &out).map_err(|e| io(&tmp, e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| io(path, e.to_string()))?;
+        distill_files::write_file(path, &out)?;
         Ok(out.len() as u64)
     }
 

@@ -20,7 +20,7 @@ use distill_compress::{
     Candidate, CompressConfig, CompressError, Defaults, Length, Output, StepHook, TensorMap,
     Trainer,
 };
-use distill_train::checkpoint::write_atomic;
+use distill_files::write_file;
 use distill_train::{Learner, Observer, Task, TrainError, Training};
 
 pub use classifier::for_classification;
@@ -116,7 +116,7 @@ pub fn append_to_report(c: &Compression, run_dir: &Path) -> Result<()> {
         c.headline(),
         c.table()
     ));
-    write_atomic(&report, md.as_bytes()).map_err(io(&report))
+    write_file(&report, md.as_bytes()).map_err(crate::error::Error::from)
 }
 
 /// `distill compress MODEL --config RUN.yaml`: the run's `compress:` section on `model`, into
@@ -127,6 +127,10 @@ pub fn for_job(
     out: Option<&Path>,
     opts: &RunOptions,
 ) -> Result<Compression> {
+    let out = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| job.run_dir().join("compressed"));
+    check_output_folder(&out, model, opts.overwrite)?;
     let (section, prepared) = match job {
         Job::CausalLm(cfg) => {
             let c = cfg
@@ -149,10 +153,18 @@ pub fn for_job(
             )
         }
     };
-    let out = out
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| job.run_dir().join("compressed"));
     run(&prepared, section, &out)
+}
+
+/// Finds a wrong output folder before any work: new, empty or distill's (or allowed by
+/// `overwrite`), and neither the model nor a folder above it.
+pub(crate) fn check_output_folder(out: &Path, model: &str, overwrite: bool) -> Result<()> {
+    let policy = distill_files::FolderPolicy {
+        overwrite,
+        inputs: crate::run_dir::local_inputs([Path::new(model)]),
+    };
+    distill_files::check_folder_target(out, &policy)?;
+    Ok(())
 }
 
 /// The learner's settings for a heal pass of `length` at `lr` (default: the run's), from the

@@ -23,7 +23,7 @@ use distill_train::scoring::perplexity;
 use serde::Serialize;
 
 use super::varmap_of;
-use crate::error::{io, Error, Result};
+use crate::error::{Error, Result};
 
 pub use distill_compress::sparsity::PruneScope as Scope;
 
@@ -39,6 +39,9 @@ pub struct QuickCompress {
     pub two_four: bool,
     /// Save the result in Hugging Face layout here.
     pub out: Option<PathBuf>,
+    /// `out` may be a folder distill did not make: its files are replaced where distill writes
+    /// one of the same name, and nothing else there is touched.
+    pub overwrite: bool,
     /// Write a GGUF file here, with matrices of `quantize`.
     pub gguf: Option<PathBuf>,
     pub quantize: String,
@@ -100,6 +103,29 @@ impl QuickOutcome {
     }
 }
 
+/// Finds a wrong output path before any work: `out` must be a folder that is new, empty or
+/// distill's (or allowed by `overwrite`), `gguf` a regular file or absent; neither may be an
+/// input.
+fn check_outputs(model: &str, q: &QuickCompress) -> Result<()> {
+    let inputs = crate::run_dir::local_inputs(
+        [Path::new(model)]
+            .into_iter()
+            .chain(q.tokenizer_from.as_deref())
+            .chain(q.text.as_deref()),
+    );
+    if let Some(out) = &q.out {
+        let policy = distill_files::FolderPolicy {
+            overwrite: q.overwrite,
+            inputs: inputs.clone(),
+        };
+        distill_files::check_folder_target(out, &policy)?;
+    }
+    if let Some(gguf) = &q.gguf {
+        distill_files::check_file_target(gguf, &inputs)?;
+    }
+    Ok(())
+}
+
 /// Tokens per measuring window.
 const BLOCK: usize = 128;
 
@@ -112,6 +138,7 @@ fn llama(c: &Candidate) -> &LlamaConfig {
 
 /// Runs `q` on the Llama-family model at `model` (folder, hub repo, or GGUF dequantised).
 pub fn quick_compress(model: &str, q: &QuickCompress) -> Result<QuickOutcome> {
+    check_outputs(model, q)?;
     let source = TeacherSource::parse(model)?;
     let resolved = resolve(&source, &HubOptions::from_env())?;
     let tokenizer = load_tokenizer(&resolved)?;
@@ -137,9 +164,7 @@ pub fn quick_compress(model: &str, q: &QuickCompress) -> Result<QuickOutcome> {
 
     let windows: Option<Vec<Vec<u32>>> = match &q.text {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(io(p))?;
-            let mut ids = tokenizer.encode(&text)?;
-            ids.truncate(q.max_tokens);
+            let ids = crate::text_ids::text_ids(p, &tokenizer, Some(q.max_tokens))?;
             if ids.len() < 2 {
                 return Err(Error::Invalid(format!(
                     "{}: fewer than 2 tokens",

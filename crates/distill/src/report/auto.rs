@@ -6,10 +6,10 @@ use std::path::Path;
 
 use distill_compress::auto::AutoOutcome;
 use distill_compress::pipeline::Outcome;
-use distill_train::checkpoint::write_atomic;
+use distill_files::write_file;
 
 use super::compress::{plot, table, Reference};
-use crate::error::{io, Result};
+use crate::error::Result;
 
 /// The verdict sentence: what was found, within what, after how many measurements.
 pub fn verdict(o: &AutoOutcome) -> String {
@@ -103,7 +103,7 @@ pub fn write(o: &AutoOutcome, out: &Path, teacher: Option<&Reference>) -> Result
     }
     let put = |name: &str, bytes: &[u8]| -> Result<()> {
         let p = out.join(name);
-        write_atomic(&p, bytes).map_err(io(&p))
+        write_file(&p, bytes).map_err(crate::error::Error::from)
     };
     put("auto.md", md.as_bytes())?;
     put(

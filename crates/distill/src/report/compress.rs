@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use distill_compress::pipeline::{Outcome, Row};
-use distill_train::checkpoint::write_atomic;
+use distill_files::write_file;
 
 use plotters::coord::ranged1d::{Ranged, ValueFormatter};
 use plotters::prelude::*;
@@ -91,7 +91,7 @@ pub fn write(o: &Outcome, out: &Path, teacher: Option<&Reference>) -> Result<()>
     }
     let write = |name: &str, bytes: &[u8]| -> Result<()> {
         let p = out.join(name);
-        write_atomic(&p, bytes).map_err(io(&p))
+        write_file(&p, bytes).map_err(crate::error::Error::from)
     };
     write("compress.md", md.as_bytes())?;
     write(

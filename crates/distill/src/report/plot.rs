@@ -2,12 +2,11 @@
 
 use std::path::Path;
 
-use distill_train::checkpoint::tmp_sibling;
 use plotters::coord::ranged1d::{Ranged, ValueFormatter};
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use crate::error::{io, Error, Result};
+use crate::error::{Error, Result};
 
 pub(crate) fn plot_err(e: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("plot: {e}"))
@@ -39,9 +38,8 @@ pub fn line_plot(
     if x0 > x1 {
         (x0, x1, y0, y1) = (0.0, 1.0, 1.0, 2.0);
     }
-    let tmp = tmp_sibling(path);
-    {
-        let root = SVGBackend::new(&tmp, (760, 420)).into_drawing_area();
+    distill_files::write_file_with(path, |tmp| -> Result<()> {
+        let root = SVGBackend::new(tmp, (760, 420)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
         let mut builder = ChartBuilder::on(&root);
         builder
@@ -62,9 +60,8 @@ pub fn line_plot(
                 .map_err(plot_err)?;
             draw_lines(&mut chart, x, y, &series)?;
         }
-        root.present().map_err(plot_err)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io(path))
+        root.present().map_err(plot_err)
+    })
 }
 
 /// The mesh, one coloured line per series and the legend, on either kind of y axis.

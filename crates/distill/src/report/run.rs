@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use distill_train::checkpoint::write_atomic;
+use distill_files::write_file;
 use distill_train::LearnOutcome;
 use serde::Serialize;
 
@@ -269,7 +269,7 @@ impl RunReport {
         )?;
         let write = |name: &str, data: &[u8]| -> Result<()> {
             let p = run_dir.join(name);
-            write_atomic(&p, data).map_err(io(&p))
+            write_file(&p, data).map_err(crate::error::Error::from)
         };
         write("report.md", self.markdown().as_bytes())?;
         write(

@@ -48,6 +48,18 @@ pub enum DocumentSource {
     },
 }
 
+impl DocumentSource {
+    /// The files or folders the source reads.
+    pub fn paths(&self) -> Vec<&Path> {
+        match self {
+            DocumentSource::Text { paths } | DocumentSource::Jsonl { paths, .. } => {
+                paths.iter().map(PathBuf::as_path).collect()
+            }
+            DocumentSource::Folder { path, .. } => vec![path.as_path()],
+        }
+    }
+}
+
 fn default_pattern() -> String {
     "*.txt".into()
 }
@@ -55,7 +67,22 @@ fn default_field() -> String {
     "text".into()
 }
 
+/// Refuses a data file that is not a regular file: a FIFO or a device such as `/dev/zero` may
+/// never end, and reading it would grow memory until something kills the process.
+pub(crate) fn check_regular(path: &Path) -> Result<(), DataError> {
+    distill_files::input::regular_file(path)
+        .map(|_| ())
+        .map_err(|e| DataError::File {
+            path: path.to_path_buf(),
+            msg: match e {
+                distill_files::FilesError::Refused { why, .. } => why,
+                other => other.to_string(),
+            },
+        })
+}
+
 fn read(path: &Path) -> Result<String, DataError> {
+    check_regular(path)?;
     let bytes = std::fs::read(path).map_err(|e| DataError::File {
         path: path.to_path_buf(),
         msg: e.to_string(),

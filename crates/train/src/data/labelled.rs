@@ -43,6 +43,17 @@ pub enum LabelledSource {
         delimiter: char,
     },
 }
+
+impl LabelledSource {
+    /// The file or folder the source reads.
+    pub fn path(&self) -> &Path {
+        match self {
+            LabelledSource::ClassFolders { path, .. }
+            | LabelledSource::Jsonl { path, .. }
+            | LabelledSource::Csv { path, .. } => path,
+        }
+    }
+}
 fn any_file() -> String {
     "*".into()
 }
@@ -246,6 +257,7 @@ pub fn load_labelled(cfg: &LabelledDataConfig) -> Result<LabelledSet, DataError>
             text_field,
             label_field,
         } => {
+            super::documents::check_regular(path)?;
             let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e.to_string()))?;
             for (i, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
@@ -285,6 +297,7 @@ pub fn load_labelled(cfg: &LabelledDataConfig) -> Result<LabelledSet, DataError>
             label_column,
             delimiter,
         } => {
+            super::documents::check_regular(path)?;
             let mut rd = csv::ReaderBuilder::new()
                 .delimiter(u8::try_from(*delimiter).map_err(|_| {
                     DataError::Other(format!("data.source.delimiter `{delimiter}` is not ASCII"))

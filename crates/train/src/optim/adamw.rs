@@ -195,7 +195,7 @@ impl AdamW {
             Tensor::new(&[self.step as f64], &Device::Cpu)?,
         );
         candle_core::safetensors::save(&t, path)?;
-        Ok(distill_models::files::with_usual_mode(path)?)
+        Ok(distill_files::usual_mode(path)?)
     }
 
     /// Restores what [`AdamW::save`] wrote; every variable must be present with its shape.
