@@ -941,6 +941,7 @@ output: {{dir: {runs}, name: tiny}}
     .unwrap();
     ok(&distill(&["run", config.to_str().unwrap()], &[]));
     let run = tmp.path().join("runs/tiny");
+    assert_only_run_entries(&run);
     let out = run.join("compressed");
     let o: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("compress.json")).unwrap()).unwrap();
@@ -1110,6 +1111,7 @@ fn classification_run_compresses_the_student() {
     std::fs::write(&config, &yaml).unwrap();
     ok(&distill(&["run", config.to_str().unwrap()], &[]));
     let run = tmp.path().join("runs/spam");
+    assert_only_run_entries(&run);
     let out = run.join("compressed");
     let o: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("compress.json")).unwrap()).unwrap();
@@ -1458,6 +1460,20 @@ fn auto_finds_a_small_artifact_within_the_budget() {
         "{out}"
     );
     assert!(run.join("auto.gguf").exists());
+    assert_only_run_entries(&tmp.path().join("runs/tiny"));
+}
+
+/// Every entry of a run folder is one runs write (`distill::RUN_ENTRIES`), the marker or the
+/// lock: `--overwrite`, which removes exactly those entries, starts a run over cleanly.
+fn assert_only_run_entries(run: &Path) {
+    for e in std::fs::read_dir(run).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            distill::RUN_ENTRIES.contains(&name.as_str()) || name == ".distill",
+            "{}: `{name}` is not in distill::RUN_ENTRIES",
+            run.display()
+        );
+    }
 }
 
 /// Replaces `from` by `to` in the file at `path`.

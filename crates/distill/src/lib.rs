@@ -54,6 +54,7 @@ pub use distill_train::{EvalRecord, Event, Observer, Silent, StepRecord, StopFla
 pub use error::{Context, Error, Result};
 pub use job::{load_job, parse_job, schema, ClassifyConfig, Job, RunConfig, Task};
 pub use options::RunOptions;
+pub use run_dir::RUN_ENTRIES;
 
 /// What a run produced.
 // Returned once per run: the size of the larger variant costs nothing worth a box.
