@@ -14,7 +14,7 @@ use crate::records::EvalRecord;
 /// Learner state saved beside the weights. The data position is a function of `step` (the
 /// order of every epoch and every random draw come from the seed and the position), so the
 /// step is all the data needs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
     pub step: usize,
     /// Tokens (causal LM) or examples (classification) trained on.
