@@ -15,30 +15,114 @@ use distill_models::{LlamaConfig, WeightSource};
 use crate::error::CompressError;
 use crate::ggml_quant::{qtensor, quantize_rows, Format};
 
-/// The GGUF types an export can ask for.
-pub const EXPORT_TYPES: &[&str] = &["f32", "f16", "q8_0", "q6_k", "q5_k", "q4_k", "q5_0", "q4_0"];
+/// A GGUF type an export can ask for: the one place that names them (configs, the CLI and
+/// every message list them from here).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+pub enum GgufType {
+    #[serde(rename = "f32")]
+    F32,
+    #[serde(rename = "f16")]
+    F16,
+    /// The default of `distill compress --gguf`.
+    #[default]
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    #[serde(rename = "q6_k")]
+    Q6K,
+    #[serde(rename = "q5_k")]
+    Q5K,
+    #[serde(rename = "q4_k")]
+    Q4K,
+    #[serde(rename = "q5_0")]
+    Q5_0,
+    #[serde(rename = "q4_0")]
+    Q4_0,
+}
+
+impl GgufType {
+    /// Every type, largest first.
+    pub const ALL: [GgufType; 8] = [
+        GgufType::F32,
+        GgufType::F16,
+        GgufType::Q8_0,
+        GgufType::Q6K,
+        GgufType::Q5K,
+        GgufType::Q4K,
+        GgufType::Q5_0,
+        GgufType::Q4_0,
+    ];
+
+    /// The name configs and llama.cpp use (`q4_k`).
+    pub fn name(self) -> &'static str {
+        match self {
+            GgufType::F32 => "f32",
+            GgufType::F16 => "f16",
+            GgufType::Q8_0 => "q8_0",
+            GgufType::Q6K => "q6_k",
+            GgufType::Q5K => "q5_k",
+            GgufType::Q4K => "q4_k",
+            GgufType::Q5_0 => "q5_0",
+            GgufType::Q4_0 => "q4_0",
+        }
+    }
+
+    pub fn ggml(self) -> GgmlDType {
+        match self {
+            GgufType::F32 => GgmlDType::F32,
+            GgufType::F16 => GgmlDType::F16,
+            GgufType::Q8_0 => GgmlDType::Q8_0,
+            GgufType::Q6K => GgmlDType::Q6K,
+            GgufType::Q5K => GgmlDType::Q5K,
+            GgufType::Q4K => GgmlDType::Q4K,
+            GgufType::Q5_0 => GgmlDType::Q5_0,
+            GgufType::Q4_0 => GgmlDType::Q4_0,
+        }
+    }
+
+    /// `f32, f16, q8_0, …`, for messages.
+    pub fn names() -> String {
+        Self::ALL.map(Self::name).join(", ")
+    }
+}
+
+impl std::fmt::Display for GgufType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for GgufType {
+    type Err = CompressError;
+
+    /// `q4_k`, `Q4_K`, `q8_0`, `f16`, …
+    fn from_str(s: &str) -> Result<Self, CompressError> {
+        let lower = s.trim().to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name() == lower)
+            .ok_or_else(|| CompressError::Config {
+                key: "quantize".into(),
+                msg: format!("unknown type `{s}`; expected one of {}", Self::names()),
+            })
+    }
+}
 
 /// Parses a type name (`q4_k`, `Q4_K`, `q8_0`, `f16`, ...).
 pub fn parse_qtype(s: &str) -> Result<GgmlDType, CompressError> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "f32" => GgmlDType::F32,
-        "f16" => GgmlDType::F16,
-        "q8_0" => GgmlDType::Q8_0,
-        "q6_k" => GgmlDType::Q6K,
-        "q5_k" => GgmlDType::Q5K,
-        "q4_k" => GgmlDType::Q4K,
-        "q5_0" => GgmlDType::Q5_0,
-        "q4_0" => GgmlDType::Q4_0,
-        other => {
-            return Err(CompressError::Config {
-                key: "quantize".into(),
-                msg: format!(
-                    "unknown type `{other}`; expected one of {}",
-                    EXPORT_TYPES.join(", ")
-                ),
-            })
-        }
-    })
+    s.parse::<GgufType>().map(GgufType::ggml)
 }
 
 /// The type a tensor whose rows have `cols` values gets when `wanted` does not fit: llama.cpp's

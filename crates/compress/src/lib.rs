@@ -49,7 +49,9 @@ pub mod wanda;
 pub use calibrate::CalibrationTokens;
 pub use config::{CompressConfig, Defaults, Plan};
 pub use error::CompressError;
-pub use gguf_export::{export_gguf, parse_qtype, tokenizer_metadata, GgufExport, GgufSummary};
+pub use gguf_export::{
+    export_gguf, parse_qtype, tokenizer_metadata, GgufExport, GgufSummary, GgufType,
+};
 pub use gguf_tokenizer::tokenizer_metadata_from_folder;
 pub use pass::{Calibration, Candidate, Context, Length, Pass, PassReport, StepHook, Trainer};
 pub use sink::{Output, Sink};

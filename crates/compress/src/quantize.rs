@@ -26,7 +26,7 @@ use crate::calibrate::{walk, Collect, SiteStats};
 use crate::error::CompressError;
 use crate::ggml_quant::imatrix_file::Imatrix;
 use crate::ggml_quant::{decode, quantize_rows, Format};
-use crate::gguf_export::{fitting_type, gguf_tensor_name, parse_qtype, Search};
+use crate::gguf_export::{fitting_type, gguf_tensor_name, parse_qtype, GgufType, Search};
 use crate::gptq::gptq_quantize;
 use crate::int8::Int8;
 use crate::obs::inverse_hessian;
@@ -73,12 +73,12 @@ pub struct QuantizeSettings {
     /// as llama-quantize's `--token-embedding-type`; default: `type`. Small models spend a
     /// large share of their parameters there and feel its error in every logit.
     #[serde(default)]
-    pub embeddings: Option<String>,
+    pub embeddings: Option<GgufType>,
     /// Per-tensor types by Hugging Face tensor name (`model.layers.3.mlp.down_proj.weight:
     /// q8_0`), over `type` and `embeddings`; `imatrix` and `gptq` only (what `distill auto`
     /// writes for a mixed-precision artifact).
     #[serde(default)]
-    pub types: BTreeMap<String, String>,
+    pub types: BTreeMap<String, GgufType>,
 }
 
 fn d_damp() -> f64 {
@@ -118,33 +118,14 @@ fn build(s: &Settings, _: &Defaults) -> Result<Built, CompressError> {
     }
     let qtype = parse_qtype(&q.to).map_err(|_| CompressError::Config {
         key: "type".into(),
-        msg: format!(
-            "`{}`: expected int8, f16, q8_0, q6_k, q5_k, q5_0, q4_k or q4_0",
-            q.to
-        ),
+        msg: format!("`{}`: expected int8, {}", q.to, GgufType::names()),
     })?;
-    let embeddings = q
-        .embeddings
-        .as_deref()
-        .map(|e| {
-            parse_qtype(e).map_err(|_| CompressError::Config {
-                key: "embeddings".into(),
-                msg: format!("`{e}`: expected f16, q8_0, q6_k, q5_k, q5_0, q4_k or q4_0"),
-            })
-        })
-        .transpose()?;
-    let types = q
+    let embeddings = q.embeddings.map(GgufType::ggml);
+    let types: BTreeMap<String, GgmlDType> = q
         .types
         .iter()
-        .map(|(name, t)| {
-            parse_qtype(t)
-                .map(|t| (name.clone(), t))
-                .map_err(|_| CompressError::Config {
-                    key: format!("types.{name}"),
-                    msg: format!("`{t}`: expected f16, q8_0, q6_k, q5_k, q5_0, q4_k or q4_0"),
-                })
-        })
-        .collect::<Result<BTreeMap<_, _>, _>>()?;
+        .map(|(name, t)| (name.clone(), t.ggml()))
+        .collect();
     if !types.is_empty() && !matches!(q.method, QuantMethod::Imatrix | QuantMethod::Gptq) {
         return Err(bad(
             "types",

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use candle_core::Device;
-use distill_teacher::{LoadOptions, TeacherConfig};
+use distill_teacher::{DeviceSpec, LoadOptions, TeacherConfig};
 use distill_train::parallel::{Communicator, Launch, Tcp};
 
 use crate::error::{Context, Error, Result};
@@ -19,13 +19,12 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(600);
 /// the GPU of the rank's `LOCAL_RANK` (CPU when this build or host has none, for `auto`);
 /// `cpu` stays. A fixed `cuda:N` would put every rank of a host on one GPU, and Metal has no
 /// collective backend here: both are errors that say what to write.
-pub fn rank_device(spec: &str, launch: &Launch) -> Result<String> {
-    let s = spec.trim().to_ascii_lowercase();
-    let gpu = format!("cuda:{}", launch.local_rank);
-    match s.as_str() {
-        "cpu" => Ok(s),
-        "cuda" => Ok(gpu),
-        "auto" => {
+pub fn rank_device(spec: DeviceSpec, launch: &Launch) -> Result<DeviceSpec> {
+    let gpu = DeviceSpec::Cuda(Some(launch.local_rank));
+    match spec {
+        DeviceSpec::Cpu => Ok(spec),
+        DeviceSpec::Cuda(None) => Ok(gpu),
+        DeviceSpec::Auto => {
             if candle_core::utils::cuda_is_available() && Device::new_cuda(launch.local_rank).is_ok()
             {
                 Ok(gpu)
@@ -33,14 +32,14 @@ pub fn rank_device(spec: &str, launch: &Launch) -> Result<String> {
                 if candle_core::utils::metal_is_available() {
                     tracing::warn!("device auto: data-parallel training has no Metal backend; rank {} runs on the CPU", launch.rank);
                 }
-                Ok("cpu".into())
+                Ok(DeviceSpec::Cpu)
             }
         }
-        "metal" => Err(Error::Invalid(
+        DeviceSpec::Metal => Err(Error::Invalid(
             "teacher.device `metal`: data-parallel training has no Metal backend; run one process, or set teacher.device: cpu".into(),
         )),
-        other => Err(Error::Invalid(format!(
-            "teacher.device `{other}`: under a launcher each rank takes the GPU of its LOCAL_RANK; write `cuda` or `auto` (or `cpu`)"
+        fixed @ DeviceSpec::Cuda(Some(_)) => Err(Error::Invalid(format!(
+            "teacher.device `{fixed}`: under a launcher each rank takes the GPU of its LOCAL_RANK; write `cuda` or `auto` (or `cpu`)"
         ))),
     }
 }
@@ -56,7 +55,7 @@ pub fn load_and_join(
         return Ok((teacher.load_options().context("teacher")?, None));
     };
     let section = TeacherConfig {
-        device: rank_device(&teacher.device, launch)?,
+        device: rank_device(teacher.device, launch)?,
         ..teacher.clone()
     };
     let load = section.load_options().context("teacher")?;
@@ -104,6 +103,10 @@ mod tests {
             master_addr: "127.0.0.1".into(),
             master_port: 29500,
         }
+    }
+
+    fn rank_device(spec: &str, launch: &Launch) -> Result<String> {
+        super::rank_device(spec.parse()?, launch).map(|d| d.to_string())
     }
 
     #[test]

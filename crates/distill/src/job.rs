@@ -113,7 +113,6 @@ impl RunConfig {
             }
             .into());
         }
-        self.student.matmul_dtype().map_err(Error::Job)?;
         if self.train.batch_auto && self.teacher.cache.is_some() {
             return Err(ConfigError {
                 key: "train.batch_size".into(),
@@ -185,12 +184,8 @@ pub struct ClsOutputConfig {
     pub dir: PathBuf,
     pub name: String,
     /// Storage type of the exported student: f32, f16 or bf16 (the teacher is saved in f32).
-    #[serde(default = "d_f32")]
-    pub dtype: String,
-}
-
-fn d_f32() -> String {
-    "f32".into()
+    #[serde(default)]
+    pub dtype: distill_models::FloatType,
 }
 
 impl ClassifyConfig {
@@ -198,17 +193,8 @@ impl ClassifyConfig {
         self.output.dir.join(&self.output.name)
     }
 
-    pub fn export_dtype(&self) -> Result<candle_core::DType> {
-        Ok(match self.output.dtype.as_str() {
-            "f32" => candle_core::DType::F32,
-            "f16" => candle_core::DType::F16,
-            "bf16" => candle_core::DType::BF16,
-            other => {
-                return Err(Error::Job(format!(
-                    "output.dtype: expected f32, f16 or bf16, got `{other}`"
-                )))
-            }
-        })
+    pub fn export_dtype(&self) -> candle_core::DType {
+        self.output.dtype.dtype()
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -231,7 +217,6 @@ impl ClassifyConfig {
             }
             .into());
         }
-        self.export_dtype()?;
         if let Some(c) = &self.compress {
             c.plans(&Defaults::classification())?;
         }
@@ -360,9 +345,12 @@ output: {name: x}
     fn minimal_config_gets_defaults() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.train.batch_size, 8);
-        assert_eq!(c.distill.loss, "forward_kl");
+        assert_eq!(c.distill.loss, distill_train::losses::SoftLoss::ForwardKl);
         assert_eq!(c.data.block_size, 128);
-        assert_eq!(c.teacher.gguf_weights, "dequantized");
+        assert_eq!(
+            c.teacher.gguf_weights,
+            distill_teacher::GgufCompute::Dequantized
+        );
         assert_eq!(c.run_dir(), PathBuf::from("runs/x"));
         // The resolved config round-trips.
         let again: RunConfig = serde_yaml::from_str(&serde_yaml::to_string(&c).unwrap()).unwrap();
@@ -416,10 +404,7 @@ output: {name: x}
     #[test]
     fn matmul_dtype_and_batch_size_auto_are_checked() {
         let c = parse(&format!("{MINIMAL}student: {{matmul_dtype: bf16}}\n")).unwrap();
-        assert_eq!(
-            c.student.matmul_dtype().unwrap(),
-            Some(candle_core::DType::BF16)
-        );
+        assert_eq!(c.student.matmul_dtype(), Some(candle_core::DType::BF16));
         let e = parse(&format!("{MINIMAL}student: {{matmul_dtype: f16}}\n"))
             .unwrap_err()
             .to_string();

@@ -1,9 +1,7 @@
 //! Looking at a model without running a job: its architecture and sizes, its tokens, and the
 //! options a command loads it with.
 
-use distill_teacher::{
-    load_tokenizer, parse_device, parse_dtype, resolve, GgufCompute, HubOptions, TeacherSource,
-};
+use distill_teacher::{load_tokenizer, resolve, GgufCompute, HubOptions, TeacherSource};
 
 use crate::error::Result;
 
@@ -25,16 +23,19 @@ pub fn tokenize(source: &str, text: &str) -> Result<Vec<(u32, String)>> {
 
 /// How a GGUF model's matrices are multiplied when a command loads it.
 pub use distill_teacher::GgufCompute as GgufMode;
-pub use distill_teacher::{LoadOptions, ModelInfo};
+pub use distill_teacher::{DTypeSpec, DeviceSpec, LoadOptions, ModelInfo};
 
-/// Load options from a device spec (`auto | cpu | cuda[:N] | metal`), a dtype spec
-/// (`auto | f32 | f16 | bf16`) and a GGUF mode; Hub access from the environment.
-pub fn load_options(device: &str, dtype: &str, gguf: GgufCompute) -> Result<LoadOptions> {
-    let device = parse_device(device)?;
-    let dtype = parse_dtype(dtype, &device)?;
+/// Load options from a device (`auto | cpu | cuda[:N] | metal`), a dtype (`auto | f32 | f16 |
+/// bf16`) and a GGUF mode; Hub access from the environment.
+pub fn load_options(
+    device: DeviceSpec,
+    dtype: DTypeSpec,
+    gguf: GgufCompute,
+) -> Result<LoadOptions> {
+    let device = device.open()?;
     Ok(LoadOptions {
+        dtype: dtype.on(&device),
         device,
-        dtype,
         gguf_mode: gguf,
         hub: HubOptions::from_env(),
         non_finite: distill_teacher::NonFinite::Refuse,

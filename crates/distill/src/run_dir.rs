@@ -56,10 +56,11 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Prepares `path` for a run of `cfg`: a new folder is made; an existing one is continued
+    /// Prepares `path` for a run: a new folder is made; an existing one is continued
     /// (`resume`), cleared of what runs write (`overwrite`), or refused when it holds an
-    /// earlier run's work. Takes the folder's lock and writes `config.yaml`.
-    pub fn prepare(cfg: &impl serde::Serialize, path: &Path, o: &RunDirOptions) -> Result<Self> {
+    /// earlier run's work. Takes the folder's lock; the run writes its config once it is
+    /// final ([`Self::write_config`]).
+    pub fn prepare(path: &Path, o: &RunDirOptions) -> Result<Self> {
         let policy = FolderPolicy {
             // A folder written before runs were marked is still a run folder to resume.
             overwrite: o.overwrite || o.resume,
@@ -84,7 +85,6 @@ impl RunDir {
             dir.clear_for_new_run(o.overwrite)?;
         }
         mark_container(path, "run")?;
-        dir.write_config(cfg, o.resume)?;
         Ok(dir)
     }
 
@@ -120,7 +120,9 @@ impl RunDir {
         Ok(())
     }
 
-    fn write_config(&self, cfg: &impl serde::Serialize, resume: bool) -> Result<()> {
+    /// Writes the resolved config (every default filled in, `auto` choices made) as
+    /// `config.yaml`; a resumed run whose config changed says so.
+    pub fn write_config(&self, cfg: &impl serde::Serialize, resume: bool) -> Result<()> {
         let resolved = serde_yaml::to_string(cfg).map_err(|e| Error::Job(e.to_string()))?;
         let path = self.path.join("config.yaml");
         if resume {
@@ -169,17 +171,18 @@ mod tests {
     fn overwrite_removes_only_what_runs_write() {
         let d = tempfile::tempdir().unwrap();
         let run = d.path().join("run");
-        let first = RunDir::prepare(&1, &run, &opts(false, false)).unwrap();
+        let first = RunDir::prepare(&run, &opts(false, false)).unwrap();
         std::fs::create_dir(run.join("checkpoints")).unwrap();
         std::fs::write(run.join("notes.md"), "mine").unwrap();
         let mut first = first;
         first.keep();
         drop(first);
-        let e = RunDir::prepare(&1, &run, &opts(false, false))
+        let e = RunDir::prepare(&run, &opts(false, false))
             .unwrap_err()
             .to_string();
         assert!(e.contains("--resume") && e.contains("checkpoints"), "{e}");
-        let again = RunDir::prepare(&2, &run, &opts(false, true)).unwrap();
+        let again = RunDir::prepare(&run, &opts(false, true)).unwrap();
+        again.write_config(&2, false).unwrap();
         assert!(!run.join("checkpoints").exists());
         assert_eq!(
             std::fs::read_to_string(run.join("notes.md")).unwrap(),
@@ -196,10 +199,11 @@ mod tests {
     fn a_second_run_is_refused_while_the_first_holds_the_folder() {
         let d = tempfile::tempdir().unwrap();
         let run = d.path().join("run");
-        let mut first = RunDir::prepare(&1, &run, &opts(false, false)).unwrap();
+        let mut first = RunDir::prepare(&run, &opts(false, false)).unwrap();
+        first.write_config(&1, false).unwrap();
         first.keep();
         for (resume, overwrite) in [(true, false), (false, true)] {
-            let e = RunDir::prepare(&1, &run, &opts(resume, overwrite))
+            let e = RunDir::prepare(&run, &opts(resume, overwrite))
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -217,16 +221,16 @@ mod tests {
     fn a_run_that_fails_before_training_leaves_no_folder_it_made() {
         let d = tempfile::tempdir().unwrap();
         let run = d.path().join("run");
-        drop(RunDir::prepare(&1, &run, &opts(false, false)).unwrap());
+        drop(RunDir::prepare(&run, &opts(false, false)).unwrap());
         assert!(!run.exists());
         // A folder left by a try that never checkpointed does not block the next one.
         std::fs::create_dir(&run).unwrap();
         mark_container(&run, "run").unwrap();
         std::fs::write(run.join("metrics.jsonl"), "").unwrap();
-        let mut again = RunDir::prepare(&1, &run, &opts(false, false)).unwrap();
+        let mut again = RunDir::prepare(&run, &opts(false, false)).unwrap();
         again.keep();
         assert!(!run.join("metrics.jsonl").exists());
-        let e = RunDir::prepare(&1, &d.path().join("new"), &opts(true, false))
+        let e = RunDir::prepare(&d.path().join("new"), &opts(true, false))
             .unwrap_err()
             .to_string();
         assert!(e.contains("holds no run"), "{e}");

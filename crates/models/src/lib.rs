@@ -22,6 +22,7 @@ pub mod llama;
 pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod precision;
 pub mod surgery;
 pub mod weights;
 
@@ -32,6 +33,7 @@ pub use ggml_cpu::GgmlLlama;
 pub use gguf::{GgufFile, GgufMode, GgufWeights};
 pub use llama::{LinearSite, Llama, LlamaConfig};
 pub use model::{pad_batch, Features, Input, Model, ModelOutput, Padded};
+pub use precision::{FloatType, MatmulType};
 pub use weights::{Linear, Matrix, SafetensorsWeights, VarMapWeights, WeightSource};
 
 /// The architecture named by a `config.json`, with its parsed config.

@@ -34,19 +34,14 @@ pub struct StudentConfig {
     /// default) or `bf16`. The weights stay f32 either way (the optimiser's master copy); on a
     /// GPU bf16 products run on its tensor cores, on a CPU they are slower than f32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub matmul_dtype: Option<String>,
+    pub matmul_dtype: Option<distill_models::MatmulType>,
 }
 
 impl StudentConfig {
-    /// `matmul_dtype` as a dtype (`None` for f32, the weights' own); an error names the key.
-    pub fn matmul_dtype(&self) -> Result<Option<candle_core::DType>, String> {
-        match self.matmul_dtype.as_deref().map(str::trim) {
-            None | Some("f32") => Ok(None),
-            Some("bf16") => Ok(Some(candle_core::DType::BF16)),
-            Some(other) => Err(format!(
-                "student.matmul_dtype: expected f32 or bf16, got `{other}`"
-            )),
-        }
+    /// `matmul_dtype` as a dtype (`None` for f32, the weights' own).
+    pub fn matmul_dtype(&self) -> Option<candle_core::DType> {
+        self.matmul_dtype
+            .and_then(distill_models::MatmulType::compute_dtype)
     }
 }
 

@@ -22,7 +22,7 @@ pub mod source;
 pub mod teacher;
 pub mod tokenizer;
 
-pub use device::{parse_device, parse_dtype};
+pub use device::{parse_device, parse_dtype, DTypeSpec, DeviceSpec};
 pub use error::{Result, TeacherError};
 pub use hub::HubOptions;
 pub use inspect::{inspect, ModelInfo};

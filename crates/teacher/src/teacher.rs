@@ -11,6 +11,7 @@ use distill_models::{
     Llama, LlamaConfig, Model, SafetensorsWeights, WeightSource,
 };
 
+use crate::device::{DTypeSpec, DeviceSpec};
 use crate::error::{Result, TeacherError};
 use crate::folder::HfFolder;
 use crate::hub::{snapshot, HubOptions};
@@ -54,7 +55,10 @@ impl Default for LoadOptions {
 }
 
 /// How a GGUF teacher's matrices are multiplied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum GgufCompute {
     /// In their stored format through candle's `QMatMul` (any device, any GGUF type).
     Quantized,
@@ -63,6 +67,16 @@ pub enum GgufCompute {
     /// With llama.cpp's CPU arithmetic ([`GgmlLlama`]): the logits llama.cpp computes from the
     /// same file, bit for bit. CPU only; `llama` architecture with `Q4_1`/`Q8_0` matrices.
     Ggml,
+}
+
+impl std::fmt::Display for GgufCompute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Quantized => "quantized",
+            Self::Dequantized => "dequantized",
+            Self::Ggml => "ggml",
+        })
+    }
 }
 
 impl GgufCompute {
@@ -153,16 +167,16 @@ pub struct TeacherConfig {
     /// A `.gguf` file, a Hugging Face folder, or `hf://org/name[@revision]`.
     pub source: String,
     /// `auto | cpu | cuda | cuda:N | metal`.
-    #[serde(default = "auto")]
-    pub device: String,
+    #[serde(default)]
+    pub device: DeviceSpec,
     /// `auto | f32 | f16 | bf16`.
-    #[serde(default = "auto")]
-    pub dtype: String,
+    #[serde(default)]
+    pub dtype: DTypeSpec,
     /// For GGUF teachers: `dequantized` (default: dense matrices, fastest on CPU), `quantized`
     /// (multiply in the stored format through candle's QMatMul; least memory, any device) or
     /// `ggml` (llama.cpp's CPU arithmetic: its logits bit for bit; CPU, Q4_1/Q8_0 files).
     #[serde(default = "dequantized")]
-    pub gguf_weights: String,
+    pub gguf_weights: GgufCompute,
     /// An offline teacher cache (`distill cache-teacher` makes it): training reads the
     /// teacher's top-k targets from it instead of running the teacher.
     #[serde(default)]
@@ -226,30 +240,18 @@ impl CacheConfig {
     }
 }
 
-fn auto() -> String {
-    "auto".into()
-}
-fn dequantized() -> String {
-    "dequantized".into()
+fn dequantized() -> GgufCompute {
+    GgufCompute::Dequantized
 }
 
 impl TeacherConfig {
     /// Load options for this config; errors name the key.
     pub fn load_options(&self) -> Result<LoadOptions> {
-        let device = crate::device::parse_device(&self.device)?;
-        let dtype = crate::device::parse_dtype(&self.dtype, &device)?;
-        let gguf_mode =
-            GgufCompute::parse(&self.gguf_weights).ok_or_else(|| TeacherError::Source {
-                source_spec: self.source.clone(),
-                msg: format!(
-                    "teacher.gguf_weights: expected `quantized`, `dequantized` or `ggml`, got `{}`",
-                    self.gguf_weights
-                ),
-            })?;
+        let device = self.device.open()?;
         Ok(LoadOptions {
+            dtype: self.dtype.on(&device),
             device,
-            dtype,
-            gguf_mode,
+            gguf_mode: self.gguf_weights,
             hub: HubOptions::from_env(),
             non_finite: NonFinite::Refuse,
         })

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::data::DocumentSource;
-use crate::losses::{HiddenLossKind, SOFT_LOSSES};
+use crate::losses::{HiddenLossKind, SoftLoss};
 
 /// An invalid config value.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +53,8 @@ fn d_val() -> f64 {
 #[serde(deny_unknown_fields)]
 pub struct DistillConfig {
     /// Soft-target loss: forward_kl, reverse_kl or jsd.
-    #[serde(default = "d_loss")]
-    pub loss: String,
+    #[serde(default)]
+    pub loss: SoftLoss,
     /// Softmax temperature T of the soft targets (the loss is scaled by T²).
     #[serde(default = "d_temp")]
     pub temperature: f64,
@@ -73,9 +73,6 @@ pub struct DistillConfig {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub scratch_baseline: bool,
 }
-fn d_loss() -> String {
-    "forward_kl".into()
-}
 fn d_temp() -> f64 {
     2.0
 }
@@ -89,7 +86,7 @@ fn d_beta() -> f64 {
 impl Default for DistillConfig {
     fn default() -> Self {
         Self {
-            loss: d_loss(),
+            loss: SoftLoss::default(),
             temperature: d_temp(),
             alpha: d_alpha(),
             jsd_beta: d_beta(),
@@ -137,17 +134,6 @@ impl DataConfig {
 
 impl DistillConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !SOFT_LOSSES.iter().any(|(n, _)| *n == self.loss) {
-            let names: Vec<&str> = SOFT_LOSSES.iter().map(|(n, _)| *n).collect();
-            return Err(err(
-                "distill.loss",
-                format!(
-                    "unknown loss `{}`; expected one of: {}",
-                    self.loss,
-                    names.join(", ")
-                ),
-            ));
-        }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return Err(err(
                 "distill.temperature",

@@ -5,7 +5,7 @@
 //! classification (class folders, JSONL, CSV; e-mail parsed by `mail-parser`; stratified
 //! splits), every order and random draw a function of a seed and a position. Losses: forward
 //! and reverse KL at temperature T, JSD, cross-entropy and hidden-state losses, the soft ones
-//! looked up by name ([`losses::SOFT_LOSSES`]), combined by one [`objective::Objective`].
+//! named by [`losses::SoftLoss`], combined by one [`objective::Objective`].
 //!
 //! Training is one loop, the [`Learner`] (AdamW, warm-up and cosine decay, accumulation,
 //! clipping, evaluation cadence, keep-best and early stopping, metrics, checkpoints with

@@ -12,8 +12,8 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use crate::config::DistillConfig;
 use crate::error::{Ctx, TrainError};
 use crate::losses::{
-    fused_forward_kl_ce, fused_head_kl_ce, fused_head_top_k_kl_ce, soft_loss, top_k_kl,
-    CrossEntropy, HiddenLoss, Loss, LossInputs, SoftLossParams, TopKTensors,
+    fused_forward_kl_ce, fused_head_kl_ce, fused_head_top_k_kl_ce, top_k_kl, CrossEntropy,
+    HiddenLoss, Loss, LossInputs, SoftLoss, SoftLossParams, TopKTensors,
 };
 use distill_cache::TopK;
 
@@ -27,6 +27,7 @@ struct HiddenTerm {
 
 /// The objective of a run, with the variables it owns (hidden-state projections).
 pub struct Objective {
+    kind: SoftLoss,
     soft: Box<dyn Loss>,
     hidden: Vec<HiddenTerm>,
     alpha: f64,
@@ -83,14 +84,10 @@ impl Objective {
         teacher_width: usize,
         device: &Device,
     ) -> Result<Self, TrainError> {
-        let soft = soft_loss(
-            &d.loss,
-            &SoftLossParams {
-                temperature: d.temperature,
-                jsd_beta: d.jsd_beta,
-            },
-        )
-        .map_err(TrainError::Invalid)?;
+        let soft = d.loss.build(&SoftLossParams {
+            temperature: d.temperature,
+            jsd_beta: d.jsd_beta,
+        });
         let aux = VarMap::new();
         let vb = VarBuilder::from_varmap(&aux, DType::F32, device);
         let mut hidden = vec![];
@@ -121,6 +118,7 @@ impl Objective {
             });
         }
         Ok(Self {
+            kind: d.loss,
             soft,
             hidden,
             alpha: d.alpha,
@@ -160,7 +158,7 @@ impl Objective {
 
     /// The temperature of the fused forward KL + CE, when the objective runs it.
     fn fused_temperature(&self) -> Option<f64> {
-        (self.on_cpu && self.soft.name() == "forward_kl").then_some(self.temperature)
+        (self.on_cpu && self.kind == SoftLoss::ForwardKl).then_some(self.temperature)
     }
 
     pub fn value(&self, x: &Targets) -> Result<ObjectiveValue, TrainError> {
@@ -267,10 +265,10 @@ impl Objective {
     /// Whether the objective can train from cached top-k targets: forward KL (over the k + 1
     /// buckets) and no hidden-state terms, which need the teacher's hidden states.
     pub fn check_cacheable(&self) -> Result<(), TrainError> {
-        if self.soft.name() != "forward_kl" {
+        if self.kind != SoftLoss::ForwardKl {
             return Err(TrainError::Invalid(format!(
                 "distill.loss `{}` with teacher.cache: a cache holds the teacher's top-k probabilities and residual mass, over which only forward_kl is defined",
-                self.soft.name()
+                self.kind
             )));
         }
         if !self.hidden.is_empty() {

@@ -3,10 +3,17 @@
 
 use std::path::PathBuf;
 
-use distill::compression::quick::{quick_compress, QuickCompress};
+use distill::compression::quick::{quick_compress, GgufType, QuickCompress};
 use distill::{load_job, RunOptions};
 
 use crate::progress::Progress;
+
+/// Where a magnitude threshold is taken.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Scope {
+    PerTensor,
+    Global,
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,9 +23,9 @@ pub struct Args {
     /// Unstructured magnitude pruning: share of layer weights set to zero, in [0, 1).
     #[arg(long)]
     sparsity: Option<f64>,
-    /// per_tensor or global threshold for --sparsity.
-    #[arg(long, default_value = "per-tensor", value_parser = ["per-tensor", "global"])]
-    scope: String,
+    /// Threshold for --sparsity: per tensor, or one over all layer matrices.
+    #[arg(long, value_enum, default_value_t = Scope::PerTensor)]
+    scope: Scope,
     /// 2:4 semi-structured pruning of every layer matrix.
     #[arg(long)]
     two_four: bool,
@@ -45,7 +52,7 @@ pub struct Args {
     /// GGUF matrix type: f32, f16, q8_0, q6_k, q5_k, q4_k, q5_0, q4_0 (a tensor whose rows do not
     /// fit the type's blocks falls back as llama.cpp does, and is reported).
     #[arg(long, default_value = "q8_0")]
-    quantize: String,
+    quantize: GgufType,
     /// GGUF file whose tokenizer metadata the GGUF export carries (the teacher's). Default: the
     /// model's own, when MODEL is a GGUF file; else built from the folder's tokenizer.json.
     #[arg(long)]
@@ -92,16 +99,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             kv_heads: a.kv_heads,
             ffn_neurons: a.ffn_neurons,
             sparsity: a.sparsity,
-            scope: Some(if a.scope == "global" {
-                distill::compression::quick::Scope::Global
-            } else {
-                distill::compression::quick::Scope::PerTensor
+            scope: Some(match a.scope {
+                Scope::Global => distill::compression::quick::Scope::Global,
+                Scope::PerTensor => distill::compression::quick::Scope::PerTensor,
             }),
             two_four: a.two_four,
             out: a.out.clone(),
             overwrite: a.overwrite,
             gguf: a.gguf.clone(),
-            quantize: a.quantize.clone(),
+            quantize: a.quantize,
             tokenizer_from: a.tokenizer_from.clone(),
             text: a.text.clone(),
             max_tokens: a.max_tokens,

@@ -8,17 +8,17 @@ pub mod inspect;
 pub mod launch;
 pub mod run;
 
-use distill::models::{load_options, GgufMode};
+use distill::models::{load_options, DTypeSpec, DeviceSpec, GgufMode};
 
 /// Options shared by commands that load a model.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
     /// auto | cpu | cuda | cuda:N | metal
     #[arg(long, default_value = "auto")]
-    pub device: String,
+    pub device: DeviceSpec,
     /// auto | f32 | f16 | bf16 (auto: bf16 on CUDA, f16 on Metal, f32 on CPU)
     #[arg(long, default_value = "auto")]
-    pub dtype: String,
+    pub dtype: DTypeSpec,
     /// Dequantise a GGUF model instead of multiplying in its quantised format.
     #[arg(long, conflicts_with = "ggml")]
     pub dequantize: bool,
@@ -31,8 +31,8 @@ pub struct ModelArgs {
 impl ModelArgs {
     pub fn load_options(&self) -> distill::Result<distill::models::LoadOptions> {
         load_options(
-            &self.device,
-            &self.dtype,
+            self.device,
+            self.dtype,
             if self.dequantize {
                 GgufMode::Dequantized
             } else if self.ggml {

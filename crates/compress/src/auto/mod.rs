@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Variant;
 use crate::error::CompressError;
+use crate::gguf_export::GgufType;
 use crate::quantize::QuantMethod;
 
 pub use frontier::{frontier, Choice, TensorOptions};
@@ -41,10 +42,10 @@ pub struct AutoConfig {
     pub max_evaluations: usize,
     /// GGUF types a layer matrix may take.
     #[serde(default = "d_types")]
-    pub types: Vec<String>,
+    pub types: Vec<GgufType>,
     /// GGUF types the token embeddings (and head) may take.
     #[serde(default = "d_types")]
-    pub embeddings: Vec<String>,
+    pub embeddings: Vec<GgufType>,
     /// How the chosen types are encoded: `gptq` (default) or `imatrix`.
     #[serde(default = "d_method")]
     pub method: QuantMethod,
@@ -75,8 +76,13 @@ pub struct AutoConfig {
 fn d_max_evaluations() -> usize {
     16
 }
-fn d_types() -> Vec<String> {
-    ["q8_0", "q5_0", "q4_k", "q4_0"].map(String::from).to_vec()
+fn d_types() -> Vec<GgufType> {
+    vec![
+        GgufType::Q8_0,
+        GgufType::Q5_0,
+        GgufType::Q4K,
+        GgufType::Q4_0,
+    ]
 }
 fn d_encodings() -> Vec<Variant> {
     serde_json::from_value(serde_json::json!([

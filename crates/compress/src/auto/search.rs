@@ -13,7 +13,7 @@ use super::options::tensor_options;
 use super::{AutoConfig, Budget, Target};
 use crate::config::{CompressConfig, Defaults};
 use crate::error::CompressError;
-use crate::gguf_export::{parse_qtype, Search};
+use crate::gguf_export::{GgufType, Search};
 use crate::pass::{Candidate, Context, Pass, Trainer};
 use crate::pipeline::{row_of, Evaluator, Measured, Row};
 use crate::quantize::Calibrated;
@@ -136,21 +136,14 @@ pub fn search(
             msg: "a causal-LM model is budgeted in perplexity: ppl:+N%".into(),
         });
     };
-    let parse_list = |key: &str, v: &[String]| -> Result<Vec<GgmlDType>, CompressError> {
+    let parse_list = |key: &str, v: &[GgufType]| -> Result<Vec<GgmlDType>, CompressError> {
         if v.is_empty() {
             return Err(CompressError::Config {
                 key: format!("auto.{key}"),
                 msg: "is empty".into(),
             });
         }
-        v.iter()
-            .map(|t| {
-                parse_qtype(t).map_err(|_| CompressError::Config {
-                    key: format!("auto.{key}"),
-                    msg: format!("`{t}`: expected f16, q8_0, q6_k, q5_k, q5_0, q4_k or q4_0"),
-                })
-            })
-            .collect()
+        Ok(v.iter().map(|t| t.ggml()).collect())
     };
     let layer_types = parse_list("types", &cfg.types)?;
     let embed_types = parse_list("embeddings", &cfg.embeddings)?;

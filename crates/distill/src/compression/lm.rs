@@ -11,6 +11,7 @@ use distill_compress::{
 };
 use distill_compress::{TensorMap, Trainer};
 use distill_models::{ArchConfig, Llama, LlamaConfig, SafetensorsWeights, VarMapWeights};
+use distill_teacher::folder::HfFolder;
 use distill_teacher::{
     load_tokenizer, resolve, GgufCompute, HubOptions, LoadOptions, Resolved, Teacher, TeacherSource,
 };
@@ -164,7 +165,8 @@ impl Trainer for LmTrainer<'_> {
 
 /// The model at `model` (a Hugging Face folder or repo) with the data and objective of the
 /// run config `run`; `eval_blocks` validation blocks measure each step (0 = all), the first
-/// `calibration_blocks` training blocks calibrate.
+/// `calibration_blocks` training blocks calibrate. The run's documents are split and
+/// tokenised with the model's own tokenizer.
 pub fn for_causal_lm<'a>(
     model: &str,
     run: &RunConfig,
@@ -177,14 +179,67 @@ pub fn for_causal_lm<'a>(
     let Resolved::Folder(folder) = &resolved else {
         return Err(Error::Invalid(format!("{model}: the compress pipeline starts from a Hugging Face folder; convert a GGUF file first with `distill compress {model} --out DIR`")));
     };
-    let ArchConfig::Llama(config) = &folder.config else {
-        return Err(Error::Invalid(format!(
-            "{model}: a causal-LM run compresses a Llama-family decoder; this is a `{}` model",
-            folder.config.family()
-        )));
-    };
+    let config = decoder_config(model, folder)?;
     let tokenizer = load_tokenizer(&resolved)?;
-    let (train, mut valid) = build_data(run, &tokenizer, config.vocab_size)?;
+    let (train, valid) = build_data(run, &tokenizer, config.vocab_size)?;
+    let data = LmData {
+        train,
+        valid,
+        eval_blocks,
+        calibration_blocks,
+    };
+    prepare(model, folder, run, data, opts)
+}
+
+/// The student a run has just trained and exported to `folder`, with the run's own blocks
+/// (no second split or tokenisation) and settings.
+pub(crate) fn for_trained<'a>(
+    folder: &Path,
+    run: &RunConfig,
+    data: LmData,
+    opts: &'a RunOptions<'a>,
+) -> Result<Prepared<'a>> {
+    let name = folder.display().to_string();
+    let folder = HfFolder::open(folder)?;
+    prepare(&name, &folder, run, data, opts)
+}
+
+/// The blocks a compression measures, calibrates and heals on.
+pub(crate) struct LmData {
+    pub(crate) train: BlockSet,
+    pub(crate) valid: BlockSet,
+    /// Validation blocks that measure each step (0 = all).
+    pub(crate) eval_blocks: usize,
+    /// Training blocks that calibrate (the first ones).
+    pub(crate) calibration_blocks: usize,
+}
+
+/// The Llama-family config of `folder` (an encoder is an error naming `model`).
+fn decoder_config<'f>(model: &str, folder: &'f HfFolder) -> Result<&'f LlamaConfig> {
+    match &folder.config {
+        ArchConfig::Llama(config) => Ok(config),
+        other => Err(Error::Invalid(format!(
+            "{model}: a causal-LM run compresses a Llama-family decoder; this is a `{}` model",
+            other.family()
+        ))),
+    }
+}
+
+/// The model in `folder` with the evaluator and trainer of `run` over `data`.
+fn prepare<'a>(
+    model: &str,
+    folder: &HfFolder,
+    run: &RunConfig,
+    data: LmData,
+    opts: &'a RunOptions<'a>,
+) -> Result<Prepared<'a>> {
+    let config = decoder_config(model, folder)?;
+    let LmData {
+        train,
+        mut valid,
+        eval_blocks,
+        calibration_blocks,
+    } = data;
     if eval_blocks > 0 {
         valid.blocks.truncate(eval_blocks);
     }

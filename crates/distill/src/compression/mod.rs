@@ -8,7 +8,7 @@
 //! layer, where both meet, provides them.
 
 mod classifier;
-mod lm;
+pub(crate) mod lm;
 pub mod quick;
 
 use std::path::{Path, PathBuf};

@@ -11,8 +11,7 @@ use distill_compress::sparsity::{magnitude_prune, two_four_prune, PruneScope};
 use distill_compress::structured::{cut, Cut};
 use distill_compress::TensorMap;
 use distill_compress::{
-    export_gguf, parse_qtype, tokenizer_metadata, tokenizer_metadata_from_folder, Candidate,
-    GgufExport,
+    export_gguf, tokenizer_metadata, tokenizer_metadata_from_folder, Candidate, GgufExport,
 };
 use distill_models::{ArchConfig, Llama, LlamaConfig};
 use distill_student::{save_hf, HfExport};
@@ -26,6 +25,7 @@ use super::varmap_of;
 use crate::error::{Error, Result};
 
 pub use distill_compress::sparsity::PruneScope as Scope;
+pub use distill_compress::GgufType;
 
 /// What to do to the model.
 #[derive(Clone, Debug, Default)]
@@ -44,7 +44,7 @@ pub struct QuickCompress {
     pub overwrite: bool,
     /// Write a GGUF file here, with matrices of `quantize`.
     pub gguf: Option<PathBuf>,
-    pub quantize: String,
+    pub quantize: GgufType,
     /// GGUF file whose tokenizer metadata the GGUF export carries.
     pub tokenizer_from: Option<PathBuf>,
     /// Text to measure perplexity and speed on after each step, and its token budget.
@@ -278,7 +278,7 @@ pub fn quick_compress(model: &str, q: &QuickCompress) -> Result<QuickOutcome> {
 
     let mut fallbacks = vec![];
     if let Some(path) = &q.gguf {
-        let qtype = parse_qtype(&q.quantize)?;
+        let qtype = q.quantize.ggml();
         // `--tokenizer-from` or a GGUF model's own tokenizer keys; else built from the folder's
         // tokenizer.json.
         let tokenizer = match (&q.tokenizer_from, &resolved) {
@@ -319,7 +319,7 @@ pub fn quick_compress(model: &str, q: &QuickCompress) -> Result<QuickOutcome> {
             None => (None, None),
         };
         rows.push(row(
-            format!("GGUF {}", q.quantize.to_lowercase()),
+            format!("GGUF {}", q.quantize),
             &c,
             Some(summary.bytes),
             measured,

@@ -78,6 +78,10 @@ pub struct ClassificationReport {
     pub threads: usize,
     pub wall_seconds: f64,
     pub summary: serde_json::Value,
+    /// The `compress:` section's table and headline (its numbers are in
+    /// `compressed/compress.json`).
+    #[serde(skip)]
+    pub compression: Option<super::CompressionSection>,
 }
 
 /// Flat keys for scripts: `teacher_acc`, `kd_acc`, `scratch_acc`, bytes, speed, F1 of the last
@@ -191,6 +195,17 @@ impl ClassificationReport {
             );
         }
         md += &format!("\nWall time of the whole run: {:.0} s.\n", r.wall_seconds);
+        if let Some(c) = &r.compression {
+            md += &c.markdown();
+        }
         md
+    }
+
+    /// Writes `report.json` and `report.md` into `run_dir`.
+    pub fn write(&self, run_dir: &std::path::Path) -> crate::error::Result<()> {
+        let json = serde_json::to_vec_pretty(self).expect("a report serialises");
+        distill_files::write_file(&run_dir.join("report.json"), &json)?;
+        distill_files::write_file(&run_dir.join("report.md"), self.markdown().as_bytes())?;
+        Ok(())
     }
 }

@@ -56,6 +56,10 @@ pub struct RunReport {
     /// The student's vocabulary, when trimmed to the corpus.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vocab: Option<crate::vocab::VocabStats>,
+    /// The `compress:` section's table and headline (its numbers are in
+    /// `compressed/compress.json`).
+    #[serde(skip)]
+    pub compression: Option<super::CompressionSection>,
 }
 
 fn millions(n: usize) -> String {
@@ -213,6 +217,9 @@ impl RunReport {
             "\n![training loss](plots/loss.svg)\n\n![validation perplexity](plots/val_ppl.svg)\n",
         );
         md.push_str("\nPerplexity is over next-token predictions on held-out documents; throughput is full-sequence scoring in this run's block size, on this machine's CPU.\n");
+        if let Some(c) = &self.compression {
+            md.push_str(&c.markdown());
+        }
         md
     }
 

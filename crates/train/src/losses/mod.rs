@@ -1,5 +1,6 @@
-//! Distillation losses. Each loss is one file implementing [`Loss`]; soft-target losses are
-//! looked up by name in [`SOFT_LOSSES`], so a new one is a new file plus one line there.
+//! Distillation losses. Each loss is one file implementing [`Loss`]; a config names a
+//! soft-target loss with [`SoftLoss`], whose `build` is the table of them, so a new one is a
+//! new file plus a variant and its line there.
 //!
 //! All losses take logits over the positions that count (padding already removed), flattened
 //! to `[N, V]`, and return a scalar averaged over the N positions. Soft-target losses compare
@@ -69,47 +70,61 @@ pub struct SoftLossParams {
     pub jsd_beta: f64,
 }
 
-type SoftLossCtor = fn(&SoftLossParams) -> Box<dyn Loss>;
+/// The soft-target loss of a run (`distill.loss`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SoftLoss {
+    /// KL(teacher ‖ student): mass-covering; the one a teacher cache and the fused CPU path
+    /// compute.
+    #[default]
+    ForwardKl,
+    /// KL(student ‖ teacher): mode-seeking.
+    ReverseKl,
+    /// Generalised Jensen–Shannon divergence with the teacher weighted by `jsd_beta`.
+    Jsd,
+}
 
-/// Soft-target losses by name.
-pub const SOFT_LOSSES: &[(&str, SoftLossCtor)] = &[
-    ("forward_kl", |p| {
-        Box::new(ForwardKl {
-            temperature: p.temperature,
-        })
-    }),
-    ("reverse_kl", |p| {
-        Box::new(ReverseKl {
-            temperature: p.temperature,
-        })
-    }),
-    ("jsd", |p| {
-        Box::new(Jsd {
-            temperature: p.temperature,
-            beta: p.jsd_beta,
-        })
-    }),
-];
+impl SoftLoss {
+    /// The name configs and metrics use.
+    pub fn name(self) -> &'static str {
+        match self {
+            SoftLoss::ForwardKl => "forward_kl",
+            SoftLoss::ReverseKl => "reverse_kl",
+            SoftLoss::Jsd => "jsd",
+        }
+    }
 
-/// Builds the soft-target loss called `name`.
-pub fn soft_loss(
-    name: &str,
-    params: &SoftLossParams,
-) -> std::result::Result<Box<dyn Loss>, String> {
-    SOFT_LOSSES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, ctor)| ctor(params))
-        .ok_or_else(|| {
-            format!(
-                "unknown loss `{name}`; expected one of: {}",
-                SOFT_LOSSES
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })
+    /// The loss with `p`'s settings.
+    pub fn build(self, p: &SoftLossParams) -> Box<dyn Loss> {
+        match self {
+            SoftLoss::ForwardKl => Box::new(ForwardKl {
+                temperature: p.temperature,
+            }),
+            SoftLoss::ReverseKl => Box::new(ReverseKl {
+                temperature: p.temperature,
+            }),
+            SoftLoss::Jsd => Box::new(Jsd {
+                temperature: p.temperature,
+                beta: p.jsd_beta,
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for SoftLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 pub(crate) fn teacher<'a>(x: &'a LossInputs, who: &str) -> Result<&'a Tensor> {

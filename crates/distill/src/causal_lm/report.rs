@@ -1,0 +1,102 @@
+//! The report stage: the trained student exported in Hugging Face layout, then teacher against
+//! student (and, after compression, the artifact) as data, written once at the end of the run.
+
+use std::path::PathBuf;
+
+use distill_models::Model;
+use distill_student::{save_hf, HfExport, LlamaStudent};
+use distill_train::scoring::scoring_speed;
+
+use super::data::RunData;
+use super::teacher::TeacherSide;
+use super::train::Trained;
+use crate::error::Result;
+use crate::job::RunConfig;
+use crate::report::{ModelStats, RunReport};
+
+/// The exported student.
+pub(crate) struct Exported {
+    pub(crate) dir: PathBuf,
+    pub(crate) bytes: u64,
+}
+
+/// Saves `student` with the run's tokenizer into `dir` (Hugging Face layout).
+pub(crate) fn export(
+    dir: PathBuf,
+    student: &LlamaStudent,
+    teacher: &TeacherSide,
+    data: &RunData,
+) -> Result<Exported> {
+    let tokenizer = data.tokenizer(teacher);
+    let bytes = save_hf(
+        &dir,
+        &HfExport {
+            config: &student.config,
+            varmap: &student.varmap,
+            tokenizer: &tokenizer.tokenizer,
+            bos_token_id: tokenizer.info.bos_token_id,
+            eos_token_id: tokenizer.info.eos_token_id,
+            chat_template: tokenizer.chat_template.as_deref(),
+        },
+    )?;
+    Ok(Exported { dir, bytes })
+}
+
+/// What a report compares.
+pub(crate) struct Compared<'a> {
+    pub(crate) teacher: &'a TeacherSide,
+    /// The teacher network as the student sees it (`None` when it came from a cache).
+    pub(crate) teacher_lm: Option<&'a dyn Model>,
+    pub(crate) student: &'a LlamaStudent,
+    pub(crate) exported: &'a Exported,
+}
+
+/// Teacher against student, measured on the run's validation blocks.
+pub(crate) fn build(
+    cfg: &RunConfig,
+    data: &RunData,
+    trained: &Trained,
+    m: &Compared,
+) -> Result<RunReport> {
+    let last = trained.outcome.evals.last();
+    let batch = trained.training.batch_size;
+    let teacher_cfg = &data.teacher_cfg;
+    let student_cfg = &m.student.config;
+    Ok(RunReport {
+        run: cfg.output.name.clone(),
+        teacher: ModelStats {
+            name: m.teacher.source().to_string(),
+            parameters: teacher_cfg.param_count(),
+            embedding_parameters: teacher_cfg.vocab_size * teacher_cfg.hidden_size,
+            bytes_on_disk: m.teacher.bytes_on_disk(),
+            val_ppl: trained.teacher_val_ppl,
+            tokens_per_second: match (m.teacher_lm, &data.cache) {
+                (Some(lm), _) => scoring_speed(lm, &data.valid, batch)?,
+                // Measured while the cache was made.
+                (None, Some(c)) => c.manifest().teacher_tokens_per_second.unwrap_or(0.0),
+                (None, None) => 0.0,
+            },
+        },
+        student: ModelStats {
+            name: m.exported.dir.display().to_string(),
+            parameters: student_cfg.param_count(),
+            embedding_parameters: student_cfg.vocab_size * student_cfg.hidden_size,
+            bytes_on_disk: m.exported.bytes,
+            val_ppl: last.and_then(|e| e.get("val_ppl")),
+            tokens_per_second: scoring_speed(&m.student.model, &data.valid, batch)?,
+        },
+        top1_agreement: last.and_then(|e| e.get("top1_agreement")),
+        val_kl: last.and_then(|e| e.get("val_kl")),
+        steps: trained.outcome.steps,
+        train_tokens: trained.outcome.units,
+        train_seconds: trained.outcome.seconds,
+        train_tokens_per_second: trained.outcome.units_per_second,
+        student_layers_from_teacher: m.student.layer_map.clone(),
+        loss: cfg.distill.loss.to_string(),
+        alpha: cfg.distill.alpha,
+        temperature: cfg.distill.temperature,
+        artifact: None,
+        vocab: data.vocab.as_ref().map(|v| v.stats.clone()),
+        compression: None,
+    })
+}

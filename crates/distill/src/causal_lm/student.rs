@@ -1,0 +1,63 @@
+//! The student stage: the student's shape from the teacher's config and the `student:` rules,
+//! its weights from the teacher's layers (rows of a trimmed vocabulary picked out) or fresh; a
+//! resumed run builds only the shape, since the checkpoint holds the weights.
+
+use candle_core::DType;
+use distill_models::WeightSource;
+use distill_student::vocab::RowSelectedWeights;
+use distill_student::{build_student, InitConfig, LlamaStudent, StudentConfig};
+
+use super::data::RunData;
+use super::prepare::Prepared;
+use super::teacher::TeacherSide;
+use crate::error::{Context, Error, Result};
+
+/// Builds the run's student.
+pub(crate) fn build(run: &Prepared, teacher: &TeacherSide, data: &RunData) -> Result<LlamaStudent> {
+    let cfg = &run.cfg;
+    let dense = match cfg.student.init {
+        InitConfig::FromTeacher { .. } if !run.resume => Some(teacher.dense_weights(DType::F32)?),
+        _ => None,
+    };
+    let rows = match (data.kept(), &dense) {
+        (Some(kept), Some(d)) => Some(RowSelectedWeights::new(
+            d.as_ref(),
+            kept,
+            data.teacher_cfg.vocab_size,
+            &["model.embed_tokens.weight", "lm_head.weight"],
+        )?),
+        _ => None,
+    };
+    let init_source: Option<&dyn WeightSource> = match &rows {
+        Some(r) => Some(r),
+        None => dense.as_deref(),
+    };
+    let spec = if run.resume {
+        // The checkpoint holds the weights; only the shape matters here.
+        StudentConfig {
+            init: InitConfig::Random { seed: 0 },
+            ..cfg.student.clone()
+        }
+    } else {
+        cfg.student.clone()
+    };
+    let mut student =
+        build_student(&data.view_cfg, init_source, &spec, &run.load.device).context("student")?;
+    if let Some(dt) = cfg.student.matmul_dtype() {
+        tracing::info!(dtype = ?dt, "student: the layers multiply in {dt:?} over f32 weights");
+        student.model.set_matmul_dtype(Some(dt));
+    }
+    if student.config.vocab_size != data.view_cfg.vocab_size {
+        return Err(Error::Invalid(format!(
+            "student vocabulary ({}) differs from the teacher's ({}); a vocabulary mapping is not supported",
+            student.config.vocab_size, data.view_cfg.vocab_size
+        )));
+    }
+    tracing::info!(
+        layers = student.config.num_hidden_layers,
+        hidden = student.config.hidden_size,
+        params = student.config.param_count(),
+        "student"
+    );
+    Ok(student)
+}
