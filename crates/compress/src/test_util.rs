@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 use distill_models::LlamaConfig;
 
-use crate::sparsity::Tensors;
+use distill_models::surgery::Tensors;
 
 pub fn tiny_config() -> LlamaConfig {
     LlamaConfig::from_json(

@@ -8,10 +8,10 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::tiny::{tiny_llama, tiny_llama_config, write_tiny_llama_folder};
-use distill_compress::int8::quantize_int8;
-use distill_compress::low_rank::{low_rank, RankTarget};
-use distill_compress::share::{share_weights, share_weights_with, Codebook};
-use distill_compress::sparsity::is_layer_matrix;
+use distill_compress::passes::low_rank::{low_rank, RankTarget};
+use distill_compress::passes::pruning::sparsity::is_layer_matrix;
+use distill_compress::passes::quantization::int8::quantize_int8;
+use distill_compress::passes::sharing::{share_weights, share_weights_with, Codebook};
 use distill_compress::{write_model_folder, Stored, TensorMap};
 use distill_models::{Llama, LlamaConfig, Matrix, SafetensorsWeights, WeightSource};
 use distill_teacher::{LoadOptions, Teacher, TeacherSource};

@@ -218,7 +218,7 @@ fn export_refuses_what_it_cannot_write_and_leaves_no_file() {
 /// when it rounds them itself.
 #[test]
 fn pre_encoded_blocks_give_the_file_the_exporter_would_write() {
-    use distill_compress::ggml_quant::{quantize_rows, Format};
+    use distill_compress::formats::gguf::blocks::{quantize_rows, Format};
     use distill_compress::{Stored, TensorMap};
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_llama_config();

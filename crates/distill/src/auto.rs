@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use distill_compress::auto::search;
+use distill_compress::auto::{search, AutoSearch};
 pub use distill_compress::auto::{AutoConfig, AutoOutcome, Budget, Probe, Target};
 use distill_compress::Output;
 
@@ -73,18 +73,18 @@ pub fn run_auto(
         dense_dtype: prepared.dense_dtype,
         gguf_tokenizer: prepared.gguf_tokenizer.as_deref(),
     };
-    let outcome = search(
-        &prepared.name,
-        &prepared.base,
-        prepared.evaluator.as_ref(),
-        Some(prepared.trainer.as_ref()),
-        &output,
-        &prepared.defaults,
-        &auto,
+    let outcome = search(&AutoSearch {
+        name: &prepared.name,
+        base: &prepared.base,
+        eval: prepared.evaluator.as_ref(),
+        trainer: Some(prepared.trainer.as_ref()),
+        output: &output,
+        defaults: &prepared.defaults,
+        cfg: &auto,
         budget,
         target,
-        &out,
-    )?;
+        out: &out,
+    })?;
     write(&outcome, &out, None)?;
     Ok(AutoRun { out, outcome })
 }

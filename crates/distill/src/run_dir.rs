@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use distill_files::marker::{mark_container, remove_entries};
+use distill_files::container::{mark_container, remove_entries};
 use distill_files::target::{check_folder_target, FolderPolicy, FolderState};
 use distill_files::{write_file, Lock};
 

@@ -13,7 +13,7 @@ use common::tiny::{
 };
 use distill::compression::{for_causal_lm, run};
 use distill::{parse_job, Job, RunOptions};
-use distill_compress::ggml_quant::imatrix_file::Imatrix;
+use distill_compress::formats::gguf::imatrix::Imatrix;
 use distill_compress::CompressConfig;
 
 struct Setup {

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use common::tiny::{tiny_llama, tiny_llama_config, write_tiny_llama_folder};
 use distill::compression::{for_causal_lm, run};
 use distill::{parse_job, Job, RunOptions};
-use distill_compress::sparsity::zero_masks;
+use distill_compress::passes::pruning::sparsity::zero_masks;
 use distill_compress::{Candidate, CompressConfig, CompressError, Length, StepHook, Trainer};
 
 /// Wraps the task's trainer: after the heal pass's own hook, checks that every weight that was

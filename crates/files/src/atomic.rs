@@ -186,13 +186,18 @@ pub fn write_folder<T, E: From<FilesError>>(
     let tmp = TempSibling::folder(dir)?;
     let out = fill(tmp.path())?;
     let entries = entry_names(tmp.path())?;
-    Marker::new(kind, entries.clone()).write(tmp.path())?;
+    write_marker(tmp.path(), &Marker::new(kind, entries.clone()))?;
     if !dir.exists() {
         tmp.rename_to(dir)?;
         return Ok(out);
     }
     merge_into(tmp, dir, &entries)?;
     Ok(out)
+}
+
+/// Writes `marker` into `dir` (atomically).
+pub fn write_marker(dir: &Path, marker: &Marker) -> Result<(), FilesError> {
+    write_file(&dir.join(crate::marker::MARKER), &marker.to_json())
 }
 
 /// The names in `dir`, sorted.
@@ -367,12 +372,11 @@ mod tests {
         let dir = d.path().join("model");
         std::fs::create_dir(&dir).unwrap();
         std::fs::write(d.path().join("precious"), "x").unwrap();
-        Marker::new(
+        let m = Marker::new(
             "model",
             vec!["../precious".into(), "..".into(), "/etc".into()],
-        )
-        .write(&dir)
-        .unwrap();
+        );
+        write_marker(&dir, &m).unwrap();
         write_folder(&dir, "model", |t| -> Result<(), FilesError> {
             std::fs::write(t.join("a.json"), "1").unwrap();
             Ok(())

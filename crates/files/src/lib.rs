@@ -11,13 +11,15 @@
 //!   unless the user says `--overwrite`), never `/`, the home folder, the working folder or an
 //!   ancestor of an input.
 //! - [`marker`]: the `.distill` file inside every folder distill writes, listing what it wrote,
-//!   so that replacing the folder later removes exactly those entries.
+//!   so that replacing the folder later removes exactly those entries; [`container`]: folders
+//!   distill adds entries to over time (a run folder), marked and cleared of its own entries.
 //! - [`lock`]: one writer per run folder or cache (an OS lock on a file naming pid, host and
 //!   start time; a lock left by a dead process is taken over with a message).
 //! - [`input`]: inputs must be regular files (a FIFO or `/dev/zero` would never end), read with
 //!   a size limit where the whole file is needed at once.
 
 pub mod atomic;
+pub mod container;
 pub mod input;
 pub mod lock;
 pub mod marker;

@@ -6,8 +6,6 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::FilesError;
-
 /// The marker's file name.
 pub const MARKER: &str = ".distill";
 
@@ -48,10 +46,9 @@ impl Marker {
         dir.join(MARKER).is_file()
     }
 
-    /// Writes the marker into `dir` (atomically).
-    pub fn write(&self, dir: &Path) -> Result<(), FilesError> {
-        let json = serde_json::to_vec_pretty(self).expect("a marker serialises");
-        crate::atomic::write_file(&dir.join(MARKER), &json)
+    /// The marker's file contents.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("a marker serialises")
     }
 
     /// The listed entries that name something directly inside the folder: a marker never
@@ -70,28 +67,4 @@ impl Marker {
             .cloned()
             .collect()
     }
-}
-
-/// Marks `dir` as a folder of `kind` whose entries distill adds over time (a run folder, a
-/// compression output), creating it if needed. An existing marker is kept.
-pub fn mark_container(dir: &Path, kind: &str) -> Result<(), FilesError> {
-    std::fs::create_dir_all(dir).map_err(FilesError::io(dir, "creating the folder"))?;
-    if Marker::is_marked(dir) {
-        return Ok(());
-    }
-    Marker::new(kind, vec![]).write(dir)
-}
-
-/// Removes the entries of `dir` named in `names` (those distill writes there), leaving
-/// everything else — the marker, a lock, the user's files — where it is.
-pub fn remove_entries(dir: &Path, names: &[&str]) -> Result<Vec<String>, FilesError> {
-    let mut removed = vec![];
-    for name in names {
-        let p = dir.join(name);
-        if std::fs::symlink_metadata(&p).is_ok() {
-            crate::atomic::remove_owned(&p)?;
-            removed.push(name.to_string());
-        }
-    }
-    Ok(removed)
 }

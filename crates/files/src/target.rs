@@ -266,7 +266,7 @@ mod tests {
             check_folder_target(&out, &policy(true, &[])).unwrap(),
             FolderState::Foreign
         );
-        Marker::new("model", vec![]).write(&out).unwrap();
+        crate::atomic::write_marker(&out, &Marker::new("model", vec![])).unwrap();
         assert_eq!(
             check_folder_target(&out, &policy(false, &[])).unwrap(),
             FolderState::Distills

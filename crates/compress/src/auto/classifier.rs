@@ -4,31 +4,29 @@
 //! classifier's encodings are few and each is measured in seconds, so no proxy screen stands
 //! between them and validation.
 
-use std::path::Path;
 use std::time::Instant;
 
-use super::search::{pareto_rows, structural_bases, AutoOutcome, Meter};
-use super::{AutoConfig, Budget, Target};
-use crate::config::{CompressConfig, Defaults};
+use super::common::{pareto_rows, structural_bases, AutoOutcome, AutoSearch, Meter};
+use super::config::{Budget, Target};
 use crate::error::CompressError;
-use crate::pass::{Candidate, Context, Trainer};
-use crate::pipeline::Evaluator;
-use crate::sink::{Output, Sink};
-use crate::stored::serialized_bytes;
+use crate::formats::folder::serialized_bytes;
+use crate::framework::pass::{Candidate, Context};
+use crate::framework::plan::CompressConfig;
+use crate::framework::sink::Sink;
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn search(
-    name: &str,
-    base: &Candidate,
-    eval: &dyn Evaluator,
-    trainer: Option<&dyn Trainer>,
-    output: &Output,
-    defaults: &Defaults,
-    cfg: &AutoConfig,
-    budget: Budget,
-    target: Option<Target>,
-    out: &Path,
-) -> Result<AutoOutcome, CompressError> {
+pub(super) fn search(s: &AutoSearch) -> Result<AutoOutcome, CompressError> {
+    let AutoSearch {
+        name,
+        base,
+        eval,
+        trainer,
+        output,
+        defaults,
+        cfg,
+        out,
+        ..
+    } = *s;
+    let (budget, target) = (s.budget, s.target);
     let t0 = Instant::now();
     if !matches!(budget, Budget::AccPoints(_)) {
         return Err(CompressError::Config {
@@ -43,7 +41,7 @@ pub(super) fn search(
         });
     }
     // Marked as distill's: a later run may write here again; a user's folder is not.
-    distill_files::marker::mark_container(out, "auto")?;
+    distill_files::container::mark_container(out, "auto")?;
     let dtype = output.dense_dtype;
     let calibration = eval.calibration();
     let cx = Context {

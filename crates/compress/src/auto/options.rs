@@ -13,13 +13,13 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 
 use super::frontier::TensorOptions;
-use crate::calibrate::{walk, CalibrationTokens, Collect, SiteStats};
+use crate::calibration::obs::{inverse_hessian, DAMP};
+use crate::calibration::walk::{walk, CalibrationTokens, Collect, SiteStats};
 use crate::error::CompressError;
-use crate::gguf_export::fitting_type;
-use crate::obs::{inverse_hessian, DAMP};
-use crate::pass::Candidate;
-use crate::quantize::{encode_matrix, encodes_matrix, QuantMethod};
-use crate::tensors::values_f32;
+use crate::formats::gguf::export::fitting_type;
+use crate::framework::pass::Candidate;
+use crate::model::tensors::values_f32;
+use crate::passes::quantization::{encode_matrix, encodes_matrix, QuantMethod};
 
 /// One type of one matrix, with its decoded values (for the calibration screen).
 pub(super) struct Encoded {

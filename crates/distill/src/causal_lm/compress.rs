@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use candle_core::DType;
-use distill_compress::pipeline::{smallest_within_budget, Row};
+use distill_compress::framework::pipeline::{smallest_within_budget, Row};
 use distill_compress::CompressConfig;
 use distill_teacher::{Teacher, TeacherSource};
 use distill_train::data::BlockSet;

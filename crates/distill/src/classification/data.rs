@@ -5,7 +5,6 @@ use distill_train::classify::{encode_examples, EncodedSet};
 use distill_train::data::{load_labelled, split_stratified, LabelledSet, LabelledSplit};
 
 use super::prepare::Prepared;
-use super::teacher::TeacherFolder;
 use crate::error::{Context, Error, Result};
 
 /// The run's examples and their split.
@@ -70,17 +69,18 @@ pub(crate) fn load(run: &Prepared) -> Result<Labelled> {
     Ok(Labelled { set, split })
 }
 
-/// Encodes the split with the teacher's tokenizer.
-pub(crate) fn encode(l: &Labelled, t: &TeacherFolder) -> Result<Encoded> {
-    let encode = |idx: &[usize]| {
-        encode_examples(
-            &t.tokenizer,
-            &l.set.examples,
-            idx,
-            t.max_len,
-            t.config.vocab_size,
-        )
-    };
+/// How examples become token ids: the teacher's tokenizer, at most `max_len` tokens, ids
+/// below `vocab_size`.
+pub(crate) struct Encoding<'a> {
+    pub(crate) tokenizer: &'a tokenizers::Tokenizer,
+    pub(crate) max_len: usize,
+    pub(crate) vocab_size: usize,
+}
+
+/// Encodes the split.
+pub(crate) fn encode(l: &Labelled, e: &Encoding) -> Result<Encoded> {
+    let encode =
+        |idx: &[usize]| encode_examples(e.tokenizer, &l.set.examples, idx, e.max_len, e.vocab_size);
     Ok(Encoded {
         train: encode(&l.split.train)?,
         valid: encode(&l.split.validation)?,

@@ -10,6 +10,7 @@ mod data;
 mod evaluate;
 mod prepare;
 mod stages;
+mod students;
 mod teacher;
 
 use std::path::PathBuf;
@@ -29,7 +30,8 @@ use crate::ClassifyConfig;
 
 use data::{Encoded, Labelled};
 use prepare::Prepared;
-use stages::{labels_only, StudentStage};
+use stages::labels_only;
+use students::StudentStage;
 use teacher::{Obtained, TeacherFolder, TeacherStage};
 
 /// What a classification run produced.
@@ -63,7 +65,7 @@ pub fn run(cfg: &ClassifyConfig, opts: &RunOptions) -> Result<ClsRun> {
     let mut run = prepare::prepare(cfg, opts)?;
     let labelled = data::load(&run)?;
     let folder = teacher::open(&run)?;
-    let encoded = data::encode(&labelled, &folder)?;
+    let encoded = data::encode(&labelled, &folder.encoding())?;
     // Training begins: the folder now keeps whatever happens.
     run.folder.keep();
     let teacher = match teacher::obtain(&run, &folder, &labelled, &encoded, opts)? {

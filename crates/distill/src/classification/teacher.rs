@@ -10,7 +10,7 @@ use distill_teacher::folder::HfFolder;
 use distill_teacher::{load_tokenizer, resolve, Resolved, TeacherSource};
 use distill_train::tasks::Classification;
 
-use super::data::{Encoded, Labelled};
+use super::data::{Encoded, Encoding, Labelled};
 use super::prepare::Prepared;
 use super::stages::{fit_stage, labels_only};
 use crate::classifier::{labels_of, pad_id};
@@ -28,6 +28,17 @@ pub(crate) struct TeacherFolder {
     /// Tokens an example keeps: `data.max_length`, at most the teacher's positions.
     pub(crate) max_len: usize,
     pub(crate) weights: SafetensorsWeights,
+}
+
+impl TeacherFolder {
+    /// How the run's examples are encoded for this teacher.
+    pub(crate) fn encoding(&self) -> Encoding<'_> {
+        Encoding {
+            tokenizer: &self.tokenizer,
+            max_len: self.max_len,
+            vocab_size: self.config.vocab_size,
+        }
+    }
 }
 
 /// Resolves and reads the teacher (an encoder in Hugging Face layout, weights all finite).

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use candle_nn::Init;
-use distill_compress::pipeline::{Evaluator, Measured};
+use distill_compress::framework::pipeline::{Evaluator, Measured};
 use distill_compress::{
     Calibration, CalibrationTokens, Candidate, CompressError, Defaults, Length, StepHook,
 };

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use distill_compress::pipeline::{Evaluator, Measured};
+use distill_compress::framework::pipeline::{Evaluator, Measured};
 use distill_compress::{
     Calibration, CalibrationTokens, Candidate, CompressError, Defaults, Length, StepHook,
 };

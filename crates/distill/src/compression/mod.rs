@@ -1,7 +1,7 @@
 //! The `compress:` section wired to a task: a trained model, the task's [`Evaluator`]
 //! (validation perplexity or accuracy, calibration on the training split) and [`Trainer`]
 //! (healing through the learner with the run's objective), run by
-//! `distill_compress::pipeline` and rendered by [`crate::report`].
+//! `distill_compress::framework::pipeline` and rendered by [`crate::report`].
 //!
 //! The training pass lives in `distill-compress` as a pass like any other, but the training
 //! itself comes from here: compression stays free of data, losses and optimisers, and this
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Var};
 use candle_nn::VarMap;
-use distill_compress::pipeline::{self, Evaluator, Outcome, Source};
+use distill_compress::framework::pipeline::{self, Evaluator, Outcome, Source};
 use distill_compress::{
     Candidate, CompressConfig, CompressError, Defaults, Length, Output, StepHook, TensorMap,
     Trainer,

@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use distill_compress::gguf_export::Fallback;
-use distill_compress::pipeline::nonzero;
-use distill_compress::sparsity::{magnitude_prune, two_four_prune, PruneScope};
-use distill_compress::structured::{cut, Cut};
+use distill_compress::formats::gguf::export::Fallback;
+use distill_compress::framework::pipeline::nonzero;
+use distill_compress::passes::pruning::sparsity::{magnitude_prune, two_four_prune, PruneScope};
+use distill_compress::passes::pruning::structured::{cut, Cut};
 use distill_compress::TensorMap;
 use distill_compress::{
     export_gguf, tokenizer_metadata, tokenizer_metadata_from_folder, Candidate, GgufExport,
@@ -24,7 +24,7 @@ use serde::Serialize;
 use super::varmap_of;
 use crate::error::{Error, Result};
 
-pub use distill_compress::sparsity::PruneScope as Scope;
+pub use distill_compress::passes::pruning::sparsity::PruneScope as Scope;
 pub use distill_compress::GgufType;
 
 /// What to do to the model.

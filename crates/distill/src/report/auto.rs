@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use distill_compress::auto::AutoOutcome;
-use distill_compress::pipeline::Outcome;
+use distill_compress::framework::pipeline::Outcome;
 use distill_files::write_file;
 
 use super::compress::{plot, table, Reference};
@@ -37,7 +37,8 @@ pub fn verdict(o: &AutoOutcome) -> String {
             100.0 * o.base_quality
         )
     };
-    let quality = |r: &distill_compress::pipeline::Row| q(r.val_ppl.or(r.acc).unwrap_or(f64::NAN));
+    let quality =
+        |r: &distill_compress::framework::pipeline::Row| q(r.val_ppl.or(r.acc).unwrap_or(f64::NAN));
     let counts = format!(
         "{} validation measurements, {} calibration screens",
         o.evaluations, o.proxy_evaluations

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use distill_compress::pipeline::{Outcome, Row};
+use distill_compress::framework::pipeline::{Outcome, Row};
 use distill_files::write_file;
 
 use plotters::coord::ranged1d::{Ranged, ValueFormatter};
