@@ -17,12 +17,20 @@
 //! # fn demo(student: &dyn distill_models::Model, vars: &candle_nn::VarMap,
 //! #         teacher: &dyn distill_models::Model, train: &distill_train::data::BlockSet,
 //! #         valid: &distill_train::data::BlockSet) -> Result<(), distill_train::TrainError> {
-//! use distill_train::{tasks::CausalLm, training::TrainConfig, Learner};
+//! use distill_train::tasks::{CausalLm, CausalLmSetup, Student, TeacherSignal};
+//! use distill_train::{training::TrainConfig, Learner};
 //! let training = TrainConfig { steps: Some(100), ..Default::default() }
 //!     .resolve(distill_train::training::TaskKind::CausalLm, "train")?;
 //! let distill = distill_train::config::DistillConfig::default();
-//! let mut task = CausalLm::new(student, vars, Some(teacher), &distill, &training, train, valid,
-//!     &candle_core::Device::Cpu)?;
+//! let mut task = CausalLm::new(CausalLmSetup {
+//!     student: Student { model: student, varmap: vars },
+//!     teacher: Some(TeacherSignal::Online(teacher)),
+//!     distill: &distill,
+//!     training: &training,
+//!     train,
+//!     valid,
+//!     device: candle_core::Device::Cpu,
+//! })?;
 //! let outcome = Learner::new(&training, "train").checkpoints("run/checkpoints").fit(&mut task, false)?;
 //! println!("{:?}", outcome.evals.last().and_then(|e| e.get("val_ppl")));
 //! # Ok(()) }

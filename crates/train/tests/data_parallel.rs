@@ -10,7 +10,7 @@ use distill_models::{Llama, LlamaConfig};
 use distill_train::config::DistillConfig;
 use distill_train::data::BlockSet;
 use distill_train::parallel::{Communicator, InProcess};
-use distill_train::tasks::CausalLm;
+use distill_train::tasks::{CausalLm, CausalLmSetup, Student, TeacherSignal};
 use distill_train::{LearnOutcome, Learner, StopFlag, TaskKind, TrainConfig, Training};
 use support::{blocks, cfg, model, weights, Weights};
 
@@ -64,16 +64,18 @@ fn train_rank(
         vm.load(&s.init).unwrap();
     }
     let dc = DistillConfig::default();
-    let mut task = CausalLm::new(
-        &m,
-        &vm,
-        Some(&s.teacher),
-        &dc,
-        t,
-        &s.train,
-        &s.valid,
-        &Device::Cpu,
-    )
+    let mut task = CausalLm::new(CausalLmSetup {
+        student: Student {
+            model: &m,
+            varmap: &vm,
+        },
+        teacher: Some(TeacherSignal::Online(&s.teacher)),
+        distill: &dc,
+        training: t,
+        train: &s.train,
+        valid: &s.valid,
+        device: Device::Cpu,
+    })
     .unwrap();
     let mut learner = Learner::new(t, "train")
         .checkpoints(dir.join("checkpoints"))
@@ -193,16 +195,18 @@ fn a_batch_smaller_than_the_group_is_refused() {
                     let (mut vm, m) = model(&s.student);
                     vm.load(&s.init).unwrap();
                     let dc = DistillConfig::default();
-                    let mut task = CausalLm::new(
-                        &m,
-                        &vm,
-                        Some(&s.teacher),
-                        &dc,
-                        t,
-                        &s.train,
-                        &s.valid,
-                        &Device::Cpu,
-                    )
+                    let mut task = CausalLm::new(CausalLmSetup {
+                        student: Student {
+                            model: &m,
+                            varmap: &vm,
+                        },
+                        teacher: Some(TeacherSignal::Online(&s.teacher)),
+                        distill: &dc,
+                        training: t,
+                        train: &s.train,
+                        valid: &s.valid,
+                        device: Device::Cpu,
+                    })
                     .unwrap();
                     Learner::new(t, "train")
                         .checkpoints(dir.join("c"))

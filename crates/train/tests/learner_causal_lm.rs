@@ -10,7 +10,7 @@ use candle_nn::VarMap;
 use distill_models::Llama;
 use distill_train::config::DistillConfig;
 use distill_train::data::BlockSet;
-use distill_train::tasks::CausalLm;
+use distill_train::tasks::{CausalLm, CausalLmSetup, Student, TeacherSignal};
 use distill_train::{LearnOutcome, Learner, TaskKind, TrainConfig, TrainError, Training};
 use support::{blocks, cfg, model, weights};
 
@@ -67,16 +67,18 @@ fn fit(
     stop_at: Option<usize>,
 ) -> Result<(LearnOutcome, Option<f64>), TrainError> {
     let training = resolved(tc);
-    let mut task = CausalLm::new(
-        student.1,
-        student.0,
-        Some(&s.teacher),
-        dc,
-        &training,
+    let mut task = CausalLm::new(CausalLmSetup {
+        student: Student {
+            model: student.1,
+            varmap: student.0,
+        },
+        teacher: Some(TeacherSignal::Online(&s.teacher)),
+        distill: dc,
+        training: &training,
         train,
-        &s.valid,
-        &Device::Cpu,
-    )?;
+        valid: &s.valid,
+        device: Device::Cpu,
+    })?;
     let out = Learner::new(&training, "train")
         .checkpoints(dir.join("checkpoints"))
         .metrics(dir.join("metrics.jsonl"))

@@ -13,7 +13,9 @@ use distill_models::{BertClassifier, BertConfig, Pooling, VarMapWeights};
 use distill_train::classify::EncodedSet;
 use distill_train::config::DistillConfig;
 use distill_train::scoring::{argmax, predict_logits};
-use distill_train::tasks::{Classification, TeacherSignal};
+use distill_train::tasks::{
+    ClassTeacher, Classification, ClassificationSetup, Student, TeacherSignal,
+};
 use distill_train::{LearnOutcome, Learner, TaskKind, TrainConfig, Training};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -97,22 +99,24 @@ fn labels_only() -> DistillConfig {
 fn fit(
     m: &BertClassifier,
     vm: &VarMap,
-    teacher: Option<TeacherSignal>,
+    teacher: Option<ClassTeacher>,
     distill: &DistillConfig,
     training: &Training,
     data: (&EncodedSet, &EncodedSet),
 ) -> LearnOutcome {
-    let mut t = Classification::new(
-        m,
-        vm,
+    let mut t = Classification::new(ClassificationSetup {
+        student: Student {
+            model: m,
+            varmap: vm,
+        },
         teacher,
         distill,
         training,
-        data.0,
-        data.1,
-        0,
-        &Device::Cpu,
-    )
+        train: data.0,
+        valid: data.1,
+        pad_id: 0,
+        device: Device::Cpu,
+    })
     .unwrap();
     Learner::new(training, "test").fit(&mut t, false).unwrap()
 }
@@ -241,17 +245,19 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     let run = |dir: &str, resume: bool, stop_at: Option<usize>| {
         let vm = VarMap::new();
         let m = seeded_model(&vm, 21, None);
-        let mut t = Classification::new(
-            &m,
-            &vm,
-            Some(TeacherSignal::Cached(&teacher)),
-            &distill,
-            &training,
-            &train,
-            &valid,
-            0,
-            &Device::Cpu,
-        )
+        let mut t = Classification::new(ClassificationSetup {
+            student: Student {
+                model: &m,
+                varmap: &vm,
+            },
+            teacher: Some(TeacherSignal::Cached(&teacher)),
+            distill: &distill,
+            training: &training,
+            train: &train,
+            valid: &valid,
+            pad_id: 0,
+            device: Device::Cpu,
+        })
         .unwrap();
         let out = Learner::new(&training, "distill")
             .checkpoints(tmp.path().join(dir).join("checkpoints"))

@@ -7,7 +7,7 @@ use distill_models::Model;
 use distill_student::LlamaStudent;
 use distill_train::batch_probe::largest_batch;
 use distill_train::parallel::{Communicator, Single};
-use distill_train::tasks::CausalLm;
+use distill_train::tasks::{CausalLm, CausalLmSetup, Student, TeacherSignal};
 use distill_train::{LearnOutcome, Learner, Training};
 
 use super::data::RunData;
@@ -39,8 +39,8 @@ pub(crate) fn fit(
         folder.write_config(&resolved, run.resume)?;
     }
     let device = run.load.device.clone();
-    let mut task = task(run, teacher, data, student, &training)?;
     run.keep_folder();
+    let mut task = task(run, teacher, data, student, &training)?;
     let outcome = Learner::new(&training, "train")
         .checkpoints(run.run_dir.join("checkpoints"))
         .metrics(run.run_dir.join("metrics.jsonl"))
@@ -63,7 +63,7 @@ pub(crate) fn fit(
 /// The causal-LM task: against the cached targets when the data has a cache, else against
 /// the online teacher.
 fn task<'a>(
-    run: &Prepared,
+    run: &'a Prepared,
     teacher: Option<&'a dyn Model>,
     data: &'a RunData,
     student: &'a LlamaStudent,
@@ -71,26 +71,30 @@ fn task<'a>(
 ) -> Result<CausalLm<'a>> {
     let device = &run.load.device;
     Ok(match &data.cache {
-        Some(cache) => CausalLm::from_cache(
-            &student.model,
-            &student.varmap,
-            cache,
-            &run.cfg.distill,
+        Some(cache) => CausalLm::new(CausalLmSetup {
+            student: Student {
+                model: &student.model,
+                varmap: &student.varmap,
+            },
+            teacher: Some(TeacherSignal::Cached(cache)),
+            distill: &run.cfg.distill,
             training,
-            &data.train,
-            &data.valid,
-            device,
-        )?,
-        None => CausalLm::new(
-            &student.model,
-            &student.varmap,
-            teacher,
-            &run.cfg.distill,
+            train: &data.train,
+            valid: &data.valid,
+            device: device.clone(),
+        })?,
+        None => CausalLm::new(CausalLmSetup {
+            student: Student {
+                model: &student.model,
+                varmap: &student.varmap,
+            },
+            teacher: teacher.map(TeacherSignal::Online),
+            distill: &run.cfg.distill,
             training,
-            &data.train,
-            &data.valid,
-            device,
-        )?,
+            train: &data.train,
+            valid: &data.valid,
+            device: device.clone(),
+        })?,
     })
 }
 
@@ -133,16 +137,18 @@ fn probe_batch_size(
     training: &Training,
     device: &Device,
 ) -> Result<usize> {
-    let mut probe = CausalLm::new(
-        &student.model,
-        &student.varmap,
-        teacher,
-        &run.cfg.distill,
+    let mut probe = CausalLm::new(CausalLmSetup {
+        student: Student {
+            model: &student.model,
+            varmap: &student.varmap,
+        },
+        teacher: teacher.map(TeacherSignal::Online),
+        distill: &run.cfg.distill,
         training,
-        &data.train,
-        &data.valid,
-        device,
-    )?;
+        train: &data.train,
+        valid: &data.valid,
+        device: device.clone(),
+    })?;
     let params: usize = student
         .varmap
         .all_vars()

@@ -143,7 +143,7 @@ fn train_students(
     let signal = if online {
         TeacherSignal::Online(&teacher.model)
     } else {
-        TeacherSignal::Cached(&cached)
+        TeacherSignal::Cached(cached.as_slice())
     };
     let student = build_student(s, teacher)?;
     let kd = cfg.distill.alpha > 0.0 || online;

@@ -7,7 +7,7 @@ use candle_nn::VarMap;
 use distill_models::BertConfig;
 use distill_student::{save_bert_classifier, BertExport, BertStudent};
 use distill_train::config::DistillConfig;
-use distill_train::tasks::{Classification, TeacherSignal};
+use distill_train::tasks::{ClassTeacher, Classification, ClassificationSetup, Student};
 use distill_train::LearnOutcome;
 
 use super::data::{Encoded, Labelled};
@@ -33,22 +33,24 @@ impl StudentStage<'_> {
         &self,
         stage: &str,
         s: &BertStudent,
-        teacher: Option<TeacherSignal>,
+        teacher: Option<ClassTeacher>,
         distill: &DistillConfig,
         dir: &Path,
     ) -> Result<LearnOutcome> {
         let cfg = self.run.cfg;
-        let mut task = Classification::new(
-            &s.model,
-            &s.varmap,
+        let mut task = Classification::new(ClassificationSetup {
+            student: Student {
+                model: &s.model,
+                varmap: &s.varmap,
+            },
             teacher,
             distill,
-            &cfg.train,
-            &self.data.train,
-            &self.data.valid,
-            self.teacher.pad,
-            &self.run.device,
-        )?;
+            training: &cfg.train,
+            train: &self.data.train,
+            valid: &self.data.valid,
+            pad_id: self.teacher.pad,
+            device: self.run.device.clone(),
+        })?;
         let out = fit_stage(stage, &cfg.train, &mut task, self.run, self.opts)?;
         self.export(dir, &s.config, &s.varmap)?;
         Ok(out)

@@ -8,7 +8,7 @@ use distill_models::{ArchConfig, BertClassifier, BertConfig, SafetensorsWeights,
 use distill_student::{save_bert_classifier, BertExport};
 use distill_teacher::folder::HfFolder;
 use distill_teacher::{load_tokenizer, resolve, Resolved, TeacherSource};
-use distill_train::tasks::Classification;
+use distill_train::tasks::{Classification, ClassificationSetup, Student};
 
 use super::data::{Encoded, Encoding, Labelled};
 use super::prepare::Prepared;
@@ -165,17 +165,19 @@ fn finetune(
     let model = BertClassifier::load(&t.config, &src, num_labels, cfg.pooling)?;
     tracing::info!(source = %t.source, "fine-tuning the teacher");
     let only_labels = labels_only(cfg);
-    let mut task = Classification::new(
-        &model,
-        &vm,
-        None,
-        &only_labels,
-        ft,
-        &data.train,
-        &data.valid,
-        t.pad,
-        &run.device,
-    )?;
+    let mut task = Classification::new(ClassificationSetup {
+        student: Student {
+            model: &model,
+            varmap: &vm,
+        },
+        teacher: None,
+        distill: &only_labels,
+        training: ft,
+        train: &data.train,
+        valid: &data.valid,
+        pad_id: t.pad,
+        device: run.device.clone(),
+    })?;
     let out = fit_stage("finetune", ft, &mut task, run, opts)?;
     drop(task);
     let teacher_dir = run.run_dir.join("teacher");

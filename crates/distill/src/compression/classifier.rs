@@ -21,7 +21,7 @@ use distill_train::classify::{encode_examples, EncodedSet};
 use distill_train::config::DistillConfig;
 use distill_train::data::{load_labelled, split_stratified};
 use distill_train::scoring::{accuracy, mean_cross_entropy, mean_kl, predict_logits};
-use distill_train::tasks::{Classification, TeacherSignal};
+use distill_train::tasks::{Classification, ClassificationSetup, Student, TeacherSignal};
 use distill_train::Training;
 
 use super::{heal, heal_training, read_config_json, take_back, varmap_of, Prepared};
@@ -156,17 +156,19 @@ impl Trainer for ClsTrainer<'_> {
             freeze_layers: vec![],
             ..heal_training(&self.training, length, lr)
         };
-        let mut task = Classification::new(
-            &model,
-            &vm,
-            Some(TeacherSignal::Cached(targets)),
-            &self.distill,
-            &training,
-            &self.train,
-            &self.valid,
-            self.head.pad,
-            &Device::Cpu,
-        )
+        let mut task = Classification::new(ClassificationSetup {
+            student: Student {
+                model: &model,
+                varmap: &vm,
+            },
+            teacher: Some(TeacherSignal::Cached(targets)),
+            distill: &self.distill,
+            training: &training,
+            train: &self.train,
+            valid: &self.valid,
+            pad_id: self.head.pad,
+            device: Device::Cpu,
+        })
         .map_err(external)?;
         heal(&training, &mut task, after_step, self.opts.observer)?;
         drop(task);

@@ -18,7 +18,7 @@ use distill_teacher::{
 use distill_train::config::DistillConfig;
 use distill_train::data::BlockSet;
 use distill_train::scoring::perplexity;
-use distill_train::tasks::CausalLm;
+use distill_train::tasks::{CausalLm, CausalLmSetup, Student, TeacherSignal};
 use distill_train::training::Warmup;
 use distill_train::Training;
 
@@ -145,16 +145,18 @@ impl Trainer for LmTrainer<'_> {
         training.warmup = Warmup::Steps((steps / 10).max(1).min(steps));
         training.eval_every = steps;
         training.checkpoint_every = steps;
-        let mut task = CausalLm::new(
-            &student,
-            &vm,
-            Some(&teacher),
-            &self.distill,
-            &training,
-            &self.train,
-            &self.valid,
-            &Device::Cpu,
-        )
+        let mut task = CausalLm::new(CausalLmSetup {
+            student: Student {
+                model: &student,
+                varmap: &vm,
+            },
+            teacher: Some(TeacherSignal::Online(&teacher)),
+            distill: &self.distill,
+            training: &training,
+            train: &self.train,
+            valid: &self.valid,
+            device: Device::Cpu,
+        })
         .map_err(external)?;
         heal(&training, &mut task, after_step, self.opts.observer)?;
         drop(task);

@@ -17,6 +17,7 @@ use crate::losses::{ForwardKl, Loss, LossInputs};
 use crate::metrics::{next_token_nll, NllSum};
 use crate::objective::{Objective, Targets};
 use crate::task::{BatchAt, Evaluation, Losses, Task};
+use crate::tasks::{Student, TeacherSignal};
 use crate::training::Training;
 
 /// The frozen teacher's outputs on the validation blocks, computed once. Its features before a
@@ -55,20 +56,44 @@ pub struct CausalLm<'a> {
     teacher_val_ppl: Option<f64>,
 }
 
+/// The causal-LM teacher's signal: the teacher, or its top-k targets in a teacher cache.
+pub type LmTeacher<'a> = TeacherSignal<'a, &'a TargetCache>;
+
+/// What a causal-LM task trains on.
+pub struct CausalLmSetup<'a> {
+    pub student: Student<'a>,
+    /// The teacher online — needed when the objective uses it (α > 0 or hidden-state losses),
+    /// used for evaluation otherwise — or its cached targets; `None`: labels alone.
+    pub teacher: Option<LmTeacher<'a>>,
+    pub distill: &'a DistillConfig,
+    pub training: &'a Training,
+    pub train: &'a BlockSet,
+    pub valid: &'a BlockSet,
+    pub device: Device,
+}
+
 impl<'a> CausalLm<'a> {
-    /// `student` computes with the variables of `varmap`; `teacher` is needed when the
-    /// objective uses it (α > 0 or hidden-state losses) and is used for evaluation otherwise.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        student: &'a dyn Model,
-        varmap: &'a VarMap,
+    /// The task `setup` describes. From a cache, the objective must be forward KL without
+    /// hidden-state terms; the caller checks the cache against the run.
+    pub fn new(setup: CausalLmSetup<'a>) -> Result<Self, TrainError> {
+        match setup.teacher {
+            Some(TeacherSignal::Cached(cache)) => Self::from_cache(setup.student, cache, &setup),
+            Some(TeacherSignal::Online(t)) => Self::online(setup.student, Some(t), &setup),
+            None => Self::online(setup.student, None, &setup),
+        }
+    }
+
+    /// `student` against the online `teacher`, if any.
+    fn online(
+        Student {
+            model: student,
+            varmap,
+        }: Student<'a>,
         teacher: Option<&'a dyn Model>,
-        distill: &DistillConfig,
-        training: &'a Training,
-        train: &'a BlockSet,
-        valid: &'a BlockSet,
-        device: &Device,
+        s: &CausalLmSetup<'a>,
     ) -> Result<Self, TrainError> {
+        let (distill, training, train, valid, device) =
+            (s.distill, s.training, s.train, s.valid, &s.device);
         if distill.needs_teacher() && teacher.is_none() {
             return Err(TrainError::Invalid(
                 "the objective needs the teacher (alpha > 0 or hidden losses)".into(),
@@ -118,19 +143,17 @@ impl<'a> CausalLm<'a> {
     }
 
     /// A task that reads the teacher's top-k targets from `cache` (splits `train` and `valid`)
-    /// instead of running a teacher, for training and for evaluation. The objective must be
-    /// forward KL without hidden-state terms; the caller checks the cache against the run.
-    #[allow(clippy::too_many_arguments)]
-    pub fn from_cache(
-        student: &'a dyn Model,
-        varmap: &'a VarMap,
+    /// instead of running a teacher, for training and for evaluation.
+    fn from_cache(
+        Student {
+            model: student,
+            varmap,
+        }: Student<'a>,
         cache: &'a TargetCache,
-        distill: &DistillConfig,
-        training: &'a Training,
-        train: &'a BlockSet,
-        valid: &'a BlockSet,
-        device: &Device,
+        s: &CausalLmSetup<'a>,
     ) -> Result<Self, TrainError> {
+        let (distill, training, train, valid, device) =
+            (s.distill, s.training, s.train, s.valid, &s.device);
         let objective = Objective::new(
             distill,
             student.hidden_size(),

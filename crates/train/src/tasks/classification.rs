@@ -20,24 +20,34 @@ use crate::error::{Ctx, TrainError};
 use crate::objective::{Objective, Targets};
 use crate::scoring::{accuracy, mean_cross_entropy, predict_logits};
 use crate::task::{BatchAt, Evaluation, Losses, Task};
+use crate::tasks::{Student, TeacherSignal};
 use crate::training::Training;
 
 /// Keeps dropout's random stream apart from the data order's.
 const DROPOUT_STREAM: u64 = 0xD0_0D_0D_0D;
 
-/// What the student learns from besides the labels.
-pub enum TeacherSignal<'a> {
-    /// The frozen teacher's logits for every training example, in order, computed once.
-    Cached(&'a [Vec<f32>]),
-    /// The teacher itself, run on every batch (what hidden-state losses need).
-    Online(&'a dyn Model),
+/// The classification teacher's signal: the teacher, or its logits for every training
+/// example, in order, computed once.
+pub type ClassTeacher<'a> = TeacherSignal<'a, &'a [Vec<f32>]>;
+
+/// What a classification task trains on.
+pub struct ClassificationSetup<'a> {
+    pub student: Student<'a>,
+    /// `None`: labels alone (fine-tuning a teacher, the labels-only baseline).
+    pub teacher: Option<ClassTeacher<'a>>,
+    pub distill: &'a DistillConfig,
+    pub training: &'a Training,
+    pub train: &'a EncodedSet,
+    pub valid: &'a EncodedSet,
+    pub pad_id: u32,
+    pub device: Device,
 }
 
 /// A classification task: fine-tuning (no teacher) or distillation.
 pub struct Classification<'a> {
     student: &'a dyn Model,
     varmap: &'a VarMap,
-    teacher: Option<TeacherSignal<'a>>,
+    teacher: Option<ClassTeacher<'a>>,
     objective: Objective,
     train: &'a EncodedSet,
     valid: &'a EncodedSet,
@@ -48,18 +58,21 @@ pub struct Classification<'a> {
 }
 
 impl<'a> Classification<'a> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        student: &'a dyn Model,
-        varmap: &'a VarMap,
-        teacher: Option<TeacherSignal<'a>>,
-        distill: &DistillConfig,
-        training: &'a Training,
-        train: &'a EncodedSet,
-        valid: &'a EncodedSet,
-        pad_id: u32,
-        device: &Device,
-    ) -> Result<Self, TrainError> {
+    pub fn new(setup: ClassificationSetup<'a>) -> Result<Self, TrainError> {
+        let ClassificationSetup {
+            student: Student {
+                model: student,
+                varmap,
+            },
+            teacher,
+            distill,
+            training,
+            train,
+            valid,
+            pad_id,
+            device,
+        } = setup;
+        let device = &device;
         if train.is_empty() || valid.is_empty() {
             return Err(TrainError::Invalid(format!(
                 "needs training and validation examples (got {} and {})",
