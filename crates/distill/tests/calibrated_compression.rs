@@ -91,7 +91,7 @@ fn wanda_and_sparsegpt_reach_their_patterns_and_calibrated_gguf_files_load() {
             "{}",
             r.variant
         );
-        assert!(r.val_ppl.unwrap().is_finite());
+        assert!(r.val_ppl().unwrap().is_finite());
         assert!(
             r.notes.iter().any(|n| n.contains("calibration blocks")),
             "{:?}",
@@ -104,7 +104,7 @@ fn wanda_and_sparsegpt_reach_their_patterns_and_calibrated_gguf_files_load() {
         assert_eq!(last.len(), 2, "{v}");
         let file = last[1].artifact.as_ref().unwrap();
         assert!(file.ends_with(".gguf"), "{file}");
-        let (dense, gguf) = (last[0].val_ppl.unwrap(), last[1].val_ppl.unwrap());
+        let (dense, gguf) = (last[0].val_ppl().unwrap(), last[1].val_ppl().unwrap());
         assert!(
             (dense - gguf).abs() / dense < 0.05,
             "{v}: {dense} vs {gguf}"
@@ -143,7 +143,7 @@ fn an_imatrix_file_is_used_and_one_of_another_model_is_refused_by_name() {
     let a: Vec<u8> = std::fs::read(s.out.join("m.gguf")).unwrap();
     let b: Vec<u8> = std::fs::read(s.out.join("again.gguf")).unwrap();
     assert_eq!(a.len(), b.len());
-    let ppl = |c: &distill::compression::Compression| c.outcome.rows.last().unwrap().val_ppl;
+    let ppl = |c: &distill::compression::Compression| c.outcome.rows.last().unwrap().val_ppl();
     assert_eq!(
         ppl(&first),
         ppl(&again),
@@ -215,7 +215,7 @@ fn minitron_importance_narrows_heads_neurons_and_width_and_block_influence_drops
     // the final norm.
     let per_layer = 16 * 24 + 2 * 8 * 24 + 24 * 16 + 3 * 32 * 24 + 2 * 24;
     assert_eq!(narrow.params, 260 * 24 + 2 * per_layer + 24);
-    assert!(narrow.val_ppl.unwrap().is_finite());
+    assert!(narrow.val_ppl().unwrap().is_finite());
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(s.out.join("narrow/config.json")).unwrap())
             .unwrap();

@@ -119,5 +119,9 @@ output: {{dir: {r}, name: tiny}}
     let (pruned, healed) = (&rows[1], &rows[2]);
     assert_eq!(healed.steps[1], "heal 5 steps");
     assert_eq!(healed.nonzero_params, pruned.nonzero_params);
-    assert_ne!(healed.val_ppl, pruned.val_ppl, "healing trained the model");
+    assert_ne!(
+        healed.val_ppl(),
+        pruned.val_ppl(),
+        "healing trained the model"
+    );
 }

@@ -11,6 +11,7 @@ use super::config::{Budget, Target};
 use crate::error::CompressError;
 use crate::formats::folder::serialized_bytes;
 use crate::framework::pass::{Candidate, Context};
+use crate::framework::pipeline::Quality;
 use crate::framework::plan::CompressConfig;
 use crate::framework::sink::Sink;
 
@@ -51,7 +52,6 @@ pub(super) fn search(s: &AutoSearch) -> Result<AutoOutcome, CompressError> {
     let mut meter = Meter {
         eval,
         name,
-        lm: false,
         rows: vec![],
         evaluations: 0,
     };
@@ -116,7 +116,7 @@ pub(super) fn search(s: &AutoSearch) -> Result<AutoOutcome, CompressError> {
                 }
                 break;
             }
-            let gap = |i: usize| limit - meter.rows[i].acc.unwrap_or(0.0);
+            let gap = |i: usize| limit - meter.rows[i].quality;
             if closest.as_ref().is_none_or(|(j, ..)| gap(idx) < gap(*j)) {
                 closest = Some((idx, c, bi, pi));
             }
@@ -152,7 +152,7 @@ pub(super) fn search(s: &AutoSearch) -> Result<AutoOutcome, CompressError> {
         model: name.to_string(),
         budget: budget.label(),
         target: target.map(|t| t.label()),
-        task: "classification".into(),
+        quality: Quality::Accuracy,
         base_quality: m0.quality,
         limit,
         met,

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::config::{AutoConfig, Budget, Target};
 use crate::error::CompressError;
 use crate::framework::pass::{Candidate, Context, Trainer};
-use crate::framework::pipeline::{row_of, Evaluator, Measured, Row};
+use crate::framework::pipeline::{row_of, Evaluator, Measured, Quality, Row};
 use crate::framework::plan::{CompressConfig, Defaults};
 use crate::framework::sink::{Output, Sink};
 
@@ -55,8 +55,10 @@ pub struct AutoOutcome {
     pub model: String,
     pub budget: String,
     pub target: Option<String>,
-    /// `causal_lm` (quality: validation perplexity) or `classification` (accuracy, 0..1).
-    pub task: String,
+    /// How quality reads: validation perplexity (`causal_lm` in JSON) or accuracy, 0..1
+    /// (`classification`).
+    #[serde(rename = "task")]
+    pub quality: Quality,
     /// The uncompressed model's validation quality and the budget's limit.
     pub base_quality: f64,
     pub limit: f64,
@@ -83,8 +85,6 @@ pub struct AutoOutcome {
 pub(super) struct Meter<'e> {
     pub eval: &'e dyn Evaluator,
     pub name: &'e str,
-    /// A causal LM (perplexity rows) or a classifier (accuracy rows).
-    pub lm: bool,
     pub rows: Vec<Row>,
     pub evaluations: usize,
 }
@@ -100,7 +100,7 @@ impl Meter<'_> {
         self.evaluations += 1;
         let m = self.eval.measure(c)?;
         self.rows
-            .push(row_of(self.name, variant, steps, c, bytes, m, self.lm)?);
+            .push(row_of(self.name, variant, steps, c, bytes, m)?);
         tracing::info!(
             variant,
             quality = m.quality,
@@ -199,9 +199,12 @@ pub(super) fn structural_bases(
 /// The measured rows no other measured row beats on both bytes and perplexity (the written
 /// artifact's row stands for the candidate it was written from).
 pub(super) fn pareto_rows(rows: &[Row]) -> Vec<Row> {
-    // Lower is better: perplexity, or accuracy negated.
-    let q = |r: &Row| r.val_ppl.or(r.acc.map(|a| -a));
-    let mut v: Vec<&Row> = rows.iter().filter(|r| q(r).is_some()).collect();
+    // Lower is better on both axes: perplexity as it is, accuracy negated.
+    let q = |r: &Row| match r.kind {
+        Quality::Perplexity => r.quality,
+        Quality::Accuracy => -r.quality,
+    };
+    let mut v: Vec<&Row> = rows.iter().collect();
     v.sort_by(|a, b| {
         a.bytes
             .cmp(&b.bytes)
@@ -210,7 +213,7 @@ pub(super) fn pareto_rows(rows: &[Row]) -> Vec<Row> {
     let mut out: Vec<Row> = vec![];
     let mut best = f64::INFINITY;
     for r in v {
-        let p = q(r).unwrap_or(f64::INFINITY);
+        let p = q(r);
         if p < best {
             best = p;
             out.push(r.clone());

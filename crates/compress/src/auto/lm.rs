@@ -14,7 +14,7 @@ use super::options::tensor_options;
 use crate::error::CompressError;
 use crate::formats::gguf::export::{GgufType, Search};
 use crate::framework::pass::{Candidate, Context, Pass};
-use crate::framework::pipeline::{row_of, Row};
+use crate::framework::pipeline::{row_of, Quality, Row};
 use crate::framework::sink::Sink;
 use crate::passes::quantization::Calibrated;
 
@@ -60,7 +60,6 @@ pub(super) fn search(s: &AutoSearch) -> Result<AutoOutcome, CompressError> {
     let mut meter = Meter {
         eval,
         name,
-        lm: true,
         rows: vec![],
         evaluations: 0,
     };
@@ -95,7 +94,7 @@ pub(super) fn search(s: &AutoSearch) -> Result<AutoOutcome, CompressError> {
     let mut closest: Option<(usize, Candidate, usize, Choice)> = None;
     let better = |rows: &[Row], a: usize, b: usize| -> bool {
         match target {
-            Some(Target::Bytes(_)) => rows[a].val_ppl < rows[b].val_ppl,
+            Some(Target::Bytes(_)) => rows[a].quality < rows[b].quality,
             _ => rows[a].bytes < rows[b].bytes,
         }
     };
@@ -253,7 +252,7 @@ pub(super) fn search(s: &AutoSearch) -> Result<AutoOutcome, CompressError> {
             } else {
                 lo = mid + 1;
                 let rows = &meter.rows;
-                let violation = |i: usize| rows[i].val_ppl.unwrap_or(f64::INFINITY) / limit;
+                let violation = |i: usize| rows[i].quality / limit;
                 if closest
                     .as_ref()
                     .is_none_or(|(j, ..)| violation(idx) < violation(*j))
@@ -295,7 +294,7 @@ pub(super) fn search(s: &AutoSearch) -> Result<AutoOutcome, CompressError> {
         }
         let mut steps = rows[idx].steps.clone();
         steps.push(sink.label());
-        let mut row = row_of(name, "auto", &steps, &q, written.bytes, m, true)?;
+        let mut row = row_of(name, "auto", &steps, &q, written.bytes, m)?;
         row.artifact = Some(path.display().to_string());
         row.notes = written.notes;
         tracing::info!(
@@ -322,12 +321,12 @@ pub(super) fn search(s: &AutoSearch) -> Result<AutoOutcome, CompressError> {
         model: name.to_string(),
         budget: budget.label(),
         target: target.map(|t| t.label()),
-        task: "causal_lm".into(),
+        quality: Quality::Perplexity,
         base_quality: m0.quality,
         limit,
         met: met
             && best_row.as_ref().is_some_and(|r| {
-                r.val_ppl.is_some_and(|p| p <= limit)
+                r.quality <= limit
                     && match target {
                         Some(Target::Bytes(b)) => r.bytes <= b,
                         _ => true,

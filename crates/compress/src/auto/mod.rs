@@ -29,11 +29,12 @@ pub use config::{AutoConfig, Budget, Target};
 pub use frontier::{frontier, Choice, TensorOptions};
 
 use crate::error::CompressError;
+use crate::framework::pipeline::Quality;
 
 /// Searches for the smallest artifact of `s.base` within `s.budget` (or the best within its
 /// target) and writes it to `s.out`: GGUF types for a causal LM, encodings for a classifier.
 pub fn search(s: &AutoSearch) -> Result<AutoOutcome, CompressError> {
-    if s.eval.task() == "causal_lm" {
+    if s.eval.quality() == Quality::Perplexity {
         lm::search(s)
     } else {
         classifier::search(s)

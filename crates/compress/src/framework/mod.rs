@@ -6,6 +6,7 @@
 pub mod pass;
 pub mod pipeline;
 pub mod plan;
+pub mod quality;
 pub mod registry;
 pub mod sink;
 pub mod technique;

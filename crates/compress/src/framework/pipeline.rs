@@ -12,6 +12,7 @@ use crate::error::CompressError;
 use crate::formats::folder::{serialized_bytes, Stored};
 use crate::framework::pass::{Calibration, Candidate, Context, Trainer};
 use crate::framework::plan::{CompressConfig, Defaults};
+pub use crate::framework::quality::Quality;
 use crate::framework::sink::{Output, Sink};
 use crate::model::tensors::TensorMap;
 use crate::passes::pruning::sparsity::zero_share;
@@ -19,6 +20,8 @@ use crate::passes::pruning::sparsity::zero_share;
 /// Quality and speed of one model, measured by running it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Measured {
+    /// What `quality` and `speed` are.
+    pub kind: Quality,
     /// Validation perplexity (causal LM) or accuracy (classification).
     pub quality: f64,
     /// Tokens/s (causal LM) or messages/s (classification).
@@ -31,8 +34,8 @@ pub struct Measured {
 
 /// How a task measures a candidate, on validation data that calibration never sees.
 pub trait Evaluator {
-    /// `causal_lm` or `classification`: how `quality` reads (lower or higher is better).
-    fn task(&self) -> &'static str;
+    /// How its measurements read (perplexity or accuracy).
+    fn quality(&self) -> Quality;
     fn measure(&self, c: &Candidate) -> Result<Measured, CompressError>;
     /// Measures a written GGUF file as a runtime would run it (quantised matrices).
     fn measure_gguf(&self, path: &Path) -> Result<Measured, CompressError>;
@@ -50,8 +53,9 @@ pub struct Source<'a> {
     pub output: Output<'a>,
 }
 
-/// One row of the size/quality table.
-#[derive(Clone, Debug, Serialize)]
+/// One row of the size/quality table. Serialised with the quality and speed under their
+/// task's keys (`val_ppl`/`tokens_per_s` or `acc`/`msgs_per_s`).
+#[derive(Clone, Debug)]
 pub struct Row {
     pub model: String,
     pub variant: String,
@@ -62,32 +66,66 @@ pub struct Row {
     /// Bytes of the weights as written after this step (the file on disk for a variant's
     /// last step; the exact serialised size otherwise).
     pub bytes: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub val_ppl: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub acc: Option<f64>,
+    /// Validation perplexity or accuracy, and tokens/s or messages/s: what `kind` says.
+    pub kind: Quality,
+    pub quality: f64,
+    pub speed: f64,
     /// Mean KL divergence from the uncompressed model's outputs (classification).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub kl_to_uncompressed: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tokens_per_s: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub msgs_per_s: Option<f64>,
     /// The written artifact (folder or GGUF file), on a variant's last row.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub artifact: Option<String>,
     /// Notes such as GGUF fall-back types or factorisation ranks.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
     /// Seconds the step took (healing included).
     pub seconds: f64,
+}
+
+impl Row {
+    /// The validation perplexity, for a causal LM's row.
+    pub fn val_ppl(&self) -> Option<f64> {
+        (self.kind == Quality::Perplexity).then_some(self.quality)
+    }
+
+    /// The validation accuracy, for a classifier's row.
+    pub fn acc(&self) -> Option<f64> {
+        (self.kind == Quality::Accuracy).then_some(self.quality)
+    }
+}
+
+impl Serialize for Row {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (quality_key, speed_key) = self.kind.keys();
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("model", &self.model)?;
+        m.serialize_entry("variant", &self.variant)?;
+        m.serialize_entry("steps", &self.steps)?;
+        m.serialize_entry("params", &self.params)?;
+        m.serialize_entry("nonzero_params", &self.nonzero_params)?;
+        m.serialize_entry("bytes", &self.bytes)?;
+        m.serialize_entry(quality_key, &self.quality)?;
+        if let Some(kl) = self.kl_to_uncompressed {
+            m.serialize_entry("kl_to_uncompressed", &kl)?;
+        }
+        m.serialize_entry(speed_key, &self.speed)?;
+        if let Some(a) = &self.artifact {
+            m.serialize_entry("artifact", a)?;
+        }
+        if !self.notes.is_empty() {
+            m.serialize_entry("notes", &self.notes)?;
+        }
+        m.serialize_entry("seconds", &self.seconds)?;
+        m.end()
+    }
 }
 
 /// Everything a compress run produced.
 #[derive(Clone, Debug, Serialize)]
 pub struct Outcome {
     pub model: String,
-    pub task: String,
+    /// How its rows' quality reads (`causal_lm` or `classification` in JSON).
+    #[serde(rename = "task")]
+    pub quality: Quality,
     pub rows: Vec<Row>,
     /// The smallest variant within 3% perplexity (1 point accuracy) of the uncompressed model.
     pub headline: Option<Row>,
@@ -95,7 +133,7 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn is_causal_lm(&self) -> bool {
-        self.task == "causal_lm"
+        self.quality == Quality::Perplexity
     }
 }
 
@@ -118,8 +156,7 @@ pub fn nonzero(map: &TensorMap) -> Result<usize, CompressError> {
     Ok(n)
 }
 
-/// A table row for candidate `c` after `steps`, measured as `m` (`lm`: a causal LM's
-/// perplexity and tokens/s, else a classifier's accuracy and messages/s).
+/// A table row for candidate `c` after `steps`, measured as `m`.
 pub fn row_of(
     model: &str,
     variant: &str,
@@ -127,7 +164,6 @@ pub fn row_of(
     c: &Candidate,
     bytes: u64,
     m: Measured,
-    lm: bool,
 ) -> Result<Row, CompressError> {
     Ok(Row {
         model: model.to_string(),
@@ -136,11 +172,10 @@ pub fn row_of(
         params: c.weights.parameters(),
         nonzero_params: nonzero(&c.weights)?,
         bytes,
-        val_ppl: lm.then_some(m.quality),
-        acc: (!lm).then_some(m.quality),
+        kind: m.kind,
+        quality: m.quality,
+        speed: m.speed,
         kl_to_uncompressed: m.kl_to_uncompressed,
-        tokens_per_s: lm.then_some(m.speed),
-        msgs_per_s: (!lm).then_some(m.speed),
         artifact: None,
         notes: vec![],
         seconds: 0.0,
@@ -159,11 +194,9 @@ pub fn run(
     let plans = cfg.plans(defaults)?;
     // Marked as distill's: a later run may write here again; a user's folder is not.
     distill_files::container::mark_container(out, "compressed")?;
-    let task = eval.task();
-    let lm = task == "causal_lm";
     let dtype = src.output.dense_dtype;
     let row = |variant: &str, steps: &[String], c: &Candidate, bytes, m: Measured| {
-        row_of(&src.name, variant, steps, c, bytes, m, lm)
+        row_of(&src.name, variant, steps, c, bytes, m)
     };
     let base = eval.measure(&src.base)?;
     tracing::info!(
@@ -233,37 +266,21 @@ pub fn run(
             rows.push(r);
         }
     }
-    let headline = headline(&rows, lm);
+    let headline = smallest_within_budget(&rows, |_| true).cloned();
     Ok(Outcome {
         model: src.name.clone(),
-        task: task.into(),
+        quality: eval.quality(),
         rows,
         headline,
     })
 }
 
-/// The smallest final artifact within 3% of the uncompressed perplexity (or 1 point of its
-/// accuracy).
-fn headline(rows: &[Row], lm: bool) -> Option<Row> {
-    smallest_within_budget(rows, lm, |_| true).cloned()
-}
-
-/// The smallest final artifact that `accept`s and stays within the headline's quality budget:
-/// 3% of the uncompressed perplexity, or 1 point of its accuracy (`rows[0]` is uncompressed).
-pub fn smallest_within_budget(
-    rows: &[Row],
-    lm: bool,
-    accept: impl Fn(&Row) -> bool,
-) -> Option<&Row> {
+/// The smallest final artifact that `accept`s and stays within the headline's quality budget
+/// ([`Quality::within_headline_budget`]; `rows[0]` is the uncompressed model).
+pub fn smallest_within_budget(rows: &[Row], accept: impl Fn(&Row) -> bool) -> Option<&Row> {
     let base = rows.first()?;
     rows.iter()
         .filter(|r| r.artifact.is_some() && accept(r))
-        .filter(|r| {
-            if lm {
-                matches!((r.val_ppl, base.val_ppl), (Some(p), Some(b)) if p <= b * 1.03)
-            } else {
-                matches!((r.acc, base.acc), (Some(a), Some(b)) if a >= b - 0.01)
-            }
-        })
+        .filter(|r| r.kind.within_headline_budget(r.quality, base.quality))
         .min_by_key(|r| r.bytes)
 }

@@ -76,7 +76,7 @@ fn measure_artifact(
     batch: usize,
 ) -> Result<Option<ArtifactStats>> {
     let is_gguf = |r: &Row| r.artifact.as_deref().is_some_and(|p| p.ends_with(".gguf"));
-    let Some(row) = smallest_within_budget(&c.outcome.rows, true, is_gguf) else {
+    let Some(row) = smallest_within_budget(&c.outcome.rows, is_gguf) else {
         tracing::warn!(
             "no GGUF variant is within 3% of the student's perplexity: the report has no artifact"
         );

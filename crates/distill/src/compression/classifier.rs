@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use candle_nn::Init;
-use distill_compress::framework::pipeline::{Evaluator, Measured};
+use distill_compress::framework::pipeline::{Evaluator, Measured, Quality};
 use distill_compress::{
     Calibration, CalibrationTokens, Candidate, CompressError, Defaults, Length, StepHook,
 };
@@ -92,12 +92,13 @@ impl Calibration for ClsEvaluator {
 }
 
 impl Evaluator for ClsEvaluator {
-    fn task(&self) -> &'static str {
-        "classification"
+    fn quality(&self) -> Quality {
+        Quality::Accuracy
     }
     fn measure(&self, c: &Candidate) -> std::result::Result<Measured, CompressError> {
         let (logits, secs) = self.head.logits(c, &self.valid)?;
         Ok(Measured {
+            kind: Quality::Accuracy,
             quality: accuracy(&logits, &self.valid.labels),
             speed: self.valid.len() as f64 / secs,
             kl_to_uncompressed: Some(mean_kl(&self.reference, &logits)),

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use distill_compress::framework::pipeline::{Evaluator, Measured};
+use distill_compress::framework::pipeline::{Evaluator, Measured, Quality};
 use distill_compress::{
     Calibration, CalibrationTokens, Candidate, CompressError, Defaults, Length, StepHook,
 };
@@ -76,14 +76,15 @@ impl Calibration for LmEvaluator {
 }
 
 impl Evaluator for LmEvaluator {
-    fn task(&self) -> &'static str {
-        "causal_lm"
+    fn quality(&self) -> Quality {
+        Quality::Perplexity
     }
     fn measure(&self, c: &Candidate) -> std::result::Result<Measured, CompressError> {
         let m = model(c)?;
         let (quality, speed) =
             perplexity(&m, self.valid.blocks.iter().map(Vec::as_slice)).map_err(external)?;
         Ok(Measured {
+            kind: Quality::Perplexity,
             quality,
             speed,
             kl_to_uncompressed: None,
@@ -104,6 +105,7 @@ impl Evaluator for LmEvaluator {
         let (quality, speed) =
             perplexity(m, self.valid.blocks.iter().map(Vec::as_slice)).map_err(external)?;
         Ok(Measured {
+            kind: Quality::Perplexity,
             quality,
             speed,
             kl_to_uncompressed: None,

@@ -17,7 +17,7 @@ pub fn verdict(o: &AutoOutcome) -> String {
         Some(t) => format!("{} and {t}", o.budget),
         None => o.budget.clone(),
     };
-    let lm = o.task == "causal_lm";
+    let lm = o.quality == distill_compress::framework::pipeline::Quality::Perplexity;
     let q = |v: f64| {
         if lm {
             format!("perplexity {v:.2}")
@@ -37,8 +37,7 @@ pub fn verdict(o: &AutoOutcome) -> String {
             100.0 * o.base_quality
         )
     };
-    let quality =
-        |r: &distill_compress::framework::pipeline::Row| q(r.val_ppl.or(r.acc).unwrap_or(f64::NAN));
+    let quality = |r: &distill_compress::framework::pipeline::Row| q(r.quality);
     let counts = format!(
         "{} validation measurements, {} calibration screens",
         o.evaluations, o.proxy_evaluations
@@ -66,7 +65,7 @@ pub fn verdict(o: &AutoOutcome) -> String {
 pub fn write(o: &AutoOutcome, out: &Path, teacher: Option<&Reference>) -> Result<()> {
     let as_outcome = Outcome {
         model: o.model.clone(),
-        task: o.task.clone(),
+        quality: o.quality,
         rows: o.rows.clone(),
         headline: o.best.clone(),
     };
@@ -114,6 +113,6 @@ pub fn write(o: &AutoOutcome, out: &Path, teacher: Option<&Reference>) -> Result
             .as_bytes(),
     )?;
     plot(&as_outcome, &out.join("auto.svg"), teacher, &|r| {
-        r.val_ppl.is_some()
+        r.val_ppl().is_some()
     })
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use distill_compress::framework::pipeline::{Outcome, Row};
+use distill_compress::framework::pipeline::{Outcome, Quality, Row};
 use distill_files::write_file;
 
 use plotters::coord::ranged1d::{Ranged, ValueFormatter};
@@ -13,27 +13,19 @@ use super::plot::plot_err;
 use crate::error::{io, Result};
 
 fn quality_cell(r: &Row) -> String {
-    match (r.val_ppl, r.acc) {
-        (Some(p), _) => format!("{p:.2}"),
-        (_, Some(a)) => format!("{:.2}%", a * 100.0),
-        _ => "-".into(),
+    match r.kind {
+        Quality::Perplexity => format!("{:.2}", r.quality),
+        Quality::Accuracy => format!("{:.2}%", r.quality * 100.0),
     }
 }
 
 fn speed_cell(r: &Row) -> String {
-    r.tokens_per_s
-        .or(r.msgs_per_s)
-        .map(|s| format!("{s:.1}"))
-        .unwrap_or_else(|| "-".into())
+    format!("{:.1}", r.speed)
 }
 
 /// The Markdown table of the rows (one line per step).
 pub fn table(o: &Outcome) -> String {
-    let (q, s) = if o.is_causal_lm() {
-        ("val perplexity", "tokens/s")
-    } else {
-        ("val accuracy", "msgs/s")
-    };
+    let (q, s) = o.quality.columns();
     let mut t = format!(
         "| variant | step | parameters | non-zero | bytes | {q} | {s} |\n|---|---|---:|---:|---:|---:|---:|\n"
     );
@@ -59,7 +51,7 @@ pub fn headline_text(o: &Outcome) -> String {
     match &o.headline {
         Some(h) => format!(
             "Smallest artifact within {}: **{}** ({}), {:.2} MB ({:.1}x smaller than {:.2} MB), {} {}, {} {}.",
-            if lm { "3% of the uncompressed validation perplexity" } else { "1 point of the uncompressed validation accuracy" },
+            o.quality.headline_budget().trim_start_matches("within "),
             h.variant,
             h.steps.join(" → "),
             h.bytes as f64 / 1e6,
@@ -149,7 +141,12 @@ pub(crate) fn plot(
     include: &dyn Fn(&Row) -> bool,
 ) -> Result<()> {
     let lm = o.is_causal_lm();
-    let q_of = |r: &Row| r.val_ppl.or(r.acc.map(|a| a * 100.0));
+    let q_of = |r: &Row| {
+        Some(match r.kind {
+            Quality::Perplexity => r.quality,
+            Quality::Accuracy => r.quality * 100.0,
+        })
+    };
     let Some(base) = o.rows.first().and_then(|r| {
         Some(Point {
             name: "uncompressed".into(),
@@ -376,11 +373,10 @@ mod tests {
             params: 10,
             nonzero_params: 10,
             bytes,
-            val_ppl: Some(ppl),
-            acc: None,
+            kind: Quality::Perplexity,
+            quality: ppl,
+            speed: 1.0,
             kl_to_uncompressed: None,
-            tokens_per_s: Some(1.0),
-            msgs_per_s: None,
             artifact: artifact.then(|| format!("{variant}.gguf")),
             notes: vec![],
             seconds: 0.0,
@@ -391,7 +387,7 @@ mod tests {
     fn the_size_quality_plot_numbers_points_keys_them_and_renders() {
         let o = Outcome {
             model: "student".into(),
-            task: "causal_lm".into(),
+            quality: Quality::Perplexity,
             rows: vec![
                 row("uncompressed", 198_000_000, 213.0, false),
                 row("q4_0-gptq", 29_700_000, 217.8, true),
