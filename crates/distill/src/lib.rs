@@ -33,7 +33,6 @@
 pub mod auto;
 pub mod causal_lm;
 pub mod classification;
-pub mod classifier;
 pub mod compression;
 mod data;
 mod env;
@@ -45,6 +44,7 @@ pub mod models;
 mod options;
 pub mod report;
 mod run_dir;
+pub mod saved_classifier;
 pub mod teacher_cache;
 mod text_ids;
 pub mod vocab;

@@ -17,6 +17,14 @@ use crate::encoded::{
 };
 use crate::error::{ModelError, Result, TensorContext};
 
+/// The variables of `vm`, locked. A lock poisoned by a panic elsewhere still holds whole
+/// tensors (a panic never leaves one half-written), so it is taken as it is.
+pub fn vars(
+    vm: &VarMap,
+) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, candle_core::Var>> {
+    vm.data().lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A provider of named tensors for building a model.
 pub trait WeightSource {
     /// Human-readable name used in errors (a file path, or "trainable variables").
@@ -433,11 +441,7 @@ impl VarMapWeights {
             .context(|| format!("trainable variable `{name}` of shape {shape:?}"))?;
         let var =
             candle_core::Var::from_tensor(&t).context(|| format!("trainable variable `{name}`"))?;
-        self.varmap
-            .data()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), var);
+        vars(&self.varmap).insert(name.to_string(), var);
         Ok(())
     }
 
@@ -461,11 +465,7 @@ impl WeightSource for VarMapWeights {
     }
     /// Whether the variable exists already (a missing one is created on first use).
     fn contains(&self, name: &str) -> bool {
-        self.varmap
-            .data()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(name)
+        vars(&self.varmap).contains_key(name)
     }
     fn tensor(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
         if let (Some(seed), Init::Randn { mean, stdev }) = (self.seed, init) {

@@ -156,7 +156,7 @@ pub(crate) fn varmap_from(
 ) -> Result<VarMap, StudentError> {
     let varmap = VarMap::new();
     {
-        let mut data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
+        let mut data = distill_models::weights::vars(&varmap);
         for (name, t) in init {
             let t = t
                 .to_device(device)

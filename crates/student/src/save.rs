@@ -46,10 +46,7 @@ pub(crate) fn write_folder_atomically(
 
 /// Saves the variables of `varmap` as `model.safetensors` in `dir`, converted to `dtype`.
 pub(crate) fn save_varmap(dir: &Path, varmap: &VarMap, dtype: DType) -> Result<u64, StudentError> {
-    let tensors: HashMap<String, Tensor> = varmap
-        .data()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    let tensors: HashMap<String, Tensor> = distill_models::weights::vars(varmap)
         .iter()
         .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(dtype)?.contiguous()?)))
         .collect::<candle_core::Result<_>>()

@@ -38,13 +38,11 @@
 
 pub mod batch_probe;
 pub mod checkpoint;
-pub mod classify;
 pub mod config;
 pub mod data;
 mod error;
 pub mod learner;
 pub mod losses;
-pub mod metrics;
 pub mod objective;
 pub mod optim;
 pub mod parallel;

@@ -134,9 +134,7 @@ impl Objective {
     /// everything a run trains and checkpoints.
     pub fn variables_with(&self, student: &VarMap) -> BTreeMap<String, Var> {
         let named = |vm: &VarMap, prefix: &str| -> Vec<(String, Var)> {
-            vm.data()
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            distill_models::weights::vars(vm)
                 .iter()
                 .map(|(k, v)| (format!("{prefix}{k}"), v.clone()))
                 .collect()

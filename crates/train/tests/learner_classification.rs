@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use distill_models::{BertClassifier, BertConfig, Pooling, VarMapWeights};
-use distill_train::classify::EncodedSet;
 use distill_train::config::DistillConfig;
+use distill_train::data::EncodedSet;
 use distill_train::scoring::{argmax, predict_logits};
 use distill_train::tasks::{
     ClassTeacher, Classification, ClassificationSetup, Student, TeacherSignal,

@@ -10,7 +10,7 @@ use candle_nn::{Init, VarMap};
 use distill_models::{
     BertClassifier, BertConfig, Pooling, SafetensorsWeights, VarMapWeights, WeightSource,
 };
-use distill_train::classify::encode_examples;
+use distill_train::data::encode_examples;
 use distill_train::data::{
     load_labelled, split_stratified, Example, LabelledDataConfig, LabelledSource, TextFormat,
 };

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use distill::classifier::evaluate_labelled;
+use distill::eval::evaluate_labelled;
 use distill::eval::{evaluate_text, TextEvalOptions};
 
 use super::ModelArgs;

@@ -1,7 +1,7 @@
 //! The data stage: labelled examples split by class (the split written as `split.json`), then
 //! encoded with the teacher's tokenizer up to the length it was trained for.
 
-use distill_train::classify::{encode_examples, EncodedSet};
+use distill_train::data::{encode_examples, EncodedSet};
 use distill_train::data::{load_labelled, split_stratified, LabelledSet, LabelledSplit};
 
 use super::prepare::Prepared;

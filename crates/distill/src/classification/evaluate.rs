@@ -6,14 +6,15 @@ use std::time::Instant;
 
 use candle_core::Device;
 use distill_models::{pad_batch, Input, Model};
-use distill_train::classify::{Confusion, EncodedSet};
+use distill_train::data::EncodedSet;
+use distill_train::scoring::Confusion;
 use distill_train::scoring::{argmaxes, predict_logits};
 use distill_train::Event;
 
-use crate::classifier::load_classifier;
 use crate::error::Result;
 use crate::options::RunOptions;
 use crate::report::ModelRow;
+use crate::saved_classifier::load_classifier;
 
 /// Scores each `(role, folder)` of `models` on `test`, with agreement against the teacher's
 /// predictions `teacher_pred`.

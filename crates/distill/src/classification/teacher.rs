@@ -13,10 +13,10 @@ use distill_train::tasks::{Classification, ClassificationSetup, Student};
 use super::data::{Encoded, Encoding, Labelled};
 use super::prepare::Prepared;
 use super::stages::{fit_stage, labels_only};
-use crate::classifier::{labels_of, pad_id};
 use crate::error::{Context, Error, Result};
 use crate::options::RunOptions;
 use crate::report::StageReport;
+use crate::saved_classifier::{labels_of, pad_id};
 
 /// The teacher's files: its config, tokenizer and weights.
 pub(crate) struct TeacherFolder {
@@ -214,7 +214,7 @@ fn variables_of(st: &SafetensorsWeights) -> Result<VarMap> {
     use distill_models::WeightSource;
     let vm = VarMap::new();
     let tprefix = distill_models::encoder_prefix(st);
-    let mut data = vm.data().lock().unwrap_or_else(|p| p.into_inner());
+    let mut data = distill_models::weights::vars(&vm);
     for (name, _, shape) in st.tensor_infos() {
         if name.ends_with("position_ids") {
             continue;

@@ -17,18 +17,18 @@ use distill_compress::{TensorMap, Trainer};
 use distill_models::{
     ArchConfig, BertClassifier, Pooling, SafetensorsWeights, VarMapWeights, WeightSource,
 };
-use distill_train::classify::{encode_examples, EncodedSet};
 use distill_train::config::DistillConfig;
+use distill_train::data::{encode_examples, EncodedSet};
 use distill_train::data::{load_labelled, split_stratified};
 use distill_train::scoring::{accuracy, mean_cross_entropy, mean_kl, predict_logits};
 use distill_train::tasks::{Classification, ClassificationSetup, Student, TeacherSignal};
 use distill_train::Training;
 
 use super::{heal, heal_training, read_config_json, take_back, varmap_of, Prepared};
-use crate::classifier::load_classifier;
 use crate::error::{external, Context, Error, Result};
 use crate::job::ClassifyConfig;
 use crate::options::RunOptions;
+use crate::saved_classifier::load_classifier;
 
 /// Training examples calibration uses (layer ranking).
 const CALIBRATION_EXAMPLES: usize = 256;

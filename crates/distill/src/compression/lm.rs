@@ -31,17 +31,8 @@ use crate::options::RunOptions;
 /// Calibration blocks whose loss ranks layers (each candidate layer is scored by running it).
 const LOSS_BLOCKS: usize = 8;
 
-fn llama(arch: &ArchConfig) -> std::result::Result<&LlamaConfig, CompressError> {
-    match arch {
-        ArchConfig::Llama(c) => Ok(c),
-        ArchConfig::Bert(_) => Err(CompressError::Unsupported(
-            "expected a Llama-family decoder".into(),
-        )),
-    }
-}
-
 fn model(c: &Candidate) -> std::result::Result<Llama, CompressError> {
-    Ok(Llama::load(llama(&c.arch)?, &c.weights)?)
+    Ok(Llama::load(c.llama()?, &c.weights)?)
 }
 
 struct LmEvaluator {
@@ -133,7 +124,7 @@ impl Trainer for LmTrainer<'_> {
         lr: Option<f64>,
         after_step: StepHook,
     ) -> std::result::Result<(), CompressError> {
-        let cfg = llama(&c.arch)?.clone();
+        let cfg = c.llama()?.clone();
         let vm = varmap_of(&c.weights).map_err(external)?;
         let student = Llama::load(&cfg, &VarMapWeights::new(&vm, DType::F32, &Device::Cpu))?;
         let teacher = model(&self.teacher)?;

@@ -206,7 +206,7 @@ pub(crate) fn heal(
 pub(crate) fn varmap_of(map: &TensorMap) -> Result<VarMap> {
     let vm = VarMap::new();
     {
-        let mut data = vm.data().lock().unwrap_or_else(|p| p.into_inner());
+        let mut data = distill_models::weights::vars(&vm);
         for (n, t) in &map.tensors {
             data.insert(n.clone(), Var::from_tensor(&t.copy()?)?);
         }
@@ -216,7 +216,7 @@ pub(crate) fn varmap_of(map: &TensorMap) -> Result<VarMap> {
 
 /// Copies trained variables back into `map` (the heal pass's hook kept pruned zeros zero).
 pub(crate) fn take_back(map: &mut TensorMap, vm: &VarMap) {
-    let data = vm.data().lock().unwrap_or_else(|p| p.into_inner());
+    let data = distill_models::weights::vars(vm);
     for (n, t) in map.tensors.iter_mut() {
         if let Some(v) = data.get(n) {
             *t = v.as_tensor().detach();

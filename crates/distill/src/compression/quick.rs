@@ -129,13 +129,6 @@ fn check_outputs(model: &str, q: &QuickCompress) -> Result<()> {
 /// Tokens per measuring window.
 const BLOCK: usize = 128;
 
-fn llama(c: &Candidate) -> &LlamaConfig {
-    match &c.arch {
-        ArchConfig::Llama(l) => l,
-        ArchConfig::Bert(_) => unreachable!("the quick path loads decoders only"),
-    }
-}
-
 /// Runs `q` on the Llama-family model at `model` (folder, hub repo, or GGUF dequantised).
 pub fn quick_compress(model: &str, q: &QuickCompress) -> Result<QuickOutcome> {
     check_outputs(model, q)?;
@@ -205,7 +198,7 @@ pub fn quick_compress(model: &str, q: &QuickCompress) -> Result<QuickOutcome> {
         "original".into(),
         &c,
         Some(teacher.bytes_on_disk()),
-        quality(&Llama::load(llama(&c), &c.weights)?)?,
+        quality(&Llama::load(c.llama()?, &c.weights)?)?,
     )?];
     drop(teacher);
 
@@ -262,7 +255,7 @@ pub fn quick_compress(model: &str, q: &QuickCompress) -> Result<QuickOutcome> {
         bytes = Some(save_hf(
             out,
             &HfExport {
-                config: llama(&c),
+                config: c.llama()?,
                 varmap: &vm,
                 tokenizer: &tokenizer.tokenizer,
                 bos_token_id: tokenizer.info.bos_token_id,
@@ -272,7 +265,7 @@ pub fn quick_compress(model: &str, q: &QuickCompress) -> Result<QuickOutcome> {
         )?);
     }
     if !steps.is_empty() {
-        let q = quality(&Llama::load(llama(&c), &c.weights)?)?;
+        let q = quality(&Llama::load(c.llama()?, &c.weights)?)?;
         rows.push(row(steps.join(" + "), &c, bytes, q)?);
     }
 
@@ -284,13 +277,13 @@ pub fn quick_compress(model: &str, q: &QuickCompress) -> Result<QuickOutcome> {
         let tokenizer = match (&q.tokenizer_from, &resolved) {
             (Some(p), _) | (None, Resolved::Gguf(p)) => tokenizer_metadata(p)?,
             (None, Resolved::Folder(f)) => {
-                tokenizer_metadata_from_folder(&f.dir, llama(&c).vocab_size)?
+                tokenizer_metadata_from_folder(&f.dir, c.llama()?.vocab_size)?
             }
         };
         let summary = export_gguf(
             path,
             &GgufExport {
-                config: llama(&c),
+                config: c.llama()?,
                 weights: &c.weights,
                 tokenizer,
                 qtype,
@@ -327,7 +320,7 @@ pub fn quick_compress(model: &str, q: &QuickCompress) -> Result<QuickOutcome> {
     }
     Ok(QuickOutcome {
         model: model.to_string(),
-        config: llama(&c).clone(),
+        config: c.llama()?.clone(),
         rows,
         gguf_fallbacks: fallbacks,
     })

@@ -1,8 +1,8 @@
 //! The report of a classification run, as data and as `report.md` / `report.json`: every
 //! model read back from its exported folder and scored on the test split.
 
-use distill_train::classify::{ClassMetrics, Confusion};
 use distill_train::data::Skipped;
+use distill_train::scoring::{ClassMetrics, Confusion};
 use distill_train::LearnOutcome;
 use serde::Serialize;
 

@@ -1,15 +1,19 @@
-//! Training data for causal-LM distillation: documents from text files, folders and JSONL,
-//! split into train and validation by whole documents (seeded), tokenised with the teacher's
-//! tokenizer, and packed into fixed-length blocks with EOS between documents.
+//! Training data. Causal-LM distillation: documents from text files, folders and JSONL, split
+//! into train and validation by whole documents (seeded), tokenised with the teacher's
+//! tokenizer, and packed into fixed-length blocks with EOS between documents. Classification:
+//! labelled examples (e-mail folders, JSONL, CSV) split by class and encoded with the
+//! tokenizer's own special tokens, cut to a length.
 
 mod documents;
 mod email;
+mod encode;
 mod labelled;
 mod pack;
 mod split;
 
 pub use documents::{load_documents, DataError, Document, DocumentSource};
 pub use email::{email_text, EmailOptions, EmailText, Undecodable};
+pub use encode::{encode_examples, EncodedSet};
 pub use labelled::{
     load_labelled, split_stratified, Example, LabelledDataConfig, LabelledSet, LabelledSource,
     LabelledSplit, Skipped, TextFormat,

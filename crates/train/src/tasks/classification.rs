@@ -13,9 +13,9 @@ use distill_models::{pad_batch, Input, Model};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::classify::EncodedSet;
 use crate::config::DistillConfig;
 use crate::data::epoch_order;
+use crate::data::EncodedSet;
 use crate::error::{Ctx, TrainError};
 use crate::objective::{Objective, Targets};
 use crate::scoring::{accuracy, mean_cross_entropy, predict_logits};

@@ -338,10 +338,7 @@ mod tests {
     }
 
     fn llama(c: &Candidate) -> &LlamaConfig {
-        match &c.arch {
-            ArchConfig::Llama(l) => l,
-            ArchConfig::Bert(_) => unreachable!(),
-        }
+        c.llama().unwrap()
     }
 
     #[test]

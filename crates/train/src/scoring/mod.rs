@@ -1,16 +1,21 @@
 //! Scoring a model by running it, shared by training evaluation, compression and `distill
-//! eval`: perplexity over blocks, class logits of a labelled set, accuracy, cross-entropy and
-//! argmax over rows of logits (all in f64 where they sum).
+//! eval`: perplexity over blocks (from next-token NLL, [`nll`]), class logits of a labelled
+//! set, accuracy, cross-entropy and argmax over rows of logits (all in f64 where they sum), and
+//! a report's per-class F1 and confusion matrix ([`confusion`]).
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use distill_models::{pad_batch, Input, Model};
 
-use crate::classify::EncodedSet;
-use crate::data::BlockSet;
+mod confusion;
+mod nll;
+
+pub use confusion::{ClassMetrics, Confusion};
+pub use nll::{next_token_nll, NllSum};
+
+use crate::data::{BlockSet, EncodedSet};
 use crate::error::{Ctx, TrainError};
-use crate::metrics::{next_token_nll, NllSum};
 
 /// Index of the largest value of a row (the first of equal maxima).
 pub fn argmax(row: &[f32]) -> usize {

@@ -1,7 +1,7 @@
 //! Labelled examples to token ids: the tokenizer's own special tokens ([CLS] … [SEP]), the
 //! head of a long text kept up to `max_length` with the closing special tokens.
 
-use crate::data::Example;
+use super::Example;
 use crate::error::TrainError;
 
 /// Token ids and labels of a set of examples.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use distill_teacher::{pad_batch, GgufCompute, LoadOptions, Teacher, TeacherSource};
-use distill_train::metrics::{next_token_nll, NllSum};
+use distill_train::scoring::{next_token_nll, NllSum};
 use distill_train::{Event, Observer};
 use serde::Serialize;
 

@@ -1,0 +1,9 @@
+//! `distill eval`: how well a model does on data — a causal LM's perplexity and speed on a
+//! text ([`text`]), a classifier's accuracy and confusion matrix on labelled examples
+//! ([`labelled`]).
+
+mod labelled;
+mod text;
+
+pub use labelled::{evaluate_labelled, LabelledEval};
+pub use text::{damaged, evaluate_text, TextEval, TextEvalOptions};
