@@ -14,7 +14,7 @@ use distill_models::{Input, Model};
 use distill_teacher::{CacheConfig, LoadOptions, LoadedTokenizer, Teacher, TeacherSource};
 use distill_train::data::BlockSet;
 use distill_train::tasks::blocks_read;
-use distill_train::Event;
+use distill_train::{Event, Observer, StopFlag};
 use rayon::prelude::*;
 
 use crate::data::build_data;
@@ -158,50 +158,33 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
     let layout = Layout::new(c.top_k(), vocab, c.logprob_bits())
         .and_then(|l| l.with_tail_samples(c.tail_samples()))
         .context("teacher.cache")?;
-    let as_u32 = |v: &[usize]| v.iter().map(|&b| b as u32).collect::<Vec<_>>();
     let split_data = |split: usize| if split == 0 { &train } else { &valid };
     let (rank, world) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
-    // Rank 0 opens (checks, resumes) the cache while the others wait; they then follow its
-    // manifest.
-    let opened = if rank == 0 {
-        let mut b = CacheBuilder::open(
-            &dir,
-            identity,
-            layout,
-            &[
-                SplitRequest {
-                    name: TRAIN,
-                    data: &train.blocks,
-                    blocks: as_u32(&tr),
-                },
-                SplitRequest {
-                    name: VALID,
-                    data: &valid.blocks,
-                    blocks: as_u32(&va),
-                },
-            ],
-            SHARD_BLOCKS,
-        )
-        .context("teacher.cache")?;
-        adopt_written(&mut b, &split_data)?;
-        Some(b)
-    } else {
-        None
-    };
-    if let Some(c) = &comm {
-        c.barrier()?;
-    }
-    let mut builder = match opened {
-        Some(b) => b,
-        None => CacheBuilder::follow(&dir).context("teacher.cache")?,
-    };
+    let requests = [
+        SplitRequest {
+            name: TRAIN,
+            data: &train.blocks,
+            blocks: tr.iter().map(|&b| b as u32).collect(),
+        },
+        SplitRequest {
+            name: VALID,
+            data: &valid.blocks,
+            blocks: va.iter().map(|&b| b as u32).collect(),
+        },
+    ];
+    let mut builder = open_shared(
+        &dir,
+        identity,
+        layout,
+        &requests,
+        comm.as_deref(),
+        &split_data,
+    )?;
     // Every rank sees the same pending shards and takes every `world`-th of them.
     let all_jobs = builder.pending();
     let jobs: Vec<_> = all_jobs.iter().skip(rank).step_by(world).cloned().collect();
-    let total = (tr.len() + va.len()) as u64;
     let pending: usize = all_jobs.iter().map(|j| j.entries.len()).sum();
     let mine: usize = jobs.iter().map(|j| j.entries.len()).sum();
-    let mut done = total - pending as u64;
     if world > 1 {
         tracing::info!(
             rank,
@@ -211,14 +194,6 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
             "this rank's share of the teacher cache"
         );
     }
-    let stage = "cache-teacher";
-    opts.observer.event(&Event::Started {
-        stage,
-        unit: "blocks",
-        // A rank of a group counts its own share.
-        total: done + mine as u64,
-        done,
-    });
     tracing::info!(
         dir = %dir.display(),
         top_k = layout.top_k,
@@ -228,63 +203,43 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
         pending,
         "teacher cache"
     );
-    let batch = cfg.train.batch_size.max(1);
-    let (mut teacher_seconds, mut teacher_tokens) = (0f64, 0usize);
-    let mut interrupted = false;
-    let mut shards_made = 0;
-    for job in &jobs {
-        if opts.stop.is_set() {
-            interrupted = true;
-            break;
-        }
-        let data = split_data(job.split);
-        let blocks: Vec<usize> = builder.blocks(job).iter().map(|&b| b as usize).collect();
-        let s = data.block_size;
-        let rb = layout.record_bytes;
-        let mut records = vec![0u8; blocks.len() * (s - 1) * rb];
-        for (ci, chunk) in blocks.chunks(batch).enumerate() {
-            let t0 = Instant::now();
-            let logits = teacher_logits(lm, data, chunk)?;
-            teacher_seconds += t0.elapsed().as_secs_f64();
-            teacher_tokens += chunk.len() * s;
-            let first = ci * batch * (s - 1) * rb;
-            let out = &mut records[first..first + chunk.len() * (s - 1) * rb];
-            encode_rows(
-                &logits,
-                data,
-                chunk,
-                job.split as u64,
-                vocab,
-                &layout,
-                cfg.distill.temperature as f32,
-                out,
-            )?;
-            done += chunk.len() as u64;
-            opts.observer.event(&Event::Progress { stage, done });
-        }
-        if world > 1 {
-            builder.write_file(job, &records)
-        } else {
-            builder.write(job, &data.blocks, &records)
-        }
-        .context("teacher.cache")?;
-        shards_made += 1;
-    }
-    opts.observer.event(&Event::Finished { stage });
+    let maker = ShardMaker {
+        lm,
+        enc: Encoding {
+            layout,
+            vocab,
+            temperature: cfg.distill.temperature as f32,
+        },
+        batch: cfg.train.batch_size.max(1),
+        world,
+        stage: "cache-teacher",
+        observer: opts.observer,
+    };
+    let done = (tr.len() + va.len() - pending) as u64;
+    opts.observer.event(&Event::Started {
+        stage: maker.stage,
+        unit: "blocks",
+        // A rank of a group counts its own share.
+        total: done + mine as u64,
+        done,
+    });
+    let mut made = maker.make(&mut builder, &jobs, &split_data, done, &opts.stop)?;
+    opts.observer.event(&Event::Finished { stage: maker.stage });
     if let Some(c) = &comm {
         // Every rank's files are written (or it stopped); rank 0 records them in order. A
         // rank stopped early leaves the cache unfinished for every rank.
         let stopped = c.all_reduce_sum(&candle_core::Tensor::new(
-            &[f32::from(u8::from(interrupted))],
+            &[f32::from(u8::from(made.interrupted))],
             &candle_core::Device::Cpu,
         )?)?;
-        interrupted = stopped.to_vec1::<f32>()?[0] > 0.0;
+        made.interrupted = stopped.to_vec1::<f32>()?[0] > 0.0;
         if rank == 0 {
             adopt_written(&mut builder, &split_data)?;
         }
     }
-    let speed = (teacher_seconds > 0.0).then(|| teacher_tokens as f64 / teacher_seconds);
-    let manifest = if interrupted || rank != 0 {
+    let speed =
+        (made.teacher_seconds > 0.0).then(|| made.teacher_tokens as f64 / made.teacher_seconds);
+    let manifest = if made.interrupted || rank != 0 {
         builder.manifest().clone()
     } else {
         builder.finish(speed).context("teacher.cache")?
@@ -295,11 +250,130 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
         bytes: shard_bytes(&dir, &manifest),
         dir,
         manifest,
-        shards_made,
+        shards_made: made.shards,
         positions,
         seconds: started.elapsed().as_secs_f64(),
-        interrupted,
+        interrupted: made.interrupted,
     })
+}
+
+/// The cache in `dir`, opened (checked, resumed) by rank 0 while the others wait; they then
+/// follow its manifest.
+fn open_shared<'a>(
+    dir: &Path,
+    identity: distill_cache::Identity,
+    layout: Layout,
+    requests: &[SplitRequest],
+    comm: Option<&dyn distill_train::parallel::Communicator>,
+    split_data: &impl Fn(usize) -> &'a BlockSet,
+) -> Result<CacheBuilder> {
+    let rank = comm.map_or(0, |c| c.rank());
+    let opened = if rank == 0 {
+        let mut b = CacheBuilder::open(dir, identity, layout, requests, SHARD_BLOCKS)
+            .context("teacher.cache")?;
+        adopt_written(&mut b, split_data)?;
+        Some(b)
+    } else {
+        None
+    };
+    if let Some(c) = comm {
+        c.barrier()?;
+    }
+    Ok(match opened {
+        Some(b) => b,
+        None => CacheBuilder::follow(dir).context("teacher.cache")?,
+    })
+}
+
+/// How the teacher's rows become cache records.
+struct Encoding {
+    layout: Layout,
+    vocab: usize,
+    temperature: f32,
+}
+
+/// Runs the teacher on shards and writes their records.
+struct ShardMaker<'a> {
+    lm: &'a dyn Model,
+    enc: Encoding,
+    /// Blocks per teacher forward.
+    batch: usize,
+    world: usize,
+    stage: &'static str,
+    observer: &'a dyn Observer,
+}
+
+/// What a session of making shards did.
+struct Made {
+    shards: usize,
+    interrupted: bool,
+    teacher_seconds: f64,
+    teacher_tokens: usize,
+}
+
+impl ShardMaker<'_> {
+    /// Makes `jobs` in order until done or `stop` is set; `done` blocks were made before.
+    fn make<'d>(
+        &self,
+        builder: &mut CacheBuilder,
+        jobs: &[distill_cache::ShardJob],
+        split_data: &impl Fn(usize) -> &'d BlockSet,
+        mut done: u64,
+        stop: &StopFlag,
+    ) -> Result<Made> {
+        let mut made = Made {
+            shards: 0,
+            interrupted: false,
+            teacher_seconds: 0.0,
+            teacher_tokens: 0,
+        };
+        for job in jobs {
+            if stop.is_set() {
+                made.interrupted = true;
+                break;
+            }
+            let data = split_data(job.split);
+            let blocks: Vec<usize> = builder.blocks(job).iter().map(|&b| b as usize).collect();
+            let records = self.records(data, &blocks, job.split as u64, &mut made, &mut done)?;
+            if self.world > 1 {
+                builder.write_file(job, &records)
+            } else {
+                builder.write(job, &data.blocks, &records)
+            }
+            .context("teacher.cache")?;
+            made.shards += 1;
+        }
+        Ok(made)
+    }
+
+    /// The records of `blocks` of `data` (split `split`), the teacher run a batch at a time.
+    fn records(
+        &self,
+        data: &BlockSet,
+        blocks: &[usize],
+        split: u64,
+        made: &mut Made,
+        done: &mut u64,
+    ) -> Result<Vec<u8>> {
+        let s = data.block_size;
+        let rb = self.enc.layout.record_bytes;
+        let mut records = vec![0u8; blocks.len() * (s - 1) * rb];
+        for (ci, chunk) in blocks.chunks(self.batch).enumerate() {
+            let t0 = Instant::now();
+            let logits = teacher_logits(self.lm, data, chunk)?;
+            made.teacher_seconds += t0.elapsed().as_secs_f64();
+            made.teacher_tokens += chunk.len() * s;
+            let first = ci * self.batch * (s - 1) * rb;
+            let out = &mut records[first..first + chunk.len() * (s - 1) * rb];
+            encode_rows(&logits, data, chunk, split, &self.enc, out)?;
+            *done += chunk.len() as u64;
+            self.observer.event(&Event::Progress {
+                stage: self.stage,
+                done: *done,
+            });
+        }
+        Ok(records)
+    }
 }
 
 /// Records the pending shards whose files are already written (by the ranks of a group, now
@@ -343,17 +417,15 @@ fn teacher_logits(lm: &dyn Model, data: &BlockSet, blocks: &[usize]) -> Result<V
 
 /// Encodes every position but the last of each block into `out`, in parallel. Tail draws are
 /// seeded by split, block and position, so a cache made again (or resumed) is the same.
-#[allow(clippy::too_many_arguments)]
 fn encode_rows(
     logits: &[f32],
     data: &BlockSet,
     blocks: &[usize],
     split: u64,
-    vocab: usize,
-    layout: &Layout,
-    temperature: f32,
+    enc: &Encoding,
     out: &mut [u8],
 ) -> Result<()> {
+    let (layout, vocab, temperature) = (&enc.layout, enc.vocab, enc.temperature);
     let s = data.block_size;
     out.par_chunks_mut(layout.record_bytes)
         .enumerate()

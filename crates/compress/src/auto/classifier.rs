@@ -6,13 +6,13 @@
 
 use std::time::Instant;
 
-use super::common::{pareto_rows, structural_bases, AutoOutcome, AutoSearch, Meter};
+use super::common::{pareto_rows, structural_bases, AutoOutcome, AutoSearch, Base, Meter};
 use super::config::{Budget, Target};
 use crate::error::CompressError;
 use crate::formats::folder::serialized_bytes;
 use crate::framework::pass::{Candidate, Context};
 use crate::framework::pipeline::Quality;
-use crate::framework::plan::CompressConfig;
+use crate::framework::plan::{CompressConfig, Plan, Variant};
 use crate::framework::sink::Sink;
 
 pub(super) fn search(s: &AutoSearch) -> Result<AutoOutcome, CompressError> {
@@ -29,18 +29,7 @@ pub(super) fn search(s: &AutoSearch) -> Result<AutoOutcome, CompressError> {
     } = *s;
     let (budget, target) = (s.budget, s.target);
     let t0 = Instant::now();
-    if !matches!(budget, Budget::AccPoints(_)) {
-        return Err(CompressError::Config {
-            key: "--budget".into(),
-            msg: "a classifier is budgeted in accuracy: acc:-Npt".into(),
-        });
-    }
-    if cfg.encodings.is_empty() {
-        return Err(CompressError::Config {
-            key: "auto.encodings".into(),
-            msg: "is empty: a classifier needs at least one encoding to try".into(),
-        });
-    }
+    check(s)?;
     // Marked as distill's: a later run may write here again; a user's folder is not.
     distill_files::container::mark_container(out, "auto")?;
     let dtype = output.dense_dtype;
@@ -62,7 +51,7 @@ pub(super) fn search(s: &AutoSearch) -> Result<AutoOutcome, CompressError> {
         serialized_bytes(&base.weights, dtype)?,
     )?;
     let limit = budget.limit(m0.quality);
-    let bases = structural_bases(base, m0, &mut meter, cfg, budget, target, &cx, defaults)?;
+    let bases = structural_bases(s, m0, &mut meter)?;
     let plans = CompressConfig {
         variants: cfg.encodings.clone(),
         eval_blocks: 0,
@@ -77,26 +66,7 @@ pub(super) fn search(s: &AutoSearch) -> Result<AutoOutcome, CompressError> {
     let mut best: Option<(usize, Candidate, usize, usize)> = None;
     let mut closest: Option<(usize, Candidate, usize, usize)> = None;
     for (bi, b) in bases.iter().enumerate() {
-        // Every encoding of this base, with its exact serialised size, smallest first.
-        let mut encoded = vec![];
-        for (pi, plan) in plans.iter().enumerate() {
-            if plan.sink != Sink::Folder {
-                return Err(CompressError::Config {
-                    key: format!("auto.encodings[{pi}]"),
-                    msg: "a classifier's encodings write safetensors folders (int8, share, low_rank); GGUF types are for Llama decoders".into(),
-                });
-            }
-            let mut c = b.candidate.clone();
-            let mut steps = b.steps.clone();
-            for pass in &plan.passes {
-                steps.push(pass.label());
-                pass.apply(&mut c, &cx)?;
-            }
-            let bytes = serialized_bytes(&c.weights, dtype)?;
-            encoded.push((bytes, pi, c, steps));
-        }
-        encoded.sort_by_key(|e| e.0);
-        for (bytes, pi, c, steps) in encoded {
+        for (bytes, pi, c, steps) in encodings(b, &plans, &cx, dtype)? {
             if meter.evaluations >= cfg.max_evaluations {
                 break;
             }
@@ -139,13 +109,7 @@ pub(super) fn search(s: &AutoSearch) -> Result<AutoOutcome, CompressError> {
         row.artifact = Some(path.display().to_string());
         rows.push(row.clone());
         best_row = Some(row);
-        best_steps = bases[bi].configs.clone();
-        best_steps.extend(
-            cfg.encodings[pi]
-                .steps
-                .iter()
-                .map(|s| serde_json::to_value(s).expect("step JSON")),
-        );
+        best_steps = steps_of(&bases[bi], &cfg.encodings[pi]);
     }
     let pareto = pareto_rows(&rows);
     Ok(AutoOutcome {
@@ -165,4 +129,65 @@ pub(super) fn search(s: &AutoSearch) -> Result<AutoOutcome, CompressError> {
         probes: vec![],
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// A base encoded one way: its exact serialised size, the encoding's index, the candidate and
+/// its steps.
+type Encoded = (u64, usize, Candidate, Vec<String>);
+
+/// Every encoding of base `b`, smallest first.
+fn encodings(
+    b: &Base,
+    plans: &[Plan],
+    cx: &Context,
+    dtype: candle_core::DType,
+) -> Result<Vec<Encoded>, CompressError> {
+    let mut encoded = vec![];
+    for (pi, plan) in plans.iter().enumerate() {
+        if plan.sink != Sink::Folder {
+            return Err(CompressError::Config {
+                key: format!("auto.encodings[{pi}]"),
+                msg: "a classifier's encodings write safetensors folders (int8, share, low_rank); GGUF types are for Llama decoders".into(),
+            });
+        }
+        let mut c = b.candidate.clone();
+        let mut steps = b.steps.clone();
+        for pass in &plan.passes {
+            steps.push(pass.label());
+            pass.apply(&mut c, cx)?;
+        }
+        let bytes = serialized_bytes(&c.weights, dtype)?;
+        encoded.push((bytes, pi, c, steps));
+    }
+    encoded.sort_by_key(|e| e.0);
+    Ok(encoded)
+}
+
+/// The `compress:` steps that reproduce base `b` encoded as `encoding`.
+fn steps_of(b: &Base, encoding: &Variant) -> Vec<serde_json::Value> {
+    let mut steps = b.configs.clone();
+    steps.extend(
+        encoding
+            .steps
+            .iter()
+            .map(|s| serde_json::to_value(s).expect("step JSON")),
+    );
+    steps
+}
+
+/// A classifier is budgeted in accuracy and needs encodings to try.
+fn check(s: &AutoSearch) -> Result<(), CompressError> {
+    if !matches!(s.budget, Budget::AccPoints(_)) {
+        return Err(CompressError::Config {
+            key: "--budget".into(),
+            msg: "a classifier is budgeted in accuracy: acc:-Npt".into(),
+        });
+    }
+    if s.cfg.encodings.is_empty() {
+        return Err(CompressError::Config {
+            key: "auto.encodings".into(),
+            msg: "is empty: a classifier needs at least one encoding to try".into(),
+        });
+    }
+    Ok(())
 }

@@ -121,17 +121,16 @@ pub(super) struct Base {
 
 /// The model as it is, and every `structure:` prefix (pruned and healed), each measured once;
 /// those within budget (and the speed target) are the bases the encodings start from.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn structural_bases(
-    base: &Candidate,
+    s: &AutoSearch,
     m0: Measured,
     meter: &mut Meter,
-    cfg: &AutoConfig,
-    budget: Budget,
-    target: Option<Target>,
-    cx: &Context,
-    defaults: &Defaults,
 ) -> Result<Vec<Base>, CompressError> {
+    let (base, cfg, budget, target, defaults) = (s.base, s.cfg, s.budget, s.target, s.defaults);
+    let cx = &Context {
+        calibration: s.eval.calibration(),
+        trainer: s.trainer,
+    };
     let mut bases = vec![Base {
         name: "as-is".into(),
         candidate: base.clone(),
