@@ -135,120 +135,15 @@ pub fn quick_compress(model: &str, q: &QuickCompress) -> Result<QuickOutcome> {
     let source = TeacherSource::parse(model)?;
     let resolved = resolve(&source, &HubOptions::from_env())?;
     let tokenizer = load_tokenizer(&resolved)?;
-    let opts = LoadOptions {
-        device: Device::Cpu,
-        dtype: DType::F32,
-        gguf_mode: GgufCompute::Dequantized,
-        ..Default::default()
-    };
-    let teacher = Teacher::load(&source, &opts)?;
-    let (_, cfg) = teacher.language_model().map_err(|_| {
-        Error::Invalid(format!(
-            "{model}: compression knows Llama-family decoders; this is an encoder"
-        ))
-    })?;
-    let cfg = cfg.clone();
-    let dense = teacher.dense_weights(DType::F32)?;
-    let mut c = Candidate {
-        arch: ArchConfig::Llama(cfg.clone()),
-        weights: TensorMap::read(dense.as_ref(), cfg.tensor_shapes())?,
-    };
-    drop(dense);
-
-    let windows: Option<Vec<Vec<u32>>> = match &q.text {
-        Some(p) => {
-            let ids = crate::text_ids::text_ids(p, &tokenizer, Some(q.max_tokens))?;
-            if ids.len() < 2 {
-                return Err(Error::Invalid(format!(
-                    "{}: fewer than 2 tokens",
-                    p.display()
-                )));
-            }
-            Some(
-                ids.chunks(BLOCK)
-                    .filter(|w| w.len() >= 2)
-                    .map(<[u32]>::to_vec)
-                    .collect(),
-            )
-        }
-        None => None,
-    };
-    let quality = |m: &dyn distill_models::Model| -> Result<(Option<f64>, Option<f64>)> {
-        let Some(w) = &windows else {
-            return Ok((None, None));
-        };
-        let (ppl, tps) = perplexity(m, w.iter().map(Vec::as_slice))?;
-        Ok((Some(ppl), Some(tps)))
-    };
-    let row = |step: String,
-               c: &Candidate,
-               bytes,
-               (ppl, tps): (Option<f64>, Option<f64>)|
-     -> Result<QuickRow> {
-        Ok(QuickRow {
-            step,
-            parameters: c.weights.parameters(),
-            nonzero_parameters: nonzero(&c.weights)?,
-            bytes,
-            val_ppl: ppl,
-            tokens_per_s: tps,
-        })
-    };
-    let mut rows = vec![row(
+    let (mut c, bytes_on_disk) = load(model, &source)?;
+    let meter = Meter::of(q, &tokenizer)?;
+    let mut rows = vec![meter.row(
         "original".into(),
         &c,
-        Some(teacher.bytes_on_disk()),
-        quality(&Llama::load(c.llama()?, &c.weights)?)?,
+        Some(bytes_on_disk),
+        &Llama::load(c.llama()?, &c.weights)?,
     )?];
-    drop(teacher);
-
-    let mut steps = vec![];
-    if !q.drop_layers.is_empty() {
-        c = cut(
-            &c,
-            &Cut {
-                drop: q.drop_layers.clone(),
-                ..Default::default()
-            },
-            None,
-        )?;
-        steps.push(format!("drop layers {:?}", q.drop_layers));
-    }
-    if let Some(k) = q.kv_heads {
-        c = cut(
-            &c,
-            &Cut {
-                heads: Some(k),
-                ..Default::default()
-            },
-            None,
-        )?;
-        steps.push(format!("{k} kv heads"));
-    }
-    if let Some(n) = q.ffn_neurons {
-        c = cut(
-            &c,
-            &Cut {
-                neurons: Some(n),
-                ..Default::default()
-            },
-            None,
-        )?;
-        steps.push(format!("{n} FFN neurons"));
-    }
-    if let Some(s) = q.sparsity {
-        let scope = q.scope.unwrap_or(PruneScope::PerTensor);
-        magnitude_prune(&mut c.weights.tensors, s, scope)?;
-        let name = match scope {
-            PruneScope::PerTensor => "per-tensor",
-            PruneScope::Global => "global",
-        };
-        steps.push(format!("{:.0}% magnitude ({name})", s * 100.0));
-    }
-    if q.two_four {
-        two_four_prune(&mut c.weights.tensors)?;
-        steps.push("2:4".into());
-    }
+    let steps = apply_steps(&mut c, q)?;
     let mut bytes = None;
     if let Some(out) = &q.out {
         let vm = varmap_of(&c.weights)?;
@@ -265,58 +160,14 @@ pub fn quick_compress(model: &str, q: &QuickCompress) -> Result<QuickOutcome> {
         )?);
     }
     if !steps.is_empty() {
-        let q = quality(&Llama::load(c.llama()?, &c.weights)?)?;
-        rows.push(row(steps.join(" + "), &c, bytes, q)?);
+        let m = Llama::load(c.llama()?, &c.weights)?;
+        rows.push(meter.row(steps.join(" + "), &c, bytes, &m)?);
     }
-
     let mut fallbacks = vec![];
     if let Some(path) = &q.gguf {
-        let qtype = q.quantize.ggml();
-        // `--tokenizer-from` or a GGUF model's own tokenizer keys; else built from the folder's
-        // tokenizer.json.
-        let tokenizer = match (&q.tokenizer_from, &resolved) {
-            (Some(p), _) | (None, Resolved::Gguf(p)) => tokenizer_metadata(p)?,
-            (None, Resolved::Folder(f)) => {
-                tokenizer_metadata_from_folder(&f.dir, c.llama()?.vocab_size)?
-            }
-        };
-        let summary = export_gguf(
-            path,
-            &GgufExport {
-                config: c.llama()?,
-                weights: &c.weights,
-                tokenizer,
-                qtype,
-                name: Path::new(model)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "model".into()),
-                embeddings: None,
-                encoded: None,
-                search: Default::default(),
-            },
-        )?;
+        let summary = write_gguf(model, &c, q, path, &resolved)?;
         fallbacks = summary.fallbacks.clone();
-        // Quality of the file as llama.cpp would run it: quantised matrices through QMatMul.
-        let measured = match &windows {
-            Some(_) => {
-                let g = Teacher::load(
-                    &TeacherSource::Gguf(path.clone()),
-                    &LoadOptions {
-                        gguf_mode: GgufCompute::Quantized,
-                        ..opts.clone()
-                    },
-                )?;
-                quality(g.language_model()?.0)?
-            }
-            None => (None, None),
-        };
-        rows.push(row(
-            format!("GGUF {}", q.quantize),
-            &c,
-            Some(summary.bytes),
-            measured,
-        )?);
+        rows.push(meter.gguf_row(format!("GGUF {}", q.quantize), &c, summary.bytes, path)?);
     }
     Ok(QuickOutcome {
         model: model.to_string(),
@@ -324,4 +175,199 @@ pub fn quick_compress(model: &str, q: &QuickCompress) -> Result<QuickOutcome> {
         rows,
         gguf_fallbacks: fallbacks,
     })
+}
+
+/// The options every model here loads with: dense f32 on the CPU.
+fn load_options() -> LoadOptions {
+    LoadOptions {
+        device: Device::Cpu,
+        dtype: DType::F32,
+        gguf_mode: GgufCompute::Dequantized,
+        ..Default::default()
+    }
+}
+
+/// The Llama-family model at `source` as a candidate, and the bytes of its weight files.
+fn load(model: &str, source: &TeacherSource) -> Result<(Candidate, u64)> {
+    let teacher = Teacher::load(source, &load_options())?;
+    let (_, cfg) = teacher.language_model().map_err(|_| {
+        Error::Invalid(format!(
+            "{model}: compression knows Llama-family decoders; this is an encoder"
+        ))
+    })?;
+    let cfg = cfg.clone();
+    let dense = teacher.dense_weights(DType::F32)?;
+    let c = Candidate {
+        arch: ArchConfig::Llama(cfg.clone()),
+        weights: TensorMap::read(dense.as_ref(), cfg.tensor_shapes())?,
+    };
+    Ok((c, teacher.bytes_on_disk()))
+}
+
+/// Applies the structural cuts and the pruning `q` asks for, in order; their labels.
+fn apply_steps(c: &mut Candidate, q: &QuickCompress) -> Result<Vec<String>> {
+    let mut steps = vec![];
+    let cut_by = |c: &mut Candidate, spec: Cut| -> Result<()> {
+        *c = cut(c, &spec, None)?;
+        Ok(())
+    };
+    if !q.drop_layers.is_empty() {
+        let drop = q.drop_layers.clone();
+        cut_by(
+            c,
+            Cut {
+                drop,
+                ..Default::default()
+            },
+        )?;
+        steps.push(format!("drop layers {:?}", q.drop_layers));
+    }
+    if let Some(k) = q.kv_heads {
+        cut_by(
+            c,
+            Cut {
+                heads: Some(k),
+                ..Default::default()
+            },
+        )?;
+        steps.push(format!("{k} kv heads"));
+    }
+    if let Some(n) = q.ffn_neurons {
+        cut_by(
+            c,
+            Cut {
+                neurons: Some(n),
+                ..Default::default()
+            },
+        )?;
+        steps.push(format!("{n} FFN neurons"));
+    }
+    if let Some(s) = q.sparsity {
+        let scope = q.scope.unwrap_or(PruneScope::PerTensor);
+        magnitude_prune(&mut c.weights.tensors, s, scope)?;
+        let name = match scope {
+            PruneScope::PerTensor => "per-tensor",
+            PruneScope::Global => "global",
+        };
+        steps.push(format!("{:.0}% magnitude ({name})", s * 100.0));
+    }
+    if q.two_four {
+        two_four_prune(&mut c.weights.tensors)?;
+        steps.push("2:4".into());
+    }
+    Ok(steps)
+}
+
+/// Writes `c` as a GGUF file at `path` with `q`'s type and tokenizer: `--tokenizer-from` or a
+/// GGUF model's own tokenizer keys, else built from the folder's tokenizer.json.
+fn write_gguf(
+    model: &str,
+    c: &Candidate,
+    q: &QuickCompress,
+    path: &Path,
+    resolved: &Resolved,
+) -> Result<distill_compress::GgufSummary> {
+    let tokenizer = match (&q.tokenizer_from, resolved) {
+        (Some(p), _) | (None, Resolved::Gguf(p)) => tokenizer_metadata(p)?,
+        (None, Resolved::Folder(f)) => {
+            tokenizer_metadata_from_folder(&f.dir, c.llama()?.vocab_size)?
+        }
+    };
+    Ok(export_gguf(
+        path,
+        &GgufExport {
+            config: c.llama()?,
+            weights: &c.weights,
+            tokenizer,
+            qtype: q.quantize.ggml(),
+            name: Path::new(model)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into()),
+            embeddings: None,
+            encoded: None,
+            search: Default::default(),
+        },
+    )?)
+}
+
+/// Perplexity and speed on `--text`, in windows of [`BLOCK`] tokens (nothing without it).
+struct Meter {
+    windows: Option<Vec<Vec<u32>>>,
+}
+
+impl Meter {
+    fn of(q: &QuickCompress, tokenizer: &distill_teacher::LoadedTokenizer) -> Result<Self> {
+        let Some(p) = &q.text else {
+            return Ok(Self { windows: None });
+        };
+        let ids = crate::text_ids::text_ids(p, tokenizer, Some(q.max_tokens))?;
+        if ids.len() < 2 {
+            return Err(Error::Invalid(format!(
+                "{}: fewer than 2 tokens",
+                p.display()
+            )));
+        }
+        let windows = ids
+            .chunks(BLOCK)
+            .filter(|w| w.len() >= 2)
+            .map(<[u32]>::to_vec)
+            .collect();
+        Ok(Self {
+            windows: Some(windows),
+        })
+    }
+
+    fn quality(&self, m: &dyn distill_models::Model) -> Result<(Option<f64>, Option<f64>)> {
+        let Some(w) = &self.windows else {
+            return Ok((None, None));
+        };
+        let (ppl, tps) = perplexity(m, w.iter().map(Vec::as_slice))?;
+        Ok((Some(ppl), Some(tps)))
+    }
+
+    /// The row of `c` after `step`, measured as `m` runs.
+    fn row(
+        &self,
+        step: String,
+        c: &Candidate,
+        bytes: Option<u64>,
+        m: &dyn distill_models::Model,
+    ) -> Result<QuickRow> {
+        let (ppl, tps) = self.quality(m)?;
+        Ok(QuickRow {
+            step,
+            parameters: c.weights.parameters(),
+            nonzero_parameters: nonzero(&c.weights)?,
+            bytes,
+            val_ppl: ppl,
+            tokens_per_s: tps,
+        })
+    }
+
+    /// The row of the GGUF file at `path`, measured as llama.cpp would run it: quantised
+    /// matrices through QMatMul.
+    fn gguf_row(&self, step: String, c: &Candidate, bytes: u64, path: &Path) -> Result<QuickRow> {
+        let (ppl, tps) = match &self.windows {
+            Some(_) => {
+                let g = Teacher::load(
+                    &TeacherSource::Gguf(path.to_path_buf()),
+                    &LoadOptions {
+                        gguf_mode: GgufCompute::Quantized,
+                        ..load_options()
+                    },
+                )?;
+                self.quality(g.language_model()?.0)?
+            }
+            None => (None, None),
+        };
+        Ok(QuickRow {
+            step,
+            parameters: c.weights.parameters(),
+            nonzero_parameters: nonzero(&c.weights)?,
+            bytes: Some(bytes),
+            val_ppl: ppl,
+            tokens_per_s: tps,
+        })
+    }
 }
