@@ -211,138 +211,31 @@ fn file_err(path: &Path, msg: impl Into<String>) -> DataError {
     }
 }
 
+/// An example as read: where it is, its bytes and its label's name.
+type Raw = (String, Vec<u8>, String);
+
 /// Reads every example of `cfg.source`, decodes it per `cfg.format` and maps labels to class
 /// indices. A label the config does not know, a missing or empty class folder, or no examples
 /// at all is an error naming where; an undecodable input is recorded in `skipped`.
 pub fn load_labelled(cfg: &LabelledDataConfig) -> Result<LabelledSet, DataError> {
-    let mut raw: Vec<(String, Vec<u8>, String)> = vec![]; // id, bytes, label name
-    let mut skipped = vec![];
-    match &cfg.source {
+    let raw = match &cfg.source {
         LabelledSource::ClassFolders {
             path,
             classes,
             pattern,
-        } => {
-            if !path.is_dir() {
-                return Err(file_err(path, "not a folder"));
-            }
-            for (folder, label) in classes {
-                let dir = path.join(folder);
-                if !dir.is_dir() {
-                    return Err(file_err(
-                        &dir,
-                        format!("class folder `{folder}` (label `{label}`) does not exist"),
-                    ));
-                }
-                let mut files: Vec<PathBuf> = glob::glob(&dir.join(pattern).to_string_lossy())
-                    .map_err(|e| DataError::Other(format!("data pattern `{pattern}`: {e}")))?
-                    .filter_map(|r| r.ok())
-                    .filter(|p| p.is_file())
-                    .collect();
-                if files.is_empty() {
-                    return Err(file_err(
-                        &dir,
-                        format!("class folder `{folder}` has no file matching `{pattern}`"),
-                    ));
-                }
-                files.sort_by_key(|p| natural_key(p));
-                for f in files {
-                    let bytes = std::fs::read(&f).map_err(|e| file_err(&f, e.to_string()))?;
-                    raw.push((f.display().to_string(), bytes, label.clone()));
-                }
-            }
-        }
+        } => read_class_folders(path, classes, pattern)?,
         LabelledSource::Jsonl {
             path,
             text_field,
             label_field,
-        } => {
-            super::documents::check_regular(path)?;
-            let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e.to_string()))?;
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let line_err = |msg: String| DataError::Line {
-                    path: path.clone(),
-                    line: i + 1,
-                    msg,
-                };
-                let v: serde_json::Value =
-                    serde_json::from_str(line).map_err(|e| line_err(format!("not JSON: {e}")))?;
-                let t = v
-                    .get(text_field)
-                    .and_then(|t| t.as_str())
-                    .ok_or_else(|| line_err(format!("no string field `{text_field}`")))?;
-                let l = match v.get(label_field) {
-                    Some(serde_json::Value::String(s)) => s.clone(),
-                    Some(serde_json::Value::Number(n)) => n.to_string(),
-                    Some(serde_json::Value::Bool(b)) => b.to_string(),
-                    _ => {
-                        return Err(line_err(format!(
-                            "no string or number field `{label_field}`"
-                        )))
-                    }
-                };
-                raw.push((
-                    format!("{}:{}", path.display(), i + 1),
-                    t.as_bytes().to_vec(),
-                    l,
-                ));
-            }
-        }
+        } => read_jsonl(path, text_field, label_field)?,
         LabelledSource::Csv {
             path,
             text_column,
             label_column,
             delimiter,
-        } => {
-            super::documents::check_regular(path)?;
-            let mut rd = csv::ReaderBuilder::new()
-                .delimiter(u8::try_from(*delimiter).map_err(|_| {
-                    DataError::Other(format!("data.source.delimiter `{delimiter}` is not ASCII"))
-                })?)
-                .from_path(path)
-                .map_err(|e| file_err(path, e.to_string()))?;
-            let headers = rd
-                .headers()
-                .map_err(|e| file_err(path, e.to_string()))?
-                .clone();
-            let col = |name: &str| {
-                headers.iter().position(|h| h == name).ok_or_else(|| {
-                    file_err(
-                        path,
-                        format!(
-                            "no column `{name}` in the header row ({})",
-                            headers.iter().collect::<Vec<_>>().join(", ")
-                        ),
-                    )
-                })
-            };
-            let (tc, lc) = (col(text_column)?, col(label_column)?);
-            for (i, rec) in rd.records().enumerate() {
-                let line = i + 2;
-                let rec = rec.map_err(|e| DataError::Line {
-                    path: path.clone(),
-                    line,
-                    msg: e.to_string(),
-                })?;
-                let (Some(t), Some(l)) = (rec.get(tc), rec.get(lc)) else {
-                    return Err(DataError::Line {
-                        path: path.clone(),
-                        line,
-                        msg: "row is shorter than the header".into(),
-                    });
-                };
-                raw.push((
-                    format!("{}:{line}", path.display()),
-                    t.as_bytes().to_vec(),
-                    l.to_string(),
-                ));
-            }
-        }
-    }
-
+        } => read_csv(path, text_column, label_column, *delimiter)?,
+    };
     let labels = match &cfg.labels {
         Some(l) => l.clone(),
         None => raw
@@ -352,13 +245,163 @@ pub fn load_labelled(cfg: &LabelledDataConfig) -> Result<LabelledSet, DataError>
             .into_iter()
             .collect(),
     };
+    let set = decode(cfg, raw, labels)?;
+    for (i, n) in set.class_counts().iter().enumerate() {
+        if *n == 0 {
+            return Err(DataError::Other(format!(
+                "class `{}` has no usable examples",
+                set.labels[i]
+            )));
+        }
+    }
+    Ok(set)
+}
+
+/// Every file matching `pattern` in each class folder under `path`, in natural order.
+fn read_class_folders(
+    path: &Path,
+    classes: &BTreeMap<String, String>,
+    pattern: &str,
+) -> Result<Vec<Raw>, DataError> {
+    if !path.is_dir() {
+        return Err(file_err(path, "not a folder"));
+    }
+    let mut raw = vec![];
+    for (folder, label) in classes {
+        let dir = path.join(folder);
+        if !dir.is_dir() {
+            return Err(file_err(
+                &dir,
+                format!("class folder `{folder}` (label `{label}`) does not exist"),
+            ));
+        }
+        let mut files: Vec<PathBuf> = glob::glob(&dir.join(pattern).to_string_lossy())
+            .map_err(|e| DataError::Other(format!("data pattern `{pattern}`: {e}")))?
+            .filter_map(|r| r.ok())
+            .filter(|p| p.is_file())
+            .collect();
+        if files.is_empty() {
+            return Err(file_err(
+                &dir,
+                format!("class folder `{folder}` has no file matching `{pattern}`"),
+            ));
+        }
+        files.sort_by_key(|p| natural_key(p));
+        for f in files {
+            let bytes = std::fs::read(&f).map_err(|e| file_err(&f, e.to_string()))?;
+            raw.push((f.display().to_string(), bytes, label.clone()));
+        }
+    }
+    Ok(raw)
+}
+
+/// One example per non-empty line of a JSONL file: its `text_field` and `label_field`.
+fn read_jsonl(path: &Path, text_field: &str, label_field: &str) -> Result<Vec<Raw>, DataError> {
+    super::documents::check_regular(path)?;
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e.to_string()))?;
+    let mut raw = vec![];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let line_err = |msg: String| DataError::Line {
+            path: path.to_path_buf(),
+            line: i + 1,
+            msg,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| line_err(format!("not JSON: {e}")))?;
+        let t = v
+            .get(text_field)
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| line_err(format!("no string field `{text_field}`")))?;
+        let l = match v.get(label_field) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            Some(serde_json::Value::Bool(b)) => b.to_string(),
+            _ => {
+                return Err(line_err(format!(
+                    "no string or number field `{label_field}`"
+                )))
+            }
+        };
+        raw.push((
+            format!("{}:{}", path.display(), i + 1),
+            t.as_bytes().to_vec(),
+            l,
+        ));
+    }
+    Ok(raw)
+}
+
+/// One example per row of a CSV file with a header naming its text and label columns.
+fn read_csv(
+    path: &Path,
+    text_column: &str,
+    label_column: &str,
+    delimiter: char,
+) -> Result<Vec<Raw>, DataError> {
+    super::documents::check_regular(path)?;
+    let mut rd = csv::ReaderBuilder::new()
+        .delimiter(u8::try_from(delimiter).map_err(|_| {
+            DataError::Other(format!("data.source.delimiter `{delimiter}` is not ASCII"))
+        })?)
+        .from_path(path)
+        .map_err(|e| file_err(path, e.to_string()))?;
+    let headers = rd
+        .headers()
+        .map_err(|e| file_err(path, e.to_string()))?
+        .clone();
+    let col = |name: &str| {
+        headers.iter().position(|h| h == name).ok_or_else(|| {
+            file_err(
+                path,
+                format!(
+                    "no column `{name}` in the header row ({})",
+                    headers.iter().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    };
+    let (tc, lc) = (col(text_column)?, col(label_column)?);
+    let mut raw = vec![];
+    for (i, rec) in rd.records().enumerate() {
+        let line = i + 2;
+        let rec = rec.map_err(|e| DataError::Line {
+            path: path.to_path_buf(),
+            line,
+            msg: e.to_string(),
+        })?;
+        let (Some(t), Some(l)) = (rec.get(tc), rec.get(lc)) else {
+            return Err(DataError::Line {
+                path: path.to_path_buf(),
+                line,
+                msg: "row is shorter than the header".into(),
+            });
+        };
+        raw.push((
+            format!("{}:{line}", path.display()),
+            t.as_bytes().to_vec(),
+            l.to_string(),
+        ));
+    }
+    Ok(raw)
+}
+
+/// Decodes every raw example per `cfg.format` under `labels`; an unknown label is an error,
+/// an undecodable input is recorded in `skipped`.
+fn decode(
+    cfg: &LabelledDataConfig,
+    raw: Vec<Raw>,
+    labels: Vec<String>,
+) -> Result<LabelledSet, DataError> {
     let index: BTreeMap<&str, usize> = labels
         .iter()
         .enumerate()
         .map(|(i, l)| (l.as_str(), i))
         .collect();
-
     let mut examples = Vec::with_capacity(raw.len());
+    let mut skipped = vec![];
     let mut unknown_charset = vec![];
     for (id, bytes, label) in raw {
         let Some(&label) = index.get(label.as_str()) else {
@@ -368,18 +411,7 @@ pub fn load_labelled(cfg: &LabelledDataConfig) -> Result<LabelledSet, DataError>
             )));
         };
         let text = match cfg.format {
-            TextFormat::Plain => {
-                if bytes.contains(&0) {
-                    Err(Undecodable::Binary)
-                } else {
-                    let t = String::from_utf8_lossy(&bytes).into_owned();
-                    if t.trim().is_empty() {
-                        Err(Undecodable::NoText)
-                    } else {
-                        Ok(t)
-                    }
-                }
-            }
+            TextFormat::Plain => plain_text(&bytes),
             TextFormat::Email => email_text(&bytes, &cfg.email).map(|t| {
                 if !t.unknown_charsets.is_empty() {
                     unknown_charset.push(id.clone());
@@ -403,21 +435,25 @@ pub fn load_labelled(cfg: &LabelledDataConfig) -> Result<LabelledSet, DataError>
             "inputs that could not be decoded were left out (listed in the run's data report)"
         );
     }
-    let set = LabelledSet {
+    Ok(LabelledSet {
         labels,
         examples,
         skipped,
         unknown_charset,
-    };
-    for (i, n) in set.class_counts().iter().enumerate() {
-        if *n == 0 {
-            return Err(DataError::Other(format!(
-                "class `{}` has no usable examples",
-                set.labels[i]
-            )));
-        }
+    })
+}
+
+/// A plain-text example: binary content or no text is undecodable.
+fn plain_text(bytes: &[u8]) -> Result<String, Undecodable> {
+    if bytes.contains(&0) {
+        return Err(Undecodable::Binary);
     }
-    Ok(set)
+    let t = String::from_utf8_lossy(bytes).into_owned();
+    if t.trim().is_empty() {
+        Err(Undecodable::NoText)
+    } else {
+        Ok(t)
+    }
 }
 
 /// Example indices of each part of a split.
