@@ -15,10 +15,10 @@ use crate::calibration::walk::SiteStats;
 use crate::error::CompressError;
 
 /// Default dampening: `λ = 1%` of the mean Hessian diagonal, the references' `percdamp`.
-pub const DAMP: f64 = 0.01;
+pub(crate) const DAMP: f64 = 0.01;
 
 /// The upper Cholesky factor of a layer's damped inverse Hessian, ready for a sweep.
-pub struct InverseHessian {
+pub(crate) struct InverseHessian {
     /// `U` with `(H + λI)⁻¹ = UᵀU`.
     pub u: Mat<f32>,
     /// Input channels no calibration token used (`H_jj = 0`): their weights become zero.
@@ -28,7 +28,7 @@ pub struct InverseHessian {
 /// Prepares `stats`' Hessian for the matrix `name` ([`hessian_matrix`]): dead channels get
 /// `H_jj = 1`, `λ = damp · mean(diag H)` is added to the diagonal, and a Hessian still not
 /// positive definite is an error naming the matrix.
-pub fn inverse_hessian(
+pub(crate) fn inverse_hessian(
     name: &str,
     stats: &SiteStats,
     damp: f64,
@@ -66,7 +66,7 @@ pub fn inverse_hessian(
 /// `stats`' Hessian `XᵀX` of the matrix `name` as a dense matrix; an error when the walk
 /// collected none, and a warning when fewer calibration tokens than input channels make it
 /// rank-deficient (dampening makes it invertible, but the solution is poorer).
-pub fn hessian_matrix(name: &str, stats: &SiteStats) -> Result<Mat<f64>, CompressError> {
+pub(crate) fn hessian_matrix(name: &str, stats: &SiteStats) -> Result<Mat<f64>, CompressError> {
     let n = stats.columns;
     let h = stats.hessian.as_ref().ok_or_else(|| {
         CompressError::Unsupported(format!("{name}: the calibration walk collected no Hessian"))
@@ -82,7 +82,7 @@ pub fn hessian_matrix(name: &str, stats: &SiteStats) -> Result<Mat<f64>, Compres
 }
 
 /// Adds `λ = damp · mean(diag m)` to the diagonal of `m`; returns `λ`.
-pub fn add_damping(m: &mut Mat<f64>, damp: f64) -> f64 {
+pub(crate) fn add_damping(m: &mut Mat<f64>, damp: f64) -> f64 {
     let n = m.nrows();
     let mean = (0..n).map(|j| m[(j, j)]).sum::<f64>() / n as f64;
     let lambda = damp * mean.max(f64::MIN_POSITIVE);
@@ -93,7 +93,7 @@ pub fn add_damping(m: &mut Mat<f64>, damp: f64) -> f64 {
 }
 
 /// What a sweep puts in place of each weight.
-pub trait ColumnRule {
+pub(crate) trait ColumnRule {
     /// Called before column `i` (of the whole matrix) is replaced; `block` holds the current
     /// values of the columns `start..start + block.ncols()` (column `i - start` is next) and
     /// `diag` the matching diagonal of `U`.
@@ -104,7 +104,7 @@ pub trait ColumnRule {
 
 /// Sweeps `w` (`[rows, cols]`, column-major) in blocks of `block` columns with `rule`; returns
 /// the OBS estimate of the added reconstruction loss, `Σ (w − q)² / U_ii²` / 2.
-pub fn sweep(
+pub(crate) fn sweep(
     w: &mut Mat<f32>,
     hinv: &InverseHessian,
     block: usize,
@@ -163,12 +163,12 @@ pub fn sweep(
 }
 
 /// A row-major `[rows, cols]` slice as a column-major matrix.
-pub fn to_mat(values: &[f32], rows: usize, cols: usize) -> Mat<f32> {
+pub(crate) fn to_mat(values: &[f32], rows: usize, cols: usize) -> Mat<f32> {
     Mat::from_fn(rows, cols, |r, c| values[r * cols + c])
 }
 
 /// A column-major matrix back to row-major values.
-pub fn from_mat(m: &Mat<f32>) -> Vec<f32> {
+pub(crate) fn from_mat(m: &Mat<f32>) -> Vec<f32> {
     let (rows, cols) = (m.nrows(), m.ncols());
     let mut out = Vec::with_capacity(rows * cols);
     for r in 0..rows {

@@ -21,7 +21,7 @@ use crate::model::Candidate;
 
 /// What to collect per input site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Collect {
+pub(crate) enum Collect {
     /// `Σ x_j²` per input channel only.
     Norms,
     /// The norms and the Hessian `XᵀX`.
@@ -30,7 +30,7 @@ pub enum Collect {
 
 /// Statistics of one linear input over the calibration tokens.
 #[derive(Clone, Debug)]
-pub struct SiteStats {
+pub(crate) struct SiteStats {
     /// Input channels (the matrix's columns).
     pub columns: usize,
     /// Tokens observed.
@@ -94,7 +94,7 @@ impl SiteStats {
 }
 
 /// One stage of the walk: the matrices it covers, each with the statistics of its input.
-pub struct Stage<'a> {
+pub(crate) struct Stage<'a> {
     /// `layer N` or `head`.
     pub label: String,
     /// Tensor name and input statistics of every matrix of the stage.
@@ -331,7 +331,7 @@ fn chunks(walker: &Walker, tokens: &CalibrationTokens) -> Result<Vec<Chunk>, Com
 /// decoder's last stage is the head (`lm_head.weight`, or the tied embedding matrix), with the
 /// final norm's output as its input; an encoder's pooler and classifier read one vector per
 /// example and stay outside the walk.
-pub fn walk(
+pub(crate) fn walk(
     c: &mut Candidate,
     tokens: &CalibrationTokens,
     collect: Collect,

@@ -5,7 +5,7 @@
 use crate::framework::technique::Technique;
 
 /// Every technique, in the order documentation lists them.
-pub const TECHNIQUES: &[Technique] = &[
+pub(crate) const TECHNIQUES: &[Technique] = &[
     crate::passes::pruning::TECHNIQUE,
     crate::passes::heal::TECHNIQUE,
     crate::passes::low_rank::TECHNIQUE,
@@ -14,6 +14,6 @@ pub const TECHNIQUES: &[Technique] = &[
 ];
 
 /// The technique called `name`.
-pub fn technique(name: &str) -> Option<&'static Technique> {
+pub(crate) fn technique(name: &str) -> Option<&'static Technique> {
     TECHNIQUES.iter().find(|t| t.name == name)
 }

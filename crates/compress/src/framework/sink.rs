@@ -155,7 +155,7 @@ impl Sink {
 
 /// The artifact's `config.json`: the source's, with the sizes the passes changed written
 /// over it (a classifier keeps the source's labels and pooling).
-pub fn config_json(
+pub(crate) fn config_json(
     arch: &ArchConfig,
     base: &serde_json::Value,
 ) -> Result<serde_json::Value, CompressError> {
@@ -175,7 +175,7 @@ pub fn config_json(
 }
 
 /// `base` with every non-null key of `changes` written over it.
-pub fn overlay(
+pub(crate) fn overlay(
     base: &serde_json::Value,
     changes: serde_json::Value,
 ) -> Result<serde_json::Value, CompressError> {

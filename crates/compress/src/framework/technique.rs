@@ -12,7 +12,7 @@ pub type Settings = serde_json::Map<String, serde_json::Value>;
 
 /// What a step builds: a pass, the sink that writes the variant's artifact, or both (a pass
 /// that encodes weights for the sink, as calibrated GGUF quantisation does).
-pub enum Built {
+pub(crate) enum Built {
     Pass(Box<dyn Pass>),
     Sink(Sink),
     PassThenSink(Box<dyn Pass>, Sink),
@@ -48,7 +48,7 @@ impl Defaults {
 }
 
 /// A registered technique.
-pub struct Technique {
+pub(crate) struct Technique {
     /// The `step:` value.
     pub name: &'static str,
     /// One line for the JSON Schema.

@@ -14,7 +14,7 @@ use crate::passes::pruning::sparsity::zero_masks;
 /// epoch for a classifier).
 #[derive(Clone, Debug, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct HealSettings {
+pub(crate) struct HealSettings {
     /// Optimiser steps.
     #[serde(default)]
     pub steps: Option<usize>,
@@ -54,7 +54,7 @@ fn build(s: &Settings, d: &Defaults) -> Result<Built, CompressError> {
 }
 
 /// The heal pass.
-pub struct Heal {
+pub(crate) struct Heal {
     pub length: Length,
     pub lr: Option<f64>,
 }

@@ -29,7 +29,7 @@ use crate::passes::pruning::sparsity::is_layer_matrix;
     Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
-pub enum LowRankMethod {
+pub(crate) enum LowRankMethod {
     /// Truncated SVD of the weight (no data).
     #[default]
     Svd,
@@ -41,7 +41,7 @@ pub enum LowRankMethod {
 /// Settings of `low_rank`: exactly one of `rank`, `energy` and `keep`.
 #[derive(Clone, Debug, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct LowRankSettings {
+pub(crate) struct LowRankSettings {
     /// The same rank for every layer matrix.
     #[serde(default)]
     pub rank: Option<usize>,
@@ -105,7 +105,7 @@ fn build(s: &Settings, _: &Defaults) -> Result<Built, CompressError> {
 }
 
 /// The low-rank pass over every layer matrix.
-pub struct LowRank {
+pub(crate) struct LowRank {
     pub target: RankTarget,
     pub method: LowRankMethod,
     pub damp: f64,
@@ -202,7 +202,11 @@ pub fn factorise(
 
 /// The lower Cholesky factor `S` of the damped `XᵀX` of `stats` (`XᵀX + λI = S·Sᵀ`), SVD-LLM's
 /// whitening; an error naming the matrix when it is not positive definite.
-pub fn whitening(name: &str, stats: &SiteStats, damp: f64) -> Result<Mat<f64>, CompressError> {
+pub(crate) fn whitening(
+    name: &str,
+    stats: &SiteStats,
+    damp: f64,
+) -> Result<Mat<f64>, CompressError> {
     let mut m = hessian_matrix(name, stats)?;
     let lambda = add_damping(&mut m, damp);
     let l = m.llt(Side::Lower).map_err(|_| {
@@ -214,7 +218,7 @@ pub fn whitening(name: &str, stats: &SiteStats, damp: f64) -> Result<Mat<f64>, C
 }
 
 /// [`factorise`] of `w·S` when `whiten` gives `S`, the factor `V` mapped back through `S⁻¹`.
-pub fn factorise_whitened(
+pub(crate) fn factorise_whitened(
     name: &str,
     w: &Tensor,
     target: RankTarget,

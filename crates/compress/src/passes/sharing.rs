@@ -22,7 +22,7 @@ use crate::model::tensors::{values_f32, TensorMap};
 /// Settings of `share`.
 #[derive(Clone, Debug, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ShareSettings {
+pub(crate) struct ShareSettings {
     /// k-means weight sharing with `2^bits` values per codebook (1 to 8).
     pub bits: u32,
     /// One codebook per matrix, or one per output row (stored as f16).
@@ -51,7 +51,7 @@ pub enum Codebook {
     Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
-pub enum ShareWeights {
+pub(crate) enum ShareWeights {
     /// The plain squared error of the weights.
     #[default]
     None,
@@ -85,7 +85,7 @@ fn build(s: &Settings, _: &Defaults) -> Result<Built, CompressError> {
 }
 
 /// The k-means sharing pass over every dense matrix.
-pub struct Share(pub ShareSettings);
+pub(crate) struct Share(pub ShareSettings);
 
 impl Pass for Share {
     fn name(&self) -> &'static str {
@@ -201,7 +201,7 @@ pub fn kmeans_1d(values: &[f32], bits: u32) -> (Vec<f32>, Vec<u16>) {
 
 /// [`kmeans_1d`] minimising the `weights`-weighted squared error (uniform when `None`):
 /// centroids are weighted means, initialised at weighted quantiles.
-pub fn kmeans_1d_weighted(
+pub(crate) fn kmeans_1d_weighted(
     values: &[f32],
     weights: Option<&[f32]>,
     bits: u32,

@@ -32,7 +32,10 @@ pub struct Importance {
 
 /// Measures every part's importance on the calibration `tokens`, for a Llama decoder or a
 /// BERT encoder (whose heads are its own key/value groups).
-pub fn measure(c: &Candidate, tokens: &CalibrationTokens) -> Result<Importance, CompressError> {
+pub(crate) fn measure(
+    c: &Candidate,
+    tokens: &CalibrationTokens,
+) -> Result<Importance, CompressError> {
     let (hidden, hd, kv, group) = match &c.arch {
         ArchConfig::Llama(cfg) => {
             let kv = cfg.kv_heads();

@@ -27,7 +27,7 @@ use crate::passes::pruning::wanda::wanda_prune;
 /// Where layers to drop come from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
-pub enum DropLayers {
+pub(crate) enum DropLayers {
     /// These layers (0-based).
     These(Vec<usize>),
     /// This many layers, the least important by `by`.
@@ -43,7 +43,7 @@ pub enum DropLayers {
     Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
-pub enum LayerRanking {
+pub(crate) enum LayerRanking {
     /// The calibration loss without the layer, each layer dropped alone (one evaluation per
     /// layer).
     #[default]
@@ -57,7 +57,7 @@ pub enum LayerRanking {
     Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
-pub enum NeuronImportance {
+pub(crate) enum NeuronImportance {
     /// Norms of the neuron's weights: ‖gate row‖·‖up row‖·‖down column‖ (Llama),
     /// ‖in row‖·‖out column‖ (BERT).
     #[default]
@@ -76,7 +76,7 @@ pub enum NeuronImportance {
     Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
-pub enum SparsityMethod {
+pub(crate) enum SparsityMethod {
     /// The smallest magnitudes (the baseline; no data).
     #[default]
     Magnitude,
@@ -90,7 +90,7 @@ pub enum SparsityMethod {
 /// Settings of `prune`; structured parts run first, then sparsity.
 #[derive(Clone, Debug, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PruneSettings {
+pub(crate) struct PruneSettings {
     #[serde(default)]
     pub drop_layers: Option<DropLayers>,
     /// Llama: key/value head groups kept per layer; BERT: attention heads kept.
@@ -194,7 +194,7 @@ fn build(s: &Settings, _: &Defaults) -> Result<Built, CompressError> {
 }
 
 /// The prune pass.
-pub struct Prune(pub PruneSettings);
+pub(crate) struct Prune(pub PruneSettings);
 
 impl Pass for Prune {
     fn name(&self) -> &'static str {

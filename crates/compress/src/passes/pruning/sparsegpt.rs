@@ -10,7 +10,7 @@ use crate::calibration::obs::{sweep, ColumnRule, InverseHessian};
 use crate::passes::pruning::sparsity::SparsityPattern;
 
 /// Columns per block: the references' `blocksize`.
-pub const BLOCK: usize = 128;
+pub(crate) const BLOCK: usize = 128;
 
 struct Mask {
     pattern: SparsityPattern,
@@ -70,7 +70,7 @@ impl ColumnRule for Mask {
 
 /// Prunes the column-major `w [rows, cols]` to `pattern` with SparseGPT's updates; returns the
 /// OBS estimate of the reconstruction loss it added.
-pub fn sparsegpt_prune(
+pub(crate) fn sparsegpt_prune(
     w: &mut faer::Mat<f32>,
     hinv: &InverseHessian,
     pattern: SparsityPattern,

@@ -33,7 +33,7 @@ pub fn is_layer_matrix(name: &str) -> bool {
 
 /// Which weights of a matrix a sparsity method zeroes.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum SparsityPattern {
+pub(crate) enum SparsityPattern {
     /// This share of the weights, in [0, 1).
     Share(f64),
     /// Two of every four consecutive weights of a row.
@@ -128,7 +128,7 @@ pub fn magnitude_prune(
 }
 
 /// Share of exact zeros in `t`.
-pub fn zero_share(t: &Tensor) -> candle_core::Result<f64> {
+pub(crate) fn zero_share(t: &Tensor) -> candle_core::Result<f64> {
     let zeros = t
         .eq(0.0)?
         .to_dtype(DType::F32)?

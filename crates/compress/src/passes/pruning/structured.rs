@@ -242,7 +242,7 @@ fn bert_head(map: &TensorMap) -> Option<Head> {
 
 /// The `n` layers whose removal, each alone, hurts the calibration loss least; and a report
 /// note listing every layer's loss.
-pub fn least_important_layers(
+pub(crate) fn least_important_layers(
     c: &Candidate,
     n: usize,
     calibration: &dyn Calibration,
@@ -286,7 +286,7 @@ pub fn least_important_layers(
 
 /// The `n` layers of least block influence (`1 − cos(x_in, x_out)` on the calibration
 /// blocks): the layers that change the residual stream least, and a report note.
-pub fn least_influential_layers(
+pub(crate) fn least_influential_layers(
     c: &Candidate,
     n: usize,
     blocks: &CalibrationTokens,

@@ -9,7 +9,7 @@ use crate::passes::pruning::sparsity::SparsityPattern;
 /// Zeroes weights of the row-major `w [rows, cols]` by Wanda's score with the input channel
 /// norms `norms` (`cols` values): the lowest `share` of every row, or the 2 lowest of every 4
 /// consecutive weights of a row.
-pub fn wanda_prune(
+pub(crate) fn wanda_prune(
     w: &mut [f32],
     rows: usize,
     cols: usize,

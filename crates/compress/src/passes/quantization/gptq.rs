@@ -60,7 +60,7 @@ impl ColumnRule for GridRule<'_> {
 /// GPTQ of the row-major `w [rows, cols]` (`cols` a multiple of the format's block) with the
 /// layer's inverse Hessian; `importance` (the mean `x²` per input channel) weights each
 /// group's grid search as llama.cpp's importance matrix does.
-pub fn gptq_quantize(
+pub(crate) fn gptq_quantize(
     w: &[f32],
     rows: usize,
     cols: usize,

@@ -10,7 +10,7 @@ use crate::framework::pass::{Candidate, Context, Pass, PassReport};
 use crate::model::tensors::{values_f32, TensorMap};
 
 /// The int8 pass: every dense matrix, per output channel.
-pub struct Int8;
+pub(crate) struct Int8;
 
 impl Pass for Int8 {
     fn name(&self) -> &'static str {
@@ -40,7 +40,7 @@ pub struct Quantised {
 }
 
 /// Row-wise symmetric int8: `scale = max|row| / 127`, `q = round(w / scale)`.
-pub fn quantize_rows(values: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
+pub(crate) fn quantize_rows(values: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
     let mut q = Vec::with_capacity(values.len());
     let mut scales = Vec::with_capacity(values.len() / cols.max(1));
     for row in values.chunks(cols.max(1)) {

@@ -58,7 +58,7 @@ pub enum QuantMethod {
 /// Settings of `quantize`.
 #[derive(Clone, Debug, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct QuantizeSettings {
+pub(crate) struct QuantizeSettings {
     /// `int8` (per-channel, safetensors) or a GGUF type (`q8_0`, `q6_k`, `q5_k`, `q4_k`,
     /// `q5_0`, `q4_0`, `f16`; Llama only, exported as GGUF and measured through QMatMul).
     #[serde(rename = "type")]
@@ -170,7 +170,7 @@ fn build(s: &Settings, _: &Defaults) -> Result<Built, CompressError> {
 }
 
 /// The pass of `imatrix` and `gptq`: encodes the layer matrices and the head as GGUF blocks.
-pub struct Calibrated {
+pub(crate) struct Calibrated {
     pub qtype: GgmlDType,
     pub embeddings: Option<GgmlDType>,
     /// Per-tensor types, over `qtype` and `embeddings`.
@@ -242,7 +242,7 @@ impl Calibrated {
 /// GPTQ when `hinv` (the upper Cholesky factor of the damped inverse Hessian) is given and the
 /// type has a grid here, else llama.cpp's importance-weighted search; types without a grid
 /// here go through candle's importance search (the `bool` says so).
-pub fn encode_matrix(
+pub(crate) fn encode_matrix(
     used: GgmlDType,
     values: &[f32],
     rows: usize,
