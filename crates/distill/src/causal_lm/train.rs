@@ -129,26 +129,16 @@ fn settle_batch_size(
 
 /// The largest micro-batch whose step fits on `device` (the group's smallest, times its
 /// ranks).
-fn probe_batch_size(
-    run: &Prepared,
-    teacher: Option<&dyn Model>,
-    data: &RunData,
-    student: &LlamaStudent,
-    training: &Training,
+fn probe_batch_size<'a>(
+    run: &'a Prepared,
+    teacher: Option<&'a dyn Model>,
+    data: &'a RunData,
+    student: &'a LlamaStudent,
+    training: &'a Training,
     device: &Device,
 ) -> Result<usize> {
-    let mut probe = CausalLm::new(CausalLmSetup {
-        student: Student {
-            model: &student.model,
-            varmap: &student.varmap,
-        },
-        teacher: teacher.map(TeacherSignal::Online),
-        distill: &run.cfg.distill,
-        training,
-        train: &data.train,
-        valid: &data.valid,
-        device: device.clone(),
-    })?;
+    // `batch_size: auto` never trains from a cache: the task runs the teacher online.
+    let mut probe = task(run, teacher, data, student, training)?;
     let params: usize = student
         .varmap
         .all_vars()
