@@ -15,13 +15,17 @@ pub const TINY_VOCAB: usize = 260;
 pub const EOS: &str = "<|endoftext|>";
 
 pub fn tiny_llama_config() -> LlamaConfig {
-    LlamaConfig::from_json(
-        r#"{"model_type":"llama","architectures":["LlamaForCausalLM"],"vocab_size":260,"hidden_size":32,
-            "intermediate_size":64,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
-            "rms_norm_eps":1e-5,"rope_theta":10000.0,"max_position_embeddings":128,"tie_word_embeddings":true}"#,
-        "tiny",
-    )
-    .unwrap()
+    distill_models::testing::TinyLlama {
+        vocab: TINY_VOCAB,
+        hidden: 32,
+        ffn: 64,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        positions: 128,
+        rms_norm_eps: 1e-5,
+    }
+    .config()
 }
 
 /// The byte-level alphabet as tokens 0..256, then the EOS token, then one merged token `ab`.

@@ -6,13 +6,17 @@ use distill_models::LlamaConfig;
 use distill_models::surgery::Tensors;
 
 pub fn tiny_config() -> LlamaConfig {
-    LlamaConfig::from_json(
-        r#"{"model_type":"llama","vocab_size":50,"hidden_size":32,"intermediate_size":64,
-            "num_hidden_layers":3,"num_attention_heads":4,"num_key_value_heads":2,
-            "max_position_embeddings":64,"tie_word_embeddings":true}"#,
-        "tiny",
-    )
-    .unwrap()
+    distill_models::testing::TinyLlama {
+        vocab: 50,
+        hidden: 32,
+        ffn: 64,
+        layers: 3,
+        heads: 4,
+        kv_heads: 2,
+        positions: 64,
+        rms_norm_eps: 1e-6,
+    }
+    .config()
 }
 
 /// Unit norms and small random matrices.

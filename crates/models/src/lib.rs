@@ -24,6 +24,8 @@ pub mod nn;
 pub mod ops;
 pub mod precision;
 pub mod surgery;
+#[doc(hidden)]
+pub mod testing;
 pub mod weights;
 
 pub use bert::{Bert, BertConfig, BertOutput};

@@ -810,26 +810,17 @@ mod tests {
     use candle_nn::VarMap;
 
     pub(crate) fn tiny_config() -> LlamaConfig {
-        LlamaConfig {
-            model_type: "llama".into(),
-            vocab_size: 32,
-            hidden_size: 16,
-            intermediate_size: 24,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: Some(2),
-            head_dim: None,
+        crate::testing::TinyLlama {
+            vocab: 32,
+            hidden: 16,
+            ffn: 24,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            positions: 64,
             rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
-            max_position_embeddings: 64,
-            tie_word_embeddings: true,
-            attention_bias: false,
-            mlp_bias: false,
-            hidden_act: "silu".into(),
-            rope_scaling: None,
-            bos_token_id: None,
-            eos_token_id: None,
         }
+        .config()
     }
 
     fn tiny(cfg: &LlamaConfig) -> (VarMap, Llama) {

@@ -209,15 +209,17 @@ fn only_bpe_tokenizers_are_trimmed() {
 }
 
 fn tiny_llama(vocab: usize) -> (LlamaConfig, crate::LlamaStudent) {
-    let cfg = LlamaConfig::from_json(
-        &format!(
-            r#"{{"model_type":"llama","vocab_size":{vocab},"hidden_size":16,"intermediate_size":32,
-                "num_hidden_layers":2,"num_attention_heads":2,"num_key_value_heads":1,"tie_word_embeddings":true,
-                "max_position_embeddings":32}}"#
-        ),
-        "t",
-    )
-    .unwrap();
+    let cfg = distill_models::testing::TinyLlama {
+        vocab,
+        hidden: 16,
+        ffn: 32,
+        layers: 2,
+        heads: 2,
+        kv_heads: 1,
+        positions: 32,
+        rms_norm_eps: 1e-6,
+    }
+    .config();
     let s = crate::build_student(
         &cfg,
         None,
