@@ -273,11 +273,48 @@ fn permute_qk(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
 
 /// Writes `e` to `path` (through a temporary file, renamed when complete).
 pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressError> {
-    let cfg = e.config;
-    if !matches!(cfg.model_type.as_str(), "llama" | "mistral") {
+    check(e)?;
+    let mut out = Tensors {
+        e,
+        tensors: vec![],
+        fallbacks: vec![],
+    };
+    out.matrices()?;
+    out.norms()?;
+    let md = metadata(e);
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: std::io::Error| CompressError::Io {
+            path: p,
+            msg: e.to_string(),
+        }
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    distill_files::write_file_with(path, |tmp| -> Result<(), CompressError> {
+        let mut file = std::fs::File::create(tmp).map_err(io(tmp))?;
+        let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let t_refs: Vec<(&str, &QTensor)> =
+            out.tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut file, &md_refs, &t_refs).map_err(ctx("writing GGUF"))?;
+        file.sync_all().map_err(io(tmp))
+    })?;
+    warn_fallbacks(&out.fallbacks);
+    Ok(GgufSummary {
+        path: path.to_path_buf(),
+        bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        tensors: out.tensors.len(),
+        fallbacks: out.fallbacks,
+    })
+}
+
+/// An architecture this export writes, with tokenizer metadata.
+fn check(e: &GgufExport) -> Result<(), CompressError> {
+    if !matches!(e.config.model_type.as_str(), "llama" | "mistral") {
         return Err(CompressError::Unsupported(format!(
             "GGUF export knows the llama architecture (llama, mistral configs); `{}` is not supported",
-            cfg.model_type
+            e.config.model_type
         )));
     }
     if !e.tokenizer.contains_key("tokenizer.ggml.tokens") {
@@ -287,141 +324,174 @@ pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressE
                 .into(),
         });
     }
-    let ctx = |what: &str| {
-        let what = what.to_string();
-        move |source: candle_core::Error| CompressError::Tensor {
-            context: what,
-            source,
+    Ok(())
+}
+
+fn ctx(what: &str) -> impl FnOnce(candle_core::Error) -> CompressError {
+    let what = what.to_string();
+    move |source| CompressError::Tensor {
+        context: what,
+        source,
+    }
+}
+
+/// The tensors of an export, in llama.cpp's order, and the types that fell back.
+struct Tensors<'a> {
+    e: &'a GgufExport<'a>,
+    tensors: Vec<(String, QTensor)>,
+    fallbacks: Vec<Fallback>,
+}
+
+impl Tensors<'_> {
+    /// The embeddings (and an untied head), then each layer's seven matrices.
+    fn matrices(&mut self) -> Result<(), CompressError> {
+        let cfg = self.e.config;
+        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let hd = cfg.head_dim();
+        let (heads, kv) = (cfg.num_attention_heads, cfg.kv_heads());
+        self.matrix("model.embed_tokens.weight", [cfg.vocab_size, h], None)?;
+        if !cfg.tie_word_embeddings {
+            self.matrix("lm_head.weight", [cfg.vocab_size, h], None)?;
         }
-    };
-    let get = |name: &str, shape: &[usize]| -> Result<Tensor, CompressError> {
-        Ok(e.weights.tensor(name, shape, Init::Const(0.0))?)
-    };
-    let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
-    let hd = cfg.head_dim();
-    let (heads, kv) = (cfg.num_attention_heads, cfg.kv_heads());
-    let mut fallbacks = vec![];
-    let mut tensors: Vec<(String, QTensor)> = vec![];
-    // One matrix: the blocks a pass encoded, or the dense values rounded here; `heads`
-    // permutes Q/K rows for llama.cpp's rope (blocks are whole rows, so rows move as bytes).
-    let mut matrix =
-        |hf: &str, shape: [usize; 2], heads: Option<usize>| -> Result<(), CompressError> {
-            let gguf = gguf_tensor_name(hf).expect("a Llama tensor name");
-            let [rows, cols] = shape;
-            let wanted = match hf {
-                "model.embed_tokens.weight" | "lm_head.weight" => e.embeddings.unwrap_or(e.qtype),
-                _ => e.qtype,
-            };
-            if let Some(crate::model::tensors::Stored::Gguf { dtype, data, .. }) =
-                e.encoded.and_then(|m| m.get(hf))
-            {
-                let row_bytes = cols / dtype.block_size() * dtype.type_size();
-                if cols % dtype.block_size() != 0 || data.len() != rows * row_bytes {
-                    return Err(CompressError::Unsupported(format!(
-                        "{hf}: {} bytes of {dtype:?} blocks do not make a [{rows}, {cols}] matrix",
-                        data.len()
-                    )));
-                }
-                let data = match heads {
-                    Some(h) => {
-                        let hd = rows / h;
-                        let mut out = Vec::with_capacity(data.len());
-                        for n in 0..rows {
-                            let (head, a, b) = (n / hd, (n % hd) / 2, n % 2);
-                            let old = head * hd + b * (hd / 2) + a;
-                            out.extend_from_slice(&data[old * row_bytes..(old + 1) * row_bytes]);
-                        }
-                        out
-                    }
-                    None => data.clone(),
-                };
-                // A type the rows do not fit, replaced as llama.cpp does (a pass that chose
-                // per-tensor types chose them: not a fallback).
-                if *dtype != wanted && *dtype == fitting_type(wanted, cols) {
-                    fallbacks.push(Fallback {
-                        tensor: gguf.clone(),
-                        wanted: format!("{wanted:?}"),
-                        used: format!("{dtype:?}"),
-                        row_length: cols,
-                    });
-                }
-                tensors.push((
-                    gguf.clone(),
-                    qtensor(data, *dtype, rows, cols).map_err(ctx(&gguf))?,
-                ));
-                return Ok(());
-            }
-            let mut t = get(hf, &shape)?;
-            if let Some(h) = heads {
-                t = permute_qk(&t, h).map_err(ctx(&gguf))?;
-            }
-            let used = fitting_type(wanted, cols);
-            if used != wanted {
-                fallbacks.push(Fallback {
-                    tensor: gguf.clone(),
-                    wanted: format!("{wanted:?}"),
-                    used: format!("{used:?}"),
-                    row_length: cols,
-                });
-            }
-            let q = match (e.search, Format::of(used)) {
-                (Search::Reference, Some(f)) => {
-                    let values = crate::model::tensors::values_f32(hf, &t)?;
-                    let bytes = quantize_rows(f, &values, cols, None);
-                    qtensor(bytes, used, rows, cols).map_err(ctx(&gguf))?
-                }
-                _ => QTensor::quantize(&t, used).map_err(ctx(&gguf))?,
-            };
-            tensors.push((gguf, q));
-            Ok(())
-        };
-    matrix("model.embed_tokens.weight", [cfg.vocab_size, h], None)?;
-    if !cfg.tie_word_embeddings {
-        matrix("lm_head.weight", [cfg.vocab_size, h], None)?;
-    }
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        matrix(
-            &format!("{p}.self_attn.q_proj.weight"),
-            [heads * hd, h],
-            Some(heads),
-        )?;
-        matrix(
-            &format!("{p}.self_attn.k_proj.weight"),
-            [kv * hd, h],
-            Some(kv),
-        )?;
-        matrix(&format!("{p}.self_attn.v_proj.weight"), [kv * hd, h], None)?;
-        matrix(
-            &format!("{p}.self_attn.o_proj.weight"),
-            [h, heads * hd],
-            None,
-        )?;
-        matrix(&format!("{p}.mlp.gate_proj.weight"), [f, h], None)?;
-        matrix(&format!("{p}.mlp.up_proj.weight"), [f, h], None)?;
-        matrix(&format!("{p}.mlp.down_proj.weight"), [h, f], None)?;
-    }
-    let mut norm = |gguf: String, name: String| -> Result<(), CompressError> {
-        let t = get(&name, &[h])?;
-        tensors.push((
-            gguf.clone(),
-            QTensor::quantize(&t, GgmlDType::F32).map_err(ctx(&gguf))?,
-        ));
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let attn = |m: &str| format!("{p}.self_attn.{m}.weight");
+            let mlp = |m: &str| format!("{p}.mlp.{m}.weight");
+            self.matrix(&attn("q_proj"), [heads * hd, h], Some(heads))?;
+            self.matrix(&attn("k_proj"), [kv * hd, h], Some(kv))?;
+            self.matrix(&attn("v_proj"), [kv * hd, h], None)?;
+            self.matrix(&attn("o_proj"), [h, heads * hd], None)?;
+            self.matrix(&mlp("gate_proj"), [f, h], None)?;
+            self.matrix(&mlp("up_proj"), [f, h], None)?;
+            self.matrix(&mlp("down_proj"), [h, f], None)?;
+        }
         Ok(())
-    };
-    norm("output_norm.weight".into(), "model.norm.weight".into())?;
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        norm(
-            format!("blk.{i}.attn_norm.weight"),
-            format!("{p}.input_layernorm.weight"),
-        )?;
-        norm(
-            format!("blk.{i}.ffn_norm.weight"),
-            format!("{p}.post_attention_layernorm.weight"),
-        )?;
     }
 
+    /// The final norm, then each layer's two norms, in f32.
+    fn norms(&mut self) -> Result<(), CompressError> {
+        let cfg = self.e.config;
+        self.norm("output_norm.weight".into(), "model.norm.weight")?;
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            self.norm(
+                format!("blk.{i}.attn_norm.weight"),
+                &format!("{p}.input_layernorm.weight"),
+            )?;
+            self.norm(
+                format!("blk.{i}.ffn_norm.weight"),
+                &format!("{p}.post_attention_layernorm.weight"),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn norm(&mut self, gguf: String, name: &str) -> Result<(), CompressError> {
+        let t = self.get(name, &[self.e.config.hidden_size])?;
+        let q = QTensor::quantize(&t, GgmlDType::F32).map_err(ctx(&gguf))?;
+        self.tensors.push((gguf, q));
+        Ok(())
+    }
+
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, CompressError> {
+        Ok(self.e.weights.tensor(name, shape, Init::Const(0.0))?)
+    }
+
+    /// One matrix: the blocks a pass encoded, or the dense values rounded here; `heads`
+    /// permutes Q/K rows for llama.cpp's rope (blocks are whole rows, so rows move as bytes).
+    fn matrix(
+        &mut self,
+        hf: &str,
+        shape: [usize; 2],
+        heads: Option<usize>,
+    ) -> Result<(), CompressError> {
+        let gguf = gguf_tensor_name(hf).expect("a Llama tensor name");
+        let wanted = match hf {
+            "model.embed_tokens.weight" | "lm_head.weight" => {
+                self.e.embeddings.unwrap_or(self.e.qtype)
+            }
+            _ => self.e.qtype,
+        };
+        if let Some(crate::model::tensors::Stored::Gguf { dtype, data, .. }) =
+            self.e.encoded.and_then(|m| m.get(hf))
+        {
+            return self.encoded(hf, gguf, shape, heads, (*dtype, data, wanted));
+        }
+        let [rows, cols] = shape;
+        let mut t = self.get(hf, &shape)?;
+        if let Some(h) = heads {
+            t = permute_qk(&t, h).map_err(ctx(&gguf))?;
+        }
+        let used = fitting_type(wanted, cols);
+        if used != wanted {
+            self.fallback(&gguf, wanted, used, cols);
+        }
+        let q = match (self.e.search, Format::of(used)) {
+            (Search::Reference, Some(f)) => {
+                let values = crate::model::tensors::values_f32(hf, &t)?;
+                let bytes = quantize_rows(f, &values, cols, None);
+                qtensor(bytes, used, rows, cols).map_err(ctx(&gguf))?
+            }
+            _ => QTensor::quantize(&t, used).map_err(ctx(&gguf))?,
+        };
+        self.tensors.push((gguf, q));
+        Ok(())
+    }
+
+    /// A matrix a pass already encoded as GGUF blocks of `dtype` (`wanted` was asked for),
+    /// its rows permuted as bytes when `heads` says so.
+    fn encoded(
+        &mut self,
+        hf: &str,
+        gguf: String,
+        [rows, cols]: [usize; 2],
+        heads: Option<usize>,
+        (dtype, data, wanted): (GgmlDType, &Vec<u8>, GgmlDType),
+    ) -> Result<(), CompressError> {
+        let row_bytes = cols / dtype.block_size() * dtype.type_size();
+        if cols % dtype.block_size() != 0 || data.len() != rows * row_bytes {
+            return Err(CompressError::Unsupported(format!(
+                "{hf}: {} bytes of {dtype:?} blocks do not make a [{rows}, {cols}] matrix",
+                data.len()
+            )));
+        }
+        let data = match heads {
+            Some(h) => {
+                let hd = rows / h;
+                let mut out = Vec::with_capacity(data.len());
+                for n in 0..rows {
+                    let (head, a, b) = (n / hd, (n % hd) / 2, n % 2);
+                    let old = head * hd + b * (hd / 2) + a;
+                    out.extend_from_slice(&data[old * row_bytes..(old + 1) * row_bytes]);
+                }
+                out
+            }
+            None => data.clone(),
+        };
+        // A type the rows do not fit, replaced as llama.cpp does (a pass that chose per-tensor
+        // types chose them: not a fallback).
+        if dtype != wanted && dtype == fitting_type(wanted, cols) {
+            self.fallback(&gguf, wanted, dtype, cols);
+        }
+        let q = qtensor(data, dtype, rows, cols).map_err(ctx(&gguf))?;
+        self.tensors.push((gguf, q));
+        Ok(())
+    }
+
+    fn fallback(&mut self, gguf: &str, wanted: GgmlDType, used: GgmlDType, cols: usize) {
+        self.fallbacks.push(Fallback {
+            tensor: gguf.to_string(),
+            wanted: format!("{wanted:?}"),
+            used: format!("{used:?}"),
+            row_length: cols,
+        });
+    }
+}
+
+/// The `general.*` and `llama.*` metadata of `e`, then its tokenizer's keys.
+fn metadata(e: &GgufExport) -> Vec<(String, Value)> {
+    let cfg = e.config;
+    let (h, hd, heads) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads);
     let u32v = |v: usize| Value::U32(v as u32);
     let mut md: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String("llama".into())),
@@ -435,9 +505,12 @@ pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressE
         ),
         ("llama.embedding_length".into(), u32v(h)),
         ("llama.block_count".into(), u32v(cfg.num_hidden_layers)),
-        ("llama.feed_forward_length".into(), u32v(f)),
+        (
+            "llama.feed_forward_length".into(),
+            u32v(cfg.intermediate_size),
+        ),
         ("llama.attention.head_count".into(), u32v(heads)),
-        ("llama.attention.head_count_kv".into(), u32v(kv)),
+        ("llama.attention.head_count_kv".into(), u32v(cfg.kv_heads())),
         ("llama.rope.dimension_count".into(), u32v(hd)),
         (
             "llama.rope.freq_base".into(),
@@ -453,27 +526,13 @@ pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressE
         md.push(("llama.attention.value_length".into(), u32v(hd)));
     }
     md.extend(e.tokenizer.iter().map(|(k, v)| (k.clone(), v.clone())));
+    md
+}
 
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e: std::io::Error| CompressError::Io {
-            path: p,
-            msg: e.to_string(),
-        }
-    };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-    }
-    distill_files::write_file_with(path, |tmp| -> Result<(), CompressError> {
-        let mut file = std::fs::File::create(tmp).map_err(io(tmp))?;
-        let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        gguf_file::write(&mut file, &md_refs, &t_refs).map_err(ctx("writing GGUF"))?;
-        file.sync_all().map_err(io(tmp))
-    })?;
-    // One line per kind of fallback, not per tensor.
+/// One line per kind of fallback, not per tensor.
+fn warn_fallbacks(fallbacks: &[Fallback]) {
     let mut kinds: BTreeMap<(String, String, usize), Vec<&str>> = BTreeMap::new();
-    for fb in &fallbacks {
+    for fb in fallbacks {
         kinds
             .entry((fb.wanted.clone(), fb.used.clone(), fb.row_length))
             .or_default()
@@ -486,12 +545,6 @@ pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressE
             names[0]
         );
     }
-    Ok(GgufSummary {
-        path: path.to_path_buf(),
-        bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
-        tensors: tensors.len(),
-        fallbacks,
-    })
 }
 
 #[cfg(test)]

@@ -45,13 +45,38 @@ pub fn cut(
             "activation scores rank the parts of the model they were measured on: drop layers first".into(),
         ));
     }
-    let neuron_scores = scores.map(|s| s.neurons.as_slice());
     if !c.weights.stored.is_empty() {
         return Err(CompressError::Unsupported(
             "structured pruning after an encoding step".into(),
         ));
     }
-    let src: &dyn WeightSource = &c.weights;
+    let kept = kept_layers(c, cut)?;
+    let ranks = Ranks {
+        cut,
+        scores,
+        src: &c.weights,
+    };
+    let (arch, tensors) = match &c.arch {
+        ArchConfig::Llama(t) => {
+            let keep = ranks.llama(t, kept)?;
+            let (cfg, tensors) = surgery::llama::cut(t, &c.weights, &keep)?;
+            (ArchConfig::Llama(cfg), tensors)
+        }
+        ArchConfig::Bert(t) => {
+            let keep = ranks.bert(t, kept)?;
+            let (cfg, tensors) = surgery::bert::cut(t, &c.weights, &keep, bert_head(&c.weights))?;
+            (ArchConfig::Bert(cfg), tensors)
+        }
+    };
+    Ok(Candidate {
+        arch,
+        weights: TensorMap::from_tensors(tensors, c.weights.device.clone()),
+    })
+}
+
+/// The layers `cut` keeps; a layer that does not exist, no layer left or an FFN width out of
+/// range is an error naming the key.
+fn kept_layers(c: &Candidate, cut: &Cut) -> Result<Vec<usize>, CompressError> {
     let (layers, f) = match &c.arch {
         ArchConfig::Llama(t) => (t.num_hidden_layers, t.intermediate_size),
         ArchConfig::Bert(t) => (t.num_hidden_layers, t.intermediate_size),
@@ -70,164 +95,196 @@ pub fn cut(
         ));
     }
     match cut.neurons {
-        Some(0) => return Err(config("ffn_neurons", "would leave zero FFN neurons".into())),
-        Some(n) if n > f => {
-            return Err(config(
-                "ffn_neurons",
-                format!("{n} is more than the model's {f}"),
-            ))
-        }
-        _ => {}
+        Some(0) => Err(config("ffn_neurons", "would leave zero FFN neurons".into())),
+        Some(n) if n > f => Err(config(
+            "ffn_neurons",
+            format!("{n} is more than the model's {f}"),
+        )),
+        _ => Ok(kept),
     }
-    let neurons_of =
-        |i: usize, j: usize, norms: &dyn Fn(usize) -> Result<Vec<f32>, CompressError>| {
-            cut.neurons
-                .map(|n| -> Result<Vec<u32>, CompressError> {
-                    let scores = match neuron_scores {
-                        Some(s) => s.get(i).cloned().ok_or_else(|| {
-                            CompressError::Unsupported(format!("no neuron scores for layer {i}"))
-                        })?,
-                        None => norms(j)?,
-                    };
-                    Ok(top_k(&scores, n))
-                })
-                .transpose()
+}
+
+/// Which parts a cut keeps: the top-ranked by activation scores when given, else by weight
+/// norms.
+struct Ranks<'a> {
+    cut: &'a Cut,
+    scores: Option<&'a Importance>,
+    src: &'a dyn WeightSource,
+}
+
+impl Ranks<'_> {
+    /// The `n` best of `scores` of kept layer `i` (`what` names them in an error), or of
+    /// `norms` when no scores were measured.
+    fn top(
+        &self,
+        n: usize,
+        measured: Option<&Vec<Vec<f32>>>,
+        i: usize,
+        what: &str,
+        norms: impl FnOnce() -> Result<Vec<f32>, CompressError>,
+    ) -> Result<Vec<u32>, CompressError> {
+        let s = match measured {
+            Some(all) => all.get(i).cloned().ok_or_else(|| {
+                CompressError::Unsupported(format!("no {what} scores for layer {i}"))
+            })?,
+            None => norms()?,
         };
-    let (arch, tensors) = match &c.arch {
-        ArchConfig::Llama(t) => {
-            let kv = t.kv_heads();
-            match cut.heads {
-                Some(0) => return Err(config("heads", "would leave zero attention heads".into())),
-                Some(k) if k > kv => {
-                    return Err(config(
-                        "heads",
-                        format!("{k} key/value heads is more than the model's {kv}"),
-                    ))
-                }
-                _ => {}
-            }
-            match cut.hidden {
-                Some(0) => {
-                    return Err(config(
-                        "hidden",
-                        "would leave a residual stream of zero channels".into(),
-                    ))
-                }
-                Some(n) if n > t.hidden_size => {
-                    return Err(config(
-                        "hidden",
-                        format!("{n} is more than the model's {}", t.hidden_size),
-                    ))
-                }
-                _ => {}
-            }
-            let residual = cut
-                .hidden
-                .filter(|&n| n != t.hidden_size)
-                .map(|n| {
-                    let s = match scores {
-                        Some(s) => s.residual.clone(),
-                        None => surgery::llama::residual_norms(t, src)?,
-                    };
-                    Ok::<_, CompressError>(top_k(&s, n))
-                })
-                .transpose()?;
-            let mut per_layer = vec![];
-            for (i, &j) in kept.iter().enumerate() {
-                let groups = cut
-                    .heads
-                    .map(|k| {
-                        let s = match scores {
-                            Some(s) => s.kv_groups.get(i).cloned().ok_or_else(|| {
-                                CompressError::Unsupported(format!("no head scores for layer {i}"))
-                            })?,
-                            None => surgery::llama::kv_group_norms(t, src, j)?,
-                        };
-                        Ok::<_, CompressError>(top_k(&s, k))
-                    })
-                    .transpose()?;
-                per_layer.push(LayerKeep {
-                    heads: groups
-                        .as_ref()
-                        .map(|g| surgery::llama::query_heads_of(t, g)),
-                    kv_heads: groups,
-                    neurons: neurons_of(i, j, &|j| Ok(surgery::llama::neuron_norms(t, src, j)?))?,
-                });
-            }
-            let keep = Keep {
-                layers: kept,
-                residual,
-                per_layer,
+        Ok(top_k(&s, n))
+    }
+
+    /// The residual channels kept: the `n` best (`None` when all stay).
+    fn residual(
+        &self,
+        n: Option<usize>,
+        norms: impl FnOnce() -> Result<Vec<f32>, CompressError>,
+    ) -> Result<Option<Vec<u32>>, CompressError> {
+        n.map(|n| {
+            let s = match self.scores {
+                Some(s) => s.residual.clone(),
+                None => norms()?,
             };
-            let (cfg, tensors) = surgery::llama::cut(t, src, &keep)?;
-            (ArchConfig::Llama(cfg), tensors)
+            Ok(top_k(&s, n))
+        })
+        .transpose()
+    }
+
+    fn neuron_scores(&self) -> Option<&Vec<Vec<f32>>> {
+        self.scores.map(|s| &s.neurons)
+    }
+
+    fn head_scores(&self) -> Option<&Vec<Vec<f32>>> {
+        self.scores.map(|s| &s.kv_groups)
+    }
+
+    /// A Llama's kept parts: key/value groups (with their query heads), FFN neurons and
+    /// residual channels.
+    fn llama(
+        &self,
+        t: &distill_models::LlamaConfig,
+        kept: Vec<usize>,
+    ) -> Result<Keep, CompressError> {
+        let (cut, src) = (self.cut, self.src);
+        let kv = t.kv_heads();
+        match cut.heads {
+            Some(0) => return Err(config("heads", "would leave zero attention heads".into())),
+            Some(k) if k > kv => {
+                return Err(config(
+                    "heads",
+                    format!("{k} key/value heads is more than the model's {kv}"),
+                ))
+            }
+            _ => {}
         }
-        ArchConfig::Bert(t) => {
-            if cut.hidden.is_some() {
+        match cut.hidden {
+            Some(0) => {
                 return Err(config(
                     "hidden",
-                    "a BERT encoder's residual stream is its heads × head size: prune `heads`"
-                        .into(),
-                ));
+                    "would leave a residual stream of zero channels".into(),
+                ))
             }
-            let hd = t.hidden_size / t.num_attention_heads;
-            if let Some(h) = cut.heads {
-                if h == 0 {
-                    return Err(config("heads", "would leave zero attention heads".into()));
-                }
-                if h > t.num_attention_heads {
-                    return Err(config(
-                        "heads",
-                        format!("{h} is more than the model's {}", t.num_attention_heads),
-                    ));
-                }
+            Some(n) if n > t.hidden_size => {
+                return Err(config(
+                    "hidden",
+                    format!("{n} is more than the model's {}", t.hidden_size),
+                ))
             }
-            let residual = cut
+            _ => {}
+        }
+        let residual = self.residual(cut.hidden.filter(|&n| n != t.hidden_size), || {
+            Ok(surgery::llama::residual_norms(t, src)?)
+        })?;
+        let mut per_layer = vec![];
+        for (i, &j) in kept.iter().enumerate() {
+            let groups = cut
                 .heads
-                .filter(|&h| h != t.num_attention_heads)
-                .map(|h| {
-                    let s = match scores {
-                        Some(s) => s.residual.clone(),
-                        None => surgery::bert::residual_norms(t, src)?,
-                    };
-                    Ok::<_, CompressError>(top_k(&s, h * hd))
+                .map(|k| {
+                    self.top(k, self.head_scores(), i, "head", || {
+                        Ok(surgery::llama::kv_group_norms(t, src, j)?)
+                    })
                 })
                 .transpose()?;
-            let mut per_layer = vec![];
-            for (i, &j) in kept.iter().enumerate() {
-                per_layer.push(LayerKeep {
-                    heads: cut
-                        .heads
-                        .filter(|&h| h != t.num_attention_heads)
-                        .map(|h| {
-                            let s = match scores {
-                                Some(s) => s.kv_groups.get(i).cloned().ok_or_else(|| {
-                                    CompressError::Unsupported(format!(
-                                        "no head scores for layer {i}"
-                                    ))
-                                })?,
-                                None => surgery::bert::head_norms(t, src, j)?,
-                            };
-                            Ok::<_, CompressError>(top_k(&s, h))
-                        })
-                        .transpose()?,
-                    kv_heads: None,
-                    neurons: neurons_of(i, j, &|j| Ok(surgery::bert::neuron_norms(t, src, j)?))?,
-                });
-            }
-            let keep = Keep {
-                layers: kept,
-                residual,
-                per_layer,
-            };
-            let (cfg, tensors) = surgery::bert::cut(t, src, &keep, bert_head(&c.weights))?;
-            (ArchConfig::Bert(cfg), tensors)
+            let neurons = cut
+                .neurons
+                .map(|n| {
+                    self.top(n, self.neuron_scores(), i, "neuron", || {
+                        Ok(surgery::llama::neuron_norms(t, src, j)?)
+                    })
+                })
+                .transpose()?;
+            per_layer.push(LayerKeep {
+                heads: groups
+                    .as_ref()
+                    .map(|g| surgery::llama::query_heads_of(t, g)),
+                kv_heads: groups,
+                neurons,
+            });
         }
-    };
-    Ok(Candidate {
-        arch,
-        weights: TensorMap::from_tensors(tensors, c.weights.device.clone()),
-    })
+        Ok(Keep {
+            layers: kept,
+            residual,
+            per_layer,
+        })
+    }
+
+    /// A BERT encoder's kept parts: heads (and a residual stream of heads × head size) and
+    /// FFN neurons.
+    fn bert(
+        &self,
+        t: &distill_models::BertConfig,
+        kept: Vec<usize>,
+    ) -> Result<Keep, CompressError> {
+        let (cut, src) = (self.cut, self.src);
+        if cut.hidden.is_some() {
+            return Err(config(
+                "hidden",
+                "a BERT encoder's residual stream is its heads × head size: prune `heads`".into(),
+            ));
+        }
+        let hd = t.hidden_size / t.num_attention_heads;
+        if let Some(h) = cut.heads {
+            if h == 0 {
+                return Err(config("heads", "would leave zero attention heads".into()));
+            }
+            if h > t.num_attention_heads {
+                return Err(config(
+                    "heads",
+                    format!("{h} is more than the model's {}", t.num_attention_heads),
+                ));
+            }
+        }
+        let pruned_heads = cut.heads.filter(|&h| h != t.num_attention_heads);
+        let residual = self.residual(pruned_heads.map(|h| h * hd), || {
+            Ok(surgery::bert::residual_norms(t, src)?)
+        })?;
+        let mut per_layer = vec![];
+        for (i, &j) in kept.iter().enumerate() {
+            let heads = pruned_heads
+                .map(|h| {
+                    self.top(h, self.head_scores(), i, "head", || {
+                        Ok(surgery::bert::head_norms(t, src, j)?)
+                    })
+                })
+                .transpose()?;
+            let neurons = cut
+                .neurons
+                .map(|n| {
+                    self.top(n, self.neuron_scores(), i, "neuron", || {
+                        Ok(surgery::bert::neuron_norms(t, src, j)?)
+                    })
+                })
+                .transpose()?;
+            per_layer.push(LayerKeep {
+                heads,
+                kv_heads: None,
+                neurons,
+            });
+        }
+        Ok(Keep {
+            layers: kept,
+            residual,
+            per_layer,
+        })
+    }
 }
 
 /// A classifier's head as the tensors hold it.
