@@ -11,7 +11,9 @@
 use candle_core::Tensor;
 use candle_nn::Init;
 
-use super::{block_rows, column_norms, index, row_norms, select, Keep, SourceSizes, Tensors};
+use super::{
+    block_rows, column_norms, index, row_norms, select, Keep, LayerKeep, SourceSizes, Tensors,
+};
 use crate::bert::BertConfig;
 use crate::bert_classifier::encoder_prefix;
 use crate::error::{ModelError, Result, TensorContext};
@@ -63,119 +65,22 @@ pub fn cut(
             "layer {l}: BERT has no key/value heads apart from its attention heads"
         )));
     }
-    let tp = encoder_prefix(src);
     let dev = src.device().clone();
-    let get = |name: &str, shape: &[usize]| src.tensor(name, shape, Init::Const(0.0));
     let res = index(keep.residual.as_ref(), &dev)?;
-    let res = res.as_ref();
+    let c = Cutter {
+        t,
+        src,
+        tp: encoder_prefix(src),
+        res: res.as_ref(),
+        dev: &dev,
+    };
     let mut out = Tensors::new();
-    let mut put = |name: String, v: Tensor| {
-        out.insert(name, v);
-    };
-    let both = |name: &str,
-                shape: &[usize],
-                rows: Option<&Tensor>,
-                cols: Option<&Tensor>|
-     -> Result<Tensor> {
-        let w = get(name, shape)?;
-        select(&select(&w, 0, rows, name)?, 1, cols, name)
-    };
-    let one = |name: &str, len: usize, idx: Option<&Tensor>| -> Result<Tensor> {
-        select(&get(name, &[len])?, 0, idx, name)
-    };
-
-    for (n, len) in [
-        ("word_embeddings", t.vocab_size),
-        ("position_embeddings", t.max_position_embeddings),
-        ("token_type_embeddings", t.type_vocab_size),
-    ] {
-        let name = format!("{tp}embeddings.{n}.weight");
-        put(
-            format!("bert.embeddings.{n}.weight"),
-            both(&name, &[len, th], None, res)?,
-        );
-    }
-    for p in ["weight", "bias"] {
-        put(
-            format!("bert.embeddings.LayerNorm.{p}"),
-            one(&format!("{tp}embeddings.LayerNorm.{p}"), th, res)?,
-        );
-    }
+    c.embeddings(&mut out)?;
     for (si, (&ti, lk)) in keep.layers.iter().zip(&keep.per_layer).enumerate() {
-        let tl = format!("{tp}encoder.layer.{ti}");
-        let sl = format!("bert.encoder.layer.{si}");
-        let head_rows = index(lk.heads.as_ref().map(|s| block_rows(s, hd)).as_ref(), &dev)?;
-        let head_rows = head_rows.as_ref();
-        let n_idx = index(lk.neurons.as_ref(), &dev)?;
-        let n_idx = n_idx.as_ref();
-        for n in ["query", "key", "value"] {
-            let w = format!("attention.self.{n}.weight");
-            put(
-                format!("{sl}.{w}"),
-                both(&format!("{tl}.{w}"), &[th, th], head_rows, res)?,
-            );
-            let b = format!("attention.self.{n}.bias");
-            put(
-                format!("{sl}.{b}"),
-                one(&format!("{tl}.{b}"), th, head_rows)?,
-            );
-        }
-        put(
-            format!("{sl}.attention.output.dense.weight"),
-            both(
-                &format!("{tl}.attention.output.dense.weight"),
-                &[th, th],
-                res,
-                head_rows,
-            )?,
-        );
-        put(
-            format!("{sl}.intermediate.dense.weight"),
-            both(
-                &format!("{tl}.intermediate.dense.weight"),
-                &[tf, th],
-                n_idx,
-                res,
-            )?,
-        );
-        put(
-            format!("{sl}.intermediate.dense.bias"),
-            one(&format!("{tl}.intermediate.dense.bias"), tf, n_idx)?,
-        );
-        put(
-            format!("{sl}.output.dense.weight"),
-            both(&format!("{tl}.output.dense.weight"), &[th, tf], res, n_idx)?,
-        );
-        for n in [
-            "attention.output.dense.bias",
-            "output.dense.bias",
-            "attention.output.LayerNorm.weight",
-            "attention.output.LayerNorm.bias",
-            "output.LayerNorm.weight",
-            "output.LayerNorm.bias",
-        ] {
-            put(format!("{sl}.{n}"), one(&format!("{tl}.{n}"), th, res)?);
-        }
+        c.layer(si, ti, lk, &mut out)?;
     }
     if let Some(head) = head {
-        if head.pooler {
-            put(
-                "bert.pooler.dense.weight".into(),
-                both(&format!("{tp}pooler.dense.weight"), &[th, th], res, res)?,
-            );
-            put(
-                "bert.pooler.dense.bias".into(),
-                one(&format!("{tp}pooler.dense.bias"), th, res)?,
-            );
-        }
-        put(
-            "classifier.weight".into(),
-            both("classifier.weight", &[head.num_labels, th], None, res)?,
-        );
-        put(
-            "classifier.bias".into(),
-            get("classifier.bias", &[head.num_labels])?,
-        );
+        c.head(head, &mut out)?;
     }
     let cfg = BertConfig {
         num_hidden_layers: keep.layers.len(),
@@ -245,6 +150,157 @@ pub fn head_of(src: &dyn WeightSource, num_labels: usize) -> Option<Head> {
         num_labels,
         pooler: src.contains(&format!("{}pooler.dense.weight", encoder_prefix(src))),
     })
+}
+
+/// Cuts the tensors of one source encoder (names under `tp`), its residual channels narrowed
+/// to `res`, into `bert.*` names.
+struct Cutter<'a> {
+    t: &'a BertConfig,
+    src: &'a dyn WeightSource,
+    tp: &'static str,
+    res: Option<&'a Tensor>,
+    dev: &'a candle_core::Device,
+}
+
+impl Cutter<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.src.tensor(name, shape, Init::Const(0.0))
+    }
+
+    /// A matrix with `rows` and `cols` kept.
+    fn both(
+        &self,
+        name: &str,
+        shape: &[usize],
+        rows: Option<&Tensor>,
+        cols: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let w = self.get(name, shape)?;
+        select(&select(&w, 0, rows, name)?, 1, cols, name)
+    }
+
+    /// A vector with `idx` kept.
+    fn one(&self, name: &str, len: usize, idx: Option<&Tensor>) -> Result<Tensor> {
+        select(&self.get(name, &[len])?, 0, idx, name)
+    }
+
+    /// The three embedding tables and their LayerNorm.
+    fn embeddings(&self, out: &mut Tensors) -> Result<()> {
+        let (t, tp, res, th) = (self.t, self.tp, self.res, self.t.hidden_size);
+        for (n, len) in [
+            ("word_embeddings", t.vocab_size),
+            ("position_embeddings", t.max_position_embeddings),
+            ("token_type_embeddings", t.type_vocab_size),
+        ] {
+            let name = format!("{tp}embeddings.{n}.weight");
+            out.insert(
+                format!("bert.embeddings.{n}.weight"),
+                self.both(&name, &[len, th], None, res)?,
+            );
+        }
+        for p in ["weight", "bias"] {
+            out.insert(
+                format!("bert.embeddings.LayerNorm.{p}"),
+                self.one(&format!("{tp}embeddings.LayerNorm.{p}"), th, res)?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Source layer `ti` as layer `si` of the cut, keeping what `lk` says.
+    fn layer(&self, si: usize, ti: usize, lk: &LayerKeep, out: &mut Tensors) -> Result<()> {
+        let (t, res) = (self.t, self.res);
+        let (th, tf) = (t.hidden_size, t.intermediate_size);
+        let hd = th / t.num_attention_heads;
+        let tl = format!("{}encoder.layer.{ti}", self.tp);
+        let sl = format!("bert.encoder.layer.{si}");
+        let head_rows = index(
+            lk.heads.as_ref().map(|s| block_rows(s, hd)).as_ref(),
+            self.dev,
+        )?;
+        let head_rows = head_rows.as_ref();
+        let n_idx = index(lk.neurons.as_ref(), self.dev)?;
+        let n_idx = n_idx.as_ref();
+        let mut put = |name: String, v: Tensor| {
+            out.insert(name, v);
+        };
+        for n in ["query", "key", "value"] {
+            let w = format!("attention.self.{n}.weight");
+            put(
+                format!("{sl}.{w}"),
+                self.both(&format!("{tl}.{w}"), &[th, th], head_rows, res)?,
+            );
+            let b = format!("attention.self.{n}.bias");
+            put(
+                format!("{sl}.{b}"),
+                self.one(&format!("{tl}.{b}"), th, head_rows)?,
+            );
+        }
+        put(
+            format!("{sl}.attention.output.dense.weight"),
+            self.both(
+                &format!("{tl}.attention.output.dense.weight"),
+                &[th, th],
+                res,
+                head_rows,
+            )?,
+        );
+        put(
+            format!("{sl}.intermediate.dense.weight"),
+            self.both(
+                &format!("{tl}.intermediate.dense.weight"),
+                &[tf, th],
+                n_idx,
+                res,
+            )?,
+        );
+        put(
+            format!("{sl}.intermediate.dense.bias"),
+            self.one(&format!("{tl}.intermediate.dense.bias"), tf, n_idx)?,
+        );
+        put(
+            format!("{sl}.output.dense.weight"),
+            self.both(&format!("{tl}.output.dense.weight"), &[th, tf], res, n_idx)?,
+        );
+        for n in [
+            "attention.output.dense.bias",
+            "output.dense.bias",
+            "attention.output.LayerNorm.weight",
+            "attention.output.LayerNorm.bias",
+            "output.LayerNorm.weight",
+            "output.LayerNorm.bias",
+        ] {
+            put(
+                format!("{sl}.{n}"),
+                self.one(&format!("{tl}.{n}"), th, res)?,
+            );
+        }
+        Ok(())
+    }
+
+    /// The pooler (when the classifier has one) and the classification head.
+    fn head(&self, head: Head, out: &mut Tensors) -> Result<()> {
+        let (tp, res, th) = (self.tp, self.res, self.t.hidden_size);
+        if head.pooler {
+            out.insert(
+                "bert.pooler.dense.weight".into(),
+                self.both(&format!("{tp}pooler.dense.weight"), &[th, th], res, res)?,
+            );
+            out.insert(
+                "bert.pooler.dense.bias".into(),
+                self.one(&format!("{tp}pooler.dense.bias"), th, res)?,
+            );
+        }
+        out.insert(
+            "classifier.weight".into(),
+            self.both("classifier.weight", &[head.num_labels, th], None, res)?,
+        );
+        out.insert(
+            "classifier.bias".into(),
+            self.get("classifier.bias", &[head.num_labels])?,
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]

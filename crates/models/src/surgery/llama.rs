@@ -3,7 +3,9 @@
 use candle_core::Tensor;
 use candle_nn::Init;
 
-use super::{block_rows, column_norms, index, row_norms, select, Keep, SourceSizes, Tensors};
+use super::{
+    block_rows, column_norms, index, row_norms, select, Keep, LayerKeep, SourceSizes, Tensors,
+};
 use crate::error::{ModelError, Result, TensorContext};
 use crate::llama::LlamaConfig;
 use crate::weights::WeightSource;
@@ -14,7 +16,6 @@ use crate::weights::WeightSource;
 pub fn cut(t: &LlamaConfig, src: &dyn WeightSource, keep: &Keep) -> Result<(LlamaConfig, Tensors)> {
     let hd = t.head_dim();
     let (h, f) = (t.hidden_size, t.intermediate_size);
-    let (tq, tkv) = (t.num_attention_heads * hd, t.kv_heads() * hd);
     let t_group = t.num_attention_heads / t.kv_heads();
     let (hidden, heads, kv, neurons) = keep.sizes(SourceSizes {
         layers: t.num_hidden_layers,
@@ -33,114 +34,16 @@ pub fn cut(t: &LlamaConfig, src: &dyn WeightSource, keep: &Keep) -> Result<(Llam
         })?;
     }
     let dev = src.device().clone();
-    let get = |name: &str, shape: &[usize]| src.tensor(name, shape, Init::Const(0.0));
     let res = index(keep.residual.as_ref(), &dev)?;
-    let res = res.as_ref();
-    let mut out = Tensors::new();
-
-    let embed = get("model.embed_tokens.weight", &[t.vocab_size, h])?;
-    out.insert(
-        "model.embed_tokens.weight".into(),
-        select(&embed, 1, res, "model.embed_tokens.weight")?,
-    );
-    let norm = get("model.norm.weight", &[h])?;
-    out.insert(
-        "model.norm.weight".into(),
-        select(&norm, 0, res, "model.norm.weight")?,
-    );
-    if !t.tie_word_embeddings {
-        let head = get("lm_head.weight", &[t.vocab_size, h])?;
-        out.insert(
-            "lm_head.weight".into(),
-            select(&head, 1, res, "lm_head.weight")?,
-        );
-    }
+    let cutter = Cutter {
+        t,
+        src,
+        res: res.as_ref(),
+        dev: &dev,
+    };
+    let mut out = cutter.shared()?;
     for (i, (&j, lk)) in keep.layers.iter().zip(&keep.per_layer).enumerate() {
-        let (sp, tp) = (format!("model.layers.{i}"), format!("model.layers.{j}"));
-        let q_rows = index(lk.heads.as_ref().map(|s| block_rows(s, hd)).as_ref(), &dev)?;
-        let kv_rows = index(
-            lk.kv_heads.as_ref().map(|s| block_rows(s, hd)).as_ref(),
-            &dev,
-        )?;
-        let n_idx = index(lk.neurons.as_ref(), &dev)?;
-        let mut put = |name: &str, v: Tensor| {
-            out.insert(format!("{sp}.{name}"), v);
-        };
-        let both = |name: &str,
-                    shape: &[usize],
-                    rows: Option<&Tensor>,
-                    cols: Option<&Tensor>|
-         -> Result<Tensor> {
-            let n = format!("{tp}.{name}");
-            let w = get(&n, shape)?;
-            select(&select(&w, 0, rows, &n)?, 1, cols, &n)
-        };
-        let one = |name: &str, len: usize, idx: Option<&Tensor>| -> Result<Tensor> {
-            let n = format!("{tp}.{name}");
-            select(&get(&n, &[len])?, 0, idx, &n)
-        };
-        put(
-            "self_attn.q_proj.weight",
-            both("self_attn.q_proj.weight", &[tq, h], q_rows.as_ref(), res)?,
-        );
-        put(
-            "self_attn.k_proj.weight",
-            both("self_attn.k_proj.weight", &[tkv, h], kv_rows.as_ref(), res)?,
-        );
-        put(
-            "self_attn.v_proj.weight",
-            both("self_attn.v_proj.weight", &[tkv, h], kv_rows.as_ref(), res)?,
-        );
-        put(
-            "self_attn.o_proj.weight",
-            both("self_attn.o_proj.weight", &[h, tq], res, q_rows.as_ref())?,
-        );
-        if t.qkv_bias() {
-            put(
-                "self_attn.q_proj.bias",
-                one("self_attn.q_proj.bias", tq, q_rows.as_ref())?,
-            );
-            put(
-                "self_attn.k_proj.bias",
-                one("self_attn.k_proj.bias", tkv, kv_rows.as_ref())?,
-            );
-            put(
-                "self_attn.v_proj.bias",
-                one("self_attn.v_proj.bias", tkv, kv_rows.as_ref())?,
-            );
-        }
-        if t.attention_bias {
-            put(
-                "self_attn.o_proj.bias",
-                one("self_attn.o_proj.bias", h, res)?,
-            );
-        }
-        put(
-            "mlp.gate_proj.weight",
-            both("mlp.gate_proj.weight", &[f, h], n_idx.as_ref(), res)?,
-        );
-        put(
-            "mlp.up_proj.weight",
-            both("mlp.up_proj.weight", &[f, h], n_idx.as_ref(), res)?,
-        );
-        put(
-            "mlp.down_proj.weight",
-            both("mlp.down_proj.weight", &[h, f], res, n_idx.as_ref())?,
-        );
-        if t.mlp_bias {
-            put(
-                "mlp.gate_proj.bias",
-                one("mlp.gate_proj.bias", f, n_idx.as_ref())?,
-            );
-            put(
-                "mlp.up_proj.bias",
-                one("mlp.up_proj.bias", f, n_idx.as_ref())?,
-            );
-            put("mlp.down_proj.bias", one("mlp.down_proj.bias", h, res)?);
-        }
-        for n in ["input_layernorm", "post_attention_layernorm"] {
-            put(&format!("{n}.weight"), one(&format!("{n}.weight"), h, res)?);
-        }
+        cutter.layer(i, j, lk, &mut out)?;
     }
     let cfg = LlamaConfig {
         num_hidden_layers: keep.layers.len(),
@@ -253,6 +156,139 @@ pub fn query_heads_of(t: &LlamaConfig, kv_groups: &[u32]) -> Vec<u32> {
         .iter()
         .flat_map(|&g| g * group..(g + 1) * group)
         .collect()
+}
+
+/// Cuts the tensors of one source model, its residual channels narrowed to `res`.
+struct Cutter<'a> {
+    t: &'a LlamaConfig,
+    src: &'a dyn WeightSource,
+    res: Option<&'a Tensor>,
+    dev: &'a candle_core::Device,
+}
+
+impl Cutter<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.src.tensor(name, shape, Init::Const(0.0))
+    }
+
+    /// The embeddings, the final norm and an untied head.
+    fn shared(&self) -> Result<Tensors> {
+        let (t, res) = (self.t, self.res);
+        let h = t.hidden_size;
+        let mut out = Tensors::new();
+        let embed = self.get("model.embed_tokens.weight", &[t.vocab_size, h])?;
+        out.insert(
+            "model.embed_tokens.weight".into(),
+            select(&embed, 1, res, "model.embed_tokens.weight")?,
+        );
+        let norm = self.get("model.norm.weight", &[h])?;
+        out.insert(
+            "model.norm.weight".into(),
+            select(&norm, 0, res, "model.norm.weight")?,
+        );
+        if !t.tie_word_embeddings {
+            let head = self.get("lm_head.weight", &[t.vocab_size, h])?;
+            out.insert(
+                "lm_head.weight".into(),
+                select(&head, 1, res, "lm_head.weight")?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Source layer `j` as layer `i` of the cut, keeping what `lk` says.
+    fn layer(&self, i: usize, j: usize, lk: &LayerKeep, out: &mut Tensors) -> Result<()> {
+        let (t, res, dev) = (self.t, self.res, self.dev);
+        let hd = t.head_dim();
+        let (h, f) = (t.hidden_size, t.intermediate_size);
+        let (tq, tkv) = (t.num_attention_heads * hd, t.kv_heads() * hd);
+        let (sp, tp) = (format!("model.layers.{i}"), format!("model.layers.{j}"));
+        let q_rows = index(lk.heads.as_ref().map(|s| block_rows(s, hd)).as_ref(), dev)?;
+        let kv_rows = index(
+            lk.kv_heads.as_ref().map(|s| block_rows(s, hd)).as_ref(),
+            dev,
+        )?;
+        let n_idx = index(lk.neurons.as_ref(), dev)?;
+        let mut put = |name: &str, v: Tensor| {
+            out.insert(format!("{sp}.{name}"), v);
+        };
+        let both = |name: &str,
+                    shape: &[usize],
+                    rows: Option<&Tensor>,
+                    cols: Option<&Tensor>|
+         -> Result<Tensor> {
+            let n = format!("{tp}.{name}");
+            let w = self.get(&n, shape)?;
+            select(&select(&w, 0, rows, &n)?, 1, cols, &n)
+        };
+        let one = |name: &str, len: usize, idx: Option<&Tensor>| -> Result<Tensor> {
+            let n = format!("{tp}.{name}");
+            select(&self.get(&n, &[len])?, 0, idx, &n)
+        };
+        put(
+            "self_attn.q_proj.weight",
+            both("self_attn.q_proj.weight", &[tq, h], q_rows.as_ref(), res)?,
+        );
+        put(
+            "self_attn.k_proj.weight",
+            both("self_attn.k_proj.weight", &[tkv, h], kv_rows.as_ref(), res)?,
+        );
+        put(
+            "self_attn.v_proj.weight",
+            both("self_attn.v_proj.weight", &[tkv, h], kv_rows.as_ref(), res)?,
+        );
+        put(
+            "self_attn.o_proj.weight",
+            both("self_attn.o_proj.weight", &[h, tq], res, q_rows.as_ref())?,
+        );
+        if t.qkv_bias() {
+            put(
+                "self_attn.q_proj.bias",
+                one("self_attn.q_proj.bias", tq, q_rows.as_ref())?,
+            );
+            put(
+                "self_attn.k_proj.bias",
+                one("self_attn.k_proj.bias", tkv, kv_rows.as_ref())?,
+            );
+            put(
+                "self_attn.v_proj.bias",
+                one("self_attn.v_proj.bias", tkv, kv_rows.as_ref())?,
+            );
+        }
+        if t.attention_bias {
+            put(
+                "self_attn.o_proj.bias",
+                one("self_attn.o_proj.bias", h, res)?,
+            );
+        }
+        put(
+            "mlp.gate_proj.weight",
+            both("mlp.gate_proj.weight", &[f, h], n_idx.as_ref(), res)?,
+        );
+        put(
+            "mlp.up_proj.weight",
+            both("mlp.up_proj.weight", &[f, h], n_idx.as_ref(), res)?,
+        );
+        put(
+            "mlp.down_proj.weight",
+            both("mlp.down_proj.weight", &[h, f], res, n_idx.as_ref())?,
+        );
+        if t.mlp_bias {
+            put(
+                "mlp.gate_proj.bias",
+                one("mlp.gate_proj.bias", f, n_idx.as_ref())?,
+            );
+            put(
+                "mlp.up_proj.bias",
+                one("mlp.up_proj.bias", f, n_idx.as_ref())?,
+            );
+            put("mlp.down_proj.bias", one("mlp.down_proj.bias", h, res)?);
+        }
+        for n in ["input_layernorm", "post_attention_layernorm"] {
+            put(&format!("{n}.weight"), one(&format!("{n}.weight"), h, res)?);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
