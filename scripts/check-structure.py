@@ -230,4 +230,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BrokenPipeError:  # a reader that stopped early (`| head`)
+        sys.exit(0)

@@ -242,65 +242,9 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<LoadedTokenizer> {
         )));
     }
 
-    let mut vocab = Vocab::with_capacity(tokens.len());
-    for (id, tok) in tokens.iter().enumerate() {
-        vocab.entry(tok.to_string()).or_insert(id as u32);
-    }
-    let merges: Vec<(String, String)> = merges
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            m.split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| {
-                    err(format!(
-                        "tokenizer.ggml.merges[{i}] = `{m}` is not `left right`"
-                    ))
-                })
-        })
-        .collect::<Result<_>>()?;
     let llama3_like = matches!(pre.as_str(), "llama3" | "llama-bpe");
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .ignore_merges(llama3_like)
-        .build()
-        .map_err(|e| err(format!("building BPE model: {e}")))?;
-
-    let split = |regex: &str| -> Result<PreTokenizerWrapper> {
-        Ok(Split::new(
-            SplitPattern::Regex(regex.into()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(|e| err(format!("pre-tokenizer regex: {e}")))?
-        .into())
-    };
-    let pre_tokenizer: PreTokenizerWrapper = if DIGITS_THEN_GPT2.contains(&pre.as_str()) {
-        Sequence::new(vec![
-            Digits::new(true).into(),
-            ByteLevel::new(false, true, true).into(),
-        ])
-        .into()
-    } else if GPT2.contains(&pre.as_str()) {
-        ByteLevel::new(false, true, true).into()
-    } else if llama3_like {
-        Sequence::new(vec![
-            split(LLAMA3_SPLIT_REGEX)?,
-            ByteLevel::new(false, true, false).into(),
-        ])
-        .into()
-    } else if pre == "qwen2" {
-        Sequence::new(vec![
-            split(QWEN2_SPLIT_REGEX)?,
-            ByteLevel::new(false, true, false).into(),
-        ])
-        .into()
-    } else {
-        return Err(err(format!(
-            "tokenizer.ggml.pre `{pre}` is not supported; supported: {}",
-            supported_gguf_pre_tokenizers().join(", ")
-        )));
-    };
+    let bpe = bpe_model(&tokens, &merges, llama3_like, &err)?;
+    let pre_tokenizer = gguf_pre_tokenizer(&pre, &err)?;
 
     let mut tokenizer = Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
@@ -326,19 +270,7 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<LoadedTokenizer> {
         .get_bool_opt("tokenizer.ggml.add_bos_token")?
         .unwrap_or(false);
     if add_bos {
-        let bos =
-            bos.ok_or_else(|| err("add_bos_token is set but bos_token_id is missing".into()))?;
-        let bos_text = tokens
-            .get(bos as usize)
-            .ok_or_else(|| err(format!("bos_token_id {bos} is out of range")))?;
-        let template = TemplateProcessing::builder()
-            .try_single(format!("{bos_text} $A"))
-            .and_then(|b| b.try_pair(format!("{bos_text} $A {bos_text} $B")))
-            .map_err(|e| err(format!("BOS template: {e}")))?
-            .special_tokens(vec![(bos_text.to_string(), bos)])
-            .build()
-            .map_err(|e| err(format!("BOS template: {e}")))?;
-        tokenizer.with_post_processor(Some(template));
+        tokenizer.with_post_processor(Some(bos_template(&tokens, bos, &err)?));
     }
     for (key, id) in [("bos_token_id", bos), ("eos_token_id", eos)] {
         if let Some(id) = id {
@@ -369,4 +301,96 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<LoadedTokenizer> {
         info,
         chat_template,
     })
+}
+/// The byte-level BPE model of `tokens` and `merges` (`left right` each); Llama 3's
+/// pre-tokenizer family takes whole words before merges.
+fn bpe_model(
+    tokens: &[&str],
+    merges: &[&str],
+    ignore_merges: bool,
+    err: &dyn Fn(String) -> TeacherError,
+) -> Result<BPE> {
+    let mut vocab = Vocab::with_capacity(tokens.len());
+    for (id, tok) in tokens.iter().enumerate() {
+        vocab.entry(tok.to_string()).or_insert(id as u32);
+    }
+    let merges: Vec<(String, String)> = merges
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| {
+                    err(format!(
+                        "tokenizer.ggml.merges[{i}] = `{m}` is not `left right`"
+                    ))
+                })
+        })
+        .collect::<Result<_>>()?;
+    BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(ignore_merges)
+        .build()
+        .map_err(|e| err(format!("building BPE model: {e}")))
+}
+
+/// The pre-tokenizer llama.cpp's `tokenizer.ggml.pre` names.
+fn gguf_pre_tokenizer(
+    pre: &str,
+    err: &dyn Fn(String) -> TeacherError,
+) -> Result<PreTokenizerWrapper> {
+    let split = |regex: &str| -> Result<PreTokenizerWrapper> {
+        Ok(Split::new(
+            SplitPattern::Regex(regex.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| err(format!("pre-tokenizer regex: {e}")))?
+        .into())
+    };
+    Ok(if DIGITS_THEN_GPT2.contains(&pre) {
+        Sequence::new(vec![
+            Digits::new(true).into(),
+            ByteLevel::new(false, true, true).into(),
+        ])
+        .into()
+    } else if GPT2.contains(&pre) {
+        ByteLevel::new(false, true, true).into()
+    } else if matches!(pre, "llama3" | "llama-bpe") {
+        Sequence::new(vec![
+            split(LLAMA3_SPLIT_REGEX)?,
+            ByteLevel::new(false, true, false).into(),
+        ])
+        .into()
+    } else if pre == "qwen2" {
+        Sequence::new(vec![
+            split(QWEN2_SPLIT_REGEX)?,
+            ByteLevel::new(false, true, false).into(),
+        ])
+        .into()
+    } else {
+        return Err(err(format!(
+            "tokenizer.ggml.pre `{pre}` is not supported; supported: {}",
+            supported_gguf_pre_tokenizers().join(", ")
+        )));
+    })
+}
+
+/// The post-processor that puts BOS (`tokens[bos]`) before every text.
+fn bos_template(
+    tokens: &[&str],
+    bos: Option<u32>,
+    err: &dyn Fn(String) -> TeacherError,
+) -> Result<TemplateProcessing> {
+    let bos = bos.ok_or_else(|| err("add_bos_token is set but bos_token_id is missing".into()))?;
+    let bos_text = tokens
+        .get(bos as usize)
+        .ok_or_else(|| err(format!("bos_token_id {bos} is out of range")))?;
+    TemplateProcessing::builder()
+        .try_single(format!("{bos_text} $A"))
+        .and_then(|b| b.try_pair(format!("{bos_text} $A {bos_text} $B")))
+        .map_err(|e| err(format!("BOS template: {e}")))?
+        .special_tokens(vec![(bos_text.to_string(), bos)])
+        .build()
+        .map_err(|e| err(format!("BOS template: {e}")))
 }
