@@ -45,6 +45,71 @@ pub fn tokenizer_metadata_from_folder(
     }
     let pre = pre_tokenizer_name(&t["pre_tokenizer"]).map_err(&bad)?;
 
+    let vocab = model["vocab"]
+        .as_object()
+        .ok_or_else(|| bad("model.vocab is not a map of token to id".into()))?;
+    let (tokens, types) = tokens_and_types(vocab, &t["added_tokens"], vocab_size, &bad)?;
+    let merges = merges_of(&model["merges"], &bad)?;
+
+    let mut md = BTreeMap::new();
+    md.insert("tokenizer.ggml.model".into(), Value::String("gpt2".into()));
+    md.insert("tokenizer.ggml.pre".into(), Value::String(pre.into()));
+    md.insert("tokenizer.ggml.tokens".into(), Value::Array(tokens));
+    md.insert(
+        "tokenizer.ggml.token_type".into(),
+        Value::Array(types.into_iter().map(Value::I32).collect()),
+    );
+    md.insert("tokenizer.ggml.merges".into(), Value::Array(merges));
+    md.insert("tokenizer.ggml.add_space_prefix".into(), Value::Bool(false));
+
+    special_keys(dir, &t, vocab, &mut md);
+    Ok(md)
+}
+
+/// Whether a `TemplateProcessing` post-processor puts a special token before the text.
+fn adds_bos(p: &Json) -> bool {
+    p["type"] == "TemplateProcessing"
+        && p["single"]
+            .as_array()
+            .and_then(|s| s.first())
+            .is_some_and(|first| first.get("SpecialToken").is_some())
+}
+
+/// llama.cpp's name for a `tokenizer.json` pre-tokenizer, from its structure.
+fn pre_tokenizer_name(p: &Json) -> Result<&'static str, String> {
+    let byte_level = |j: &Json| j["type"] == "ByteLevel" && j["add_prefix_space"] != true;
+    let split = |j: &Json, pattern: &str| {
+        j["type"] == "Split" && j["pattern"]["Regex"].as_str() == Some(pattern)
+    };
+    let steps: Vec<&Json> = match p["type"].as_str() {
+        Some("Sequence") => p["pretokenizers"]
+            .as_array()
+            .map(|v| v.iter().collect())
+            .unwrap_or_default(),
+        Some(_) => vec![p],
+        None => vec![],
+    };
+    match steps.as_slice() {
+        [b] if byte_level(b) && b["use_regex"] != false => Ok("gpt2"),
+        [d, b] if d["type"] == "Digits" && d["individual_digits"] == true && byte_level(b) => {
+            Ok("smollm")
+        }
+        [s, b] if split(s, LLAMA3_SPLIT_REGEX) && byte_level(b) => Ok("llama-bpe"),
+        [s, b] if split(s, QWEN2_SPLIT_REGEX) && byte_level(b) => Ok("qwen2"),
+        _ => Err(format!(
+            "pre_tokenizer {p} is not one llama.cpp names (supported: GPT-2 byte-level, digits then byte-level as SmolLM, Llama 3's and Qwen2's split patterns)"
+        )),
+    }
+}
+
+/// Every id's token (ids the tokenizer lacks padded as `[PADn]`, unused) and its llama.cpp
+/// type: normal, or control/user-defined for added tokens.
+fn tokens_and_types(
+    vocab: &serde_json::Map<String, Json>,
+    added: &Json,
+    vocab_size: usize,
+    bad: &dyn Fn(String) -> CompressError,
+) -> Result<(Vec<Value>, Vec<i32>), CompressError> {
     let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
     let mut types = vec![NORMAL; vocab_size];
     let mut place = |id: u64, tok: &str| -> Result<(), CompressError> {
@@ -56,20 +121,13 @@ pub fn tokenizer_metadata_from_folder(
         *slot = Some(tok.to_string());
         Ok(())
     };
-    let vocab = model["vocab"]
-        .as_object()
-        .ok_or_else(|| bad("model.vocab is not a map of token to id".into()))?;
     for (tok, id) in vocab {
         let id = id
             .as_u64()
             .ok_or_else(|| bad(format!("model.vocab[`{tok}`] is not an id")))?;
         place(id, tok)?;
     }
-    for a in t["added_tokens"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-    {
+    for a in added.as_array().map(Vec::as_slice).unwrap_or(&[]) {
         let (Some(id), Some(tok)) = (a["id"].as_u64(), a["content"].as_str()) else {
             return Err(bad(format!("added token {a} has no id or content")));
         };
@@ -90,7 +148,15 @@ pub fn tokenizer_metadata_from_folder(
             }))
         })
         .collect();
-    let merges = model["merges"]
+    Ok((tokens, types))
+}
+
+/// The merges as llama.cpp writes them (`left right`), from either of tokenizer.json's forms.
+fn merges_of(
+    merges: &Json,
+    bad: &dyn Fn(String) -> CompressError,
+) -> Result<Vec<Value>, CompressError> {
+    merges
         .as_array()
         .ok_or_else(|| bad("model.merges is not a list".into()))?
         .iter()
@@ -105,20 +171,17 @@ pub fn tokenizer_metadata_from_folder(
                 "model.merges[{i}] is neither `left right` nor a pair"
             ))),
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
 
-    let mut md = BTreeMap::new();
-    md.insert("tokenizer.ggml.model".into(), Value::String("gpt2".into()));
-    md.insert("tokenizer.ggml.pre".into(), Value::String(pre.into()));
-    md.insert("tokenizer.ggml.tokens".into(), Value::Array(tokens));
-    md.insert(
-        "tokenizer.ggml.token_type".into(),
-        Value::Array(types.into_iter().map(Value::I32).collect()),
-    );
-    md.insert("tokenizer.ggml.merges".into(), Value::Array(merges));
-    md.insert("tokenizer.ggml.add_space_prefix".into(), Value::Bool(false));
-
-    // Special tokens and the chat template, as `tokenizer_config.json` and `config.json` say.
+/// Special tokens and the chat template, as `tokenizer_config.json` and `config.json` of `dir`
+/// say, into `md`.
+fn special_keys(
+    dir: &Path,
+    t: &Json,
+    vocab: &serde_json::Map<String, Json>,
+    md: &mut BTreeMap<String, Value>,
+) {
     let read = |name: &str| -> Json {
         std::fs::read_to_string(dir.join(name))
             .ok()
@@ -162,43 +225,6 @@ pub fn tokenizer_metadata_from_folder(
     md.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(add_bos));
     if let Some(ct) = tc["chat_template"].as_str() {
         md.insert("tokenizer.chat_template".into(), Value::String(ct.into()));
-    }
-    Ok(md)
-}
-
-/// Whether a `TemplateProcessing` post-processor puts a special token before the text.
-fn adds_bos(p: &Json) -> bool {
-    p["type"] == "TemplateProcessing"
-        && p["single"]
-            .as_array()
-            .and_then(|s| s.first())
-            .is_some_and(|first| first.get("SpecialToken").is_some())
-}
-
-/// llama.cpp's name for a `tokenizer.json` pre-tokenizer, from its structure.
-fn pre_tokenizer_name(p: &Json) -> Result<&'static str, String> {
-    let byte_level = |j: &Json| j["type"] == "ByteLevel" && j["add_prefix_space"] != true;
-    let split = |j: &Json, pattern: &str| {
-        j["type"] == "Split" && j["pattern"]["Regex"].as_str() == Some(pattern)
-    };
-    let steps: Vec<&Json> = match p["type"].as_str() {
-        Some("Sequence") => p["pretokenizers"]
-            .as_array()
-            .map(|v| v.iter().collect())
-            .unwrap_or_default(),
-        Some(_) => vec![p],
-        None => vec![],
-    };
-    match steps.as_slice() {
-        [b] if byte_level(b) && b["use_regex"] != false => Ok("gpt2"),
-        [d, b] if d["type"] == "Digits" && d["individual_digits"] == true && byte_level(b) => {
-            Ok("smollm")
-        }
-        [s, b] if split(s, LLAMA3_SPLIT_REGEX) && byte_level(b) => Ok("llama-bpe"),
-        [s, b] if split(s, QWEN2_SPLIT_REGEX) && byte_level(b) => Ok("qwen2"),
-        _ => Err(format!(
-            "pre_tokenizer {p} is not one llama.cpp names (supported: GPT-2 byte-level, digits then byte-level as SmolLM, Llama 3's and Qwen2's split patterns)"
-        )),
     }
 }
 
