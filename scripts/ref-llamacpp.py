@@ -134,19 +134,8 @@ def chat_text(reader: GGUFReader, messages: list[dict], add_generation_prompt: b
     )
 
 
-def tokenizer_cases(reader: GGUFReader, moby: str) -> list[str]:
-    chat = chat_text(
-        reader,
-        [
-            {"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "What is the capital of France?"},
-            {"role": "assistant", "content": "The capital of France is Paris."},
-        ],
-        add_generation_prompt=False,
-    )
-    chat_default_system = chat_text(
-        reader, [{"role": "user", "content": "Hi!"}], add_generation_prompt=True
-    )
+def generic_cases() -> list[str]:
+    """Strings any tokenizer is checked on (no model's special tokens)."""
     return [
         # degenerate inputs and whitespace
         "",
@@ -241,6 +230,23 @@ def tokenizer_cases(reader: GGUFReader, moby: str) -> list[str]:
         "\u00a0non-breaking\u00a0spaces\u2009thin\u200bzero-width",
         "ﬁ ligature, Ⅻ roman, ① circled, ｆｕｌｌｗｉｄｔｈ",
         "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝕄𝕒𝕥𝕙 ∀x∈ℝ: x²≥0 ∑∫√∞",
+    ]
+
+
+def tokenizer_cases(reader: GGUFReader, moby: str) -> list[str]:
+    chat = chat_text(
+        reader,
+        [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "The capital of France is Paris."},
+        ],
+        add_generation_prompt=False,
+    )
+    chat_default_system = chat_text(
+        reader, [{"role": "user", "content": "Hi!"}], add_generation_prompt=True
+    )
+    return generic_cases() + [
         # special tokens
         "<|endoftext|>",
         "<|im_start|>",

@@ -52,6 +52,11 @@ pub fn smollm2_gguf() -> PathBuf {
     asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// The Gemma 3 270M Q4_K_M GGUF.
+pub fn gemma3_gguf() -> PathBuf {
+    asset("gemma-3-270m/gemma-3-270m-q4_k_m.gguf")
+}
+
 /// The all-MiniLM-L6-v2 folder.
 pub fn minilm_dir() -> PathBuf {
     asset("all-minilm-l6-v2")

@@ -181,6 +181,15 @@ impl GgufFile {
         })
     }
 
+    /// A required array of floats.
+    pub fn get_floats(&self, key: &str) -> Result<Vec<f32>> {
+        self.get_array(key, "a float", |v| match v {
+            Value::F32(x) => Some(*x),
+            Value::F64(x) => Some(*x as f32),
+            _ => None,
+        })
+    }
+
     /// A required array of integers.
     pub fn get_ints(&self, key: &str) -> Result<Vec<i64>> {
         self.get_array(key, "an integer", value_as_i64)
@@ -241,13 +250,27 @@ fn value_as_u64(v: &Value) -> Option<u64> {
 }
 
 /// How a GGUF tensor is found for a checkpoint-style name.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct GgufTensorRef {
     /// Name of the tensor in the GGUF file.
     pub name: String,
     /// Undo llama.cpp's interleaved-rope row permutation for this many heads (Q and K of the
     /// `llama` architecture), so the weights are in the Hugging Face (half-split rope) layout.
     pub unpermute_heads: Option<usize>,
+    /// The stored values are the Hugging Face ones plus this (llama.cpp's Gemma converter
+    /// stores norm weights as `1 + w`); subtracted on reading.
+    pub shift: f32,
+}
+
+impl GgufTensorRef {
+    /// A tensor stored as the checkpoint holds it, under another name.
+    pub fn plain(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            unpermute_heads: None,
+            shift: 0.0,
+        }
+    }
 }
 
 /// Maps a Hugging Face tensor name to the GGUF tensor that holds it.
@@ -333,6 +356,11 @@ impl WeightSource for GgufWeights {
         let t = match r.unpermute_heads {
             Some(heads) => unpermute_dense(&t, heads).context(ctx)?,
             None => t,
+        };
+        let t = if r.shift == 0.0 {
+            t
+        } else {
+            (t - f64::from(r.shift)).context(ctx)?
         };
         t.to_dtype(self.dtype).context(ctx)
     }

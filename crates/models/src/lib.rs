@@ -1,7 +1,8 @@
 //! # distill-models
 //!
 //! Architecture families with one forward each, written on candle primitives so gradients
-//! reach every weight: the Llama family of decoders ([`llama`]: Llama, Mistral, Qwen2, SmolLM)
+//! reach every weight: decoders ([`llama`], one forward for the families of [`family`]: Llama,
+//! Mistral, Qwen2, SmolLM, Gemma 3)
 //! and BERT encoders ([`bert`]). A forward returns logits for **every** position (not only the
 //! last) and, on request, the hidden states of every layer, honouring an attention mask.
 //!
@@ -14,6 +15,7 @@ pub mod bert;
 pub mod bert_classifier;
 pub mod encoded;
 pub mod error;
+pub mod family;
 pub mod finite;
 pub mod ggml_cpu;
 pub mod gguf;
@@ -31,15 +33,19 @@ pub mod weights;
 pub use bert::{Bert, BertConfig, BertOutput};
 pub use bert_classifier::{encoder_prefix, BertClassifier, Pooling};
 pub use error::{ModelError, Result};
+pub use family::Family;
 pub use ggml_cpu::GgmlLlama;
 pub use gguf::{GgufFile, GgufMode, GgufWeights};
-pub use llama::{LinearSite, Llama, LlamaConfig};
+pub use llama::{Activation, LinearSite, Llama, LlamaConfig};
 pub use model::{pad_batch, Features, Input, Model, ModelOutput, Padded};
 pub use precision::{FloatType, MatmulType};
 pub use weights::{Linear, Matrix, SafetensorsWeights, VarMapWeights, WeightSource};
 
 /// The architecture named by a `config.json`, with its parsed config.
 #[derive(Clone, Debug)]
+// Built once per model load: the size of the larger config does not matter, and boxing it
+// would only add noise at every match.
+#[allow(clippy::large_enum_variant)]
 pub enum ArchConfig {
     Llama(LlamaConfig),
     Bert(BertConfig),
@@ -47,10 +53,9 @@ pub enum ArchConfig {
 
 /// Every `model_type` this crate implements, for error messages.
 pub fn supported_model_types() -> String {
-    llama::LLAMA_MODEL_TYPES
-        .iter()
-        .chain(bert::BERT_MODEL_TYPES)
-        .copied()
+    family::Family::model_types()
+        .into_iter()
+        .chain(bert::BERT_MODEL_TYPES.iter().copied())
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -71,7 +76,7 @@ impl ArchConfig {
                 key: "model_type".into(),
                 msg: format!("missing; expected one of: {}", supported_model_types()),
             })?;
-        if llama::LLAMA_MODEL_TYPES.contains(&model_type) {
+        if family::Family::from_model_type(model_type).is_some() {
             Ok(Self::Llama(LlamaConfig::from_json(text, source_name)?))
         } else if bert::BERT_MODEL_TYPES.contains(&model_type) {
             Ok(Self::Bert(BertConfig::from_json(text, source_name)?))

@@ -32,12 +32,7 @@ impl TinyLlama {
             rope_theta: 10_000.0,
             max_position_embeddings: self.positions,
             tie_word_embeddings: true,
-            attention_bias: false,
-            mlp_bias: false,
-            hidden_act: "silu".into(),
-            rope_scaling: None,
-            bos_token_id: None,
-            eos_token_id: None,
+            ..LlamaConfig::default()
         };
         cfg.validate("tiny").expect("a valid tiny config");
         cfg

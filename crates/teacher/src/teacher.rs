@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use distill_models::llama::gguf_names;
 use distill_models::{
     pad_batch as pad_rows, ArchConfig, Bert, GgmlLlama, GgufFile, GgufMode, GgufWeights, Input,
     Llama, LlamaConfig, Model, SafetensorsWeights, WeightSource,
@@ -466,8 +465,8 @@ fn gguf_weights(
 ) -> Result<(LlamaConfig, GgufWeights)> {
     let g = Arc::new(GgufFile::open(path)?);
     let cfg = LlamaConfig::from_gguf(&g)?;
-    let arch = g.get_str("general.architecture")?.to_string();
-    let weights = GgufWeights::new(g, gguf_names(&cfg, &arch), mode, dtype, device);
+    let names = distill_models::family::gguf_names(&cfg)?;
+    let weights = GgufWeights::new(g, names, mode, dtype, device);
     Ok((cfg, weights))
 }
 

@@ -112,7 +112,7 @@ fn ggml_path_runs_q8_0_and_f32_files_and_names_what_it_cannot_run() {
         &cfg,
         &distill_models::GgufWeights::new(
             std::sync::Arc::new(g),
-            distill_models::llama::gguf_names(&cfg, "llama"),
+            distill_models::family::gguf_names(&cfg).unwrap(),
             distill_models::GgufMode::Dequantized,
             candle_core::DType::F32,
             &candle_core::Device::Cpu,

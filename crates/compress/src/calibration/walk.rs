@@ -200,15 +200,15 @@ fn token_rows(x: &Tensor, rows: Option<&Tensor>) -> candle_core::Result<Tensor> 
 
 /// The model a walk runs, one layer at a time.
 enum Walker {
-    Llama(Llama),
-    Bert(Bert),
+    Llama(Box<Llama>),
+    Bert(Box<Bert>),
 }
 
 impl Walker {
     fn load(c: &Candidate) -> Result<Self, CompressError> {
         Ok(match &c.arch {
-            ArchConfig::Llama(cfg) => Walker::Llama(Llama::load(cfg, &c.weights)?),
-            ArchConfig::Bert(cfg) => Walker::Bert(Bert::load(cfg, &c.weights)?),
+            ArchConfig::Llama(cfg) => Walker::Llama(Box::new(Llama::load(cfg, &c.weights)?)),
+            ArchConfig::Bert(cfg) => Walker::Bert(Box::new(Bert::load(cfg, &c.weights)?)),
         })
     }
 

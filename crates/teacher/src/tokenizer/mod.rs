@@ -20,6 +20,9 @@ use tokenizers::{
 
 use crate::error::{Result, TeacherError};
 
+mod bytes;
+mod spm;
+
 /// What a user needs to know about a tokenizer (shown by `distill inspect`).
 #[derive(Clone, Debug, Serialize)]
 pub struct TokenizerInfo {
@@ -71,6 +74,12 @@ impl LoadedTokenizer {
                 source_name: "encode".into(),
                 msg: e.to_string(),
             })
+    }
+
+    /// How many bytes of text each id stands for (0 for special tokens), by id: the
+    /// denominator of bits per byte.
+    pub fn byte_lengths(&self) -> Vec<u32> {
+        bytes::byte_lengths(&self.tokenizer)
     }
 
     /// Text of `ids`, special tokens included.
@@ -202,7 +211,8 @@ pub fn supported_gguf_pre_tokenizers() -> Vec<&'static str> {
 /// Rebuilds the tokenizer stored in a GGUF file's metadata.
 ///
 /// Byte-level BPE (`tokenizer.ggml.model = gpt2`) with the pre-tokenizer that
-/// `tokenizer.ggml.pre` names, no prefix space, control and user-defined tokens matched as
+/// `tokenizer.ggml.pre` names, or SentencePiece-style BPE (`llama`: merges ranked by the
+/// merged piece's score, byte fallback; [`spm`]); control and user-defined tokens matched as
 /// whole tokens in text (as llama.cpp does with `parse_special`), and BOS added only when
 /// `tokenizer.ggml.add_bos_token` says so.
 pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<LoadedTokenizer> {
@@ -219,17 +229,7 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<LoadedTokenizer> {
             ))
         }
     };
-    if model != "gpt2" {
-        return Err(err(format!(
-            "tokenizer.ggml.model `{model}` is not supported; supported: gpt2 (byte-level BPE)"
-        )));
-    }
-    let pre = match g.get("tokenizer.ggml.pre") {
-        Some(_) => g.get_str("tokenizer.ggml.pre")?.to_string(),
-        None => "default".to_string(),
-    };
     let tokens = g.get_strings("tokenizer.ggml.tokens")?;
-    let merges = g.get_strings("tokenizer.ggml.merges")?;
     let types = match g.get("tokenizer.ggml.token_type") {
         Some(_) => g.get_ints("tokenizer.ggml.token_type")?,
         None => vec![1; tokens.len()],
@@ -241,20 +241,32 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<LoadedTokenizer> {
             tokens.len()
         )));
     }
-
-    let llama3_like = matches!(pre.as_str(), "llama3" | "llama-bpe");
-    let bpe = bpe_model(&tokens, &merges, llama3_like, &err)?;
-    let pre_tokenizer = gguf_pre_tokenizer(&pre, &err)?;
-
-    let mut tokenizer = Tokenizer::new(bpe);
-    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
-    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
-
+    let (mut tokenizer, pre) = match model.as_str() {
+        "gpt2" => {
+            let pre = match g.get("tokenizer.ggml.pre") {
+                Some(_) => g.get_str("tokenizer.ggml.pre")?.to_string(),
+                None => "default".to_string(),
+            };
+            (byte_level_bpe(g, &tokens, &pre, &err)?, Some(pre))
+        }
+        "llama" => (spm::tokenizer(g, &tokens, &err)?, None),
+        other => {
+            return Err(err(format!(
+                "tokenizer.ggml.model `{other}` is not supported; supported: gpt2 (byte-level BPE), llama (SentencePiece-style BPE)"
+            )))
+        }
+    };
+    // SentencePiece text is normalised (spaces to `▁`) before its pieces are looked up;
+    // llama.cpp matches special and user-defined tokens in the raw text.
+    let normalized_specials = model != "llama";
     let added: Vec<AddedToken> = tokens
         .iter()
         .zip(&types)
         .filter(|(_, &t)| [CONTROL, USER_DEFINED, UNKNOWN].map(i64::from).contains(&t))
-        .map(|(tok, &t)| AddedToken::from(tok.to_string(), t != i64::from(USER_DEFINED)))
+        .map(|(tok, &t)| {
+            let special = t != i64::from(USER_DEFINED);
+            AddedToken::from(tok.to_string(), special).normalized(!special && normalized_specials)
+        })
         .collect();
     tokenizer
         .add_special_tokens(added)
@@ -289,7 +301,7 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<LoadedTokenizer> {
     let info = TokenizerInfo {
         kind: "BPE".into(),
         vocab_size: tokenizer.get_vocab_size(true),
-        pre_tokenizer: Some(pre),
+        pre_tokenizer: pre,
         special_tokens: special_tokens(&tokenizer),
         bos_token_id: bos,
         eos_token_id: eos,
@@ -302,6 +314,22 @@ pub fn tokenizer_from_gguf(g: &GgufFile) -> Result<LoadedTokenizer> {
         chat_template,
     })
 }
+/// A byte-level BPE tokenizer (`tokenizer.ggml.model = gpt2`) with the pre-tokenizer `pre`.
+fn byte_level_bpe(
+    g: &GgufFile,
+    tokens: &[&str],
+    pre: &str,
+    err: &dyn Fn(String) -> TeacherError,
+) -> Result<Tokenizer> {
+    let merges = g.get_strings("tokenizer.ggml.merges")?;
+    let llama3_like = matches!(pre, "llama3" | "llama-bpe");
+    let bpe = bpe_model(tokens, &merges, llama3_like, err)?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(gguf_pre_tokenizer(pre, err)?));
+    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(tokenizer)
+}
+
 /// The byte-level BPE model of `tokens` and `merges` (`left right` each); Llama 3's
 /// pre-tokenizer family takes whole words before merges.
 fn bpe_model(

@@ -1,8 +1,11 @@
-//! The Llama family of decoders (Llama, Mistral, Qwen2, SmolLM): RMSNorm, rotary embeddings,
-//! SwiGLU feed-forward, grouped-query attention, tied or untied embeddings.
+//! The decoder every family of [`crate::family`] runs on (Llama, Mistral, Qwen2, SmolLM,
+//! Gemma 3): RMSNorm, rotary embeddings, a gated feed-forward (SwiGLU or GeGLU),
+//! grouped-query attention, tied or untied embeddings, and the traits a family's
+//! [`Layout`](crate::family::Layout) switches on (sandwich norms, q/k norms, `1 + w` norm
+//! scales, a scaled embedding, sliding-window layers with their own rotary base).
 //!
-//! Tensor names are those of `LlamaForCausalLM` checkpoints (`model.layers.N.self_attn.q_proj`),
-//! so loading safetensors is a lookup; [`gguf_names`] maps them to llama.cpp's names.
+//! Tensor names are those of the Hugging Face checkpoints (`model.layers.N.self_attn.q_proj`),
+//! so loading safetensors is a lookup; [`crate::family::gguf_names`] maps them to llama.cpp's.
 
 use std::sync::Arc;
 
@@ -11,9 +14,10 @@ use candle_nn::Init;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result, TensorContext};
-use crate::gguf::{GgufFile, GgufTensorRef, NameMap};
+use crate::family::{Family, LayerKind, Layout};
+use crate::gguf::GgufFile;
 use crate::model::ModelOutput;
-use crate::nn::{attention, attention_bias, rms_norm, Rope};
+use crate::nn::{attention_bias, Rope, MASK_VALUE};
 use crate::weights::{Linear, Matrix, WeightSource};
 
 /// `config.json` of a Llama-family checkpoint (the keys this implementation reads).
@@ -51,6 +55,93 @@ pub struct LlamaConfig {
     pub bos_token_id: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eos_token_id: Option<serde_json::Value>,
+    /// Gemma's name for the activation (`hidden_act` elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_activation: Option<String>,
+    /// Gemma: attention scores are scaled by `query_pre_attn_scalar^-½` (not `head_dim^-½`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_pre_attn_scalar: Option<f64>,
+    /// The window of sliding-window layers (Gemma 3's local layers; every layer of a Mistral
+    /// that sets it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    /// Gemma 3 (older configs): every `n`-th layer is global, the others sliding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window_pattern: Option<usize>,
+    /// Gemma 3: `sliding_attention` or `full_attention` for each layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
+    /// Gemma 3: the rotary base of sliding-window layers (`rope_theta` is the global layers').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_local_base_freq: Option<f64>,
+    /// Gemma 2: logits squashed by `cap·tanh(x/cap)` (refused: not implemented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_logit_softcapping: Option<f64>,
+    /// Gemma 2: attention scores squashed likewise (refused: not implemented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_logit_softcapping: Option<f64>,
+    /// transformers ≥ 5 writes the rotary settings here (`rope_theta`, `rope_type`,
+    /// `partial_rotary_factor`; Gemma 3: one entry per layer type); read into `rope_theta` and
+    /// `rope_local_base_freq`, anything but the default rotary embedding refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<serde_json::Value>,
+    /// Qwen: whether `sliding_window` applies to the upper layers (refused when true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_sliding_window: Option<bool>,
+    /// A share of each head rotated (refused unless 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_rotary_factor: Option<f64>,
+    /// EmbeddingGemma: attention in both directions (refused: a decoder here is causal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_bidirectional_attention: Option<bool>,
+}
+
+impl Default for LlamaConfig {
+    /// The `config.json` defaults with every size zero: a base for struct updates, not a
+    /// valid model.
+    fn default() -> Self {
+        Self {
+            model_type: default_model_type(),
+            vocab_size: 0,
+            hidden_size: 0,
+            intermediate_size: 0,
+            num_hidden_layers: 0,
+            num_attention_heads: 0,
+            num_key_value_heads: None,
+            head_dim: None,
+            rms_norm_eps: default_rms_norm_eps(),
+            rope_theta: default_rope_theta(),
+            max_position_embeddings: default_max_positions(),
+            tie_word_embeddings: false,
+            attention_bias: false,
+            mlp_bias: false,
+            hidden_act: default_act(),
+            rope_scaling: None,
+            bos_token_id: None,
+            eos_token_id: None,
+            hidden_activation: None,
+            query_pre_attn_scalar: None,
+            sliding_window: None,
+            sliding_window_pattern: None,
+            layer_types: None,
+            rope_local_base_freq: None,
+            final_logit_softcapping: None,
+            attn_logit_softcapping: None,
+            use_bidirectional_attention: None,
+            rope_parameters: None,
+            use_sliding_window: None,
+            partial_rotary_factor: None,
+        }
+    }
+}
+
+/// The gate's activation in the feed-forward block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU: `silu(gate)·up`.
+    Silu,
+    /// GeGLU with the tanh approximation of GELU (`gelu_pytorch_tanh`).
+    GeluTanh,
 }
 
 fn default_model_type() -> String {
@@ -72,86 +163,146 @@ fn default_act() -> String {
 impl LlamaConfig {
     /// Parses a `config.json`; `source_name` is used in errors.
     pub fn from_json(text: &str, source_name: &str) -> Result<Self> {
-        let cfg: Self = serde_json::from_str(text).map_err(|e| ModelError::Config {
+        let mut cfg: Self = serde_json::from_str(text).map_err(|e| ModelError::Config {
             source_name: source_name.to_string(),
             key: json_error_key(&e),
             msg: e.to_string(),
         })?;
+        // Gemma's configs tie the embeddings unless they say otherwise (transformers' default
+        // for `gemma3_text`); the others untie them.
+        if cfg.model_type == Family::Gemma3.model_type() && !has_key(text, "tie_word_embeddings") {
+            cfg.tie_word_embeddings = true;
+        }
+        cfg.read_rope_parameters(source_name)?;
         cfg.validate(source_name)?;
         Ok(cfg)
     }
 
-    /// Reads the hyper-parameters of a llama.cpp `llama` (or `qwen2`) GGUF file.
-    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
-        let arch = g.get_str("general.architecture")?.to_string();
-        if !GGUF_ARCHITECTURES.contains(&arch.as_str()) {
-            return Err(ModelError::UnsupportedArchitecture {
-                source_name: g.path().display().to_string(),
-                found: arch,
-                supported: GGUF_ARCHITECTURES.join(", "),
-            });
-        }
-        let k = |s: &str| format!("{arch}.{s}");
-        let hidden = g.get_usize(&k("embedding_length"))?;
-        let heads = g.get_usize(&k("attention.head_count"))?;
-        let kv_heads = g
-            .get_usize_opt(&k("attention.head_count_kv"))?
-            .unwrap_or(heads);
-        let vocab = match (
-            g.get_usize_opt(&k("vocab_size"))?,
-            g.tensor_infos().get("token_embd.weight"),
+    /// Takes the rotary bases from `rope_parameters` (transformers ≥ 5), refusing a rotary
+    /// embedding other than the default one.
+    fn read_rope_parameters(&mut self, source_name: &str) -> Result<()> {
+        let Some(params) = self.rope_parameters.clone() else {
+            return Ok(());
+        };
+        let err = |key: &str, msg: String| ModelError::Config {
+            source_name: source_name.to_string(),
+            key: format!("rope_parameters{key}"),
+            msg,
+        };
+        let theta = |entry: &serde_json::Value, at: &str| -> Result<Option<f64>> {
+            let kind = entry
+                .get("rope_type")
+                .and_then(|t| t.as_str())
+                .unwrap_or("default");
+            if kind != "default" {
+                return Err(err(
+                    &format!("{at}.rope_type"),
+                    format!("`{kind}` is not supported yet"),
+                ));
+            }
+            if let Some(f) = entry.get("partial_rotary_factor").and_then(|f| f.as_f64()) {
+                if f != 1.0 {
+                    return Err(err(
+                        &format!("{at}.partial_rotary_factor"),
+                        format!("partial rotary embeddings ({f}) are not supported"),
+                    ));
+                }
+            }
+            Ok(entry.get("rope_theta").and_then(|t| t.as_f64()))
+        };
+        match (
+            params.get("full_attention"),
+            params.get("sliding_attention"),
         ) {
-            (Some(v), _) => v,
-            (None, Some(info)) => info.shape.dims()[0],
-            (None, None) => g.get_strings("tokenizer.ggml.tokens")?.len(),
-        };
-        let head_dim = g.get_usize_opt(&k("attention.key_length"))?;
-        let tied = !g.tensor_infos().contains_key("output.weight");
-        let cfg = Self {
-            model_type: if arch == "qwen2" {
-                "qwen2".into()
-            } else {
-                "llama".into()
-            },
-            vocab_size: vocab,
-            hidden_size: hidden,
-            intermediate_size: g.get_usize(&k("feed_forward_length"))?,
-            num_hidden_layers: g.get_usize(&k("block_count"))?,
-            num_attention_heads: heads,
-            num_key_value_heads: Some(kv_heads),
-            head_dim: head_dim.filter(|&d| d != hidden / heads),
-            rms_norm_eps: g
-                .get_f64_opt(&k("attention.layer_norm_rms_epsilon"))?
-                .unwrap_or(1e-5),
-            rope_theta: g.get_f64_opt(&k("rope.freq_base"))?.unwrap_or(10_000.0),
-            max_position_embeddings: g.get_usize_opt(&k("context_length"))?.unwrap_or(2048),
-            tie_word_embeddings: tied,
-            attention_bias: false,
-            mlp_bias: false,
-            hidden_act: "silu".into(),
-            rope_scaling: None,
-            bos_token_id: g
-                .get_usize_opt("tokenizer.ggml.bos_token_id")?
-                .map(Into::into),
-            eos_token_id: g
-                .get_usize_opt("tokenizer.ggml.eos_token_id")?
-                .map(Into::into),
-        };
-        let name = g.path().display().to_string();
-        if let Some(n) = g.get_usize_opt(&k("rope.dimension_count"))? {
-            if n != cfg.head_dim() {
-                return Err(ModelError::Config {
-                    source_name: name,
-                    key: k("rope.dimension_count"),
-                    msg: format!(
-                        "partial rotary embeddings ({n} of {} dims) are not supported",
-                        cfg.head_dim()
-                    ),
-                });
+            (None, None) => {
+                if let Some(t) = theta(&params, "")? {
+                    self.rope_theta = t;
+                }
+            }
+            (full, sliding) => {
+                if let Some(t) = full
+                    .map(|e| theta(e, ".full_attention"))
+                    .transpose()?
+                    .flatten()
+                {
+                    self.rope_theta = t;
+                }
+                if let Some(t) = sliding
+                    .map(|e| theta(e, ".sliding_attention"))
+                    .transpose()?
+                    .flatten()
+                {
+                    self.rope_local_base_freq = Some(t);
+                }
             }
         }
-        cfg.validate(&name)?;
-        Ok(cfg)
+        Ok(())
+    }
+
+    /// Reads the hyper-parameters of a GGUF file of any family in [`Family`].
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        crate::family::of_gguf(g)?.config_from_gguf(g)
+    }
+
+    /// The family its `model_type` names.
+    pub fn family(&self) -> Result<Family> {
+        Family::from_model_type(&self.model_type).ok_or_else(|| {
+            ModelError::UnsupportedArchitecture {
+                source_name: "config".into(),
+                found: self.model_type.clone(),
+                supported: Family::model_types().join(", "),
+            }
+        })
+    }
+
+    /// The family's layout (Llama's for a config that names no known family; `validate`
+    /// refuses those).
+    pub fn layout(&self) -> Layout {
+        self.family()
+            .map_or(crate::family::llama::LAYOUT, Family::layout)
+    }
+
+    /// The feed-forward activation (`hidden_activation` where the family uses that key).
+    pub fn activation(&self) -> std::result::Result<Activation, String> {
+        let name = self
+            .hidden_activation
+            .as_deref()
+            .unwrap_or(&self.hidden_act);
+        match name {
+            "silu" | "swish" => Ok(Activation::Silu),
+            "gelu_pytorch_tanh" | "gelu_tanh" => Ok(Activation::GeluTanh),
+            other => Err(format!(
+                "activation `{other}` is not supported; supported: silu, gelu_pytorch_tanh"
+            )),
+        }
+    }
+
+    /// Whether layer `i` is global or sliding-window.
+    pub fn layer_kind(&self, i: usize) -> LayerKind {
+        let Some(window) = self.sliding_window else {
+            return LayerKind::Global;
+        };
+        let sliding = match self.family() {
+            Ok(Family::Gemma3) => match &self.layer_types {
+                Some(types) => types.get(i).is_some_and(|t| t == "sliding_attention"),
+                None => crate::family::gemma3::sliding_by_pattern(i, self.sliding_window_pattern),
+            },
+            Ok(Family::Mistral | Family::Phi3) => true,
+            _ => false,
+        };
+        if sliding {
+            LayerKind::Sliding { window }
+        } else {
+            LayerKind::Global
+        }
+    }
+
+    /// The factor the fixed `head_dim^-½` attention scale is multiplied by, where the family
+    /// scales otherwise (Gemma's `query_pre_attn_scalar`).
+    pub fn query_scale(&self) -> Option<f64> {
+        let qpas = self.query_pre_attn_scalar?;
+        let hd = self.head_dim() as f64;
+        (qpas != hd).then(|| (hd / qpas).sqrt())
     }
 
     pub fn head_dim(&self) -> usize {
@@ -175,13 +326,16 @@ impl LlamaConfig {
             key: key.to_string(),
             msg,
         };
-        if !LLAMA_MODEL_TYPES.contains(&self.model_type.as_str()) {
-            return Err(ModelError::UnsupportedArchitecture {
+        self.family().map_err(|e| match e {
+            ModelError::UnsupportedArchitecture {
+                found, supported, ..
+            } => ModelError::UnsupportedArchitecture {
                 source_name: source_name.to_string(),
-                found: self.model_type.clone(),
-                supported: LLAMA_MODEL_TYPES.join(", "),
-            });
-        }
+                found,
+                supported,
+            },
+            e => e,
+        })?;
         for (key, v) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -222,12 +376,15 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if self.hidden_act != "silu" {
-            return Err(err(
-                "hidden_act",
-                format!("only `silu` is supported, got `{}`", self.hidden_act),
-            ));
+        if let Err(msg) = self.activation() {
+            let key = if self.hidden_activation.is_some() {
+                "hidden_activation"
+            } else {
+                "hidden_act"
+            };
+            return Err(err(key, msg));
         }
+        self.validate_gemma_keys(source_name)?;
         if let Some(s) = &self.rope_scaling {
             if !s.is_null() {
                 return Err(err(
@@ -239,6 +396,88 @@ impl LlamaConfig {
         let positive = |v: f64| v.is_finite() && v > 0.0;
         if !positive(self.rms_norm_eps) || !positive(self.rope_theta) {
             return Err(err("rms_norm_eps/rope_theta", "must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// The keys of sliding windows, local rotary bases and soft-capping: what the forward
+    /// implements, and nothing it would silently ignore.
+    fn validate_gemma_keys(&self, source_name: &str) -> Result<()> {
+        let err = |key: &str, msg: String| ModelError::Config {
+            source_name: source_name.to_string(),
+            key: key.to_string(),
+            msg,
+        };
+        for (key, v) in [
+            ("final_logit_softcapping", self.final_logit_softcapping),
+            ("attn_logit_softcapping", self.attn_logit_softcapping),
+        ] {
+            if let Some(v) = v {
+                return Err(err(key, format!("soft-capping ({v}) is not supported")));
+            }
+        }
+        let layout = self.layout();
+        if (layout.fused_qkv && self.qkv_bias()) || (layout.fused_gate_up && self.mlp_bias) {
+            return Err(err(
+                "attention_bias/mlp_bias",
+                "biases on fused projections are not supported".into(),
+            ));
+        }
+        if self.use_sliding_window == Some(true) {
+            return Err(err(
+                "use_sliding_window",
+                "Qwen's sliding window over the upper layers is not supported".into(),
+            ));
+        }
+        if let Some(f) = self.partial_rotary_factor.filter(|&f| f != 1.0) {
+            return Err(err(
+                "partial_rotary_factor",
+                format!("partial rotary embeddings ({f}) are not supported"),
+            ));
+        }
+        if self.use_bidirectional_attention == Some(true) {
+            return Err(err(
+                "use_bidirectional_attention",
+                "bidirectional attention (an embedding model) is not supported; the decoder is causal".into(),
+            ));
+        }
+        if self.sliding_window == Some(0) {
+            return Err(err("sliding_window", "must be positive".into()));
+        }
+        if let Some(types) = &self.layer_types {
+            if types.len() != self.num_hidden_layers {
+                return Err(err(
+                    "layer_types",
+                    format!(
+                        "{} entries for {} layers",
+                        types.len(),
+                        self.num_hidden_layers
+                    ),
+                ));
+            }
+            if let Some(t) = types
+                .iter()
+                .find(|t| !matches!(t.as_str(), "sliding_attention" | "full_attention"))
+            {
+                return Err(err(
+                    "layer_types",
+                    format!("`{t}` is not one of sliding_attention, full_attention"),
+                ));
+            }
+            if self.sliding_window.is_none() && types.iter().any(|t| t == "sliding_attention") {
+                return Err(err(
+                    "sliding_window",
+                    "missing, but layer_types has sliding_attention layers".into(),
+                ));
+            }
+        }
+        for (key, v) in [
+            ("rope_local_base_freq", self.rope_local_base_freq),
+            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+        ] {
+            if v.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+                return Err(err(key, "must be positive".into()));
+            }
         }
         Ok(())
     }
@@ -258,9 +497,17 @@ impl LlamaConfig {
         )];
         for i in 0..self.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            v.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
-            v.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
-            v.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
+            let layout = self.layout();
+            if layout.fused_qkv {
+                v.push((
+                    format!("{p}.self_attn.qkv_proj.weight"),
+                    vec![q + 2 * kv, h],
+                ));
+            } else {
+                v.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
+                v.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
+                v.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
+            }
             if self.qkv_bias() {
                 v.push((format!("{p}.self_attn.q_proj.bias"), vec![q]));
                 v.push((format!("{p}.self_attn.k_proj.bias"), vec![kv]));
@@ -270,16 +517,25 @@ impl LlamaConfig {
             if self.attention_bias {
                 v.push((format!("{p}.self_attn.o_proj.bias"), vec![h]));
             }
-            v.push((format!("{p}.mlp.gate_proj.weight"), vec![f, h]));
-            v.push((format!("{p}.mlp.up_proj.weight"), vec![f, h]));
+            if layout.fused_gate_up {
+                v.push((format!("{p}.mlp.gate_up_proj.weight"), vec![2 * f, h]));
+            } else {
+                v.push((format!("{p}.mlp.gate_proj.weight"), vec![f, h]));
+                v.push((format!("{p}.mlp.up_proj.weight"), vec![f, h]));
+            }
             v.push((format!("{p}.mlp.down_proj.weight"), vec![h, f]));
             if self.mlp_bias {
                 v.push((format!("{p}.mlp.gate_proj.bias"), vec![f]));
                 v.push((format!("{p}.mlp.up_proj.bias"), vec![f]));
                 v.push((format!("{p}.mlp.down_proj.bias"), vec![h]));
             }
-            v.push((format!("{p}.input_layernorm.weight"), vec![h]));
-            v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+            for norm in layout.norms.names() {
+                v.push((format!("{p}.{norm}.weight"), vec![h]));
+            }
+            if layout.qk_norm {
+                v.push((format!("{p}.self_attn.q_norm.weight"), vec![hd]));
+                v.push((format!("{p}.self_attn.k_norm.weight"), vec![hd]));
+            }
         }
         v.push(("model.norm.weight".to_string(), vec![h]));
         if !self.tie_word_embeddings {
@@ -295,8 +551,16 @@ impl LlamaConfig {
         let q = self.num_attention_heads * hd;
         let kv = self.kv_heads() * hd;
         let attn = h * q + 2 * h * kv + q * h + if self.qkv_bias() { q + 2 * kv } else { 0 };
-        let mlp = 3 * h * self.intermediate_size;
-        let layer = attn + mlp + 2 * h;
+        let mlp = 3 * h * self.intermediate_size
+            + if self.mlp_bias {
+                2 * self.intermediate_size + h
+            } else {
+                0
+            }
+            + if self.attention_bias { h } else { 0 };
+        let layout = self.layout();
+        let norms = layout.norms.names().len() * h + if layout.qk_norm { 2 * hd } else { 0 };
+        let layer = attn + mlp + norms;
         let embed = self.vocab_size * h;
         embed
             + self.num_hidden_layers * layer
@@ -305,10 +569,12 @@ impl LlamaConfig {
     }
 }
 
-/// `model_type` values this family implements.
-pub const LLAMA_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
-/// `general.architecture` values of GGUF files this family implements.
-pub const GGUF_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+/// Whether the JSON object `text` has `key` at its top level.
+fn has_key(text: &str, key: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .is_some_and(|v| v.get(key).is_some())
+}
 
 /// The key a serde_json error is about, when it says (`missing field `x``, `unknown variant`).
 pub(crate) fn json_error_key(e: &serde_json::Error) -> String {
@@ -319,82 +585,22 @@ pub(crate) fn json_error_key(e: &serde_json::Error) -> String {
         .unwrap_or_else(|| "(document)".into())
 }
 
-/// Maps Hugging Face names of a Llama-family checkpoint to llama.cpp's GGUF names.
-/// For the `llama` architecture the Q and K rows are un-permuted (llama.cpp's converter
-/// permutes them for its interleaved rope); `qwen2` uses the half-split rope and is left as is.
-pub fn gguf_names(cfg: &LlamaConfig, gguf_arch: &str) -> NameMap {
-    let heads = cfg.num_attention_heads;
-    let kv_heads = cfg.kv_heads();
-    let permuted = gguf_arch == "llama";
-    let tied = cfg.tie_word_embeddings;
-    Box::new(move |name: &str| {
-        let plain = |n: String| {
-            Some(GgufTensorRef {
-                name: n,
-                unpermute_heads: None,
-            })
-        };
-        match name {
-            "model.embed_tokens.weight" => return plain("token_embd.weight".into()),
-            "model.norm.weight" => return plain("output_norm.weight".into()),
-            "lm_head.weight" if tied => return plain("token_embd.weight".into()),
-            "lm_head.weight" => return plain("output.weight".into()),
-            _ => {}
-        }
-        let rest = name.strip_prefix("model.layers.")?;
-        let (layer, rest) = rest.split_once('.')?;
-        let layer: usize = layer.parse().ok()?;
-        let (module, kind) = rest.rsplit_once('.')?; // kind: weight | bias
-        let (gg, heads) = match module {
-            "self_attn.q_proj" => ("attn_q", Some(heads)),
-            "self_attn.k_proj" => ("attn_k", Some(kv_heads)),
-            "self_attn.v_proj" => ("attn_v", None),
-            "self_attn.o_proj" => ("attn_output", None),
-            "mlp.gate_proj" => ("ffn_gate", None),
-            "mlp.up_proj" => ("ffn_up", None),
-            "mlp.down_proj" => ("ffn_down", None),
-            "input_layernorm" => ("attn_norm", None),
-            "post_attention_layernorm" => ("ffn_norm", None),
-            _ => return None,
-        };
-        Some(GgufTensorRef {
-            name: format!("blk.{layer}.{gg}.{kind}"),
-            unpermute_heads: if permuted { heads } else { None },
-        })
-    })
-}
+mod layer;
 
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-}
+use layer::{Block, Norm, Observe};
 
-struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-}
-
-struct Block {
-    attn: Attention,
-    mlp: Mlp,
-    input_norm: Tensor,
-    post_norm: Tensor,
-}
-
-/// A Llama-family decoder with its language-model head.
+/// A decoder of any family in [`Family`] with its language-model head.
 pub struct Llama {
     cfg: LlamaConfig,
     embed: Tensor,
+    /// √hidden where the family scales the embedding output (Gemma).
+    embed_scale: Option<f64>,
     blocks: Vec<Block>,
-    norm: Tensor,
+    norm: Norm,
     lm_head: Linear,
     rope: Arc<Rope>,
+    /// The sliding-window layers' rotary table, where their base differs (Gemma 3).
+    rope_local: Option<Arc<Rope>>,
     device: Device,
 }
 
@@ -403,9 +609,6 @@ impl Llama {
     pub fn load(cfg: &LlamaConfig, src: &dyn WeightSource) -> Result<Self> {
         cfg.validate(&src.source_name())?;
         let h = cfg.hidden_size;
-        let hd = cfg.head_dim();
-        let (nh, nkv) = (cfg.num_attention_heads, cfg.kv_heads());
-        let ones = Init::Const(1.0);
         let embed = src.tensor(
             "model.embed_tokens.weight",
             &[cfg.vocab_size, h],
@@ -414,43 +617,10 @@ impl Llama {
                 stdev: 0.02,
             },
         )?;
-        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let qkv_bias = cfg.qkv_bias();
-            let attn = Attention {
-                q: Linear::load(src, &format!("{p}.self_attn.q_proj"), h, nh * hd, qkv_bias)?,
-                k: Linear::load(src, &format!("{p}.self_attn.k_proj"), h, nkv * hd, qkv_bias)?,
-                v: Linear::load(src, &format!("{p}.self_attn.v_proj"), h, nkv * hd, qkv_bias)?,
-                o: Linear::load(
-                    src,
-                    &format!("{p}.self_attn.o_proj"),
-                    nh * hd,
-                    h,
-                    cfg.attention_bias,
-                )?,
-                heads: nh,
-                kv_heads: nkv,
-                head_dim: hd,
-            };
-            let f = cfg.intermediate_size;
-            let mlp = Mlp {
-                gate: Linear::load(src, &format!("{p}.mlp.gate_proj"), h, f, cfg.mlp_bias)?,
-                up: Linear::load(src, &format!("{p}.mlp.up_proj"), h, f, cfg.mlp_bias)?,
-                down: Linear::load(src, &format!("{p}.mlp.down_proj"), f, h, cfg.mlp_bias)?,
-            };
-            blocks.push(Block {
-                attn,
-                mlp,
-                input_norm: src.tensor(&format!("{p}.input_layernorm.weight"), &[h], ones)?,
-                post_norm: src.tensor(
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    &[h],
-                    ones,
-                )?,
-            });
-        }
-        let norm = src.tensor("model.norm.weight", &[h], ones)?;
+        let blocks = (0..cfg.num_hidden_layers)
+            .map(|i| Block::load(cfg, src, i))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = Norm::load(src, "model.norm.weight", h, cfg)?;
         let lm_head = if cfg.tie_word_embeddings {
             if src.keeps_quantized() {
                 // The head multiplies by the stored (quantised) embedding matrix, as llama.cpp does.
@@ -464,21 +634,30 @@ impl Llama {
         } else {
             Linear::load(src, "lm_head", h, cfg.vocab_size, false)?
         };
-        let rope = Rope::new(
-            hd,
-            cfg.max_position_embeddings,
-            cfg.rope_theta,
-            src.dtype(),
-            src.device(),
-        )
-        .context(|| "building rotary embedding tables".into())?;
+        let rope_table = |theta: f64| -> Result<Arc<Rope>> {
+            Rope::new(
+                cfg.head_dim(),
+                cfg.max_position_embeddings,
+                theta,
+                src.dtype(),
+                src.device(),
+            )
+            .map(Arc::new)
+            .context(|| "building rotary embedding tables".into())
+        };
+        let rope_local = match cfg.rope_local_base_freq {
+            Some(theta) if theta != cfg.rope_theta => Some(rope_table(theta)?),
+            _ => None,
+        };
         Ok(Self {
             cfg: cfg.clone(),
             embed,
+            embed_scale: cfg.layout().scaled_embedding.then(|| (h as f64).sqrt()),
             blocks,
             norm,
             lm_head,
-            rope: Arc::new(rope),
+            rope: rope_table(cfg.rope_theta)?,
+            rope_local,
             device: src.device().clone(),
         })
     }
@@ -552,23 +731,81 @@ impl Llama {
             });
         }
         let ctx = |what: &str| format!("llama forward ({what})");
-        let mut x = embed(&self.embed, input_ids).context(|| ctx("embedding lookup"))?;
-        let bias =
-            attention_bias(b, s, attention_mask, false, &self.device).context(|| ctx("mask"))?;
+        let mut x = self.embed_ids(input_ids)?;
+        let biases =
+            LayerBiases::new(b, s, attention_mask, &self.device).context(|| ctx("mask"))?;
         let mut hidden = want_hidden.then(|| vec![x.clone()]);
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block
-                .forward(&x, &self.rope, bias.as_ref(), self.cfg.rms_norm_eps)
+            x = self
+                .run_block(block, &x, &biases, &mut |_, _| Ok(()))
                 .context(|| format!("llama forward (layer {i})"))?;
             if let Some(h) = hidden.as_mut() {
                 h.push(x.clone());
             }
         }
-        let x = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps).context(|| ctx("final norm"))?;
+        let x = self.norm.forward(&x).context(|| ctx("final norm"))?;
         if let Some(h) = hidden.as_mut() {
             *h.last_mut().expect("at least the embedding output") = x.clone();
         }
         Ok((x, hidden))
+    }
+
+    /// `block` on `x` with the rotary table and mask of its kind.
+    fn run_block(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        biases: &LayerBiases,
+        observe: &mut Observe,
+    ) -> candle_core::Result<Tensor> {
+        let (rope, bias) = match block.kind {
+            LayerKind::Global => (&self.rope, biases.global.clone()),
+            LayerKind::Sliding { window } => (
+                self.rope_local.as_ref().unwrap_or(&self.rope),
+                biases.sliding(window)?,
+            ),
+        };
+        block.forward_observed(x, rope, bias.as_ref(), observe)
+    }
+}
+
+/// The additive attention masks of one forward: padding for every layer, and the padding
+/// plus the window for sliding-window layers (made only when the sequence is longer than the
+/// window).
+struct LayerBiases {
+    global: Option<Tensor>,
+    seq: usize,
+    device: Device,
+}
+
+impl LayerBiases {
+    fn new(
+        batch: usize,
+        seq: usize,
+        attention_mask: Option<&Tensor>,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        Ok(Self {
+            global: attention_bias(batch, seq, attention_mask, false, device)?,
+            seq,
+            device: device.clone(),
+        })
+    }
+
+    /// The mask of a layer that sees the keys less than `window` positions back.
+    fn sliding(&self, window: usize) -> candle_core::Result<Option<Tensor>> {
+        if self.seq <= window {
+            return Ok(self.global.clone());
+        }
+        let s = self.seq;
+        let v: Vec<f32> = (0..s)
+            .flat_map(|i| (0..s).map(move |j| if i >= j + window { MASK_VALUE } else { 0.0 }))
+            .collect();
+        let w = Tensor::from_vec(v, (1, 1, s, s), &self.device)?;
+        Ok(Some(match &self.global {
+            Some(g) => g.broadcast_add(&w)?.clamp(MASK_VALUE, 0f32)?,
+            None => w,
+        }))
     }
 }
 
@@ -604,73 +841,6 @@ impl crate::model::Model for Llama {
     }
     fn device(&self) -> &Device {
         &self.device
-    }
-}
-
-impl Block {
-    fn forward(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        bias: Option<&Tensor>,
-        eps: f64,
-    ) -> candle_core::Result<Tensor> {
-        self.forward_observed(x, rope, bias, eps, &mut |_, _| Ok(()))
-    }
-
-    /// The layer's forward pass, handing every linear projection's input to `observe`.
-    fn forward_observed(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        bias: Option<&Tensor>,
-        eps: f64,
-        observe: &mut dyn FnMut(LinearSite, &Tensor) -> candle_core::Result<()>,
-    ) -> candle_core::Result<Tensor> {
-        let h = rms_norm(x, &self.input_norm, eps)?;
-        observe(LinearSite::AttentionInput, &h)?;
-        let x = (x + self.attn.forward(&h, rope, bias, observe)?)?;
-        let h = rms_norm(&x, &self.post_norm, eps)?;
-        observe(LinearSite::MlpInput, &h)?;
-        x + self.mlp.forward(&h, observe)?
-    }
-}
-
-impl Attention {
-    fn forward(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        bias: Option<&Tensor>,
-        observe: &mut dyn FnMut(LinearSite, &Tensor) -> candle_core::Result<()>,
-    ) -> candle_core::Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        let split = |t: Tensor, heads: usize| -> candle_core::Result<Tensor> {
-            t.reshape((b, s, heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = rope.apply(&split(self.q.forward(x)?, self.heads)?)?;
-        let k = rope.apply(&split(self.k.forward(x)?, self.kv_heads)?)?;
-        let v = split(self.v.forward(x)?, self.kv_heads)?;
-        let y = attention(&q, &k, &v, bias, true)?;
-        let y = y
-            .transpose(1, 2)?
-            .reshape((b, s, self.heads * self.head_dim))?;
-        observe(LinearSite::AttentionOutput, &y)?;
-        self.o.forward(&y)
-    }
-}
-
-impl Mlp {
-    fn forward(
-        &self,
-        x: &Tensor,
-        observe: &mut dyn FnMut(LinearSite, &Tensor) -> candle_core::Result<()>,
-    ) -> candle_core::Result<Tensor> {
-        let act = crate::ops::swiglu(&self.gate.forward(x)?, &self.up.forward(x)?)?;
-        observe(LinearSite::MlpOutput, &act)?;
-        self.down.forward(&act)
     }
 }
 
@@ -748,17 +918,17 @@ impl Llama {
 
     /// The embedding output for `ids` (`[batch, seq]`): the first layer's input.
     pub fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
-        embed(&self.embed, ids).context(|| "llama embedding lookup".into())
+        let ctx = || "llama embedding lookup".to_string();
+        let x = embed(&self.embed, ids).context(ctx)?;
+        match self.embed_scale {
+            Some(scale) => (x * scale).context(ctx),
+            None => Ok(x),
+        }
     }
 
     /// Layer `i` on `x` (`[batch, seq, hidden]`, causal, no padding), handing every linear
     /// projection's input to `observe`.
-    pub fn layer_forward(
-        &self,
-        i: usize,
-        x: &Tensor,
-        observe: &mut dyn FnMut(LinearSite, &Tensor) -> candle_core::Result<()>,
-    ) -> Result<Tensor> {
+    pub fn layer_forward(&self, i: usize, x: &Tensor, observe: &mut Observe) -> Result<Tensor> {
         let block = self.blocks.get(i).ok_or_else(|| ModelError::Config {
             source_name: "llama".into(),
             key: "num_hidden_layers".into(),
@@ -769,15 +939,13 @@ impl Llama {
         })?;
         let ctx = || format!("llama layer {i}");
         let (b, s, _) = x.dims3().context(ctx)?;
-        let bias = attention_bias(b, s, None, false, &self.device).context(ctx)?;
-        block
-            .forward_observed(x, &self.rope, bias.as_ref(), self.cfg.rms_norm_eps, observe)
-            .context(ctx)
+        let biases = LayerBiases::new(b, s, None, &self.device).context(ctx)?;
+        self.run_block(block, x, &biases, observe).context(ctx)
     }
 
     /// The final norm's output for the last layer's output `x`: the head's input.
     pub fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
-        rms_norm(x, &self.norm, self.cfg.rms_norm_eps).context(|| "llama final norm".into())
+        self.norm.forward(x).context(|| "llama final norm".into())
     }
 }
 
@@ -823,6 +991,26 @@ mod tests {
         .config()
     }
 
+    /// A tiny Gemma 3: head size independent of hidden, a query scale of its own, one
+    /// sliding-window layer (window 3, its own rotary base) and one global.
+    fn tiny_gemma() -> LlamaConfig {
+        LlamaConfig {
+            model_type: "gemma3_text".into(),
+            hidden_activation: Some("gelu_pytorch_tanh".into()),
+            head_dim: Some(8),
+            query_pre_attn_scalar: Some(6.0),
+            sliding_window: Some(3),
+            layer_types: Some(vec!["sliding_attention".into(), "full_attention".into()]),
+            rope_local_base_freq: Some(100.0),
+            ..tiny_config()
+        }
+    }
+
+    /// Both layouts: Llama's and Gemma 3's.
+    fn tiny_configs() -> [LlamaConfig; 2] {
+        [tiny_config(), tiny_gemma()]
+    }
+
     fn tiny(cfg: &LlamaConfig) -> (VarMap, Llama) {
         let vm = VarMap::new();
         let m = Llama::load(cfg, &VarMapWeights::new(&vm, DType::F32, &Device::Cpu)).unwrap();
@@ -831,10 +1019,13 @@ mod tests {
 
     #[test]
     fn every_trainable_variable_gets_a_gradient() {
-        for tied in [true, false] {
+        for (tied, base) in [true, false]
+            .into_iter()
+            .flat_map(|t| tiny_configs().map(|c| (t, c)))
+        {
             let cfg = LlamaConfig {
                 tie_word_embeddings: tied,
-                ..tiny_config()
+                ..base
             };
             let (vm, m) = tiny(&cfg);
             let ids =
@@ -858,7 +1049,10 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            let expected = if tied { 1 + 2 * 9 + 1 } else { 2 + 2 * 9 + 1 };
+            let expected = match cfg.family().unwrap() {
+                Family::Gemma3 => (if tied { 1 } else { 2 }) + 2 * 13 + 1,
+                _ => (if tied { 1 } else { 2 }) + 2 * 9 + 1,
+            };
             assert_eq!(vars.len(), expected);
             for (name, var) in vars {
                 let g = grads
@@ -881,7 +1075,13 @@ mod tests {
 
     #[test]
     fn right_padding_does_not_change_real_positions_and_hidden_states_follow_transformers() {
-        let (_, m) = tiny(&tiny_config());
+        for cfg in tiny_configs() {
+            right_padding_does_not_change_real_positions(&cfg);
+        }
+    }
+
+    fn right_padding_does_not_change_real_positions(cfg: &LlamaConfig) {
+        let (_, m) = tiny(cfg);
         let a = Tensor::new(&[[1u32, 5, 7, 2]], &Device::Cpu).unwrap();
         let alone = m.forward(&a, None, true).unwrap();
         assert_eq!(alone.hidden_states.as_ref().unwrap().len(), 3);
@@ -943,10 +1143,13 @@ mod tests {
 
     #[test]
     fn tensor_shapes_list_exactly_the_variables() {
-        for tied in [true, false] {
+        for (tied, base) in [true, false]
+            .into_iter()
+            .flat_map(|t| tiny_configs().map(|c| (t, c)))
+        {
             let cfg = LlamaConfig {
                 tie_word_embeddings: tied,
-                ..tiny_config()
+                ..base
             };
             let (vm, _) = tiny(&cfg);
             let data = vm.data().lock().unwrap();
@@ -960,14 +1163,64 @@ mod tests {
 
     #[test]
     fn param_count_matches_the_variables() {
-        for tied in [true, false] {
+        for (tied, base) in [true, false]
+            .into_iter()
+            .flat_map(|t| tiny_configs().map(|c| (t, c)))
+        {
             let cfg = LlamaConfig {
                 tie_word_embeddings: tied,
-                ..tiny_config()
+                ..base
             };
             let (vm, _) = tiny(&cfg);
             let n: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
             assert_eq!(cfg.param_count(), n);
         }
+    }
+
+    /// A one-layer tiny Gemma whose layer is `layer_type`.
+    fn one_layer(layer_type: &str) -> Llama {
+        let cfg = LlamaConfig {
+            num_hidden_layers: 1,
+            layer_types: Some(vec![layer_type.into()]),
+            ..tiny_gemma()
+        };
+        tiny(&cfg).1
+    }
+
+    /// The last position's logits of `ids`.
+    fn last_logits(m: &Llama, ids: &[u32]) -> Tensor {
+        let ids = Tensor::new(ids, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let out = m.forward(&ids, None, false).unwrap().logits;
+        let n = out.dim(1).unwrap();
+        out.narrow(1, n - 1, 1).unwrap().flatten_all().unwrap()
+    }
+
+    #[test]
+    fn a_sliding_window_layer_sees_only_its_window() {
+        let ids = [1u32, 5, 7, 2, 9, 3, 4, 8];
+        let diff = |kind: &str| {
+            let m = one_layer(kind);
+            let all = last_logits(&m, &ids);
+            let window = last_logits(&m, &ids[ids.len() - 3..]);
+            (all - window)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        // Relative rotary positions and a window of 3: the last three tokens decide alone.
+        assert!(
+            diff("sliding_attention") < 1e-5,
+            "{}",
+            diff("sliding_attention")
+        );
+        // A global layer sees the earlier tokens too.
+        assert!(diff("full_attention") > 1e-4, "{}", diff("full_attention"));
     }
 }
