@@ -34,6 +34,11 @@ pub struct TextEval {
     pub predicted_tokens: usize,
     pub perplexity: f64,
     pub mean_nll: f64,
+    /// Bytes of text the predicted tokens stand for.
+    pub predicted_bytes: u64,
+    /// The predicted tokens' negative log-likelihood in bits, per byte of text: comparable
+    /// across tokenizers, as perplexity is not.
+    pub bits_per_byte: f64,
     pub forward_seconds: f64,
     pub tokens_per_second: f64,
     pub block: usize,
@@ -53,8 +58,9 @@ pub struct TextEval {
 impl TextEval {
     pub fn text(&self) -> String {
         format!(
-            "perplexity {:.3} over {} predicted tokens ({} tokens in windows of {})\nforward {:.2} s, {:.1} tokens/s on {} ({})",
-            self.perplexity, self.predicted_tokens, self.tokens, self.block, self.forward_seconds,
+            "perplexity {:.3} over {} predicted tokens ({} tokens in windows of {}); {:.4} bits per byte over {} bytes\nforward {:.2} s, {:.1} tokens/s on {} ({})",
+            self.perplexity, self.predicted_tokens, self.tokens, self.block, self.bits_per_byte,
+            self.predicted_bytes, self.forward_seconds,
             self.tokens_per_second, self.device, self.dtype
         )
     }
@@ -106,6 +112,7 @@ pub fn evaluate_text(
         )));
     }
     let tokens: usize = windows.iter().map(Vec::len).sum();
+    let predicted_bytes = predicted_bytes(&windows, &teacher.tokenizer.byte_lengths());
     let stage = "eval";
     observer.event(&Event::Started {
         stage,
@@ -149,6 +156,8 @@ pub fn evaluate_text(
         predicted_tokens: total.tokens,
         perplexity: total.perplexity(),
         mean_nll: total.nll / total.tokens.max(1) as f64,
+        predicted_bytes,
+        bits_per_byte: bits_per_byte(total.nll, predicted_bytes),
         forward_seconds: seconds,
         tokens_per_second: tokens as f64 / seconds.max(1e-9),
         block: o.block,
@@ -159,4 +168,19 @@ pub fn evaluate_text(
         gguf_weights: gguf.then(|| format!("{:?}", o.load.gguf_mode).to_lowercase()),
         non_finite_tensors: teacher.non_finite.clone(),
     })
+}
+
+/// Bytes of text the predicted tokens of `windows` stand for (every token but each window's
+/// first, which nothing predicts).
+pub fn predicted_bytes(windows: &[Vec<u32>], byte_lengths: &[u32]) -> u64 {
+    windows
+        .iter()
+        .flat_map(|w| w.iter().skip(1))
+        .map(|&id| byte_lengths.get(id as usize).copied().map_or(0, u64::from))
+        .sum()
+}
+
+/// `nll` nats over `bytes` bytes, in bits per byte.
+pub fn bits_per_byte(nll: f64, bytes: u64) -> f64 {
+    nll / std::f64::consts::LN_2 / bytes.max(1) as f64
 }
