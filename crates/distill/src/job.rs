@@ -210,6 +210,13 @@ impl ClassifyConfig {
             }
             .into());
         }
+        if !self.distill.vocab.is_strict() {
+            return Err(ConfigError {
+                key: "distill.vocab".into(),
+                msg: "is for causal-LM runs; a classifier keeps its encoder's vocabulary".into(),
+            }
+            .into());
+        }
         if self.student.matmul_dtype.is_some() {
             return Err(ConfigError {
                 key: "student.matmul_dtype".into(),

@@ -1,5 +1,7 @@
-//! A run's trimmed vocabulary (`student.vocab`): counted on the training documents with the
-//! teacher's tokenizer, checked to split them exactly as the full tokenizer does.
+//! A run's student vocabulary when it is not the teacher's: trimmed to the corpus
+//! (`student.vocab`: counted on the training documents with the teacher's tokenizer, checked to
+//! split them exactly as the full tokenizer does), or the teacher's tokenizer's ids under a
+//! head with more rows (`distill.vocab: shared`).
 
 use distill_student::vocab::{VocabConfig, VocabTrim};
 use distill_teacher::LoadedTokenizer;
@@ -117,4 +119,105 @@ pub fn trim_for_run(
         tokenizer,
         stats,
     })
+}
+
+/// What the report says of a shared vocabulary (`distill.vocab: shared`).
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SharedVocabStats {
+    /// Rows of the teacher's head.
+    pub teacher_rows: usize,
+    /// Ids of the student's vocabulary.
+    pub student_ids: usize,
+    /// Student ids whose string the teacher's vocabulary holds (all of them: a student id the
+    /// teacher lacks is refused).
+    pub mapped: usize,
+    /// The teacher's probability mass on rows no student id maps to, averaged over the first
+    /// validation blocks' positions; `None` when the teacher's outputs come from a cache.
+    pub teacher_mass_outside: Option<f64>,
+    /// Validation positions that average was taken over.
+    pub mass_positions: usize,
+}
+
+/// The student's ids and the teacher row each one reads.
+pub struct SharedVocab {
+    /// Teacher row of each student id, by student id.
+    pub teacher_ids: Vec<u32>,
+    pub stats: SharedVocabStats,
+}
+
+/// Maps every id of `student` to the teacher row holding the same string, refusing a student
+/// id the teacher's vocabulary lacks (and saying which mode would apply).
+pub fn shared_for_run(
+    teacher: &LoadedTokenizer,
+    student: &LoadedTokenizer,
+    teacher_rows: usize,
+) -> Result<SharedVocab> {
+    let n = student.tokenizer.get_vocab_size(true);
+    let mut teacher_ids = Vec::with_capacity(n);
+    let mut missing = vec![];
+    for id in 0..n as u32 {
+        let piece = student.tokenizer.id_to_token(id);
+        match piece
+            .as_deref()
+            .and_then(|p| teacher.tokenizer.token_to_id(p))
+            .filter(|&t| (t as usize) < teacher_rows)
+        {
+            Some(t) => teacher_ids.push(t),
+            None => missing.push(piece.unwrap_or_else(|| format!("#{id}"))),
+        }
+    }
+    if !missing.is_empty() {
+        let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
+        return Err(Error::Invalid(format!(
+            "distill.vocab: shared needs every student id in the teacher's vocabulary; {} of {n} are not              (first: {shown:?}); the tokenizers differ, which cross-tokenizer distillation would handle",
+            missing.len()
+        )));
+    }
+    tracing::info!(
+        student_ids = n,
+        teacher_rows,
+        "distill.vocab: shared — every student id maps to a teacher row; the teacher's other rows are left out"
+    );
+    Ok(SharedVocab {
+        stats: SharedVocabStats {
+            teacher_rows,
+            student_ids: n,
+            mapped: n,
+            teacher_mass_outside: None,
+            mass_positions: 0,
+        },
+        teacher_ids,
+    })
+}
+
+/// The teacher's mean probability mass on rows outside `kept` over `blocks` (teacher ids, run
+/// one at a time), and the positions it was averaged over: what distilling over the shared ids
+/// leaves out.
+pub fn teacher_mass_outside(
+    model: &dyn distill_models::Model,
+    blocks: &[Vec<u32>],
+    kept: &[u32],
+) -> Result<(f64, usize)> {
+    use candle_core::{Tensor, D};
+    let device = model.device();
+    let kept_t = Tensor::new(kept, device)?;
+    let (mut sum, mut positions) = (0f64, 0usize);
+    for block in blocks {
+        let ids = Tensor::new(block.as_slice(), device)?.unsqueeze(0)?;
+        let out = model.run(&distill_models::Input {
+            ids: &ids,
+            mask: None,
+            hidden: false,
+            pooled_dropout: None,
+        })?;
+        let logp = distill_models::llama::log_probs(&out.logits.squeeze(0)?)?;
+        let inside = logp
+            .index_select(&kept_t, D::Minus1)?
+            .exp()?
+            .sum(D::Minus1)?;
+        let outside: Vec<f32> = (1.0 - inside)?.to_vec1()?;
+        sum += outside.iter().map(|&m| f64::from(m.max(0.0))).sum::<f64>();
+        positions += outside.len();
+    }
+    Ok((sum / positions.max(1) as f64, positions))
 }

@@ -72,6 +72,30 @@ pub struct DistillConfig {
     /// the baseline.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub scratch_baseline: bool,
+    /// How the teacher's vocabulary meets the student's (causal-LM runs).
+    #[serde(default, skip_serializing_if = "VocabMode::is_strict")]
+    pub vocab: VocabMode,
+}
+
+/// `distill.vocab`: how the teacher's vocabulary meets the student's.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum VocabMode {
+    /// The student has exactly the teacher's ids, head rows included.
+    #[default]
+    Strict,
+    /// The student has its tokenizer's ids; the teacher's logits are taken at the ids whose
+    /// strings the student's vocabulary holds (a head padded beyond its tokenizer, or the same
+    /// strings under other ids), renormalised over them.
+    Shared,
+}
+
+impl VocabMode {
+    pub fn is_strict(&self) -> bool {
+        *self == VocabMode::Strict
+    }
 }
 fn d_temp() -> f64 {
     2.0
@@ -92,6 +116,7 @@ impl Default for DistillConfig {
             jsd_beta: d_beta(),
             hidden: vec![],
             scratch_baseline: false,
+            vocab: VocabMode::Strict,
         }
     }
 }

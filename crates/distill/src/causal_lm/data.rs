@@ -13,12 +13,18 @@ use super::teacher::TeacherSide;
 use crate::data::{build_data_from, split_run_documents, write_split};
 use crate::error::{Error, Result};
 use crate::teacher_cache::{open_for_run, run_identity};
-use crate::vocab::{trim_for_run, RunVocab};
+use crate::vocab::{shared_for_run, teacher_mass_outside, trim_for_run, RunVocab, SharedVocab};
+use distill_train::config::VocabMode;
+
+/// Validation blocks the teacher's mass outside a shared vocabulary is measured on.
+const MASS_BLOCKS: usize = 8;
 
 /// What the run trains and validates on.
 pub(crate) struct RunData {
     /// The student's trimmed vocabulary, when `student.vocab` asks for one.
     pub(crate) vocab: Option<RunVocab>,
+    /// The teacher's rows the student's ids read, when `distill.vocab: shared` leaves some out.
+    pub(crate) shared: Option<SharedVocab>,
     /// The teacher's config, and the teacher as the student sees it (over the trimmed
     /// vocabulary, when there is one).
     pub(crate) teacher_cfg: LlamaConfig,
@@ -37,9 +43,13 @@ impl RunData {
             .map_or(teacher.tokenizer(), |v| &v.tokenizer)
     }
 
-    /// The ids the trimmed vocabulary keeps, in the student's order.
+    /// The teacher rows the student's ids read, in the student's order, when the student's
+    /// vocabulary is not the teacher's (trimmed, or shared under a wider head).
     pub(crate) fn kept(&self) -> Option<&[u32]> {
-        self.vocab.as_ref().map(|v| v.trim.kept.as_slice())
+        self.vocab
+            .as_ref()
+            .map(|v| v.trim.kept.as_slice())
+            .or_else(|| self.shared.as_ref().map(|s| s.teacher_ids.as_slice()))
     }
 }
 
@@ -60,10 +70,15 @@ pub(crate) fn build(run: &Prepared, teacher: &TeacherSide) -> Result<RunData> {
         Some(v) => Some(trim_for_run(&split, v, teacher.tokenizer(), teacher_cfg.vocab_size)?),
         None => None,
     };
+    let shared = shared_vocab(run, teacher, &teacher_cfg, vocab.is_some())?;
     let tokenizer = vocab.as_ref().map_or(teacher.tokenizer(), |v| &v.tokenizer);
-    let view_cfg = match &vocab {
-        Some(v) => LlamaConfig {
-            vocab_size: v.trim.len(),
+    let student_ids = vocab
+        .as_ref()
+        .map(|v| v.trim.len())
+        .or_else(|| shared.as_ref().map(|s| s.stats.student_ids));
+    let view_cfg = match student_ids {
+        Some(n) => LlamaConfig {
+            vocab_size: n,
             bos_token_id: tokenizer.info.bos_token_id.map(Into::into),
             eos_token_id: tokenizer.info.eos_token_id.map(Into::into),
             ..teacher_cfg.clone()
@@ -72,6 +87,26 @@ pub(crate) fn build(run: &Prepared, teacher: &TeacherSide) -> Result<RunData> {
     };
     let (train, valid) = build_data_from(cfg, &split, tokenizer, view_cfg.vocab_size)?;
     drop(split);
+    let shared = match (shared, teacher.model()?) {
+        (Some(mut s), Some(model)) => {
+            let blocks: Vec<Vec<u32>> = valid
+                .blocks
+                .iter()
+                .take(MASS_BLOCKS)
+                .map(|b| b.iter().map(|&id| s.teacher_ids[id as usize]).collect())
+                .collect();
+            let (mass, positions) = teacher_mass_outside(model, &blocks, &s.teacher_ids)?;
+            tracing::info!(
+                mass_outside = mass,
+                positions,
+                "distill.vocab: shared — the teacher's probability mass on the rows left out"
+            );
+            s.stats.teacher_mass_outside = Some(mass);
+            s.stats.mass_positions = positions;
+            Some(s)
+        }
+        (s, _) => s,
+    };
     tracing::info!(
         train_blocks = train.len(),
         validation_blocks = valid.len(),
@@ -91,12 +126,46 @@ pub(crate) fn build(run: &Prepared, teacher: &TeacherSide) -> Result<RunData> {
     };
     Ok(RunData {
         vocab,
+        shared,
         teacher_cfg,
         view_cfg,
         train,
         valid,
         cache,
     })
+}
+
+/// The student's ids under `distill.vocab: shared`, when they leave teacher rows out; a
+/// padded head under `strict` is named with the mode that would drop its rows.
+fn shared_vocab(
+    run: &Prepared,
+    teacher: &TeacherSide,
+    teacher_cfg: &LlamaConfig,
+    trimmed: bool,
+) -> Result<Option<SharedVocab>> {
+    let tokenizer_ids = teacher.tokenizer().tokenizer.get_vocab_size(true);
+    let rows = teacher_cfg.vocab_size;
+    match run.cfg.distill.vocab {
+        VocabMode::Strict => {
+            if tokenizer_ids < rows && !trimmed {
+                tracing::warn!(
+                    rows,
+                    tokenizer_ids,
+                    "the teacher's head has rows no token uses; the student copies them (distill.vocab: shared would leave them out)"
+                );
+            }
+            Ok(None)
+        }
+        // A trimmed vocabulary already reads only rows its tokenizer uses.
+        VocabMode::Shared if trimmed => Ok(None),
+        VocabMode::Shared if run.cfg.teacher.cache.is_some() => Err(Error::Invalid(
+            "distill.vocab: shared cannot train from teacher.cache yet (the cache holds the teacher's own rows); drop one of them".into(),
+        )),
+        VocabMode::Shared => {
+            let shared = shared_for_run(teacher.tokenizer(), teacher.tokenizer(), rows)?;
+            Ok((shared.stats.student_ids < rows).then_some(shared))
+        }
+    }
 }
 
 /// The run's teacher cache, checked against the teacher, tokenizer and blocks.

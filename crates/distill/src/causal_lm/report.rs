@@ -97,6 +97,7 @@ pub(crate) fn build(
         temperature: cfg.distill.temperature,
         artifact: None,
         vocab: data.vocab.as_ref().map(|v| v.stats.clone()),
+        shared_vocab: data.shared.as_ref().map(|s| s.stats.clone()),
         compression: None,
     })
 }

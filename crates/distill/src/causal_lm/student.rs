@@ -49,7 +49,7 @@ pub(crate) fn build(run: &Prepared, teacher: &TeacherSide, data: &RunData) -> Re
     }
     if student.config.vocab_size != data.view_cfg.vocab_size {
         return Err(Error::Invalid(format!(
-            "student vocabulary ({}) differs from the teacher's ({}); a vocabulary mapping is not supported",
+            "student vocabulary ({}) differs from the teacher's view of it ({}); the student's ids must be the teacher's (distill.vocab: strict) or map onto them (shared)",
             student.config.vocab_size, data.view_cfg.vocab_size
         )));
     }

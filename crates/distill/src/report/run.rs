@@ -56,6 +56,9 @@ pub struct RunReport {
     /// The student's vocabulary, when trimmed to the corpus.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vocab: Option<crate::vocab::VocabStats>,
+    /// The student's ids under a wider teacher head (`distill.vocab: shared`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_vocab: Option<crate::vocab::SharedVocabStats>,
     /// The `compress:` section's table and headline (its numbers are in
     /// `compressed/compress.json`).
     #[serde(skip)]
@@ -188,6 +191,20 @@ impl RunReport {
             let _ = writeln!(
                 md,
                 "\nStudent layers were initialised from teacher layers {l:?}."
+            );
+        }
+        if let Some(v) = &self.shared_vocab {
+            let mass = v.teacher_mass_outside.map_or(String::new(), |m| {
+                format!(
+                    " The teacher put {:.4}% of its probability on the rows left out (mean over {} validation positions); its distribution is renormalised over the shared ids.",
+                    100.0 * m,
+                    v.mass_positions
+                )
+            });
+            let _ = writeln!(
+                md,
+                "\nShared vocabulary: the student's {} ids map to {} of the teacher's {} head rows.{mass}",
+                v.student_ids, v.mapped, v.teacher_rows
             );
         }
         if let Some(v) = &self.vocab {

@@ -1,0 +1,168 @@
+//! `distill.vocab: shared` on a teacher whose head is padded beyond its tokenizer (the Qwen2.5
+//! 7B / 0.5B case): the student gets its tokenizer's ids, the teacher's extra rows are left out
+//! and its distribution renormalised over the shared ids, so the run distils exactly as from the
+//! same teacher without the padding.
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use common::tiny::{tiny_llama, tiny_tokenizer, write_tiny_documents, write_tiny_llama_folder};
+use distill::{parse_job, run, Job, RunOptions, RunOutcome};
+use distill_models::LlamaConfig;
+
+/// Rows the padded teacher adds.
+const PADDING: usize = 62;
+
+fn config(vocab: usize) -> LlamaConfig {
+    distill_models::testing::TinyLlama {
+        vocab,
+        hidden: 32,
+        ffn: 64,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        positions: 128,
+        rms_norm_eps: 1e-5,
+    }
+    .config()
+}
+
+/// Writes the teacher without padding and the same teacher with `PADDING` random head rows.
+fn write_teachers(root: &Path) {
+    let tokens = tiny_tokenizer().get_vocab_size(true);
+    let exact = config(tokens);
+    let vm = tiny_llama(&exact);
+    write_tiny_llama_folder(&root.join("exact"), &exact, &vm);
+    let padded = config(tokens + PADDING);
+    let pvm = tiny_llama(&padded);
+    {
+        let src = vm.data().lock().unwrap();
+        let dst = pvm.data().lock().unwrap();
+        for (name, var) in src.iter() {
+            let t = var.as_tensor();
+            let value = if name == "model.embed_tokens.weight" {
+                // Padding rows like the real ones: the teacher puts real mass on them.
+                let extra = Tensor::randn(0f32, 0.02, (PADDING, 32), &Device::Cpu).unwrap();
+                Tensor::cat(&[t, &extra], 0).unwrap()
+            } else {
+                t.clone()
+            };
+            dst[name].set(&value).unwrap();
+        }
+    }
+    write_tiny_llama_folder(&root.join("padded"), &padded, &pvm);
+}
+
+fn run_on(root: &Path, teacher: &str, name: &str, vocab: &str) -> distill::causal_lm::LmRun {
+    let text = format!(
+        "teacher: {{source: {t}}}
+data:
+  source: {{kind: folder, path: {d}, pattern: '*.txt'}}
+  block_size: 32
+  validation_fraction: 0.34
+student: {{layers: 1, init: {{kind: from_teacher}}}}
+distill: {{loss: forward_kl, alpha: 0.6, temperature: 2.0{vocab}}}
+train: {{steps: 3, batch_size: 2, lr: 0.003, eval_every: 3, eval_blocks: 4, seed: 1}}
+output: {{dir: {r}, name: {name}}}
+",
+        t = root.join(teacher).display(),
+        d = root.join("docs").display(),
+        r = root.join("runs").display(),
+    );
+    let Job::CausalLm(c) = parse_job(&text).unwrap() else {
+        unreachable!()
+    };
+    match run(&Job::CausalLm(c), &RunOptions::default()).unwrap() {
+        RunOutcome::CausalLm(lm) => lm,
+        RunOutcome::Classification(_) => unreachable!(),
+    }
+}
+
+fn losses(run_dir: &Path) -> Vec<[f64; 3]> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| ["loss", "hard", "soft"].map(|k| v[k].as_f64().unwrap()))
+        .collect()
+}
+
+fn max_gap(a: &[[f64; 3]], b: &[[f64; 3]]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(u, v)| (u - v).abs()))
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn a_padded_head_distils_as_the_unpadded_one_under_shared() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_teachers(tmp.path());
+    write_tiny_documents(&tmp.path().join("docs"));
+
+    let exact = run_on(tmp.path(), "exact", "exact", "");
+    let shared = run_on(tmp.path(), "padded", "shared", ", vocab: shared");
+    let strict = run_on(tmp.path(), "padded", "strict", "");
+
+    let (le, ls, lt) = (
+        losses(&exact.run_dir),
+        losses(&shared.run_dir),
+        losses(&strict.run_dir),
+    );
+    assert_eq!(le.len(), 3);
+    let gap = max_gap(&le, &ls);
+    assert!(
+        gap < 1e-6,
+        "shared differs from the unpadded teacher's run by {gap}: {le:?} vs {ls:?}"
+    );
+    // Under strict the student copies the padding rows and learns them: not the same run.
+    assert!(max_gap(&le, &lt) > 1e-3, "{le:?} vs {lt:?}");
+
+    let tokens = tiny_tokenizer().get_vocab_size(true);
+    let report = shared.report.unwrap();
+    let s = report
+        .shared_vocab
+        .expect("the shared vocabulary is reported");
+    assert_eq!(
+        (s.student_ids, s.mapped, s.teacher_rows),
+        (tokens, tokens, tokens + PADDING)
+    );
+    let mass = s.teacher_mass_outside.unwrap();
+    eprintln!(
+        "shared vs unpadded: max loss gap {gap:.2e}; strict vs unpadded {:.2e}; teacher mass on the padding {mass:.4}",
+        max_gap(&le, &lt)
+    );
+    assert!(mass > 0.01 && mass < 1.0, "mass outside {mass}");
+    assert!(s.mass_positions > 0);
+    let exported: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shared.student.unwrap().join("config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(exported["vocab_size"], tokens);
+    assert!(strict.report.unwrap().shared_vocab.is_none());
+}
+
+#[test]
+fn shared_is_refused_for_a_classifier() {
+    let e = parse_job(
+        "task: classification
+teacher: {source: minilm}
+data:
+  source: {kind: class_folders, path: /tmp, classes: {a: x, b: y}}
+  labels: [x, y]
+student: {layers: 2}
+distill: {vocab: shared}
+train: {steps: 10, lr: 1.0e-4}
+output: {name: x}
+",
+    )
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("distill.vocab"), "{e}");
+}
