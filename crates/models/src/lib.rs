@@ -25,6 +25,7 @@ pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod precision;
+pub mod site;
 pub mod surgery;
 #[doc(hidden)]
 pub mod testing;

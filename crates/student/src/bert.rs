@@ -183,8 +183,8 @@ impl Family for BertFamily {
     fn shapes(&self, cfg: &BertConfig) -> Vec<(String, Vec<usize>)> {
         bert_classifier_shapes(cfg, self.num_labels, self.pooling)
     }
-    fn is_gain(&self, name: &str) -> bool {
-        name.contains("LayerNorm.weight")
+    fn gain(&self, _cfg: &BertConfig, name: &str) -> Option<f32> {
+        name.contains("LayerNorm.weight").then_some(1.0)
     }
     fn load(
         &self,

@@ -78,8 +78,12 @@ pub fn derive_config(
     if layers == 0 {
         return Err(cfg_err("layers", "must be at least 1"));
     }
+    // A head size independent of the width (Gemma 3, Qwen3): heads and width are chosen apart.
+    let independent =
+        teacher.head_dim.is_some() && teacher.num_attention_heads * hd != teacher.hidden_size;
     let heads = match (s.heads, s.hidden) {
         (Some(h), _) => h,
+        (None, _) if independent => teacher.num_attention_heads,
         (None, Some(hidden)) => {
             if hidden % hd != 0 {
                 return Err(cfg_err(
@@ -94,8 +98,12 @@ pub fn derive_config(
     if heads == 0 {
         return Err(cfg_err("heads", "must be at least 1"));
     }
-    let hidden = s.hidden.unwrap_or(heads * hd);
-    if hidden != heads * hd {
+    let hidden = s.hidden.unwrap_or(if independent {
+        teacher.hidden_size
+    } else {
+        heads * hd
+    });
+    if !independent && hidden != heads * hd {
         return Err(cfg_err(
             "hidden",
             format!("{hidden} must equal heads × head_dim = {heads} × {hd} (the head size is kept from the teacher)"),
@@ -134,14 +142,42 @@ pub fn derive_config(
         intermediate_size: intermediate,
         num_attention_heads: heads,
         num_key_value_heads: Some(kv_heads),
-        head_dim: None,
+        head_dim: (hidden != heads * hd).then_some(hd),
+        layer_types: layer_types_of(
+            teacher,
+            &evenly_spaced_layers(teacher.num_hidden_layers, layers),
+        ),
         ..teacher.clone()
     })
+}
+
+/// `n` layer indices out of `total`, evenly spaced and including the first and the last.
+pub fn evenly_spaced_layers(total: usize, n: usize) -> Vec<usize> {
+    if n == 1 {
+        return vec![total - 1];
+    }
+    (0..n)
+        .map(|i| ((i * (total - 1)) as f64 / (n - 1) as f64).round() as usize)
+        .collect()
+}
+
+/// The per-layer attention kinds (`layer_types`) of a student whose layers start from the
+/// teacher layers `map`: each keeps its teacher layer's kind.
+pub fn layer_types_of(teacher: &LlamaConfig, map: &[usize]) -> Option<Vec<String>> {
+    let types = teacher.layer_types.as_ref()?;
+    Some(map.iter().map(|&j| types[j].clone()).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layers_are_evenly_spaced_with_both_ends() {
+        assert_eq!(evenly_spaced_layers(30, 6), vec![0, 6, 12, 17, 23, 29]);
+        assert_eq!(evenly_spaced_layers(12, 6), vec![0, 2, 4, 7, 9, 11]);
+        assert_eq!(evenly_spaced_layers(4, 1), vec![3]);
+    }
 
     fn smollm2() -> LlamaConfig {
         LlamaConfig::from_json(

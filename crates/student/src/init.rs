@@ -12,7 +12,7 @@ use distill_models::{VarMapWeights, WeightSource};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::design::{InitConfig, StudentConfig};
+use crate::design::{evenly_spaced_layers, InitConfig, StudentConfig};
 use crate::error::{cfg_err, Ctx, StudentError};
 
 /// A trainable student: its config, its variables and the model built on them.
@@ -52,8 +52,12 @@ pub(crate) trait Family {
     ) -> Result<BTreeMap<String, Tensor>, StudentError>;
     /// Every tensor of a checkpoint of `cfg`, for random init.
     fn shapes(&self, cfg: &Self::Config) -> Vec<(String, Vec<usize>)>;
-    /// Whether a tensor is a norm gain (initialised to ones).
-    fn is_gain(&self, name: &str) -> bool;
+    /// The value a norm gain starts at (1, or 0 for a `1 + w` norm), `None` for a tensor
+    /// that is not a gain.
+    fn gain(&self, cfg: &Self::Config, name: &str) -> Option<f32>;
+    /// Makes per-layer settings of `cfg` (the sliding-window pattern) those of the teacher
+    /// layers each student layer starts from.
+    fn adopt_layers(&self, _cfg: &mut Self::Config, _teacher: &Self::Config, _map: &[usize]) {}
     fn load(&self, cfg: &Self::Config, src: &dyn WeightSource)
         -> Result<Self::Model, StudentError>;
 }
@@ -67,7 +71,7 @@ pub(crate) fn build<F: Family>(
     spec: &StudentConfig,
     device: &Device,
 ) -> Result<Student<F::Config, F::Model>, StudentError> {
-    let cfg = family.derive(teacher_cfg, spec)?;
+    let mut cfg = family.derive(teacher_cfg, spec)?;
     let (init, layer_map) = match &spec.init {
         InitConfig::FromTeacher { layers } => {
             let src = teacher
@@ -77,11 +81,12 @@ pub(crate) fn build<F: Family>(
                 family.layers(&cfg),
                 family.layers(teacher_cfg),
             )?;
+            family.adopt_layers(&mut cfg, teacher_cfg, &map);
             let keep = family.keep(teacher_cfg, &cfg, src, &map)?;
             (family.cut(teacher_cfg, src, &keep)?, Some(map))
         }
         InitConfig::Random { seed } => (
-            seeded_init(family.shapes(&cfg), |n| family.is_gain(n), *seed, device)?,
+            seeded_init(family.shapes(&cfg), |n| family.gain(&cfg, n), *seed, device)?,
             None,
         ),
     };
@@ -99,16 +104,6 @@ pub(crate) fn build<F: Family>(
         model,
         layer_map,
     })
-}
-
-/// `n` layer indices out of `total`, evenly spaced and including the first and the last.
-pub fn evenly_spaced_layers(total: usize, n: usize) -> Vec<usize> {
-    if n == 1 {
-        return vec![total - 1];
-    }
-    (0..n)
-        .map(|i| ((i * (total - 1)) as f64 / (n - 1) as f64).round() as usize)
-        .collect()
 }
 
 /// The teacher layer each of `student` layers starts from: `listed`, checked, or evenly spaced.
@@ -176,11 +171,11 @@ pub(crate) fn varmap_from(
     Ok(varmap)
 }
 
-/// Ones for the norm gains `is_gain` names, zeros for biases, Normal(0, 0.02) for the rest,
-/// drawn in `shapes` order from a ChaCha8 seeded with `seed`.
+/// Norm gains at the value `gain` gives, zeros for biases, Normal(0, 0.02) for the rest, drawn
+/// in `shapes` order from a ChaCha8 seeded with `seed`.
 pub(crate) fn seeded_init(
     shapes: Vec<(String, Vec<usize>)>,
-    is_gain: impl Fn(&str) -> bool,
+    gain: impl Fn(&str) -> Option<f32>,
     seed: u64,
     device: &Device,
 ) -> Result<BTreeMap<String, Tensor>, StudentError> {
@@ -188,8 +183,8 @@ pub(crate) fn seeded_init(
     let mut out = BTreeMap::new();
     for (name, shape) in shapes {
         let n: usize = shape.iter().product();
-        let data: Vec<f32> = if is_gain(&name) {
-            vec![1.0; n]
+        let data: Vec<f32> = if let Some(g) = gain(&name) {
+            vec![g; n]
         } else if name.ends_with(".bias") {
             vec![0.0; n]
         } else {
@@ -213,13 +208,6 @@ fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn layers_are_evenly_spaced_with_both_ends() {
-        assert_eq!(evenly_spaced_layers(30, 6), vec![0, 6, 12, 17, 23, 29]);
-        assert_eq!(evenly_spaced_layers(12, 6), vec![0, 2, 4, 7, 9, 11]);
-        assert_eq!(evenly_spaced_layers(4, 1), vec![3]);
-    }
 
     #[test]
     fn a_selection_of_everything_cuts_nothing() {

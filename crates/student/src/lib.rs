@@ -21,9 +21,9 @@ pub use bert::{
     bert_classifier_shapes, build_bert_student, derive_bert_config, save_bert_classifier,
     BertExport, BertStudent,
 };
-pub use design::{derive_config, InitConfig, StudentConfig};
+pub use design::{derive_config, evenly_spaced_layers, InitConfig, StudentConfig};
 pub use error::StudentError;
-pub use init::{evenly_spaced_layers, Student};
+pub use init::Student;
 pub use llama::{build_student, LlamaStudent};
 pub use save::{save_hf, HfExport};
 pub use vocab::{VocabConfig, VocabTrim};

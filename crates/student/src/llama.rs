@@ -114,8 +114,13 @@ impl Family for LlamaFamily {
     fn shapes(&self, cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
         cfg.tensor_shapes()
     }
-    fn is_gain(&self, name: &str) -> bool {
+    fn gain(&self, cfg: &LlamaConfig, name: &str) -> Option<f32> {
+        // A `1 + w` norm (Gemma) is the identity at w = 0.
         name.ends_with("norm.weight")
+            .then(|| (1.0 - cfg.layout().norm_offset) as f32)
+    }
+    fn adopt_layers(&self, cfg: &mut LlamaConfig, teacher: &LlamaConfig, map: &[usize]) {
+        cfg.layer_types = crate::design::layer_types_of(teacher, map);
     }
     fn load(&self, cfg: &LlamaConfig, src: &dyn WeightSource) -> Result<Llama, StudentError> {
         Ok(Llama::load(cfg, src)?)

@@ -71,11 +71,11 @@ pub(crate) fn write_json(
 }
 
 fn fill_llama_folder(dir: &Path, tmp: &Path, e: &HfExport) -> Result<u64, StudentError> {
-    let arch = if e.config.model_type == "qwen2" {
-        "Qwen2ForCausalLM"
-    } else {
-        "LlamaForCausalLM"
-    };
+    let arch = e
+        .config
+        .family()
+        .map_err(|x| io(dir)(x.to_string()))?
+        .hf_architecture();
     let mut config = serde_json::to_value(e.config).map_err(|x| io(dir)(x.to_string()))?;
     config["architectures"] = json!([arch]);
     config["torch_dtype"] = json!("float32");

@@ -370,10 +370,10 @@ impl Training {
         {
             return true;
         }
-        self.freeze_layers.iter().any(|l| {
-            n.starts_with(&format!("encoder.layer.{l}."))
-                || n.starts_with(&format!("model.layers.{l}."))
-        })
+        let decoder_layer = distill_models::family::layer_of(n);
+        self.freeze_layers
+            .iter()
+            .any(|&l| n.starts_with(&format!("encoder.layer.{l}.")) || decoder_layer == Some(l))
     }
 
     /// Optimiser steps for a task of `batches_per_epoch` micro-batches.

@@ -244,7 +244,7 @@ impl Walker {
             Walker::Llama(..) => site
                 .projections()
                 .iter()
-                .map(|p| format!("model.layers.{l}.{p}.weight"))
+                .map(|p| distill_models::family::layer_name(l, &format!("{p}.weight")))
                 .collect(),
             Walker::Bert(m) => site
                 .bert_projections()

@@ -9,13 +9,19 @@
 //! candle-transformers' one-file-per-family models.
 
 pub mod gemma3;
+pub mod gguf;
+pub mod layout;
 pub mod llama;
+pub mod names;
 pub mod phi3;
 pub mod qwen3;
 
-use crate::error::{ModelError, Result};
-use crate::gguf::{GgufFile, NameMap};
-use crate::llama::LlamaConfig;
+pub use gguf::{gguf_names, of_gguf};
+pub use layout::{LayerKind, LayerNorms, Layout};
+pub use names::{
+    is_layer_matrix, layer_name, layer_of, layer_prefix, split_layer_name, LAYER_MATRICES,
+    LAYER_PREFIX,
+};
 
 /// A decoder family this crate runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -26,61 +32,6 @@ pub enum Family {
     Qwen3,
     Phi3,
     Gemma3,
-}
-
-/// How a family's layers are built: what the shared decoder forward switches on.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Layout {
-    /// RMSNorm scales by `offset + w` (Gemma: `1 + w`, its weights stored around zero).
-    pub norm_offset: f64,
-    /// The four per-layer norms, by Hugging Face name after `model.layers.N.`.
-    pub norms: LayerNorms,
-    /// RMSNorm over each head of q and k before the rotary embedding (`self_attn.q_norm`).
-    pub qk_norm: bool,
-    /// The embedding output is multiplied by √hidden.
-    pub scaled_embedding: bool,
-    /// q, k and v stored as one matrix, `self_attn.qkv_proj` (rows q, then k, then v).
-    pub fused_qkv: bool,
-    /// gate and up stored as one matrix, `mlp.gate_up_proj` (rows gate, then up).
-    pub fused_gate_up: bool,
-}
-
-/// The names of a layer's norms; `None` where the family has no such norm.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LayerNorms {
-    /// Before attention.
-    pub attention_input: &'static str,
-    /// On the attention's output, before the residual add (Gemma's sandwich norm).
-    pub attention_output: Option<&'static str>,
-    /// Before the feed-forward block.
-    pub mlp_input: &'static str,
-    /// On the feed-forward output, before the residual add.
-    pub mlp_output: Option<&'static str>,
-}
-
-impl LayerNorms {
-    /// Every norm of a layer, by name.
-    pub fn names(&self) -> Vec<&'static str> {
-        [
-            Some(self.attention_input),
-            self.attention_output,
-            Some(self.mlp_input),
-            self.mlp_output,
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
-    }
-}
-
-/// Whether a layer attends to every earlier position or to a window of the latest ones.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LayerKind {
-    Global,
-    /// Attends to the keys less than `window` positions back (its own included).
-    Sliding {
-        window: usize,
-    },
 }
 
 impl Family {
@@ -102,6 +53,18 @@ impl Family {
             Family::Qwen3 => "qwen3",
             Family::Phi3 => "phi3",
             Family::Gemma3 => "gemma3_text",
+        }
+    }
+
+    /// The transformers class its checkpoints name in `architectures`.
+    pub fn hf_architecture(self) -> &'static str {
+        match self {
+            Family::Llama => "LlamaForCausalLM",
+            Family::Mistral => "MistralForCausalLM",
+            Family::Qwen2 => "Qwen2ForCausalLM",
+            Family::Qwen3 => "Qwen3ForCausalLM",
+            Family::Phi3 => "Phi3ForCausalLM",
+            Family::Gemma3 => "Gemma3ForCausalLM",
         }
     }
 
@@ -154,65 +117,4 @@ impl Family {
             Family::Gemma3 => gemma3::LAYOUT,
         }
     }
-
-    /// The config of a GGUF file of this family, from its metadata and tensor shapes.
-    pub fn config_from_gguf(self, g: &GgufFile) -> Result<LlamaConfig> {
-        match self {
-            Family::Llama | Family::Mistral | Family::Qwen2 | Family::Qwen3 => {
-                llama::config_from_gguf(g, self)
-            }
-            Family::Phi3 => Err(self.no_gguf(&g.path().display().to_string())),
-            Family::Gemma3 => gemma3::config_from_gguf(g),
-        }
-    }
-
-    /// Hugging Face name → the GGUF tensor holding it, for a file of this family.
-    pub fn gguf_names(self, cfg: &LlamaConfig) -> Result<NameMap> {
-        Ok(match self {
-            Family::Llama | Family::Mistral => llama::gguf_names(cfg, true),
-            Family::Qwen2 => llama::gguf_names(cfg, false),
-            Family::Qwen3 => qwen3::gguf_names(cfg),
-            Family::Phi3 => return Err(self.no_gguf("GGUF")),
-            Family::Gemma3 => gemma3::gguf_names(cfg),
-        })
-    }
-
-    fn no_gguf(self, source_name: &str) -> ModelError {
-        ModelError::UnsupportedArchitecture {
-            source_name: source_name.to_string(),
-            found: format!("{} (as GGUF)", self.model_type()),
-            supported: Family::gguf_architectures().join(", "),
-        }
-    }
-}
-
-/// The family of a GGUF file, or an error listing those known.
-pub fn of_gguf(g: &GgufFile) -> Result<Family> {
-    let arch = g.get_str("general.architecture")?;
-    Family::from_gguf_architecture(arch).ok_or_else(|| ModelError::UnsupportedArchitecture {
-        source_name: g.path().display().to_string(),
-        found: arch.to_string(),
-        supported: Family::gguf_architectures().join(", "),
-    })
-}
-
-/// Hugging Face name → GGUF tensor for `cfg`'s family.
-pub fn gguf_names(cfg: &LlamaConfig) -> Result<NameMap> {
-    cfg.family()?.gguf_names(cfg)
-}
-
-/// The layer index and the rest of a per-layer Hugging Face name (`model.layers.3.mlp.up_proj.weight`
-/// → `(3, "mlp.up_proj.weight")`).
-pub fn split_layer_name(name: &str) -> Option<(usize, &str)> {
-    let rest = name.strip_prefix(LAYER_PREFIX)?;
-    let (layer, rest) = rest.split_once('.')?;
-    Some((layer.parse().ok()?, rest))
-}
-
-/// The prefix of every per-layer tensor name in the decoder families.
-pub const LAYER_PREFIX: &str = "model.layers.";
-
-/// The Hugging Face name of a per-layer tensor.
-pub fn layer_name(layer: usize, rest: &str) -> String {
-    format!("{LAYER_PREFIX}{layer}.{rest}")
 }

@@ -2,7 +2,8 @@
 //! up in one (`mlp.gate_up_proj`); a `sliding_window`, when set, applies to every layer. Read
 //! from Hugging Face folders; its GGUF files are not read yet.
 
-use super::{llama, Layout};
+use crate::family::layout::Layout;
+use crate::family::llama;
 
 pub const LAYOUT: Layout = Layout {
     fused_qkv: true,

@@ -7,6 +7,7 @@ use super::{
     block_rows, column_norms, index, row_norms, select, Keep, LayerKeep, SourceSizes, Tensors,
 };
 use crate::error::{ModelError, Result, TensorContext};
+use crate::family::layer_prefix;
 use crate::llama::LlamaConfig;
 use crate::weights::WeightSource;
 
@@ -14,6 +15,17 @@ use crate::weights::WeightSource;
 /// tensor. Query heads must come in whole groups of the kept key/value heads (the same number
 /// per group), so grouped-query attention stays consistent.
 pub fn cut(t: &LlamaConfig, src: &dyn WeightSource, keep: &Keep) -> Result<(LlamaConfig, Tensors)> {
+    let layout = t.layout();
+    if layout.fused_qkv || layout.fused_gate_up {
+        return Err(ModelError::Config {
+            source_name: "structured cut".into(),
+            key: "model_type".into(),
+            msg: format!(
+                "`{}` stores q, k, v (and gate, up) as fused matrices, which cuts do not split yet",
+                t.model_type
+            ),
+        });
+    }
     let hd = t.head_dim();
     let (h, f) = (t.hidden_size, t.intermediate_size);
     let t_group = t.num_attention_heads / t.kv_heads();
@@ -47,6 +59,10 @@ pub fn cut(t: &LlamaConfig, src: &dyn WeightSource, keep: &Keep) -> Result<(Llam
     }
     let cfg = LlamaConfig {
         num_hidden_layers: keep.layers.len(),
+        layer_types: t
+            .layer_types
+            .as_ref()
+            .map(|types| keep.layers.iter().map(|&j| types[j].clone()).collect()),
         hidden_size: hidden,
         intermediate_size: neurons,
         num_attention_heads: heads,
@@ -99,7 +115,7 @@ fn check_groups(
 /// Weight-norm importance of every FFN neuron of `layer`: ‖gate row‖·‖up row‖·‖down column‖.
 pub fn neuron_norms(t: &LlamaConfig, src: &dyn WeightSource, layer: usize) -> Result<Vec<f32>> {
     let (h, f) = (t.hidden_size, t.intermediate_size);
-    let p = format!("model.layers.{layer}.mlp");
+    let p = crate::family::layer_name(layer, "mlp");
     let get =
         |n: &str, shape: &[usize]| src.tensor(&format!("{p}.{n}.weight"), shape, Init::Const(0.0));
     let (gate, up, down) = (
@@ -121,7 +137,7 @@ pub fn kv_group_norms(t: &LlamaConfig, src: &dyn WeightSource, layer: usize) -> 
     let h = t.hidden_size;
     let (tq, tkv, kv) = (t.num_attention_heads * hd, t.kv_heads() * hd, t.kv_heads());
     let group = t.num_attention_heads / kv;
-    let p = format!("model.layers.{layer}.self_attn");
+    let p = crate::family::layer_name(layer, "self_attn");
     let get =
         |n: &str, shape: &[usize]| src.tensor(&format!("{p}.{n}.weight"), shape, Init::Const(0.0));
     let ctx = || format!("head norms of {p}");
@@ -202,7 +218,7 @@ impl Cutter<'_> {
         let hd = t.head_dim();
         let (h, f) = (t.hidden_size, t.intermediate_size);
         let (tq, tkv) = (t.num_attention_heads * hd, t.kv_heads() * hd);
-        let (sp, tp) = (format!("model.layers.{i}"), format!("model.layers.{j}"));
+        let (sp, tp) = (layer_prefix(i), layer_prefix(j));
         let q_rows = index(lk.heads.as_ref().map(|s| block_rows(s, hd)).as_ref(), dev)?;
         let kv_rows = index(
             lk.kv_heads.as_ref().map(|s| block_rows(s, hd)).as_ref(),
@@ -284,8 +300,14 @@ impl Cutter<'_> {
             );
             put("mlp.down_proj.bias", one("mlp.down_proj.bias", h, res)?);
         }
-        for n in ["input_layernorm", "post_attention_layernorm"] {
+        for n in t.layout().norms.names() {
             put(&format!("{n}.weight"), one(&format!("{n}.weight"), h, res)?);
+        }
+        if t.layout().qk_norm {
+            // One gain per position within a head, shared by every head: kept whole.
+            for n in ["self_attn.q_norm.weight", "self_attn.k_norm.weight"] {
+                put(n, one(n, hd, None)?);
+            }
         }
         Ok(())
     }

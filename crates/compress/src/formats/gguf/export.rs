@@ -10,7 +10,9 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Tensor;
 use candle_nn::Init;
-use distill_models::{LlamaConfig, WeightSource};
+use distill_models::family::{self, gemma3, LayerKind};
+use distill_models::gguf::{GgufTensorRef, NameMap};
+use distill_models::{Family, LlamaConfig, WeightSource};
 
 use crate::error::CompressError;
 use crate::formats::gguf::blocks::{qtensor, quantize_rows, Format};
@@ -174,30 +176,10 @@ pub enum Search {
     Candle,
 }
 
-/// llama.cpp's name for the Hugging Face tensor `hf` of a Llama-family model.
+/// llama.cpp's name for the Hugging Face tensor `hf` of a Llama-family model (an untied head:
+/// `output.weight`), from the family's own table.
 pub fn gguf_tensor_name(hf: &str) -> Option<String> {
-    match hf {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        _ => {}
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let short = match rest {
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        "input_layernorm.weight" => "attn_norm.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{short}"))
+    distill_models::family::llama::tensor_name(hf, false)
 }
 
 /// What to export.
@@ -273,15 +255,16 @@ fn permute_qk(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
 
 /// Writes `e` to `path` (through a temporary file, renamed when complete).
 pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressError> {
-    check(e)?;
+    let family = check(e)?;
     let mut out = Tensors {
         e,
+        names: family::gguf_names(e.config)?,
         tensors: vec![],
         fallbacks: vec![],
     };
     out.matrices()?;
     out.norms()?;
-    let md = metadata(e);
+    let md = metadata(e, family);
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |e: std::io::Error| CompressError::Io {
@@ -309,13 +292,19 @@ pub fn export_gguf(path: &Path, e: &GgufExport) -> Result<GgufSummary, CompressE
     })
 }
 
-/// An architecture this export writes, with tokenizer metadata.
-fn check(e: &GgufExport) -> Result<(), CompressError> {
-    if !matches!(e.config.model_type.as_str(), "llama" | "mistral") {
-        return Err(CompressError::Unsupported(format!(
-            "GGUF export knows the llama architecture (llama, mistral configs); `{}` is not supported",
-            e.config.model_type
-        )));
+/// The family of an export this writes (one llama.cpp reads as the model's own), with
+/// tokenizer metadata.
+fn check(e: &GgufExport) -> Result<Family, CompressError> {
+    let family = e.config.family()?;
+    match family {
+        Family::Llama | Family::Mistral => {}
+        Family::Gemma3 => check_gemma3_pattern(e.config)?,
+        other => {
+            return Err(CompressError::Unsupported(format!(
+                "GGUF export writes the llama (llama, mistral) and gemma3 architectures; `{}` is not supported yet",
+                other.model_type()
+            )))
+        }
     }
     if !e.tokenizer.contains_key("tokenizer.ggml.tokens") {
         return Err(CompressError::Config {
@@ -324,7 +313,44 @@ fn check(e: &GgufExport) -> Result<(), CompressError> {
                 .into(),
         });
     }
-    Ok(())
+    Ok(family)
+}
+
+/// llama.cpp reads a Gemma 3 file's layer kinds from a fixed pattern (every sixth layer
+/// global) and scales scores by `head_dim^-½`; a model that differs would run with the wrong
+/// windows, rotary bases or scale.
+fn check_gemma3_pattern(cfg: &LlamaConfig) -> Result<(), CompressError> {
+    if let Some(q) = cfg
+        .query_pre_attn_scalar
+        .filter(|&q| q != cfg.head_dim() as f64)
+    {
+        return Err(CompressError::Unsupported(format!(
+            "llama.cpp scales a Gemma 3 GGUF's attention by head_dim ({}), not query_pre_attn_scalar {q}; this model cannot be written as one",
+            cfg.head_dim()
+        )));
+    }
+    let kinds: Vec<bool> = (0..cfg.num_hidden_layers)
+        .map(|i| matches!(cfg.layer_kind(i), LayerKind::Sliding { .. }))
+        .collect();
+    let llama_cpp: Vec<bool> = (0..cfg.num_hidden_layers)
+        .map(|i| cfg.sliding_window.is_some() && gemma3::sliding_by_pattern(i, None))
+        .collect();
+    if kinds == llama_cpp {
+        return Ok(());
+    }
+    let show = |k: &[bool]| {
+        k.iter()
+            .map(|&s| if s { "sliding" } else { "global" })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(CompressError::Unsupported(format!(
+        "llama.cpp runs a {}-layer Gemma 3 GGUF with layers [{}] (every sixth global), but this model's are [{}]; \
+         start the student from teacher layers of those kinds (student.init.layers) or use the Hugging Face folder",
+        kinds.len(),
+        show(&llama_cpp),
+        show(&kinds)
+    )))
 }
 
 fn ctx(what: &str) -> impl FnOnce(candle_core::Error) -> CompressError {
@@ -338,56 +364,64 @@ fn ctx(what: &str) -> impl FnOnce(candle_core::Error) -> CompressError {
 /// The tensors of an export, in llama.cpp's order, and the types that fell back.
 struct Tensors<'a> {
     e: &'a GgufExport<'a>,
+    /// The family's Hugging Face → GGUF names and transforms.
+    names: NameMap,
     tensors: Vec<(String, QTensor)>,
     fallbacks: Vec<Fallback>,
 }
 
 impl Tensors<'_> {
-    /// The embeddings (and an untied head), then each layer's seven matrices.
+    /// The embeddings (and an untied head), then each layer's matrices, in the order the
+    /// config lists them.
     fn matrices(&mut self) -> Result<(), CompressError> {
         let cfg = self.e.config;
-        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
-        let hd = cfg.head_dim();
-        let (heads, kv) = (cfg.num_attention_heads, cfg.kv_heads());
-        self.matrix("model.embed_tokens.weight", [cfg.vocab_size, h], None)?;
+        let h = cfg.hidden_size;
+        self.matrix("model.embed_tokens.weight", [cfg.vocab_size, h])?;
         if !cfg.tie_word_embeddings {
-            self.matrix("lm_head.weight", [cfg.vocab_size, h], None)?;
+            self.matrix("lm_head.weight", [cfg.vocab_size, h])?;
         }
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let attn = |m: &str| format!("{p}.self_attn.{m}.weight");
-            let mlp = |m: &str| format!("{p}.mlp.{m}.weight");
-            self.matrix(&attn("q_proj"), [heads * hd, h], Some(heads))?;
-            self.matrix(&attn("k_proj"), [kv * hd, h], Some(kv))?;
-            self.matrix(&attn("v_proj"), [kv * hd, h], None)?;
-            self.matrix(&attn("o_proj"), [h, heads * hd], None)?;
-            self.matrix(&mlp("gate_proj"), [f, h], None)?;
-            self.matrix(&mlp("up_proj"), [f, h], None)?;
-            self.matrix(&mlp("down_proj"), [h, f], None)?;
+        for (name, shape) in self.layer_tensors(2) {
+            self.matrix(&name, [shape[0], shape[1]])?;
         }
         Ok(())
     }
 
-    /// The final norm, then each layer's two norms, in f32.
+    /// The final norm, then each layer's one-dimensional tensors (norms), in f32.
     fn norms(&mut self) -> Result<(), CompressError> {
-        let cfg = self.e.config;
-        self.norm("output_norm.weight".into(), "model.norm.weight")?;
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            self.norm(
-                format!("blk.{i}.attn_norm.weight"),
-                &format!("{p}.input_layernorm.weight"),
-            )?;
-            self.norm(
-                format!("blk.{i}.ffn_norm.weight"),
-                &format!("{p}.post_attention_layernorm.weight"),
-            )?;
+        self.norm("model.norm.weight", self.e.config.hidden_size)?;
+        for (name, shape) in self.layer_tensors(1) {
+            self.norm(&name, shape[0])?;
         }
         Ok(())
     }
 
-    fn norm(&mut self, gguf: String, name: &str) -> Result<(), CompressError> {
-        let t = self.get(name, &[self.e.config.hidden_size])?;
+    /// The per-layer tensors of `rank` dimensions, layer by layer.
+    fn layer_tensors(&self, rank: usize) -> Vec<(String, Vec<usize>)> {
+        self.e
+            .config
+            .tensor_shapes()
+            .into_iter()
+            .filter(|(n, shape)| family::layer_of(n).is_some() && shape.len() == rank)
+            .collect()
+    }
+
+    /// Where `hf` goes in the file, and how it is transformed on the way.
+    fn place(&self, hf: &str) -> Result<GgufTensorRef, CompressError> {
+        (self.names)(hf).ok_or_else(|| {
+            CompressError::Unsupported(format!("`{hf}` has no GGUF name in its family's table"))
+        })
+    }
+
+    /// A norm in f32, shifted as the family stores it (Gemma: `1 + w`).
+    fn norm(&mut self, name: &str, len: usize) -> Result<(), CompressError> {
+        let r = self.place(name)?;
+        let gguf = r.name;
+        let t = self.get(name, &[len])?;
+        let t = if r.shift == 0.0 {
+            t
+        } else {
+            (t + f64::from(r.shift)).map_err(ctx(&gguf))?
+        };
         let q = QTensor::quantize(&t, GgmlDType::F32).map_err(ctx(&gguf))?;
         self.tensors.push((gguf, q));
         Ok(())
@@ -399,13 +433,9 @@ impl Tensors<'_> {
 
     /// One matrix: the blocks a pass encoded, or the dense values rounded here; `heads`
     /// permutes Q/K rows for llama.cpp's rope (blocks are whole rows, so rows move as bytes).
-    fn matrix(
-        &mut self,
-        hf: &str,
-        shape: [usize; 2],
-        heads: Option<usize>,
-    ) -> Result<(), CompressError> {
-        let gguf = gguf_tensor_name(hf).expect("a Llama tensor name");
+    fn matrix(&mut self, hf: &str, shape: [usize; 2]) -> Result<(), CompressError> {
+        let r = self.place(hf)?;
+        let (gguf, heads) = (r.name, r.unpermute_heads);
         let wanted = match hf {
             "model.embed_tokens.weight" | "lm_head.weight" => {
                 self.e.embeddings.unwrap_or(self.e.qtype)
@@ -489,41 +519,45 @@ impl Tensors<'_> {
 }
 
 /// The `general.*` and `llama.*` metadata of `e`, then its tokenizer's keys.
-fn metadata(e: &GgufExport) -> Vec<(String, Value)> {
+fn metadata(e: &GgufExport, family: Family) -> Vec<(String, Value)> {
     let cfg = e.config;
+    let arch = family.gguf_architecture().unwrap_or("llama");
     let (h, hd, heads) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads);
     let u32v = |v: usize| Value::U32(v as u32);
+    let key = |k: &str| format!("{arch}.{k}");
     let mut md: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String("llama".into())),
+        ("general.architecture".into(), Value::String(arch.into())),
         ("general.name".into(), Value::String(e.name.clone())),
         ("general.file_type".into(), Value::U32(file_type(e.qtype))),
         ("general.quantization_version".into(), Value::U32(2)),
-        ("llama.vocab_size".into(), u32v(cfg.vocab_size)),
+    ];
+    if family != Family::Gemma3 {
+        md.push((key("vocab_size"), u32v(cfg.vocab_size)));
+    }
+    md.extend([
+        (key("context_length"), u32v(cfg.max_position_embeddings)),
+        (key("embedding_length"), u32v(h)),
+        (key("block_count"), u32v(cfg.num_hidden_layers)),
+        (key("feed_forward_length"), u32v(cfg.intermediate_size)),
+        (key("attention.head_count"), u32v(heads)),
+        (key("attention.head_count_kv"), u32v(cfg.kv_heads())),
+    ]);
+    if family != Family::Gemma3 {
+        md.push((key("rope.dimension_count"), u32v(hd)));
+    }
+    md.extend([
+        (key("rope.freq_base"), Value::F32(cfg.rope_theta as f32)),
         (
-            "llama.context_length".into(),
-            u32v(cfg.max_position_embeddings),
-        ),
-        ("llama.embedding_length".into(), u32v(h)),
-        ("llama.block_count".into(), u32v(cfg.num_hidden_layers)),
-        (
-            "llama.feed_forward_length".into(),
-            u32v(cfg.intermediate_size),
-        ),
-        ("llama.attention.head_count".into(), u32v(heads)),
-        ("llama.attention.head_count_kv".into(), u32v(cfg.kv_heads())),
-        ("llama.rope.dimension_count".into(), u32v(hd)),
-        (
-            "llama.rope.freq_base".into(),
-            Value::F32(cfg.rope_theta as f32),
-        ),
-        (
-            "llama.attention.layer_norm_rms_epsilon".into(),
+            key("attention.layer_norm_rms_epsilon"),
             Value::F32(cfg.rms_norm_eps as f32),
         ),
-    ];
-    if hd * heads != h {
-        md.push(("llama.attention.key_length".into(), u32v(hd)));
-        md.push(("llama.attention.value_length".into(), u32v(hd)));
+    ]);
+    if hd * heads != h || family == Family::Gemma3 {
+        md.push((key("attention.key_length"), u32v(hd)));
+        md.push((key("attention.value_length"), u32v(hd)));
+    }
+    if let (Family::Gemma3, Some(w)) = (family, cfg.sliding_window) {
+        md.push((key("attention.sliding_window"), u32v(w)));
     }
     md.extend(e.tokenizer.iter().map(|(k, v)| (k.clone(), v.clone())));
     md

@@ -25,8 +25,7 @@ fn terr(what: impl Into<String>) -> impl FnOnce(candle_core::Error) -> CompressE
 /// Whether `name` is a linear matrix inside a transformer layer (the prunable weights): a Llama
 /// decoder layer's attention or MLP projection, or a BERT encoder layer's dense weight.
 pub fn is_layer_matrix(name: &str) -> bool {
-    let llama = name.starts_with("model.layers.")
-        && (name.contains(".self_attn.") || name.contains(".mlp."));
+    let llama = distill_models::family::is_layer_matrix(name);
     let bert = name.contains("encoder.layer.") && !name.contains("LayerNorm");
     (llama || bert) && name.ends_with(".weight")
 }

@@ -1,59 +1,16 @@
-//! Gemma 3 (text): sandwich norms (RMSNorm before and after attention and the feed-forward
-//! block, each scaling by `1 + w`), RMSNorm over each head of q and k, GeGLU with tanh-GELU,
-//! the embedding scaled by √hidden, a head size independent of hidden, five sliding-window
-//! layers (rotary base 10⁴) to each global one (the model's base), tied embeddings.
-//!
-//! GGUF files carry only the global rotary base and the window; the pattern, the local base
-//! and the attention scale are set as llama.cpp sets them (`llama-model.cpp`, `GEMMA3`).
-//! llama.cpp's converter stores every norm weight as `1 + w`; reading subtracts the 1.
+//! Gemma 3's GGUF files: hyper-parameters from `gemma3.*` metadata (the pattern, the local
+//! rotary base and the attention scale set as llama.cpp sets them), and llama.cpp's tensor
+//! names; its converter stores every norm weight as `1 + w`, and reading subtracts the 1.
 
-use super::llama::{check_full_rotary, gguf_vocab_size, refuse_rope_scaling, top_level_name};
-use super::{split_layer_name, Family, LayerNorms, Layout};
+use super::{layer_types, GLOBAL_LAYERS_27B, LOCAL_ROPE_BASE};
 use crate::error::{ModelError, Result};
+use crate::family::llama::gguf::{
+    check_full_rotary, gguf_vocab_size, refuse_rope_scaling, top_level_name,
+};
+use crate::family::names::split_layer_name;
+use crate::family::Family;
 use crate::gguf::{GgufFile, GgufTensorRef, NameMap};
 use crate::llama::LlamaConfig;
-
-pub const LAYOUT: Layout = Layout {
-    norm_offset: 1.0,
-    norms: LayerNorms {
-        attention_input: "input_layernorm",
-        attention_output: Some("post_attention_layernorm"),
-        mlp_input: "pre_feedforward_layernorm",
-        mlp_output: Some("post_feedforward_layernorm"),
-    },
-    qk_norm: true,
-    scaled_embedding: true,
-    fused_qkv: false,
-    fused_gate_up: false,
-};
-
-/// Every `n`-th layer is global in Gemma 3 (llama.cpp's `set_swa_pattern(6)`).
-const GLOBAL_EVERY: usize = 6;
-/// The rotary base of the sliding-window layers (llama.cpp's `rope_freq_base_train_swa`).
-const LOCAL_ROPE_BASE: f64 = 10_000.0;
-/// Gemma 3 27B's layer count: the one size that scales scores by `(hidden/heads)^-½`.
-const LAYERS_27B: usize = 62;
-
-/// Whether layer `i` slides when every `pattern`-th layer is global (older configs'
-/// `sliding_window_pattern`; 6 when unset).
-pub fn sliding_by_pattern(i: usize, pattern: Option<usize>) -> bool {
-    let every = pattern.filter(|&n| n > 0).unwrap_or(GLOBAL_EVERY);
-    !(i + 1).is_multiple_of(every)
-}
-
-/// The `layer_types` of `layers` layers: five sliding to one global.
-pub fn layer_types(layers: usize) -> Vec<String> {
-    (0..layers)
-        .map(|i| {
-            if sliding_by_pattern(i, None) {
-                "sliding_attention"
-            } else {
-                "full_attention"
-            }
-            .to_string()
-        })
-        .collect()
-}
 
 /// Reads the hyper-parameters of a llama.cpp `gemma3` GGUF file.
 pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig> {
@@ -99,7 +56,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig> {
         tie_word_embeddings: !g.tensor_infos().contains_key("output.weight"),
         hidden_act: activation.clone(),
         hidden_activation: Some(activation),
-        query_pre_attn_scalar: Some(if layers == LAYERS_27B {
+        query_pre_attn_scalar: Some(if layers == GLOBAL_LAYERS_27B {
             (hidden / heads) as f64
         } else {
             head_dim as f64

@@ -1,24 +1,11 @@
-//! The Llama family (Llama, Mistral, Qwen2, SmolLM): pre-norm layers, SwiGLU, grouped-query
-//! attention with a half-split rotary embedding; Qwen2 adds a bias to q, k and v.
+//! The Llama family's GGUF files: hyper-parameters from `llama.*` / `qwen2.*` metadata, and
+//! llama.cpp's tensor names with the converter's Q/K row permutation.
 
-use super::{split_layer_name, Family, LayerNorms, Layout};
 use crate::error::{ModelError, Result};
+use crate::family::names::split_layer_name;
+use crate::family::Family;
 use crate::gguf::{GgufFile, GgufTensorRef, NameMap};
 use crate::llama::LlamaConfig;
-
-pub const LAYOUT: Layout = Layout {
-    norm_offset: 0.0,
-    norms: LayerNorms {
-        attention_input: "input_layernorm",
-        attention_output: None,
-        mlp_input: "post_attention_layernorm",
-        mlp_output: None,
-    },
-    qk_norm: false,
-    scaled_embedding: false,
-    fused_qkv: false,
-    fused_gate_up: false,
-};
 
 /// Reads the hyper-parameters of a llama.cpp `llama` or `qwen2` GGUF file.
 pub fn config_from_gguf(g: &GgufFile, family: Family) -> Result<LlamaConfig> {
@@ -60,7 +47,7 @@ pub fn config_from_gguf(g: &GgufFile, family: Family) -> Result<LlamaConfig> {
 }
 
 /// The vocabulary size: the metadata's, else the embedding's rows, else the token list's.
-pub(super) fn gguf_vocab_size(g: &GgufFile, arch: &str) -> Result<usize> {
+pub(crate) fn gguf_vocab_size(g: &GgufFile, arch: &str) -> Result<usize> {
     Ok(
         match (
             g.get_usize_opt(&format!("{arch}.vocab_size"))?,
@@ -74,7 +61,7 @@ pub(super) fn gguf_vocab_size(g: &GgufFile, arch: &str) -> Result<usize> {
 }
 
 /// Partial rotary embeddings (`rope.dimension_count` below the head size) are refused.
-pub(super) fn check_full_rotary(g: &GgufFile, arch: &str, cfg: &LlamaConfig) -> Result<()> {
+pub(crate) fn check_full_rotary(g: &GgufFile, arch: &str, cfg: &LlamaConfig) -> Result<()> {
     let key = format!("{arch}.rope.dimension_count");
     match g.get_usize_opt(&key)? {
         Some(n) if n != cfg.head_dim() => Err(ModelError::Config {
@@ -91,7 +78,7 @@ pub(super) fn check_full_rotary(g: &GgufFile, arch: &str, cfg: &LlamaConfig) -> 
 
 /// A GGUF file that scales its rotary positions (`rope.scaling.type` other than `none`) is
 /// refused: the forward does not implement it.
-pub(super) fn refuse_rope_scaling(g: &GgufFile, arch: &str) -> Result<()> {
+pub(crate) fn refuse_rope_scaling(g: &GgufFile, arch: &str) -> Result<()> {
     let key = format!("{arch}.rope.scaling.type");
     match g.get(&key) {
         None => Ok(()),
@@ -106,6 +93,31 @@ pub(super) fn refuse_rope_scaling(g: &GgufFile, arch: &str) -> Result<()> {
     }
 }
 
+/// llama.cpp's short names of a Llama-family layer's modules.
+const LAYER_NAMES: [(&str, &str); 9] = [
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+    ("input_layernorm", "attn_norm"),
+    ("post_attention_layernorm", "ffn_norm"),
+];
+
+/// llama.cpp's name of the Hugging Face tensor `hf` of a Llama-family model (`tied`: the head
+/// is the embedding), in both directions' one table.
+pub fn tensor_name(hf: &str, tied: bool) -> Option<String> {
+    if let Some(top) = top_level_name(hf, tied) {
+        return Some(top);
+    }
+    let (layer, rest) = split_layer_name(hf)?;
+    let (module, kind) = rest.rsplit_once('.')?; // kind: weight | bias
+    let (_, short) = LAYER_NAMES.iter().find(|(m, _)| *m == module)?;
+    Some(format!("blk.{layer}.{short}.{kind}"))
+}
+
 /// Maps Hugging Face names of a Llama-family checkpoint to llama.cpp's GGUF names. With
 /// `permuted` (the `llama` architecture) the Q and K rows are un-permuted (llama.cpp's
 /// converter permutes them for its interleaved rope); `qwen2` uses the half-split rope and is
@@ -115,33 +127,22 @@ pub fn gguf_names(cfg: &LlamaConfig, permuted: bool) -> NameMap {
     let kv_heads = cfg.kv_heads();
     let tied = cfg.tie_word_embeddings;
     Box::new(move |name: &str| {
-        if let Some(top) = top_level_name(name, tied) {
-            return Some(GgufTensorRef::plain(top));
-        }
-        let (layer, rest) = split_layer_name(name)?;
-        let (module, kind) = rest.rsplit_once('.')?; // kind: weight | bias
-        let (gg, heads) = match module {
-            "self_attn.q_proj" => ("attn_q", Some(heads)),
-            "self_attn.k_proj" => ("attn_k", Some(kv_heads)),
-            "self_attn.v_proj" => ("attn_v", None),
-            "self_attn.o_proj" => ("attn_output", None),
-            "mlp.gate_proj" => ("ffn_gate", None),
-            "mlp.up_proj" => ("ffn_up", None),
-            "mlp.down_proj" => ("ffn_down", None),
-            "input_layernorm" => ("attn_norm", None),
-            "post_attention_layernorm" => ("ffn_norm", None),
-            _ => return None,
+        let gguf = tensor_name(name, tied)?;
+        let module_heads = match split_layer_name(name).map(|(_, rest)| rest) {
+            Some(r) if r.starts_with("self_attn.q_proj.") => Some(heads),
+            Some(r) if r.starts_with("self_attn.k_proj.") => Some(kv_heads),
+            _ => None,
         };
         Some(GgufTensorRef {
-            name: format!("blk.{layer}.{gg}.{kind}"),
-            unpermute_heads: if permuted { heads } else { None },
+            name: gguf,
+            unpermute_heads: if permuted { module_heads } else { None },
             shift: 0.0,
         })
     })
 }
 
 /// The GGUF name of a tensor outside the layers (embedding, final norm, head).
-pub(super) fn top_level_name(name: &str, tied: bool) -> Option<String> {
+pub(crate) fn top_level_name(name: &str, tied: bool) -> Option<String> {
     Some(
         match name {
             "model.embed_tokens.weight" => "token_embd.weight",
