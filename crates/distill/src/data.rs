@@ -2,7 +2,7 @@
 //! blocks, for training and for compressing what it trained.
 
 use distill_teacher::LoadedTokenizer;
-use distill_train::data::{load_documents, pack_blocks, split_documents, BlockSet, Split};
+use distill_train::data::{load_documents, pack_blocks, split_documents, BlockSet, Packing, Split};
 
 use crate::error::{Context, Error, Result};
 use crate::job::RunConfig;
@@ -41,6 +41,18 @@ pub fn write_split(cfg: &RunConfig, split: &Split, path: &std::path::Path) -> Re
 }
 
 /// A split's documents → tokenised and packed blocks.
+/// The token every block begins with (`data.block_bos`; unset: BOS when the tokenizer adds it).
+fn block_lead(cfg: &RunConfig, tokenizer: &LoadedTokenizer) -> Result<Option<u32>> {
+    let wanted = cfg.data.block_bos.unwrap_or(tokenizer.info.add_bos);
+    match (wanted, tokenizer.info.bos_token_id) {
+        (false, _) => Ok(None),
+        (true, Some(bos)) => Ok(Some(bos)),
+        (true, None) => Err(Error::Job(
+            "data.block_bos: the tokenizer has no BOS token to begin blocks with".into(),
+        )),
+    }
+}
+
 pub fn build_data_from(
     cfg: &RunConfig,
     split: &Split,
@@ -74,14 +86,18 @@ pub fn build_data_from(
             None => Ok(ids),
         }
     };
-    let train = pack_blocks(&split.train, cfg.data.block_size, sep, encode)
-        .context("data (training documents)")?;
+    let packing = Packing {
+        block_size: cfg.data.block_size,
+        separator: sep,
+        lead: block_lead(cfg, tokenizer)?,
+    };
+    let train = pack_blocks(&split.train, packing, encode).context("data (training documents)")?;
     if split.validation.is_empty() {
         return Err(Error::Job(
             "data.validation_fraction: no validation documents; evaluation needs some".into(),
         ));
     }
-    let valid = pack_blocks(&split.validation, cfg.data.block_size, sep, encode)
-        .context("data (validation documents)")?;
+    let valid =
+        pack_blocks(&split.validation, packing, encode).context("data (validation documents)")?;
     Ok((train, valid))
 }

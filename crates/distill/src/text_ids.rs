@@ -95,6 +95,25 @@ fn ids_in_pieces(
     Ok(ids)
 }
 
+/// `ids` (a text's ids, BOS first when the tokenizer adds one) cut into windows of `block`
+/// tokens of at least 2. When the tokenizer adds BOS, every window begins with it, as llama.cpp's
+/// perplexity begins every chunk (a model trained with BOS, as Gemma is, falls apart on
+/// windows without one); then no token of the text goes unpredicted.
+pub fn windows(ids: &[u32], block: usize, tokenizer: &LoadedTokenizer) -> Vec<Vec<u32>> {
+    let bos = tokenizer
+        .info
+        .bos_token_id
+        .filter(|&b| tokenizer.info.add_bos && ids.first() == Some(&b));
+    let (body, lead) = match bos {
+        Some(b) => (&ids[1..], vec![b]),
+        None => (ids, vec![]),
+    };
+    body.chunks(block - lead.len())
+        .map(|c| lead.iter().chain(c).copied().collect::<Vec<u32>>())
+        .filter(|w| w.len() >= 2)
+        .collect()
+}
+
 /// Reads until `buf` is full or the file ends; the bytes read.
 fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -169,6 +188,39 @@ fn first_cut(text: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tokenizer(add_bos: bool) -> LoadedTokenizer {
+        let bpe = tokenizers::models::bpe::BPE::default();
+        LoadedTokenizer {
+            tokenizer: tokenizers::Tokenizer::new(bpe),
+            info: distill_teacher::tokenizer::TokenizerInfo {
+                kind: "BPE".into(),
+                vocab_size: 0,
+                pre_tokenizer: None,
+                special_tokens: vec![],
+                bos_token_id: Some(2),
+                eos_token_id: Some(1),
+                add_bos,
+                has_chat_template: false,
+            },
+            chat_template: None,
+        }
+    }
+
+    #[test]
+    fn windows_begin_with_bos_when_the_tokenizer_adds_it() {
+        let ids = [2u32, 10, 11, 12, 13, 14, 15];
+        assert_eq!(
+            windows(&ids, 3, &tokenizer(true)),
+            vec![vec![2, 10, 11], vec![2, 12, 13], vec![2, 14, 15]]
+        );
+        // Without BOS in the tokenizer's habits the text is cut as it is; a last window of
+        // one token predicts nothing and is dropped.
+        assert_eq!(
+            windows(&ids, 3, &tokenizer(false)),
+            vec![vec![2, 10, 11], vec![12, 13, 14]]
+        );
+    }
 
     #[test]
     fn cuts_fall_after_a_single_break_between_words() {

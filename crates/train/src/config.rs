@@ -40,6 +40,10 @@ pub struct DataConfig {
     /// else the tokenizer's EOS).
     #[serde(default)]
     pub separator_token: Option<String>,
+    /// Begin every block with BOS. Unset: when the tokenizer adds BOS to a text (Gemma's
+    /// predictions fall apart without one), as llama.cpp's perplexity begins every chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_bos: Option<bool>,
 }
 fn d_block() -> usize {
     128

@@ -308,11 +308,7 @@ impl Meter {
                 p.display()
             )));
         }
-        let windows = ids
-            .chunks(BLOCK)
-            .filter(|w| w.len() >= 2)
-            .map(<[u32]>::to_vec)
-            .collect();
+        let windows = crate::text_ids::windows(&ids, BLOCK, tokenizer);
         Ok(Self {
             windows: Some(windows),
         })

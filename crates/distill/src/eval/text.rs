@@ -100,11 +100,7 @@ pub fn evaluate_text(
     };
     let teacher = Teacher::load(&src, &load)?;
     let ids = crate::text_ids::text_ids(text, &teacher.tokenizer, o.max_tokens)?;
-    let windows: Vec<Vec<u32>> = ids
-        .chunks(o.block)
-        .filter(|c| c.len() >= 2)
-        .map(<[u32]>::to_vec)
-        .collect();
+    let windows = crate::text_ids::windows(&ids, o.block, &teacher.tokenizer);
     if windows.is_empty() {
         return Err(Error::Invalid(format!(
             "{}: fewer than 2 tokens of text",

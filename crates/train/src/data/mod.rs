@@ -18,5 +18,5 @@ pub use labelled::{
     load_labelled, split_stratified, Example, LabelledDataConfig, LabelledSet, LabelledSource,
     LabelledSplit, Skipped, TextFormat,
 };
-pub use pack::{epoch_order, pack_blocks, BlockSet};
+pub use pack::{epoch_order, pack_blocks, BlockSet, Packing};
 pub use split::{split_documents, Split};

@@ -42,14 +42,29 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
-/// Tokenises each document with `encode`, joins them with `eos` after every document, and cuts
-/// the stream into blocks of `block_size` tokens. Fails when not one block can be filled.
+/// How a stream of documents is cut into blocks.
+#[derive(Clone, Copy, Debug)]
+pub struct Packing {
+    /// Tokens per block.
+    pub block_size: usize,
+    /// The token placed after every document.
+    pub separator: u32,
+    /// The token every block begins with (BOS, for models that expect one).
+    pub lead: Option<u32>,
+}
+
+/// Tokenises each document with `encode`, joins them with the separator after every document,
+/// and cuts the stream into blocks as `packing` says. Fails when not one block can be filled.
 pub fn pack_blocks(
     docs: &[Document],
-    block_size: usize,
-    eos: u32,
+    packing: Packing,
     encode: impl Fn(&str) -> Result<Vec<u32>, String>,
 ) -> Result<BlockSet, DataError> {
+    let Packing {
+        block_size,
+        separator: eos,
+        lead,
+    } = packing;
     if block_size < 2 {
         return Err(DataError::Other(format!(
             "block_size must be at least 2, got {block_size}"
@@ -62,9 +77,10 @@ pub fn pack_blocks(
         stream.extend(ids);
         stream.push(eos);
     }
+    let lead: Vec<u32> = lead.into_iter().collect();
     let blocks: Vec<Vec<u32>> = stream
-        .chunks_exact(block_size)
-        .map(<[u32]>::to_vec)
+        .chunks_exact(block_size - lead.len())
+        .map(|c| lead.iter().chain(c).copied().collect())
         .collect();
     if blocks.is_empty() {
         return Err(DataError::Other(format!(
@@ -100,11 +116,24 @@ mod tests {
                 text: "de".into(),
             },
         ];
-        let b = pack_blocks(&docs, 3, 0, enc).unwrap();
+        let pack = |block_size, lead| Packing {
+            block_size,
+            separator: 0,
+            lead,
+        };
+        let b = pack_blocks(&docs, pack(3, None), enc).unwrap();
         assert_eq!(b.blocks, vec![vec![97, 98, 99], vec![0, 100, 101]]);
         assert_eq!(b.stream_tokens, 7);
-        let e = pack_blocks(&docs, 10, 0, enc).unwrap_err().to_string();
+        let e = pack_blocks(&docs, pack(10, None), enc)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("7 tokens") && e.contains("block of 10"), "{e}");
+        // Blocks begun with BOS (9) hold one stream token fewer each.
+        let led = pack_blocks(&docs, pack(3, Some(9)), enc).unwrap();
+        assert_eq!(
+            led.blocks,
+            vec![vec![9, 97, 98], vec![9, 99, 0], vec![9, 100, 101]]
+        );
         let o1 = b.epoch_order(1, 0);
         assert_eq!(o1, b.epoch_order(1, 0));
         let mut sorted = o1.clone();
