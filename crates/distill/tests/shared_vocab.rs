@@ -125,6 +125,11 @@ fn a_padded_head_distils_as_the_unpadded_one_under_shared() {
 
     let tokens = tiny_tokenizer().get_vocab_size(true);
     let report = shared.report.unwrap();
+    // Bits per byte of teacher and student: the same blocks, so the same tokens per byte.
+    let per_nat =
+        |m: &distill::report::ModelStats| m.val_bits_per_byte.unwrap() / m.val_ppl.unwrap().ln();
+    let (t, st) = (per_nat(&report.teacher), per_nat(&report.student));
+    assert!(t > 0.0 && (t - st).abs() < 1e-9 * t, "{t} vs {st}");
     let s = report
         .shared_vocab
         .expect("the shared vocabulary is reported");

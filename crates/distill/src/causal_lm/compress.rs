@@ -113,6 +113,11 @@ fn measure_artifact(
                 .map(|m| m.len())
                 .unwrap_or(row.bytes),
             val_ppl: Some(ppl),
+            val_bits_per_byte: Some(crate::eval::bits_per_byte_at(
+                ppl,
+                blocks,
+                &q.tokenizer.byte_lengths(),
+            )),
             tokens_per_second: scoring_speed(m, valid, batch)?,
         },
         top1_agreement: top1,

@@ -11,6 +11,7 @@ use super::data::RunData;
 use super::teacher::TeacherSide;
 use super::train::Trained;
 use crate::error::Result;
+use crate::eval::bits_per_byte_at;
 use crate::job::RunConfig;
 use crate::report::{ModelStats, RunReport};
 
@@ -62,6 +63,10 @@ pub(crate) fn build(
     let batch = trained.training.batch_size;
     let teacher_cfg = &data.teacher_cfg;
     let student_cfg = &m.student.config;
+    // Teacher and student are scored on the first validation blocks, in the student's ids.
+    let scored = &data.valid.blocks[..trained.training.eval_block_count(data.valid.len())];
+    let lengths = data.tokenizer(m.teacher).byte_lengths();
+    let bpb = |ppl: Option<f64>| ppl.map(|p| bits_per_byte_at(p, scored, &lengths));
     Ok(RunReport {
         run: cfg.output.name.clone(),
         teacher: ModelStats {
@@ -70,6 +75,7 @@ pub(crate) fn build(
             embedding_parameters: teacher_cfg.vocab_size * teacher_cfg.hidden_size,
             bytes_on_disk: m.teacher.bytes_on_disk(),
             val_ppl: trained.teacher_val_ppl,
+            val_bits_per_byte: bpb(trained.teacher_val_ppl),
             tokens_per_second: match (m.teacher_lm, &data.cache) {
                 (Some(lm), _) => scoring_speed(lm, &data.valid, batch)?,
                 // Measured while the cache was made.
@@ -83,6 +89,7 @@ pub(crate) fn build(
             embedding_parameters: student_cfg.vocab_size * student_cfg.hidden_size,
             bytes_on_disk: m.exported.bytes,
             val_ppl: last.and_then(|e| e.get("val_ppl")),
+            val_bits_per_byte: bpb(last.and_then(|e| e.get("val_ppl"))),
             tokens_per_second: scoring_speed(&m.student.model, &data.valid, batch)?,
         },
         top1_agreement: last.and_then(|e| e.get("top1_agreement")),

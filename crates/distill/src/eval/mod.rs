@@ -6,4 +6,4 @@ mod labelled;
 mod text;
 
 pub use labelled::{evaluate_labelled, LabelledEval};
-pub use text::{damaged, evaluate_text, TextEval, TextEvalOptions};
+pub use text::{bits_per_byte_at, damaged, evaluate_text, TextEval, TextEvalOptions};

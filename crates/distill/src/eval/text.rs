@@ -176,6 +176,16 @@ pub fn predicted_bytes(windows: &[Vec<u32>], byte_lengths: &[u32]) -> u64 {
         .sum()
 }
 
+/// Bits per byte of a perplexity `ppl` measured on `windows` (every token but each window's
+/// first predicted), for a tokenizer whose ids stand for `byte_lengths` bytes.
+pub fn bits_per_byte_at(ppl: f64, windows: &[Vec<u32>], byte_lengths: &[u32]) -> f64 {
+    let predicted: usize = windows.iter().map(|w| w.len().saturating_sub(1)).sum();
+    bits_per_byte(
+        ppl.ln() * predicted as f64,
+        predicted_bytes(windows, byte_lengths),
+    )
+}
+
 /// `nll` nats over `bytes` bytes, in bits per byte.
 pub fn bits_per_byte(nll: f64, bytes: u64) -> f64 {
     nll / std::f64::consts::LN_2 / bytes.max(1) as f64

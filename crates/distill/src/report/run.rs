@@ -20,6 +20,9 @@ pub struct ModelStats {
     pub embedding_parameters: usize,
     pub bytes_on_disk: u64,
     pub val_ppl: Option<f64>,
+    /// The same validation in bits per byte of text: comparable across tokenizers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_bits_per_byte: Option<f64>,
     /// Full-sequence scoring throughput on this machine's CPU.
     pub tokens_per_second: f64,
 }
@@ -136,6 +139,14 @@ impl RunReport {
             Some(&|m| m.bytes_on_disk as f64),
         );
         line("validation perplexity", &|m| ppl(m.val_ppl), None);
+        line(
+            "validation bits per byte",
+            &|m| {
+                m.val_bits_per_byte
+                    .map_or(String::new(), |b| format!("{b:.4}"))
+            },
+            None,
+        );
         line(
             "CPU tokens/s (scoring)",
             &|m| format!("{:.0}", m.tokens_per_second),
