@@ -94,3 +94,41 @@ fn a_family_read_as_another_does_not_match() {
         .expect("Gemma's extra norms are missing");
     assert!(e.to_string().contains("pre_feedforward_layernorm"), "{e}");
 }
+
+/// A Qwen3 GGUF written with llama.cpp's own name table (`scripts/ref-llamacpp-qwen3.py`, from
+/// the same tiny model) reads back with llama.cpp's logits: the family's GGUF names are
+/// llama.cpp's.
+#[test]
+fn qwen3_gguf_matches_llamacpp() {
+    use distill_models::{family, GgufFile, GgufMode, GgufWeights};
+    let g = std::sync::Arc::new(GgufFile::open(&fixture("qwen3", "model.gguf")).unwrap());
+    let cfg = LlamaConfig::from_gguf(&g).unwrap();
+    assert_eq!(cfg.family().unwrap(), Family::Qwen3);
+    let names = family::gguf_names(&cfg).unwrap();
+    let weights = GgufWeights::new(g, names, GgufMode::Dequantized, DType::F32, &Device::Cpu);
+    let model = Llama::load(&cfg, &weights).unwrap();
+    let reference =
+        candle_core::safetensors::load(fixture("qwen3", "llamacpp.safetensors"), &Device::Cpu)
+            .unwrap();
+    let ids = reference["ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let ours = model
+        .forward(&ids, None, false)
+        .unwrap()
+        .logits
+        .squeeze(0)
+        .unwrap();
+    let diff = (ours - &reference["logits"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    eprintln!("Qwen3 GGUF (llama.cpp's names) vs llama.cpp: max |Δlogit| {diff:.2e}");
+    assert!(diff < TOLERANCE, "{diff}");
+}

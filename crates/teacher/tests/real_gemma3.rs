@@ -6,11 +6,12 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+mod llamacpp;
 
 use candle_core::{DType, Device, Tensor, D};
 use distill_models::GgufFile;
 use distill_teacher::tokenizer::tokenizer_from_gguf;
-use distill_teacher::{GgufCompute, LoadOptions, Teacher, TeacherSource};
+use distill_teacher::{GgufCompute, Teacher};
 
 /// Largest |ours − llama.cpp| for the file dequantised to f32 on both sides (no quantisation
 /// anywhere; measured 0.0147 on logits of magnitude ~20): float arithmetic done in another
@@ -24,48 +25,19 @@ const NEAR_TIE: f32 = 0.5;
 const TOP1_AGREEMENT: f64 = 0.95;
 
 fn teacher(mode: GgufCompute) -> Teacher {
-    let source = TeacherSource::parse(common::gemma3_gguf().to_str().unwrap()).unwrap();
-    Teacher::load(
-        &source,
-        &LoadOptions {
-            gguf_mode: mode,
-            dtype: DType::F32,
-            device: Device::Cpu,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    llamacpp::teacher(&common::gemma3_gguf(), mode)
 }
 
 #[test]
 fn real_gemma3_tokenizer_matches_llamacpp() {
-    let fixture: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::fixture("gemma3-tokenizer.json")).unwrap(),
-    )
-    .unwrap();
-    let tok = tokenizer_from_gguf(&GgufFile::open(&common::gemma3_gguf()).unwrap()).unwrap();
-    let cases = fixture["cases"].as_array().unwrap();
-    assert!(cases.len() >= 40, "only {} cases", cases.len());
-    let mut mismatches = vec![];
-    for case in cases {
-        let text = case["text"].as_str().unwrap();
-        let expected: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        let got = tok.encode(text).unwrap();
-        if got != expected {
-            mismatches.push(format!(
-                "{text:?}\n  llama.cpp {expected:?}\n  ours      {got:?}"
-            ));
-        }
-    }
+    let (cases, mismatches) = llamacpp::tokenizer_mismatches(
+        &common::fixture("gemma3-tokenizer.json"),
+        &common::gemma3_gguf(),
+    );
+    assert!(cases >= 40, "only {cases} cases");
     eprintln!(
-        "Gemma 3 tokenizer agreement with llama.cpp: {}/{}",
-        cases.len() - mismatches.len(),
-        cases.len()
+        "Gemma 3 tokenizer agreement with llama.cpp: {}/{cases}",
+        cases - mismatches.len()
     );
     assert!(
         mismatches.is_empty(),
@@ -73,6 +45,7 @@ fn real_gemma3_tokenizer_matches_llamacpp() {
         mismatches.len(),
         mismatches.join("\n")
     );
+    let tok = tokenizer_from_gguf(&GgufFile::open(&common::gemma3_gguf()).unwrap()).unwrap();
     // No prefix space: "Hello" at the start of a text is the piece without `▁`.
     let hello = tok.encode_continuation("Hello").unwrap();
     assert_eq!(tok.decode(&hello).unwrap(), "Hello");

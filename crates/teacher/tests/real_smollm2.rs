@@ -3,11 +3,12 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+mod llamacpp;
 
 use candle_core::{DType, Device, Tensor, D};
 use distill_models::GgufFile;
 use distill_teacher::tokenizer::tokenizer_from_gguf;
-use distill_teacher::{inspect, GgufCompute, HubOptions, LoadOptions, Teacher, TeacherSource};
+use distill_teacher::{inspect, GgufCompute, HubOptions, Teacher, TeacherSource};
 use sha2::{Digest, Sha256};
 
 /// Largest |ours − llama.cpp| over the compared logits for the Q4_1 file through candle's
@@ -22,48 +23,19 @@ const NEAR_TIE: f32 = 0.5;
 const F32_LOGIT_TOLERANCE: f32 = 1e-3;
 
 fn teacher(mode: GgufCompute) -> Teacher {
-    let source = TeacherSource::parse(common::smollm2_gguf().to_str().unwrap()).unwrap();
-    Teacher::load(
-        &source,
-        &LoadOptions {
-            gguf_mode: mode,
-            dtype: DType::F32,
-            device: Device::Cpu,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    llamacpp::teacher(&common::smollm2_gguf(), mode)
 }
 
 #[test]
 fn real_smollm2_tokenizer_matches_llamacpp() {
-    let fixture: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::fixture("smollm2-tokenizer.json")).unwrap(),
-    )
-    .unwrap();
-    let tok = tokenizer_from_gguf(&GgufFile::open(&common::smollm2_gguf()).unwrap()).unwrap();
-    let cases = fixture["cases"].as_array().unwrap();
-    assert!(cases.len() >= 60, "only {} cases", cases.len());
-    let mut mismatches = vec![];
-    for case in cases {
-        let text = case["text"].as_str().unwrap();
-        let expected: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        let got = tok.encode(text).unwrap();
-        if got != expected {
-            mismatches.push(format!(
-                "{text:?}\n  llama.cpp {expected:?}\n  ours      {got:?}"
-            ));
-        }
-    }
+    let (cases, mismatches) = llamacpp::tokenizer_mismatches(
+        &common::fixture("smollm2-tokenizer.json"),
+        &common::smollm2_gguf(),
+    );
+    assert!(cases >= 60, "only {cases} cases");
     eprintln!(
-        "tokenizer agreement with llama.cpp: {}/{}",
-        cases.len() - mismatches.len(),
-        cases.len()
+        "tokenizer agreement with llama.cpp: {}/{cases}",
+        cases - mismatches.len()
     );
     assert!(
         mismatches.is_empty(),
@@ -71,6 +43,7 @@ fn real_smollm2_tokenizer_matches_llamacpp() {
         mismatches.len(),
         mismatches.join("\n")
     );
+    let tok = tokenizer_from_gguf(&GgufFile::open(&common::smollm2_gguf()).unwrap()).unwrap();
     // The prefix-space trap: "Once" is one token, 6403.
     assert_eq!(tok.encode("Once").unwrap(), vec![6403]);
 }
