@@ -24,6 +24,29 @@ pub fn teacher(gguf: &Path, mode: GgufCompute) -> Teacher {
     .unwrap()
 }
 
+/// Asserts that the tokenizer rebuilt from `gguf` gives llama.cpp's ids for every one of the
+/// fixture's cases, of which there must be at least `min_cases`; returns the tokenizer.
+pub fn assert_tokenizer_matches(
+    fixture: &Path,
+    gguf: &Path,
+    min_cases: usize,
+) -> distill_teacher::LoadedTokenizer {
+    let (cases, mismatches) = tokenizer_mismatches(fixture, gguf);
+    assert!(cases >= min_cases, "only {cases} cases");
+    eprintln!(
+        "{}: tokenizer agreement with llama.cpp {}/{cases}",
+        gguf.display(),
+        cases - mismatches.len()
+    );
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    tokenizer_from_gguf(&GgufFile::open(gguf).unwrap()).unwrap()
+}
+
 /// The fixture's cases (`{"cases": [{"text", "ids"}]}`) whose ids the tokenizer rebuilt from
 /// `gguf` does not reproduce, each with both id lists; and how many cases there are.
 pub fn tokenizer_mismatches(fixture: &Path, gguf: &Path) -> (usize, Vec<String>) {
