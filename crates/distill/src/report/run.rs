@@ -68,6 +68,17 @@ pub struct RunReport {
     pub compression: Option<super::CompressionSection>,
 }
 
+/// The headline table's two header lines, for the columns `names` beside the teacher's.
+fn table_header(names: &[&str]) -> String {
+    let ratios: Vec<String> = names.iter().map(|n| format!("{n} / teacher")).collect();
+    format!(
+        "| | teacher | {} | {} |\n|---|---:|{}\n",
+        names.join(" | "),
+        ratios.join(" | "),
+        "---:|".repeat(2 * names.len())
+    )
+}
+
 fn millions(n: usize) -> String {
     format!("{:.2} M", n as f64 / 1e6)
 }
@@ -94,19 +105,8 @@ impl RunReport {
                 "–".into()
             }
         };
-        let mut md = String::new();
         let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
-        let _ = writeln!(
-            md,
-            "| | teacher | {} | {} |",
-            names.join(" | "),
-            names
-                .iter()
-                .map(|n| format!("{n} / teacher"))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-        let _ = writeln!(md, "|---|---:|{}", "---:|".repeat(2 * cols.len()));
+        let mut md = table_header(&names);
         let mut line = |label: &str,
                         value: &dyn Fn(&ModelStats) -> String,
                         r: Option<&dyn Fn(&ModelStats) -> f64>| {
