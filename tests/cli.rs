@@ -242,6 +242,17 @@ fn errors_name_what_is_wrong_and_exit_non_zero() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("hf://org/name"));
     let o = distill(&["eval", "x.gguf", "--text", "/no/such.txt"], &[]);
     assert!(!o.status.success());
+    // A cause is said once, though the library's message already quotes it.
+    let gguf = common::smollm2_gguf();
+    let o = distill(
+        &["eval", gguf.to_str().unwrap(), "--text", "/no/such.txt"],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("/no/such.txt") && err.matches("No such file or directory").count() == 1,
+        "{err}"
+    );
 }
 
 #[test]

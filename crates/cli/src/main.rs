@@ -121,6 +121,23 @@ fn exit_for(e: &anyhow::Error) -> std::process::ExitCode {
     {
         return std::process::ExitCode::from(141);
     }
-    let _ = writeln!(std::io::stderr(), "error: {e:#}");
+    let _ = writeln!(std::io::stderr(), "error: {}", message(e));
     std::process::ExitCode::FAILURE
+}
+
+/// An error and its causes, each said once: a library error that quotes its cause in its own
+/// message (`{path}: {source}`) is not followed by the cause again.
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
