@@ -143,6 +143,8 @@ pub struct SharedVocab {
     /// Teacher row of each student id, by student id.
     pub teacher_ids: Vec<u32>,
     pub stats: SharedVocabStats,
+    /// The student's own tokenizer (`student.tokenizer`); `None`: the teacher's.
+    pub tokenizer: Option<LoadedTokenizer>,
 }
 
 /// Maps every id of `student` to the teacher row holding the same string, refusing a student
@@ -187,6 +189,43 @@ pub fn shared_for_run(
             mass_positions: 0,
         },
         teacher_ids,
+        tokenizer: None,
+    })
+}
+
+/// Checks that `student` splits every training document into the pieces `teacher` does (its
+/// ids mapped through `teacher_ids`): only then is the teacher's distribution at each student
+/// position the one over the same next piece.
+pub fn check_same_pieces(
+    split: &Split,
+    teacher: &LoadedTokenizer,
+    student: &LoadedTokenizer,
+    teacher_ids: &[u32],
+) -> Result<()> {
+    let encode = |t: &LoadedTokenizer, text: &str| -> Result<Vec<u32>> {
+        Ok(t.tokenizer
+            .encode_fast(text, false)
+            .map_err(|e| Error::Invalid(format!("student.tokenizer: tokenising: {e}")))?
+            .get_ids()
+            .to_vec())
+    };
+    split.train.par_iter().try_for_each(|d| {
+        let want = encode(teacher, &d.text)?;
+        let got: Vec<u32> = encode(student, &d.text)?
+            .into_iter()
+            .map(|id| teacher_ids[id as usize])
+            .collect();
+        if got == want {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
+                "student.tokenizer splits training document `{}` differently from the teacher's tokenizer \
+                 ({} pieces against {}): the tokenizers differ beyond their ids, which cross-tokenizer distillation would handle",
+                d.id,
+                got.len(),
+                want.len()
+            )))
+        }
     })
 }
 

@@ -56,14 +56,16 @@ fn write_teachers(root: &Path) {
     write_tiny_llama_folder(&root.join("padded"), &padded, &pvm);
 }
 
-fn run_on(root: &Path, teacher: &str, name: &str, vocab: &str) -> distill::causal_lm::LmRun {
-    let text = format!(
+/// A 3-step run over the `teacher` folder: `vocab` and `student` extend the `distill:` and
+/// `student:` sections.
+fn job_text(root: &Path, teacher: &str, name: &str, vocab: &str, student: &str) -> String {
+    format!(
         "teacher: {{source: {t}}}
 data:
   source: {{kind: folder, path: {d}, pattern: '*.txt'}}
   block_size: 32
   validation_fraction: 0.34
-student: {{layers: 1, init: {{kind: from_teacher}}}}
+student: {{layers: 1, init: {{kind: from_teacher}}{student}}}
 distill: {{loss: forward_kl, alpha: 0.6, temperature: 2.0{vocab}}}
 train: {{steps: 3, batch_size: 2, lr: 0.003, eval_every: 3, eval_blocks: 4, seed: 1}}
 output: {{dir: {r}, name: {name}}}
@@ -71,14 +73,28 @@ output: {{dir: {r}, name: {name}}}
         t = root.join(teacher).display(),
         d = root.join("docs").display(),
         r = root.join("runs").display(),
-    );
-    let Job::CausalLm(c) = parse_job(&text).unwrap() else {
+    )
+}
+
+fn run_on_with(
+    root: &Path,
+    teacher: &str,
+    name: &str,
+    vocab: &str,
+    student: &str,
+) -> distill::causal_lm::LmRun {
+    let Job::CausalLm(c) = parse_job(&job_text(root, teacher, name, vocab, student)).unwrap()
+    else {
         unreachable!()
     };
     match run(&Job::CausalLm(c), &RunOptions::default()).unwrap() {
         RunOutcome::CausalLm(lm) => lm,
         RunOutcome::Classification(_) => unreachable!(),
     }
+}
+
+fn run_on(root: &Path, teacher: &str, name: &str, vocab: &str) -> distill::causal_lm::LmRun {
+    run_on_with(root, teacher, name, vocab, "")
 }
 
 fn losses(run_dir: &Path) -> Vec<[f64; 3]> {
@@ -170,4 +186,116 @@ output: {name: x}
     .unwrap_err()
     .to_string();
     assert!(e.contains("distill.vocab"), "{e}");
+}
+
+/// The tiny tokenizer with its 256 byte-level pieces under reversed ids (EOS and `ab` keep
+/// theirs), saved as `tokenizer.json` at `path`.
+fn write_permuted_tokenizer(path: &Path) {
+    write_tokenizer(path, true);
+}
+
+/// The permuted tokenizer, with or without its one merge (`a b` → `ab`).
+fn write_tokenizer(path: &Path, merge: bool) {
+    use tokenizers::models::bpe::{Vocab, BPE};
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    let tokens = common::tiny::tiny_tokens();
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), if i < 256 { 255 - i as u32 } else { i as u32 }))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(
+            vocab,
+            if merge {
+                vec![("a".to_string(), "b".to_string())]
+            } else {
+                vec![]
+            },
+        )
+        .build()
+        .unwrap();
+    let mut t = tokenizers::Tokenizer::new(bpe);
+    t.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    t.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+    t.add_special_tokens([tokenizers::AddedToken::from(common::tiny::EOS, true)])
+        .unwrap();
+    t.save(path, false).unwrap();
+}
+
+#[test]
+fn a_student_tokenizer_with_the_same_pieces_under_other_ids_distils_as_the_teachers() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_teachers(tmp.path());
+    write_tiny_documents(&tmp.path().join("docs"));
+    let own = tmp.path().join("permuted.json");
+    write_permuted_tokenizer(&own);
+    let exact = run_on(tmp.path(), "exact", "exact", "");
+    let permuted = run_on_with(
+        tmp.path(),
+        "exact",
+        "permuted",
+        ", vocab: shared",
+        &format!(", tokenizer: {}", own.display()),
+    );
+    let gap = max_gap(&losses(&exact.run_dir), &losses(&permuted.run_dir));
+    eprintln!("permuted student ids vs the teacher's: max loss gap {gap:.2e}");
+    // The same function under relabelled ids: only the order of sums differs.
+    assert!(gap < 1e-5, "{gap}");
+    let report = permuted.report.unwrap();
+    assert!(report.shared_vocab.is_some());
+    // The exported student carries its own tokenizer.
+    let exported =
+        tokenizers::Tokenizer::from_file(permuted.student.unwrap().join("tokenizer.json")).unwrap();
+    let mine = tokenizers::Tokenizer::from_file(&own).unwrap();
+    assert_eq!(exported.token_to_id("a"), mine.token_to_id("a"));
+    assert_ne!(exported.token_to_id("a"), tiny_tokenizer().token_to_id("a"));
+    // Without `shared` the student's own tokenizer is refused, naming the key.
+    let text = job_text(
+        tmp.path(),
+        "exact",
+        "strict-own",
+        "",
+        &format!(", tokenizer: {}", own.display()),
+    );
+    let Job::CausalLm(c) = parse_job(&text).unwrap() else {
+        unreachable!()
+    };
+    let e = run(&Job::CausalLm(c), &RunOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("student.tokenizer") && e.contains("shared"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_student_tokenizer_that_splits_text_otherwise_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_teachers(tmp.path());
+    write_tiny_documents(&tmp.path().join("docs"));
+    std::fs::write(tmp.path().join("docs/doc_ab.txt"), "abab cab ".repeat(20)).unwrap();
+    // The same pieces, but without the merge the teacher's tokenizer makes of "ab".
+    let own = tmp.path().join("unmerged.json");
+    write_tokenizer(&own, false);
+    let text = job_text(
+        tmp.path(),
+        "exact",
+        "unmerged",
+        ", vocab: shared",
+        &format!(", tokenizer: {}", own.display()),
+    );
+    let Job::CausalLm(c) = parse_job(&text).unwrap() else {
+        unreachable!()
+    };
+    let e = run(&Job::CausalLm(c), &RunOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("student.tokenizer") && e.contains("differently") && e.contains("cross"),
+        "{e}"
+    );
 }

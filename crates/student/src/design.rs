@@ -30,6 +30,11 @@ pub struct StudentConfig {
     /// A vocabulary trimmed to the training corpus (causal-LM runs); unset: the teacher's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vocab: Option<crate::vocab::VocabConfig>,
+    /// The student's own tokenizer (a `tokenizer.json`), whose pieces the teacher's vocabulary
+    /// holds under other ids: its ids are mapped onto the teacher's by string
+    /// (`distill.vocab: shared`). Unset: the teacher's tokenizer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<std::path::PathBuf>,
     /// Dtype of the layers' matrix products while training a causal-LM student: `f32` (the
     /// default) or `bf16`. The weights stay f32 either way (the optimiser's master copy); on a
     /// GPU bf16 products run on its tensor cores, on a CPU they are slower than f32.

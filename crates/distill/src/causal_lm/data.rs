@@ -5,16 +5,19 @@
 
 use distill_cache::TeacherCache;
 use distill_models::LlamaConfig;
+use distill_teacher::tokenizer::load_tokenizer_json;
 use distill_teacher::{LoadedTokenizer, TeacherFiles};
-use distill_train::data::BlockSet;
+use distill_train::config::VocabMode;
+use distill_train::data::{BlockSet, Split};
 
 use super::prepare::Prepared;
 use super::teacher::TeacherSide;
 use crate::data::{build_data_from, split_run_documents, write_split};
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::teacher_cache::{open_for_run, run_identity};
-use crate::vocab::{shared_for_run, teacher_mass_outside, trim_for_run, RunVocab, SharedVocab};
-use distill_train::config::VocabMode;
+use crate::vocab::{
+    check_same_pieces, shared_for_run, teacher_mass_outside, trim_for_run, RunVocab, SharedVocab,
+};
 
 /// Validation blocks the teacher's mass outside a shared vocabulary is measured on.
 const MASS_BLOCKS: usize = 8;
@@ -36,11 +39,15 @@ pub(crate) struct RunData {
 }
 
 impl RunData {
-    /// The student's tokenizer: the trimmed one, or the teacher's.
+    /// The student's tokenizer: the trimmed one, its own (`student.tokenizer`), or the
+    /// teacher's.
     pub(crate) fn tokenizer<'a>(&'a self, teacher: &'a TeacherSide) -> &'a LoadedTokenizer {
-        self.vocab
-            .as_ref()
-            .map_or(teacher.tokenizer(), |v| &v.tokenizer)
+        let own = self.shared.as_ref().and_then(|s| s.tokenizer.as_ref());
+        match (&self.vocab, own) {
+            (Some(v), _) => &v.tokenizer,
+            (None, Some(own)) => own,
+            (None, None) => teacher.tokenizer(),
+        }
     }
 
     /// The teacher rows the student's ids read, in the student's order, when the student's
@@ -70,8 +77,12 @@ pub(crate) fn build(run: &Prepared, teacher: &TeacherSide) -> Result<RunData> {
         Some(v) => Some(trim_for_run(&split, v, teacher.tokenizer(), teacher_cfg.vocab_size)?),
         None => None,
     };
-    let shared = shared_vocab(run, teacher, &teacher_cfg, vocab.is_some())?;
-    let tokenizer = vocab.as_ref().map_or(teacher.tokenizer(), |v| &v.tokenizer);
+    let shared = shared_vocab(run, teacher, &teacher_cfg, vocab.is_some(), &split)?;
+    let tokenizer = match (&vocab, shared.as_ref().and_then(|s| s.tokenizer.as_ref())) {
+        (Some(v), _) => &v.tokenizer,
+        (None, Some(own)) => own,
+        (None, None) => teacher.tokenizer(),
+    };
     let student_ids = vocab
         .as_ref()
         .map(|v| v.trim.len())
@@ -87,8 +98,8 @@ pub(crate) fn build(run: &Prepared, teacher: &TeacherSide) -> Result<RunData> {
     };
     let (train, valid) = build_data_from(cfg, &split, tokenizer, view_cfg.vocab_size)?;
     drop(split);
-    let shared = match (shared, teacher.model()?) {
-        (Some(mut s), Some(model)) => {
+    let mass = match (&shared, teacher.model()?) {
+        (Some(s), Some(model)) => {
             let blocks: Vec<Vec<u32>> = valid
                 .blocks
                 .iter()
@@ -101,11 +112,9 @@ pub(crate) fn build(run: &Prepared, teacher: &TeacherSide) -> Result<RunData> {
                 positions,
                 "distill.vocab: shared — the teacher's probability mass on the rows left out"
             );
-            s.stats.teacher_mass_outside = Some(mass);
-            s.stats.mass_positions = positions;
-            Some(s)
+            Some((mass, positions))
         }
-        (s, _) => s,
+        _ => None,
     };
     tracing::info!(
         train_blocks = train.len(),
@@ -124,6 +133,11 @@ pub(crate) fn build(run: &Prepared, teacher: &TeacherSide) -> Result<RunData> {
         )?),
         TeacherSide::Online(_) => None,
     };
+    let mut shared = shared;
+    if let (Some(s), Some((mass, positions))) = (shared.as_mut(), mass) {
+        s.stats.teacher_mass_outside = Some(mass);
+        s.stats.mass_positions = positions;
+    }
     Ok(RunData {
         vocab,
         shared,
@@ -142,9 +156,16 @@ fn shared_vocab(
     teacher: &TeacherSide,
     teacher_cfg: &LlamaConfig,
     trimmed: bool,
+    split: &Split,
 ) -> Result<Option<SharedVocab>> {
     let tokenizer_ids = teacher.tokenizer().tokenizer.get_vocab_size(true);
     let rows = teacher_cfg.vocab_size;
+    let own = run.cfg.student.tokenizer.is_some();
+    if own && (trimmed || run.cfg.distill.vocab.is_strict()) {
+        return Err(Error::Invalid(
+            "student.tokenizer: a student tokenizer of its own needs distill.vocab: shared (its pieces mapped onto the teacher's by string), and no student.vocab trimming".into(),
+        ));
+    }
     match run.cfg.distill.vocab {
         VocabMode::Strict => {
             if tokenizer_ids < rows && !trimmed {
@@ -161,10 +182,19 @@ fn shared_vocab(
         VocabMode::Shared if run.cfg.teacher.cache.is_some() => Err(Error::Invalid(
             "distill.vocab: shared cannot train from teacher.cache yet (the cache holds the teacher's own rows); drop one of them".into(),
         )),
-        VocabMode::Shared => {
-            let shared = shared_for_run(teacher.tokenizer(), teacher.tokenizer(), rows)?;
-            Ok((shared.stats.student_ids < rows).then_some(shared))
-        }
+        VocabMode::Shared => match &run.cfg.student.tokenizer {
+            None => {
+                let shared = shared_for_run(teacher.tokenizer(), teacher.tokenizer(), rows)?;
+                Ok((shared.stats.student_ids < rows).then_some(shared))
+            }
+            Some(path) => {
+                let own = load_tokenizer_json(path).context("student.tokenizer")?;
+                let mut shared = shared_for_run(teacher.tokenizer(), &own, rows)?;
+                check_same_pieces(split, teacher.tokenizer(), &own, &shared.teacher_ids)?;
+                shared.tokenizer = Some(own);
+                Ok(Some(shared))
+            }
+        },
     }
 }
 

@@ -243,10 +243,14 @@ fn prepare<'a>(
         arch: ArchConfig::Llama(config.clone()),
         weights: TensorMap::read(&src, config.tensor_shapes())?,
     };
-    // A GGUF teacher's tokenizer keys, unless the student's vocabulary is its own (trimmed):
-    // then they are built from the student's tokenizer.json.
+    // A GGUF teacher's tokenizer keys, unless the student's vocabulary is its own (trimmed, or
+    // its own tokenizer): then they are built from the student's tokenizer.json.
     let gguf_tokenizer = match TeacherSource::parse(&run.teacher.source) {
-        Ok(TeacherSource::Gguf(p)) if run.student.vocab.is_none() => Some(p),
+        Ok(TeacherSource::Gguf(p))
+            if run.student.vocab.is_none() && run.student.tokenizer.is_none() =>
+        {
+            Some(p)
+        }
         _ => None,
     };
     let calibration = train.blocks[..train.len().min(calibration_blocks)].to_vec();
