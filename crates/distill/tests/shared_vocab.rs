@@ -244,6 +244,16 @@ fn a_student_tokenizer_with_the_same_pieces_under_other_ids_distils_as_the_teach
     assert!(gap < 1e-5, "{gap}");
     let report = permuted.report.unwrap();
     assert!(report.shared_vocab.is_some());
+    // A model source names a tokenizer too: the teacher's own folder maps every id to itself.
+    let from_folder = run_on_with(
+        tmp.path(),
+        "exact",
+        "from-folder",
+        ", vocab: shared",
+        &format!(", tokenizer: {}", tmp.path().join("exact").display()),
+    );
+    let gap = max_gap(&losses(&exact.run_dir), &losses(&from_folder.run_dir));
+    assert!(gap < 1e-6, "{gap}");
     // The exported student carries its own tokenizer.
     let exported =
         tokenizers::Tokenizer::from_file(permuted.student.unwrap().join("tokenizer.json")).unwrap();

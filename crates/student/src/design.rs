@@ -30,8 +30,9 @@ pub struct StudentConfig {
     /// A vocabulary trimmed to the training corpus (causal-LM runs); unset: the teacher's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vocab: Option<crate::vocab::VocabConfig>,
-    /// The student's own tokenizer (a `tokenizer.json`), whose pieces the teacher's vocabulary
-    /// holds under other ids: its ids are mapped onto the teacher's by string
+    /// The student's own tokenizer (a `tokenizer.json`, or a model source whose tokenizer it
+    /// takes: a GGUF file, a Hugging Face folder, `hf://org/name`), whose pieces the teacher's
+    /// vocabulary holds under other ids: its ids are mapped onto the teacher's by string
     /// (`distill.vocab: shared`). Unset: the teacher's tokenizer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<std::path::PathBuf>,

@@ -6,7 +6,7 @@
 use distill_cache::TeacherCache;
 use distill_models::LlamaConfig;
 use distill_teacher::tokenizer::load_tokenizer_json;
-use distill_teacher::{LoadedTokenizer, TeacherFiles};
+use distill_teacher::{load_tokenizer, resolve, LoadedTokenizer, TeacherFiles, TeacherSource};
 use distill_train::config::VocabMode;
 use distill_train::data::{BlockSet, Split};
 
@@ -188,7 +188,7 @@ fn shared_vocab(
                 Ok((shared.stats.student_ids < rows).then_some(shared))
             }
             Some(path) => {
-                let own = load_tokenizer_json(path).context("student.tokenizer")?;
+                let own = student_tokenizer(path, run).context("student.tokenizer")?;
                 let mut shared = shared_for_run(teacher.tokenizer(), &own, rows)?;
                 check_same_pieces(split, teacher.tokenizer(), &own, &shared.teacher_ids)?;
                 shared.tokenizer = Some(own);
@@ -196,6 +196,17 @@ fn shared_vocab(
             }
         },
     }
+}
+
+/// The student's own tokenizer: a `tokenizer.json` file, or the tokenizer of a model source
+/// (a GGUF file, a Hugging Face folder, `hf://org/name`).
+fn student_tokenizer(path: &std::path::Path, run: &Prepared) -> Result<LoadedTokenizer> {
+    if path.extension().is_some_and(|e| e == "json") {
+        return Ok(load_tokenizer_json(path)?);
+    }
+    let spec = path.to_string_lossy();
+    let source = TeacherSource::parse(&spec)?;
+    Ok(load_tokenizer(&resolve(&source, &run.load.hub)?)?)
 }
 
 /// The run's teacher cache, checked against the teacher, tokenizer and blocks.
