@@ -93,6 +93,18 @@ fn run_on_with(
     }
 }
 
+/// The error of a run that must be refused.
+fn refusal(root: &Path, name: &str, vocab: &str, student: &str) -> String {
+    let Job::CausalLm(c) = parse_job(&job_text(root, "exact", name, vocab, student)).unwrap()
+    else {
+        unreachable!()
+    };
+    match run(&Job::CausalLm(c), &RunOptions::default()) {
+        Ok(_) => panic!("run `{name}` was not refused"),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn run_on(root: &Path, teacher: &str, name: &str, vocab: &str) -> distill::causal_lm::LmRun {
     run_on_with(root, teacher, name, vocab, "")
 }
@@ -261,20 +273,12 @@ fn a_student_tokenizer_with_the_same_pieces_under_other_ids_distils_as_the_teach
     assert_eq!(exported.token_to_id("a"), mine.token_to_id("a"));
     assert_ne!(exported.token_to_id("a"), tiny_tokenizer().token_to_id("a"));
     // Without `shared` the student's own tokenizer is refused, naming the key.
-    let text = job_text(
+    let e = refusal(
         tmp.path(),
-        "exact",
         "strict-own",
         "",
         &format!(", tokenizer: {}", own.display()),
     );
-    let Job::CausalLm(c) = parse_job(&text).unwrap() else {
-        unreachable!()
-    };
-    let e = run(&Job::CausalLm(c), &RunOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
     assert!(
         e.contains("student.tokenizer") && e.contains("shared"),
         "{e}"
@@ -290,20 +294,12 @@ fn a_student_tokenizer_that_splits_text_otherwise_is_refused() {
     // The same pieces, but without the merge the teacher's tokenizer makes of "ab".
     let own = tmp.path().join("unmerged.json");
     write_tokenizer(&own, false);
-    let text = job_text(
+    let e = refusal(
         tmp.path(),
-        "exact",
         "unmerged",
         ", vocab: shared",
         &format!(", tokenizer: {}", own.display()),
     );
-    let Job::CausalLm(c) = parse_job(&text).unwrap() else {
-        unreachable!()
-    };
-    let e = run(&Job::CausalLm(c), &RunOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
     assert!(
         e.contains("student.tokenizer") && e.contains("differently") && e.contains("cross"),
         "{e}"
