@@ -40,7 +40,25 @@ pub fn write_split(cfg: &RunConfig, split: &Split, path: &std::path::Path) -> Re
     .map_err(crate::error::Error::from)
 }
 
-/// A split's documents → tokenised and packed blocks.
+/// The token between documents: `named` (`data.separator_token`), else `<|endoftext|>`, else
+/// EOS.
+pub fn separator_id(named: Option<&str>, tokenizer: &LoadedTokenizer) -> Result<u32> {
+    let tok = &tokenizer.tokenizer;
+    match named {
+        Some(t) => tok.token_to_id(t).ok_or_else(|| {
+            Error::Job(format!(
+                "data.separator_token: `{t}` is not in the vocabulary"
+            ))
+        }),
+        None => tok
+            .token_to_id("<|endoftext|>")
+            .or(tokenizer.info.eos_token_id)
+            .ok_or_else(|| {
+                Error::Job("data.separator_token: the tokenizer has neither <|endoftext|> nor an EOS token; name one".into())
+            }),
+    }
+}
+
 /// The token every block begins with (`data.block_bos`; unset: BOS when the tokenizer adds it).
 fn block_lead(cfg: &RunConfig, tokenizer: &LoadedTokenizer) -> Result<Option<u32>> {
     let wanted = cfg.data.block_bos.unwrap_or(tokenizer.info.add_bos);
@@ -53,6 +71,7 @@ fn block_lead(cfg: &RunConfig, tokenizer: &LoadedTokenizer) -> Result<Option<u32
     }
 }
 
+/// A split's documents → tokenised and packed blocks.
 pub fn build_data_from(
     cfg: &RunConfig,
     split: &Split,
@@ -60,19 +79,7 @@ pub fn build_data_from(
     vocab: usize,
 ) -> Result<(BlockSet, BlockSet)> {
     let tok = &tokenizer.tokenizer;
-    let sep = match &cfg.data.separator_token {
-        Some(t) => tok.token_to_id(t).ok_or_else(|| {
-            Error::Job(format!(
-                "data.separator_token: `{t}` is not in the vocabulary"
-            ))
-        })?,
-        None => tok
-            .token_to_id("<|endoftext|>")
-            .or(tokenizer.info.eos_token_id)
-            .ok_or_else(|| {
-                Error::Job("data.separator_token: the tokenizer has neither <|endoftext|> nor an EOS token; name one".into())
-            })?,
-    };
+    let sep = separator_id(cfg.data.separator_token.as_deref(), tokenizer)?;
     let encode = |text: &str| -> std::result::Result<Vec<u32>, String> {
         let ids = tok
             .encode_fast(text, false)

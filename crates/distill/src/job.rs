@@ -9,7 +9,7 @@ use distill_compress::{CompressConfig, Defaults};
 use distill_models::Pooling;
 use distill_student::StudentConfig;
 use distill_teacher::TeacherConfig;
-use distill_train::config::{ConfigError, DataConfig, DistillConfig};
+use distill_train::config::{ConfigError, DataConfig, DistillConfig, VocabMode};
 use distill_train::data::LabelledDataConfig;
 use distill_train::training::serde_as;
 use distill_train::{TrainConfig, Training};
@@ -120,10 +120,41 @@ impl RunConfig {
             }
             .into());
         }
+        self.check_vocab_mode()?;
         if let Some(c) = &self.compress {
             c.plans(&Defaults::causal_lm())?;
         }
         check_name(&self.output.name)
+    }
+
+    /// `distill.vocab` against the student's tokenizer and base and the teacher cache.
+    fn check_vocab_mode(&self) -> Result<()> {
+        let refuse = |key: &str, msg: &str| -> Result<()> {
+            Err(ConfigError {
+                key: key.into(),
+                msg: msg.into(),
+            }
+            .into())
+        };
+        let (own_tokenizer, base) = (
+            self.student.tokenizer.is_some(),
+            self.student.base.is_some(),
+        );
+        match self.distill.vocab {
+            VocabMode::Cross if !own_tokenizer && !base => refuse(
+                "distill.vocab",
+                "cross needs the student's own tokenizer: name student.base (a model to shape and start the student from, whose tokenizer it takes) or student.tokenizer",
+            ),
+            VocabMode::Cross if self.teacher.cache.is_some() => refuse(
+                "teacher.cache",
+                "distill.vocab: cross runs its teacher online for now (a cache holds the teacher's targets over its own blocks, not over the student's); drop teacher.cache",
+            ),
+            VocabMode::Strict | VocabMode::Shared if base => refuse(
+                "student.base",
+                "a student cut from another model than the teacher is a cross-tokenizer run: set distill.vocab: cross",
+            ),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -214,6 +245,13 @@ impl ClassifyConfig {
             return Err(ConfigError {
                 key: "distill.vocab".into(),
                 msg: "is for causal-LM runs; a classifier keeps its encoder's vocabulary".into(),
+            }
+            .into());
+        }
+        if self.student.base.is_some() {
+            return Err(ConfigError {
+                key: "student.base".into(),
+                msg: "is for causal-LM runs; a classifier is cut from its teacher".into(),
             }
             .into());
         }

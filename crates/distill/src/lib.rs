@@ -34,6 +34,7 @@ pub mod auto;
 pub mod causal_lm;
 pub mod classification;
 pub mod compression;
+pub mod cross;
 mod data;
 mod env;
 mod error;

@@ -36,6 +36,12 @@ pub struct StudentConfig {
     /// (`distill.vocab: shared`). Unset: the teacher's tokenizer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<std::path::PathBuf>,
+    /// The model the student is shaped and initialised from instead of the teacher — its
+    /// config is what the shrink rules cut, `init: from_teacher` copies its layers, and its
+    /// tokenizer is the student's (a GGUF file, a Hugging Face folder, `hf://org/name`):
+    /// distillation across tokenizers (`distill.vocab: cross`) from a teacher of another family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
     /// Dtype of the layers' matrix products while training a causal-LM student: `f32` (the
     /// default) or `bf16`. The weights stay f32 either way (the optimiser's master copy); on a
     /// GPU bf16 products run on its tensor cores, on a CPU they are slower than f32.

@@ -79,6 +79,52 @@ pub struct DistillConfig {
     /// How the teacher's vocabulary meets the student's (causal-LM runs).
     #[serde(default, skip_serializing_if = "VocabMode::is_strict")]
     pub vocab: VocabMode,
+    /// The cross-tokenizer loss (`vocab: cross`).
+    #[serde(default, skip_serializing_if = "CrossConfig::is_default")]
+    pub cross: CrossConfig,
+}
+
+/// `distill.cross:` — the loss at the positions where both tokenizations end a token at the
+/// same byte: `matched_weight · KL` over the teacher's top-k ids whose strings the student's
+/// vocabulary holds (the rest of the teacher's mass one bucket), plus
+/// `unmatched_weight · ULD`, the L1 distance between the two sides' sorted top-k probabilities
+/// of the other ids (Universal Logit Distillation). Together: GOLD's hybrid loss.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CrossConfig {
+    /// The teacher's most probable ids each aligned position keeps (and the student's sorted
+    /// probabilities the ULD term compares).
+    #[serde(default = "d_cross_k")]
+    pub top_k: usize,
+    /// Weight of the KL over the shared ids (scaled by T² like every KL).
+    #[serde(default = "d_one")]
+    pub matched_weight: f64,
+    /// Weight of the sorted-probability (ULD) term over the ids only one side has.
+    #[serde(default = "d_one")]
+    pub unmatched_weight: f64,
+}
+
+fn d_cross_k() -> usize {
+    64
+}
+fn d_one() -> f64 {
+    1.0
+}
+
+impl Default for CrossConfig {
+    fn default() -> Self {
+        Self {
+            top_k: d_cross_k(),
+            matched_weight: d_one(),
+            unmatched_weight: d_one(),
+        }
+    }
+}
+
+impl CrossConfig {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// `distill.vocab`: how the teacher's vocabulary meets the student's.
@@ -94,6 +140,10 @@ pub enum VocabMode {
     /// strings the student's vocabulary holds (a head padded beyond its tokenizer, or the same
     /// strings under other ids), renormalised over them.
     Shared,
+    /// Different tokenizers: the two tokenisations of each block aligned by byte offsets, and
+    /// the next-token distributions compared where both end a token at the same byte
+    /// (`distill.cross`).
+    Cross,
 }
 
 impl VocabMode {
@@ -121,6 +171,7 @@ impl Default for DistillConfig {
             hidden: vec![],
             scratch_baseline: false,
             vocab: VocabMode::Strict,
+            cross: CrossConfig::default(),
         }
     }
 }
@@ -179,6 +230,24 @@ impl DistillConfig {
             return Err(err(
                 "distill.jsd_beta",
                 format!("must be in [0, 1], got {}", self.jsd_beta),
+            ));
+        }
+        let c = &self.cross;
+        if c.top_k == 0 {
+            return Err(err("distill.cross.top_k", "must be at least 1"));
+        }
+        for (key, w) in [
+            ("distill.cross.matched_weight", c.matched_weight),
+            ("distill.cross.unmatched_weight", c.unmatched_weight),
+        ] {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(err(key, format!("must be non-negative, got {w}")));
+            }
+        }
+        if self.vocab == VocabMode::Cross && !self.hidden.is_empty() {
+            return Err(err(
+                "distill.hidden",
+                "hidden-state losses compare positions one to one, which two tokenizations do not share; drop them under vocab: cross",
             ));
         }
         for (i, h) in self.hidden.iter().enumerate() {

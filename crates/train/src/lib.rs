@@ -30,6 +30,7 @@
 //!     train,
 //!     valid,
 //!     device: candle_core::Device::Cpu,
+//!     cross: None,
 //! })?;
 //! let outcome = Learner::new(&training, "train").checkpoints("run/checkpoints").fit(&mut task, false)?;
 //! println!("{:?}", outcome.evals.last().and_then(|e| e.get("val_ppl")));

@@ -75,6 +75,7 @@ fn train_rank(
         train: &s.train,
         valid: &s.valid,
         device: Device::Cpu,
+        cross: None,
     })
     .unwrap();
     let mut learner = Learner::new(t, "train")
@@ -206,6 +207,7 @@ fn a_batch_smaller_than_the_group_is_refused() {
                         train: &s.train,
                         valid: &s.valid,
                         device: Device::Cpu,
+                        cross: None,
                     })
                     .unwrap();
                     Learner::new(t, "train")

@@ -78,6 +78,7 @@ fn fit(
         train,
         valid: &s.valid,
         device: Device::Cpu,
+        cross: None,
     })?;
     let out = Learner::new(&training, "train")
         .checkpoints(dir.join("checkpoints"))

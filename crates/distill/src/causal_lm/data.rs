@@ -10,6 +10,7 @@ use distill_teacher::{load_tokenizer, resolve, LoadedTokenizer, TeacherFiles, Te
 use distill_train::config::VocabMode;
 use distill_train::data::{BlockSet, Split};
 
+use super::across::CrossData;
 use super::prepare::Prepared;
 use super::teacher::TeacherSide;
 use crate::data::{build_data_from, split_run_documents, write_split};
@@ -36,13 +37,19 @@ pub(crate) struct RunData {
     pub(crate) valid: BlockSet,
     /// The teacher's cached targets, when its outputs come from a cache.
     pub(crate) cache: Option<TeacherCache>,
+    /// The teacher's tokenisation of the blocks, when its tokenizer is not the student's.
+    pub(crate) cross: Option<CrossData>,
 }
 
 impl RunData {
     /// The student's tokenizer: the trimmed one, its own (`student.tokenizer`), or the
     /// teacher's.
     pub(crate) fn tokenizer<'a>(&'a self, teacher: &'a TeacherSide) -> &'a LoadedTokenizer {
-        let own = self.shared.as_ref().and_then(|s| s.tokenizer.as_ref());
+        let own = self
+            .shared
+            .as_ref()
+            .and_then(|s| s.tokenizer.as_ref())
+            .or(self.cross.as_ref().map(|c| &c.tokenizer));
         match (&self.vocab, own) {
             (Some(v), _) => &v.tokenizer,
             (None, Some(own)) => own,
@@ -53,10 +60,27 @@ impl RunData {
     /// The teacher rows the student's ids read, in the student's order, when the student's
     /// vocabulary is not the teacher's (trimmed, or shared under a wider head).
     pub(crate) fn kept(&self) -> Option<&[u32]> {
+        if self.cross.is_some() {
+            return None;
+        }
+        self.student_rows()
+    }
+
+    /// The rows of the model the student is cut from that its ids read, in the student's
+    /// order, when they are not all of them.
+    pub(crate) fn student_rows(&self) -> Option<&[u32]> {
         self.vocab
             .as_ref()
             .map(|v| v.trim.kept.as_slice())
             .or_else(|| self.shared.as_ref().map(|s| s.teacher_ids.as_slice()))
+    }
+
+    /// The config of the model the student is cut from: the teacher's, or `student.base`'s
+    /// (across tokenizers).
+    pub(crate) fn source_cfg(&self) -> &LlamaConfig {
+        self.cross
+            .as_ref()
+            .map_or(&self.teacher_cfg, |c| &c.base_cfg)
     }
 }
 
@@ -67,6 +91,9 @@ pub(crate) fn build(run: &Prepared, teacher: &TeacherSide) -> Result<RunData> {
     let split = split_run_documents(cfg)?;
     if run.rank == 0 {
         write_split(cfg, &split, &run.run_dir.join("split.json"))?;
+    }
+    if cfg.distill.vocab == VocabMode::Cross {
+        return super::across::build(run, teacher, teacher_cfg, &split);
     }
     let vocab = match &cfg.student.vocab {
         Some(_) if cfg.teacher.cache.is_some() => {
@@ -146,6 +173,7 @@ pub(crate) fn build(run: &Prepared, teacher: &TeacherSide) -> Result<RunData> {
         train,
         valid,
         cache,
+        cross: None,
     })
 }
 
@@ -163,7 +191,7 @@ fn shared_vocab(
     let own = run.cfg.student.tokenizer.is_some();
     if own && (trimmed || run.cfg.distill.vocab.is_strict()) {
         return Err(Error::Invalid(
-            "student.tokenizer: a student tokenizer of its own needs distill.vocab: shared (its pieces mapped onto the teacher's by string), and no student.vocab trimming".into(),
+            "student.tokenizer: a student tokenizer of its own needs distill.vocab: shared (the teacher's pieces under other ids, mapped by string, without student.vocab trimming) or cross (another tokenizer)".into(),
         ));
     }
     match run.cfg.distill.vocab {
@@ -182,6 +210,7 @@ fn shared_vocab(
         VocabMode::Shared if run.cfg.teacher.cache.is_some() => Err(Error::Invalid(
             "distill.vocab: shared cannot train from teacher.cache yet (the cache holds the teacher's own rows); drop one of them".into(),
         )),
+        VocabMode::Cross => unreachable!("built by the cross data stage"),
         VocabMode::Shared => match &run.cfg.student.tokenizer {
             None => {
                 let shared = shared_for_run(teacher.tokenizer(), teacher.tokenizer(), rows)?;
@@ -200,7 +229,7 @@ fn shared_vocab(
 
 /// The student's own tokenizer: a `tokenizer.json` file, or the tokenizer of a model source
 /// (a GGUF file, a Hugging Face folder, `hf://org/name`).
-fn student_tokenizer(path: &std::path::Path, run: &Prepared) -> Result<LoadedTokenizer> {
+pub(super) fn student_tokenizer(path: &std::path::Path, run: &Prepared) -> Result<LoadedTokenizer> {
     if path.extension().is_some_and(|e| e == "json") {
         return Ok(load_tokenizer_json(path)?);
     }

@@ -3,6 +3,7 @@
 //! export → compress (the `compress:` section) → report, written once. Each stage is a
 //! function of what the earlier ones produced, in its own file.
 
+mod across;
 mod compress;
 mod data;
 mod prepare;

@@ -75,9 +75,16 @@ pub(crate) fn build(
             embedding_parameters: teacher_cfg.vocab_size * teacher_cfg.hidden_size,
             bytes_on_disk: m.teacher.bytes_on_disk(),
             val_ppl: trained.teacher_val_ppl,
-            val_bits_per_byte: bpb(trained.teacher_val_ppl),
+            // Across tokenizers the teacher was scored over its own tokens of the same bytes.
+            val_bits_per_byte: match &data.cross {
+                Some(_) => trained.teacher_val_bits_per_byte,
+                None => bpb(trained.teacher_val_ppl),
+            },
             tokens_per_second: match (m.teacher_lm, &data.cache) {
-                (Some(lm), _) => scoring_speed(lm, &data.valid, batch)?,
+                (Some(lm), _) => match &data.cross {
+                    Some(c) => scoring_speed(lm, &teacher_blocks(&c.run.valid), batch)?,
+                    None => scoring_speed(lm, &data.valid, batch)?,
+                },
                 // Measured while the cache was made.
                 (None, Some(c)) => c.manifest().teacher_tokens_per_second.unwrap_or(0.0),
                 (None, None) => 0.0,
@@ -105,6 +112,30 @@ pub(crate) fn build(
         artifact: None,
         vocab: data.vocab.as_ref().map(|v| v.stats.clone()),
         shared_vocab: data.shared.as_ref().map(|s| s.stats.clone()),
+        cross_vocab: data.cross.as_ref().map(|c| c.run.stats.clone()),
         compression: None,
     })
+}
+
+/// The teacher's own sequences of the validation blocks, cut to the shortest: what its speed
+/// is measured on across tokenizers.
+fn teacher_blocks(cross: &distill_train::data::CrossSet) -> distill_train::data::BlockSet {
+    let len = cross
+        .blocks
+        .iter()
+        .map(|b| b.teacher_ids.len())
+        .min()
+        .unwrap_or(0)
+        .max(2);
+    let blocks: Vec<Vec<u32>> = cross
+        .blocks
+        .iter()
+        .filter(|b| b.teacher_ids.len() >= len)
+        .map(|b| b.teacher_ids[..len].to_vec())
+        .collect();
+    distill_train::data::BlockSet {
+        block_size: len,
+        stream_tokens: blocks.len() * len,
+        blocks,
+    }
 }

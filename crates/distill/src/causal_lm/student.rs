@@ -15,15 +15,22 @@ use crate::error::{Context, Error, Result};
 /// Builds the run's student.
 pub(crate) fn build(run: &Prepared, teacher: &TeacherSide, data: &RunData) -> Result<LlamaStudent> {
     let cfg = &run.cfg;
-    let dense = match cfg.student.init {
-        InitConfig::FromTeacher { .. } if !run.resume => Some(teacher.dense_weights(DType::F32)?),
-        _ => None,
+    let from_model = matches!(cfg.student.init, InitConfig::FromTeacher { .. }) && !run.resume;
+    let dense = match (from_model, data.cross.as_ref()) {
+        (false, _) => None,
+        (true, None) => Some(teacher.dense_weights(DType::F32)?),
+        (true, Some(cross)) => match &cross.base {
+            Some(base) => Some(base.dense_weights(DType::F32).context("student.base")?),
+            None => return Err(Error::Invalid(
+                "student.init: from_teacher copies the teacher's embeddings, which are in another vocabulary than student.tokenizer's; name student.base (a model of the student's tokenizer to start from) or use init: {kind: random}".into(),
+            )),
+        },
     };
-    let rows = match (data.kept(), &dense) {
+    let rows = match (data.student_rows(), &dense) {
         (Some(kept), Some(d)) => Some(RowSelectedWeights::new(
             d.as_ref(),
             kept,
-            data.teacher_cfg.vocab_size,
+            data.source_cfg().vocab_size,
             &["model.embed_tokens.weight", "lm_head.weight"],
         )?),
         _ => None,
@@ -49,7 +56,7 @@ pub(crate) fn build(run: &Prepared, teacher: &TeacherSide, data: &RunData) -> Re
     }
     if student.config.vocab_size != data.view_cfg.vocab_size {
         return Err(Error::Invalid(format!(
-            "student vocabulary ({}) differs from the teacher's view of it ({}); the student's ids must be the teacher's (distill.vocab: strict) or map onto them (shared)",
+            "student vocabulary ({}) differs from the teacher's view of it ({}); the student's ids must be the teacher's (distill.vocab: strict), map onto them (shared) or come with their own tokenizer (cross)",
             student.config.vocab_size, data.view_cfg.vocab_size
         )));
     }

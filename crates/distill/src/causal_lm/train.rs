@@ -7,7 +7,7 @@ use distill_models::Model;
 use distill_student::LlamaStudent;
 use distill_train::batch_probe::largest_batch;
 use distill_train::parallel::{Communicator, Single};
-use distill_train::tasks::{CausalLm, CausalLmSetup, Student, TeacherSignal};
+use distill_train::tasks::{CausalLm, CausalLmSetup, CrossSetup, Student, TeacherSignal};
 use distill_train::{LearnOutcome, Learner, Training};
 
 use super::data::RunData;
@@ -22,6 +22,8 @@ pub(crate) struct Trained {
     pub(crate) training: Training,
     /// The teacher's validation perplexity, when the task measured it.
     pub(crate) teacher_val_ppl: Option<f64>,
+    /// Across tokenizers: the teacher's validation bits per byte over its own tokens.
+    pub(crate) teacher_val_bits_per_byte: Option<f64>,
 }
 
 /// Trains `student` on `data` against `teacher` (or the data's cache).
@@ -50,6 +52,7 @@ pub(crate) fn fit(
         .data_parallel(run.comm().unwrap_or(&Single))
         .fit(&mut task, run.resume)?;
     let teacher_val_ppl = task.teacher_val_ppl();
+    let teacher_val_bits_per_byte = task.teacher_val_bits_per_byte();
     if !run.cfg.distill.needs_teacher() {
         tracing::info!("alpha = 0: the teacher was used for evaluation only");
     }
@@ -57,6 +60,7 @@ pub(crate) fn fit(
         outcome,
         training,
         teacher_val_ppl,
+        teacher_val_bits_per_byte,
     })
 }
 
@@ -82,6 +86,7 @@ fn task<'a>(
             train: &data.train,
             valid: &data.valid,
             device: device.clone(),
+            cross: None,
         })?,
         None => CausalLm::new(CausalLmSetup {
             student: Student {
@@ -94,6 +99,11 @@ fn task<'a>(
             train: &data.train,
             valid: &data.valid,
             device: device.clone(),
+            cross: data.cross.as_ref().map(|c| CrossSetup {
+                vocab: &c.run.vocab,
+                train: &c.run.train,
+                valid: &c.run.valid,
+            }),
         })?,
     })
 }

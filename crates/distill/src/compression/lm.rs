@@ -149,6 +149,7 @@ impl Trainer for LmTrainer<'_> {
             train: &self.train,
             valid: &self.valid,
             device: Device::Cpu,
+            cross: None,
         })
         .map_err(external)?;
         heal(&training, &mut task, after_step, self.opts.observer)?;

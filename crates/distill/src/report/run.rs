@@ -62,6 +62,9 @@ pub struct RunReport {
     /// The student's ids under a wider teacher head (`distill.vocab: shared`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_vocab: Option<crate::vocab::SharedVocabStats>,
+    /// The tokenizers met and aligned (`distill.vocab: cross`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_vocab: Option<crate::cross::CrossStats>,
     /// The `compress:` section's table and headline (its numbers are in
     /// `compressed/compress.json`).
     #[serde(skip)]

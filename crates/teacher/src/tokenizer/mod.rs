@@ -23,6 +23,8 @@ use crate::error::{Result, TeacherError};
 mod bytes;
 mod spm;
 
+pub use bytes::Piece;
+
 /// What a user needs to know about a tokenizer (shown by `distill inspect`).
 #[derive(Clone, Debug, Serialize)]
 pub struct TokenizerInfo {
@@ -80,6 +82,12 @@ impl LoadedTokenizer {
     /// denominator of bits per byte.
     pub fn byte_lengths(&self) -> Vec<u32> {
         bytes::byte_lengths(&self.tokenizer)
+    }
+
+    /// What each id spells, by id: the units two tokenisations of one text are aligned by;
+    /// `None` when the decoder does not say (neither byte-level nor SentencePiece).
+    pub fn pieces(&self) -> Option<Vec<Piece>> {
+        bytes::pieces(&self.tokenizer)
     }
 
     /// Text of `ids`, special tokens included.

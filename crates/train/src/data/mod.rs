@@ -4,6 +4,7 @@
 //! labelled examples (e-mail folders, JSONL, CSV) split by class and encoded with the
 //! tokenizer's own special tokens, cut to a length.
 
+mod cross;
 mod documents;
 mod email;
 mod encode;
@@ -11,6 +12,7 @@ mod labelled;
 mod pack;
 mod split;
 
+pub use cross::{CrossBlock, CrossSet, CrossVocab};
 pub use documents::{load_documents, DataError, Document, DocumentSource};
 pub use email::{email_text, EmailOptions, EmailText, Undecodable};
 pub use encode::{encode_examples, EncodedSet};

@@ -8,6 +8,7 @@
 //! gradients keep the same magnitude as T changes (Hinton et al., 2015).
 
 mod cross_entropy;
+mod cross_vocab;
 mod forward_kl;
 mod fused_head;
 mod fused_kd;
@@ -34,6 +35,7 @@ pub(crate) mod testing {
 }
 
 pub use cross_entropy::CrossEntropy;
+pub use cross_vocab::{cross_targets, cross_vocab_loss, CrossTargets, CrossValue};
 pub use forward_kl::ForwardKl;
 pub use fused_head::{fused_head_kl_ce, fused_head_top_k_kl_ce, HeadLoss};
 pub use fused_kd::fused_forward_kl_ce;

@@ -17,6 +17,7 @@ use crate::losses::{ForwardKl, Loss, LossInputs};
 use crate::objective::{Objective, Targets};
 use crate::scoring::{next_token_nll, NllSum};
 use crate::task::{BatchAt, Evaluation, Losses, Task};
+use crate::tasks::cross_lm::{AlignedScores, Cross, CrossSetup};
 use crate::tasks::{Student, TeacherSignal};
 use crate::training::Training;
 
@@ -54,6 +55,10 @@ pub struct CausalLm<'a> {
     orders: HashMap<u64, Vec<usize>>,
     teacher_cache: Option<TeacherCache>,
     teacher_val_ppl: Option<f64>,
+    /// Across tokenizers (`distill.vocab: cross`).
+    cross: Option<Cross<'a>>,
+    alpha: f64,
+    temperature: f64,
 }
 
 /// The causal-LM teacher's signal: the teacher, or its top-k targets in a teacher cache.
@@ -70,17 +75,41 @@ pub struct CausalLmSetup<'a> {
     pub train: &'a BlockSet,
     pub valid: &'a BlockSet,
     pub device: Device,
+    /// The teacher's tokenisation of the blocks, when its tokenizer is not the student's.
+    pub cross: Option<CrossSetup<'a>>,
 }
 
 impl<'a> CausalLm<'a> {
     /// The task `setup` describes. From a cache, the objective must be forward KL without
     /// hidden-state terms; the caller checks the cache against the run.
     pub fn new(setup: CausalLmSetup<'a>) -> Result<Self, TrainError> {
-        match setup.teacher {
-            Some(TeacherSignal::Cached(cache)) => Self::from_cache(setup.student, cache, &setup),
-            Some(TeacherSignal::Online(t)) => Self::online(setup.student, Some(t), &setup),
-            None => Self::online(setup.student, None, &setup),
+        let mut task = match setup.teacher {
+            Some(TeacherSignal::Cached(_)) if setup.cross.is_some() => {
+                return Err(TrainError::Invalid(
+                    "a cross-tokenizer task runs its teacher online (its cached targets are over other blocks)".into(),
+                ))
+            }
+            Some(TeacherSignal::Cached(cache)) => Self::from_cache(setup.student, cache, &setup)?,
+            Some(TeacherSignal::Online(t)) => Self::online(setup.student, Some(t), &setup)?,
+            None => Self::online(setup.student, None, &setup)?,
+        };
+        if let Some(c) = setup.cross {
+            if c.train.blocks.len() != setup.train.len()
+                || c.valid.blocks.len() != setup.valid.len()
+            {
+                return Err(TrainError::Invalid(format!(
+                    "cross-tokenizer blocks ({} training, {} validation) differ from the student's ({}, {})",
+                    c.train.blocks.len(),
+                    c.valid.blocks.len(),
+                    setup.train.len(),
+                    setup.valid.len()
+                )));
+            }
+            task.cross = Some(Cross::new(c, &setup.distill.cross, &setup.device)?);
         }
+        task.alpha = setup.distill.alpha;
+        task.temperature = setup.distill.temperature;
+        Ok(task)
     }
 
     /// `student` against the online `teacher`, if any.
@@ -139,6 +168,9 @@ impl<'a> CausalLm<'a> {
             orders: HashMap::new(),
             teacher_cache: None,
             teacher_val_ppl: None,
+            cross: None,
+            alpha: 0.0,
+            temperature: 1.0,
         }
     }
 
@@ -171,9 +203,22 @@ impl<'a> CausalLm<'a> {
         ))
     }
 
-    /// The teacher's perplexity on the validation blocks (after the first evaluation).
+    /// The teacher's perplexity on the validation blocks (after the first evaluation; across
+    /// tokenizers, over its own tokens of the same bytes).
     pub fn teacher_val_ppl(&self) -> Option<f64> {
-        self.teacher_val_ppl
+        match &self.cross {
+            Some(c) => c.teacher_val().map(|v| v.0),
+            None => self.teacher_val_ppl,
+        }
+    }
+
+    /// Across tokenizers: the teacher's bits per byte over its own tokens of the evaluated
+    /// blocks (after the first evaluation).
+    pub fn teacher_val_bits_per_byte(&self) -> Option<f64> {
+        self.cross
+            .as_ref()
+            .and_then(|c| c.teacher_val())
+            .map(|v| v.1)
     }
 
     /// The block indices of the micro-batch at `at`: consecutive positions of the seeded
@@ -410,6 +455,128 @@ impl CausalLm<'_> {
     }
 }
 
+impl CausalLm<'_> {
+    /// The loss across tokenizers: `(1 − α)·CE` over every student position, `α·cross` over the
+    /// aligned ones.
+    fn loss_across(&self, blocks: &[usize], ids: &Tensor) -> Result<Losses, TrainError> {
+        let (b, s) = ids.dims2().ctx(|| "batch".into())?;
+        let logits = self
+            .student
+            .run(&Input::new(ids))
+            .map_err(|e| TrainError::Invalid(format!("student forward: {e}")))?
+            .logits;
+        let hard = next_token_ce(&logits, ids)?;
+        let mut total = (&hard * (1.0 - self.alpha)).ctx(|| "loss".into())?;
+        let mut parts = vec![("hard", hard.to_scalar::<f32>().ctx(|| "loss".into())?)];
+        let cross = self.cross.as_ref().expect("a cross task");
+        if let Some(teacher) = self.teacher.filter(|_| self.alpha > 0.0) {
+            if let Some(v) = cross.train_loss(teacher, &logits, blocks, self.temperature)? {
+                total = (total + (&v.total * self.alpha).ctx(|| "loss".into())?)
+                    .ctx(|| "loss".into())?;
+                parts.push(("soft", v.total.to_scalar::<f32>().ctx(|| "loss".into())?));
+                parts.push(("kl_shared", v.matched));
+                parts.push(("uld", v.unmatched));
+            }
+        }
+        Ok(Losses {
+            parts,
+            total,
+            units: b * s,
+        })
+    }
+
+    /// Evaluation across tokenizers: the student's perplexity over its own tokens, and at the
+    /// aligned positions the KL over the shared ids and the ULD term (at T = 1) and top-1
+    /// agreement (where the teacher's top-1 is a shared id).
+    fn evaluate_across(&mut self, n: usize) -> Result<Evaluation, TrainError> {
+        let bs = self.training.batch_size;
+        let s = self.valid.block_size;
+        let batches: Vec<Vec<usize>> = (0..n)
+            .collect::<Vec<_>>()
+            .chunks(bs)
+            .map(<[usize]>::to_vec)
+            .collect();
+        let device = self.device.clone();
+        let cross = self.cross.as_mut().expect("a cross task");
+        if let Some(teacher) = self.teacher {
+            cross.fill_valid(teacher, &batches, s, &device)?;
+        }
+        let mut nll = NllSum::default();
+        let mut scores = AlignedScores::default();
+        for (bi, blocks) in batches.iter().enumerate() {
+            let ids: Vec<u32> = blocks
+                .iter()
+                .flat_map(|&i| self.valid.blocks[i].iter().copied())
+                .collect();
+            let ids = Tensor::from_vec(ids, (blocks.len(), s), &device)
+                .ctx(|| "validation batch".into())?;
+            let logits = self
+                .student
+                .run(&Input::new(&ids))
+                .map_err(|e| TrainError::Invalid(format!("student forward (eval): {e}")))?
+                .logits
+                .detach();
+            nll.add(
+                next_token_nll(&logits, &ids, &vec![s; blocks.len()])
+                    .ctx(|| "validation NLL".into())?,
+            );
+            if self.teacher.is_some() {
+                scores.add(
+                    self.cross
+                        .as_ref()
+                        .expect("a cross task")
+                        .valid_scores(bi, &logits)?,
+                );
+            }
+        }
+        let ppl = nll.perplexity();
+        let mut metrics = vec![("val_ppl", ppl), ("tokens", nll.tokens as f64)];
+        let mut summary = format!("val ppl {ppl:.2}");
+        if scores.positions > 0 {
+            let p = scores.positions as f64;
+            let (kl, uld) = (scores.kl / p, scores.uld / p);
+            let a = scores.agree as f64 / scores.comparable.max(1) as f64;
+            let share = p / (n * (s - 1)).max(1) as f64;
+            metrics.extend([
+                ("val_kl", kl),
+                ("val_uld", uld),
+                ("top1_agreement", a),
+                ("aligned_share", share),
+            ]);
+            summary += &format!(
+                "  KL(shared ids) {kl:.3}  ULD {uld:.3}  top-1 agreement {:.1}%  aligned {:.1}%",
+                100.0 * a,
+                100.0 * share
+            );
+        }
+        Ok(Evaluation {
+            metrics,
+            score: (-ppl, 0.0),
+            summary,
+        })
+    }
+}
+
+/// Mean cross-entropy of logits `[b, s, V]` against the next tokens of `ids` `[b, s]`.
+fn next_token_ce(logits: &Tensor, ids: &Tensor) -> Result<Tensor, TrainError> {
+    let (b, s, v) = logits.dims3().ctx(|| "student logits".into())?;
+    let rows = logits
+        .narrow(1, 0, s - 1)
+        .and_then(|l| l.reshape((b * (s - 1), v)))
+        .ctx(|| "student logits".into())?;
+    let labels = ids
+        .narrow(1, 1, s - 1)
+        .and_then(|t| t.flatten_all())
+        .ctx(|| "labels".into())?;
+    crate::losses::CrossEntropy
+        .forward(&LossInputs {
+            student_logits: &rows,
+            teacher_logits: None,
+            labels: Some(&labels),
+        })
+        .ctx(|| "cross-entropy".into())
+}
+
 impl Task for CausalLm<'_> {
     fn variables(&self) -> BTreeMap<String, Var> {
         self.objective.variables_with(self.varmap)
@@ -438,6 +605,9 @@ impl Task for CausalLm<'_> {
         let ids = Tensor::from_vec(ids, (b, s), &self.device).ctx(|| "batch".into())?;
         if let Some(cache) = self.cache {
             return self.loss_from_cache(cache, &blocks, &ids, b, s);
+        }
+        if self.cross.is_some() {
+            return self.loss_across(&blocks, &ids);
         }
         let want_hidden = self.objective.uses_hidden();
         if let Some(losses) = self.loss_from_heads(&ids, b, s, want_hidden)? {
@@ -501,6 +671,9 @@ impl Task for CausalLm<'_> {
         let n = self.training.eval_block_count(self.valid.len());
         if let Some(cache) = self.cache {
             return self.evaluate_from_cache(cache, n);
+        }
+        if self.cross.is_some() {
+            return self.evaluate_across(n);
         }
         let bs = self.training.batch_size;
         let s = self.valid.block_size;

@@ -3,12 +3,14 @@
 
 mod causal_lm;
 mod classification;
+mod cross_lm;
 
 use candle_nn::VarMap;
 use distill_models::Model;
 
 pub use causal_lm::{blocks_read, CausalLm, CausalLmSetup, LmTeacher};
 pub use classification::{ClassTeacher, Classification, ClassificationSetup};
+pub use cross_lm::CrossSetup;
 
 /// The student a task trains: its model and the variables it computes with.
 #[derive(Clone, Copy)]
