@@ -145,10 +145,6 @@ impl RunConfig {
                 "distill.vocab",
                 "cross needs the student's own tokenizer: name student.base (a model to shape and start the student from, whose tokenizer it takes) or student.tokenizer",
             ),
-            VocabMode::Cross if self.teacher.cache.is_some() => refuse(
-                "teacher.cache",
-                "distill.vocab: cross runs its teacher online for now (a cache holds the teacher's targets over its own blocks, not over the student's); drop teacher.cache",
-            ),
             VocabMode::Strict | VocabMode::Shared if base => refuse(
                 "student.base",
                 "a student cut from another model than the teacher is a cross-tokenizer run: set distill.vocab: cross",

@@ -1,102 +1,72 @@
-//! The data stage across tokenizers (`distill.vocab: cross`): the student's own tokenizer
-//! (`student.base`'s, or `student.tokenizer`), trimmed to the corpus when asked, packs the
-//! blocks; every block is then aligned with the teacher's tokenisation of its bytes.
+//! The data stage across tokenizers (`distill.vocab: cross`): the run's documents split (the
+//! split written on rank 0), the student's side built ([`student_data`]), and the teacher
+//! cache opened and checked against both tokenizers when the teacher's outputs come from one.
 
 use distill_models::LlamaConfig;
-use distill_teacher::{LoadedTokenizer, TeacherFiles, TeacherSource};
-use distill_train::data::Split;
 
-use super::data::{student_tokenizer, RunData};
+use super::data::RunData;
 use super::prepare::Prepared;
 use super::teacher::TeacherSide;
-use crate::cross::{for_run, CrossRun, CrossSides};
-use crate::data::{build_data_from, separator_id};
-use crate::error::{Context, Result};
-use crate::vocab::trim_for_run;
-
-/// The student's side of a cross-tokenizer run.
-pub(crate) struct CrossData {
-    pub(crate) run: CrossRun,
-    /// The student's tokenizer before any trimming.
-    pub(crate) tokenizer: LoadedTokenizer,
-    /// The model the student is cut from (`student.base`), when not the teacher.
-    pub(crate) base: Option<TeacherFiles>,
-    /// The config the student is cut from, over the student's untrimmed vocabulary.
-    pub(crate) base_cfg: LlamaConfig,
-}
+use crate::cross::student::{student_data, TeacherFacts};
+use crate::data::{split_run_documents, write_split};
+use crate::error::Result;
+use crate::teacher_cache::{open_for_run, run_identity_across};
 
 /// Builds a cross-tokenizer run's data.
-pub(crate) fn build(
-    run: &Prepared,
-    teacher: &TeacherSide,
-    teacher_cfg: LlamaConfig,
-    split: &Split,
-) -> Result<RunData> {
-    let cfg = &run.cfg;
-    let base = match &cfg.student.base {
-        Some(spec) => {
-            let source = TeacherSource::parse(spec).context("student.base")?;
-            tracing::info!(source = %source, "student.base: the student is cut from this model");
-            Some(TeacherFiles::open(&source, &run.load).context("student.base")?)
+pub(crate) fn build(run: &Prepared, teacher: &TeacherSide) -> Result<RunData> {
+    let teacher_cfg: LlamaConfig = teacher.config()?.clone();
+    let split = split_run_documents(&run.cfg)?;
+    if run.rank == 0 {
+        write_split(&run.cfg, &split, &run.run_dir.join("split.json"))?;
+    }
+    let facts = TeacherFacts {
+        tokenizer: teacher.tokenizer(),
+        config: &teacher_cfg,
+        name: teacher.source().to_string(),
+    };
+    let d = student_data(&run.cfg, &run.load, &facts, &split)?;
+    drop(split);
+    let cache = match teacher {
+        TeacherSide::Cached(files) => {
+            let identity = run_identity_across(
+                &run.cfg,
+                &files.files,
+                teacher.tokenizer(),
+                d.vocab
+                    .as_ref()
+                    .map_or(&d.cross.tokenizer, |v| &v.tokenizer),
+                &run.load,
+            )?;
+            let cache = open_for_run(
+                &run.cfg,
+                &identity,
+                teacher_cfg.vocab_size,
+                &d.train,
+                &d.valid,
+            )?;
+            tracing::info!(
+                dir = %cache.dir().display(),
+                top_k = cache.manifest().layout.top_k,
+                "training from the teacher cache (the teacher's top-k at the aligned positions)"
+            );
+            Some(cache)
         }
-        None => None,
+        TeacherSide::Online(_) => None,
     };
-    let own = match (&cfg.student.tokenizer, &base) {
-        (Some(path), _) => student_tokenizer(path, run).context("student.tokenizer")?,
-        (None, Some(b)) => b.tokenizer.clone(),
-        (None, None) => unreachable!("checked with the config: cross names a student tokenizer"),
-    };
-    let base_cfg = match &base {
-        Some(b) => b.config.clone(),
-        None => LlamaConfig {
-            vocab_size: own.tokenizer.get_vocab_size(true),
-            bos_token_id: own.info.bos_token_id.map(Into::into),
-            eos_token_id: own.info.eos_token_id.map(Into::into),
-            ..teacher_cfg.clone()
-        },
-    };
-    let vocab = match &cfg.student.vocab {
-        Some(v) => Some(trim_for_run(split, v, &own, base_cfg.vocab_size)?),
-        None => None,
-    };
-    let tokenizer = vocab.as_ref().map_or(&own, |v| &v.tokenizer);
-    let view_cfg = LlamaConfig {
-        vocab_size: vocab.as_ref().map_or(base_cfg.vocab_size, |v| v.trim.len()),
-        bos_token_id: tokenizer.info.bos_token_id.map(Into::into),
-        eos_token_id: tokenizer.info.eos_token_id.map(Into::into),
-        ..base_cfg.clone()
-    };
-    let (train, valid) = build_data_from(cfg, split, tokenizer, view_cfg.vocab_size)?;
-    let teacher_name = teacher.source().to_string();
-    let sides = CrossSides {
-        student: tokenizer,
-        student_separator: separator_id(cfg.data.separator_token.as_deref(), tokenizer)?,
-        student_rows: view_cfg.vocab_size,
-        teacher: teacher.tokenizer(),
-        teacher_separator: separator_id(None, teacher.tokenizer()).context("teacher")?,
-        teacher_rows: teacher_cfg.vocab_size,
-        teacher_name: &teacher_name,
-    };
-    let cross = for_run(&sides, &train, &valid)?;
     tracing::info!(
-        train_blocks = train.len(),
-        validation_blocks = valid.len(),
-        block = train.block_size,
+        train_blocks = d.train.len(),
+        validation_blocks = d.valid.len(),
+        block = d.train.block_size,
         "data"
     );
     Ok(RunData {
-        vocab,
+        vocab: d.vocab,
         shared: None,
-        cross: Some(CrossData {
-            run: cross,
-            tokenizer: own,
-            base,
-            base_cfg,
-        }),
+        cross: Some(d.cross),
         teacher_cfg,
-        view_cfg,
-        train,
-        valid,
-        cache: None,
+        view_cfg: d.view_cfg,
+        train: d.train,
+        valid: d.valid,
+        cache,
     })
 }

@@ -5,14 +5,13 @@
 
 use distill_cache::TeacherCache;
 use distill_models::LlamaConfig;
-use distill_teacher::tokenizer::load_tokenizer_json;
-use distill_teacher::{load_tokenizer, resolve, LoadedTokenizer, TeacherFiles, TeacherSource};
+use distill_teacher::{LoadedTokenizer, TeacherFiles};
 use distill_train::config::VocabMode;
 use distill_train::data::{BlockSet, Split};
 
-use super::across::CrossData;
 use super::prepare::Prepared;
 use super::teacher::TeacherSide;
+use crate::cross::student::{student_tokenizer, CrossData};
 use crate::data::{build_data_from, split_run_documents, write_split};
 use crate::error::{Context, Error, Result};
 use crate::teacher_cache::{open_for_run, run_identity};
@@ -91,9 +90,6 @@ pub(crate) fn build(run: &Prepared, teacher: &TeacherSide) -> Result<RunData> {
     let split = split_run_documents(cfg)?;
     if run.rank == 0 {
         write_split(cfg, &split, &run.run_dir.join("split.json"))?;
-    }
-    if cfg.distill.vocab == VocabMode::Cross {
-        return super::across::build(run, teacher, teacher_cfg, &split);
     }
     let vocab = match &cfg.student.vocab {
         Some(_) if cfg.teacher.cache.is_some() => {
@@ -217,7 +213,7 @@ fn shared_vocab(
                 Ok((shared.stats.student_ids < rows).then_some(shared))
             }
             Some(path) => {
-                let own = student_tokenizer(path, run).context("student.tokenizer")?;
+                let own = student_tokenizer(path, &run.load).context("student.tokenizer")?;
                 let mut shared = shared_for_run(teacher.tokenizer(), &own, rows)?;
                 check_same_pieces(split, teacher.tokenizer(), &own, &shared.teacher_ids)?;
                 shared.tokenizer = Some(own);
@@ -225,17 +221,6 @@ fn shared_vocab(
             }
         },
     }
-}
-
-/// The student's own tokenizer: a `tokenizer.json` file, or the tokenizer of a model source
-/// (a GGUF file, a Hugging Face folder, `hf://org/name`).
-pub(super) fn student_tokenizer(path: &std::path::Path, run: &Prepared) -> Result<LoadedTokenizer> {
-    if path.extension().is_some_and(|e| e == "json") {
-        return Ok(load_tokenizer_json(path)?);
-    }
-    let spec = path.to_string_lossy();
-    let source = TeacherSource::parse(&spec)?;
-    Ok(load_tokenizer(&resolve(&source, &run.load.hub)?)?)
 }
 
 /// The run's teacher cache, checked against the teacher, tokenizer and blocks.

@@ -3,7 +3,7 @@
 //! export → compress (the `compress:` section) → report, written once. Each stage is a
 //! function of what the earlier ones produced, in its own file.
 
-mod across;
+pub(crate) mod across;
 mod compress;
 mod data;
 mod prepare;
@@ -14,6 +14,7 @@ mod train;
 
 use std::path::PathBuf;
 
+use distill_train::config::VocabMode;
 use distill_train::scoring::top1_tokens;
 
 use crate::compression::Compression;
@@ -52,7 +53,10 @@ pub struct LmRun {
 pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
     let mut run = prepare::prepare(cfg, opts)?;
     let teacher = TeacherSide::load(&run)?;
-    let data = data::build(&run, &teacher)?;
+    let data = match run.cfg.distill.vocab {
+        VocabMode::Cross => across::build(&run, &teacher)?,
+        _ => data::build(&run, &teacher)?,
+    };
     let student = student::build(&run, &teacher, &data)?;
     let view = teacher.view(data.kept())?;
     let trained = train::fit(&mut run, view.lm(), &data, &student, opts)?;

@@ -4,6 +4,7 @@
 //! down in `docs/vocabulary.md`.
 
 mod align;
+pub mod student;
 
 use std::collections::{HashMap, HashSet};
 
@@ -58,7 +59,7 @@ pub struct CrossRun {
 }
 
 /// The pieces of `t`, or the error saying why a tokenizer cannot be aligned by bytes.
-fn pieces_of(t: &LoadedTokenizer, side: &str) -> Result<Vec<Piece>> {
+pub fn pieces_of(t: &LoadedTokenizer, side: &str) -> Result<Vec<Piece>> {
     t.pieces().ok_or_else(|| {
         Error::Invalid(format!(
             "distill.vocab: cross: the {side}'s tokenizer ({}) does not say which bytes its pieces spell — its decoder is neither byte-level nor SentencePiece — so its tokens have no byte offsets to align by",

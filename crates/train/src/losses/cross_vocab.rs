@@ -33,7 +33,8 @@ pub struct CrossTargets {
     pub top1: Vec<Option<u32>>,
 }
 
-/// [`CrossTargets`] of the teacher's top-k `rows` (at the loss temperature).
+/// [`CrossTargets`] of the teacher's top-k `rows` (at the loss temperature), the first `k`
+/// entries of each.
 pub fn cross_targets(rows: &[TopKRow], k: usize, vocab: &CrossVocab) -> CrossTargets {
     let n = rows.len();
     let mut matched = TopK {
@@ -61,6 +62,9 @@ pub fn cross_targets(rows: &[TopKRow], k: usize, vocab: &CrossVocab) -> CrossTar
                 .first()
                 .and_then(|&t| vocab.student_of_teacher.get(t as usize).copied().flatten()),
         );
+        // Rows from a cache may go on with tail samples, not in order of probability.
+        other.sort_by(|a, b| b.total_cmp(a));
+        other.truncate(k);
         let inside: f64 = logp.iter().map(|&l| f64::from(l).exp()).sum();
         // A padding entry repeats a present id (or id 0) at zero mass: it moves nothing.
         let pad = ids.first().copied().unwrap_or(0);

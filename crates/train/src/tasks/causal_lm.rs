@@ -17,7 +17,7 @@ use crate::losses::{ForwardKl, Loss, LossInputs};
 use crate::objective::{Objective, Targets};
 use crate::scoring::{next_token_nll, NllSum};
 use crate::task::{BatchAt, Evaluation, Losses, Task};
-use crate::tasks::cross_lm::{AlignedScores, Cross, CrossSetup};
+use crate::tasks::cross_lm::{AlignedScores, Cross, CrossSetup, TeacherRows};
 use crate::tasks::{Student, TeacherSignal};
 use crate::training::Training;
 
@@ -84,11 +84,6 @@ impl<'a> CausalLm<'a> {
     /// hidden-state terms; the caller checks the cache against the run.
     pub fn new(setup: CausalLmSetup<'a>) -> Result<Self, TrainError> {
         let mut task = match setup.teacher {
-            Some(TeacherSignal::Cached(_)) if setup.cross.is_some() => {
-                return Err(TrainError::Invalid(
-                    "a cross-tokenizer task runs its teacher online (its cached targets are over other blocks)".into(),
-                ))
-            }
             Some(TeacherSignal::Cached(cache)) => Self::from_cache(setup.student, cache, &setup)?,
             Some(TeacherSignal::Online(t)) => Self::online(setup.student, Some(t), &setup)?,
             None => Self::online(setup.student, None, &setup)?,
@@ -456,6 +451,15 @@ impl CausalLm<'_> {
 }
 
 impl CausalLm<'_> {
+    /// Where a cross task's teacher rows come from: the teacher online, or its cache.
+    fn teacher_rows(&self) -> Option<TeacherRows<'_>> {
+        match (self.teacher, self.cache) {
+            (Some(t), _) => Some(TeacherRows::Online(t)),
+            (None, Some(c)) => Some(TeacherRows::Cached(c)),
+            (None, None) => None,
+        }
+    }
+
     /// The loss across tokenizers: `(1 − α)·CE` over every student position, `α·cross` over the
     /// aligned ones.
     fn loss_across(&self, blocks: &[usize], ids: &Tensor) -> Result<Losses, TrainError> {
@@ -469,7 +473,7 @@ impl CausalLm<'_> {
         let mut total = (&hard * (1.0 - self.alpha)).ctx(|| "loss".into())?;
         let mut parts = vec![("hard", hard.to_scalar::<f32>().ctx(|| "loss".into())?)];
         let cross = self.cross.as_ref().expect("a cross task");
-        if let Some(teacher) = self.teacher.filter(|_| self.alpha > 0.0) {
+        if let Some(teacher) = self.teacher_rows().filter(|_| self.alpha > 0.0) {
             if let Some(v) = cross.train_loss(teacher, &logits, blocks, self.temperature)? {
                 total = (total + (&v.total * self.alpha).ctx(|| "loss".into())?)
                     .ctx(|| "loss".into())?;
@@ -497,9 +501,12 @@ impl CausalLm<'_> {
             .map(<[usize]>::to_vec)
             .collect();
         let device = self.device.clone();
+        let has_teacher = self.teacher_rows().is_some();
         let cross = self.cross.as_mut().expect("a cross task");
-        if let Some(teacher) = self.teacher {
-            cross.fill_valid(teacher, &batches, s, &device)?;
+        match (self.teacher, self.cache) {
+            (Some(teacher), _) => cross.fill_valid(teacher, &batches, s, &device)?,
+            (None, Some(cache)) => cross.fill_valid_cached(cache, &batches, s, &device)?,
+            (None, None) => {}
         }
         let mut nll = NllSum::default();
         let mut scores = AlignedScores::default();
@@ -520,7 +527,7 @@ impl CausalLm<'_> {
                 next_token_nll(&logits, &ids, &vec![s; blocks.len()])
                     .ctx(|| "validation NLL".into())?,
             );
-            if self.teacher.is_some() {
+            if has_teacher {
                 scores.add(
                     self.cross
                         .as_ref()
@@ -603,11 +610,11 @@ impl Task for CausalLm<'_> {
         let s = self.train.block_size;
         let b = blocks.len();
         let ids = Tensor::from_vec(ids, (b, s), &self.device).ctx(|| "batch".into())?;
-        if let Some(cache) = self.cache {
-            return self.loss_from_cache(cache, &blocks, &ids, b, s);
-        }
         if self.cross.is_some() {
             return self.loss_across(&blocks, &ids);
+        }
+        if let Some(cache) = self.cache {
+            return self.loss_from_cache(cache, &blocks, &ids, b, s);
         }
         let want_hidden = self.objective.uses_hidden();
         if let Some(losses) = self.loss_from_heads(&ids, b, s, want_hidden)? {
@@ -669,11 +676,11 @@ impl Task for CausalLm<'_> {
 
     fn evaluate(&mut self) -> Result<Evaluation, TrainError> {
         let n = self.training.eval_block_count(self.valid.len());
-        if let Some(cache) = self.cache {
-            return self.evaluate_from_cache(cache, n);
-        }
         if self.cross.is_some() {
             return self.evaluate_across(n);
+        }
+        if let Some(cache) = self.cache {
+            return self.evaluate_from_cache(cache, n);
         }
         let bs = self.training.batch_size;
         let s = self.valid.block_size;

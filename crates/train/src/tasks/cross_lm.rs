@@ -6,7 +6,7 @@
 //! perplexity and bits per byte over its own tokens.
 
 use candle_core::{DType, Device, Tensor, D};
-use distill_cache::{top_k_row, TopKRow};
+use distill_cache::{top_k_row, TeacherCache, TopK, TopKRow};
 use distill_models::{Input, Model};
 use rayon::prelude::*;
 
@@ -31,6 +31,14 @@ struct ValidBatch {
     targets: CrossTargets,
     /// Flat student rows (`block·s + position`) of the aligned positions.
     student_rows: Vec<u32>,
+}
+
+/// Where the teacher's rows come from: the teacher run on its own tokens of each block, or a
+/// cache of its top-k at the aligned positions (`distill cache-teacher` of a cross run).
+#[derive(Clone, Copy)]
+pub(super) enum TeacherRows<'a> {
+    Online(&'a dyn Model),
+    Cached(&'a TeacherCache),
 }
 
 /// The state of a cross-tokenizer task.
@@ -123,7 +131,7 @@ impl<'a> Cross<'a> {
     /// the training temperature; `None` when no position of the batch is aligned.
     pub(super) fn train_loss(
         &self,
-        teacher: &dyn Model,
+        teacher: TeacherRows,
         student_logits: &Tensor,
         blocks: &[usize],
         temperature: f64,
@@ -134,15 +142,21 @@ impl<'a> Cross<'a> {
         if batch.student_rows.is_empty() {
             return Ok(None);
         }
-        let rows = teacher_rows(
-            teacher,
-            &batch,
-            &batch.teacher_rows,
-            None,
-            self.cfg.top_k,
-            temperature,
-        )?;
-        let targets = cross_targets(&rows, self.cfg.top_k, self.setup.vocab);
+        let (rows, k) = match teacher {
+            TeacherRows::Online(t) => (
+                teacher_rows(
+                    t,
+                    &batch,
+                    &batch.teacher_rows,
+                    None,
+                    self.cfg.top_k,
+                    temperature,
+                )?,
+                self.cfg.top_k,
+            ),
+            TeacherRows::Cached(c) => cached_rows(c, "train", blocks, self.setup.train, s)?,
+        };
+        let targets = cross_targets(&rows, k, self.setup.vocab);
         let student = aligned_student(student_logits, &batch.student_rows)?;
         Ok(Some(
             cross_vocab_loss(
@@ -154,6 +168,32 @@ impl<'a> Cross<'a> {
             )
             .ctx(|| "cross-tokenizer loss".into())?,
         ))
+    }
+
+    /// Fills the teacher's side of evaluation batches `batches` from a cache, once: its
+    /// targets at the aligned positions (at the cache's temperature). The teacher's own
+    /// perplexity needs every one of its positions, which a cache of the aligned ones lacks.
+    pub(super) fn fill_valid_cached(
+        &mut self,
+        cache: &TeacherCache,
+        batches: &[Vec<usize>],
+        s: usize,
+        device: &Device,
+    ) -> Result<(), TrainError> {
+        if self.valid_batches.is_some() {
+            return Ok(());
+        }
+        let mut out = vec![];
+        for blocks in batches {
+            let batch = self.teacher_batch(self.setup.valid, blocks, s, device)?;
+            let (rows, k) = cached_rows(cache, "valid", blocks, self.setup.valid, s)?;
+            out.push(ValidBatch {
+                targets: cross_targets(&rows, k, self.setup.vocab),
+                student_rows: batch.student_rows,
+            });
+        }
+        self.valid_batches = Some(out);
+        Ok(())
     }
 
     /// Fills the teacher's side of evaluation batches `batches` (block indices) of the
@@ -271,6 +311,36 @@ impl AlignedScores {
         self.agree += o.agree;
         self.comparable += o.comparable;
     }
+}
+
+/// The cached rows of split `split` at the aligned positions of `blocks` (in pair order), and
+/// their width: a cross run's cache holds, per student position with a next token, the
+/// teacher's top-k where the position is aligned (and a filler where it is not, never read).
+fn cached_rows(
+    cache: &TeacherCache,
+    split: &str,
+    blocks: &[usize],
+    set: &CrossSet,
+    s: usize,
+) -> Result<(Vec<TopKRow>, usize), TrainError> {
+    let t: TopK = cache
+        .rows(split, blocks)
+        .map_err(|e| TrainError::Invalid(format!("teacher cache: {e}")))?;
+    let k = t.k;
+    let mut rows = vec![];
+    for (bi, &b) in blocks.iter().enumerate() {
+        for &(sp, _) in &set.blocks[b].pairs {
+            let r = bi * (s - 1) + sp as usize;
+            rows.push(TopKRow {
+                ids: t.ids[r * k..(r + 1) * k].to_vec(),
+                logp: t.logp[r * k..(r + 1) * k].to_vec(),
+                rest: t.rest[r],
+                label_logp: t.label_logp[r],
+                tail: vec![],
+            });
+        }
+    }
+    Ok((rows, k))
 }
 
 /// The student's logits `[b, s, Vs]` at flat rows `rows`: `[N, Vs]`.

@@ -3,6 +3,8 @@
 //! keeps per position the top-k targets ([`distill_cache`]); `distill run` with
 //! `teacher.cache` then trains and evaluates from them without running the teacher.
 
+mod across;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -12,12 +14,15 @@ use distill_cache::{
 };
 use distill_models::{Input, Model};
 use distill_teacher::{CacheConfig, LoadOptions, LoadedTokenizer, Teacher, TeacherSource};
+use distill_train::config::VocabMode;
 use distill_train::data::BlockSet;
 use distill_train::tasks::blocks_read;
 use distill_train::{Event, Observer, StopFlag};
 use rayon::prelude::*;
 
-use crate::data::build_data;
+use crate::cross::student::{student_data, TeacherFacts};
+use crate::cross::CrossRun;
+use crate::data::{build_data, split_run_documents};
 use crate::error::{Context, Error, Result};
 use crate::group::load_and_join;
 use crate::job::RunConfig;
@@ -102,6 +107,33 @@ pub fn run_identity(
     })
 }
 
+/// What a cross-tokenizer run's cached targets depend on: those of [`run_identity`], with the
+/// vocabulary digest over both tokenizers (the cache keeps the teacher's ids at positions that
+/// the student's tokenisation decides).
+pub fn run_identity_across(
+    cfg: &RunConfig,
+    files: &[PathBuf],
+    teacher: &LoadedTokenizer,
+    student: &LoadedTokenizer,
+    load: &LoadOptions,
+) -> Result<Identity> {
+    let mut identity = run_identity(cfg, files, teacher, load)?;
+    let pieces = |t: &LoadedTokenizer| -> Vec<Option<String>> {
+        let tok = &t.tokenizer;
+        (0..tok.get_vocab_size(true) as u32)
+            .map(|i| tok.id_to_token(i))
+            .collect()
+    };
+    let (t, s) = (pieces(teacher), pieces(student));
+    identity.tokenizer_sha256 = vocabulary_digest(
+        t.iter()
+            .map(|p| p.as_deref())
+            .chain([Some("\u{0}student\u{0}")])
+            .chain(s.iter().map(|p| p.as_deref())),
+    );
+    Ok(identity)
+}
+
 /// Opens the run's cache and checks it against the run: teacher, tokenizer, block size,
 /// temperature, vocabulary, data, and that it holds every block the run reads.
 pub fn open_for_run(
@@ -152,9 +184,37 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
     let teacher = Teacher::load(&source, &load)?;
     let (lm, lcfg) = teacher.language_model().context("teacher.source")?;
     let vocab = lcfg.vocab_size;
-    let (train, valid) = build_data(cfg, &teacher.tokenizer, vocab)?;
+    // Across tokenizers the blocks are the student's, aligned with the teacher's tokens.
+    let cross = match cfg.distill.vocab {
+        VocabMode::Cross => Some(student_data(
+            cfg,
+            &load,
+            &TeacherFacts {
+                tokenizer: &teacher.tokenizer,
+                config: lcfg,
+                name: source.to_string(),
+            },
+            &split_run_documents(cfg)?,
+        )?),
+        _ => None,
+    };
+    let (train, valid) = match &cross {
+        Some(d) => (d.train.clone(), d.valid.clone()),
+        None => build_data(cfg, &teacher.tokenizer, vocab)?,
+    };
     let (tr, va) = blocks_the_run_reads(cfg, &train, &valid);
-    let identity = run_identity(cfg, &teacher.files, &teacher.tokenizer, &load)?;
+    let identity = match &cross {
+        Some(d) => run_identity_across(
+            cfg,
+            &teacher.files,
+            &teacher.tokenizer,
+            d.vocab
+                .as_ref()
+                .map_or(&d.cross.tokenizer, |v| &v.tokenizer),
+            &load,
+        )?,
+        None => run_identity(cfg, &teacher.files, &teacher.tokenizer, &load)?,
+    };
     let layout = Layout::new(c.top_k(), vocab, c.logprob_bits())
         .and_then(|l| l.with_tail_samples(c.tail_samples()))
         .context("teacher.cache")?;
@@ -214,6 +274,7 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
         world,
         stage: "cache-teacher",
         observer: opts.observer,
+        cross: cross.as_ref().map(|d| &d.cross.run),
     };
     let done = (tr.len() + va.len() - pending) as u64;
     opts.observer.event(&Event::Started {
@@ -301,6 +362,8 @@ struct ShardMaker<'a> {
     world: usize,
     stage: &'static str,
     observer: &'a dyn Observer,
+    /// Across tokenizers: the blocks' alignment with the teacher's tokens.
+    cross: Option<&'a CrossRun>,
 }
 
 /// What a session of making shards did.
@@ -359,13 +422,29 @@ impl ShardMaker<'_> {
         let rb = self.enc.layout.record_bytes;
         let mut records = vec![0u8; blocks.len() * (s - 1) * rb];
         for (ci, chunk) in blocks.chunks(self.batch).enumerate() {
-            let t0 = Instant::now();
-            let logits = teacher_logits(self.lm, data, chunk)?;
-            made.teacher_seconds += t0.elapsed().as_secs_f64();
-            made.teacher_tokens += chunk.len() * s;
             let first = ci * self.batch * (s - 1) * rb;
             let out = &mut records[first..first + chunk.len() * (s - 1) * rb];
-            encode_rows(&logits, data, chunk, split, &self.enc, out)?;
+            if let Some(cross) = self.cross {
+                let set = if split == 0 {
+                    &cross.train
+                } else {
+                    &cross.valid
+                };
+                let work = across::CrossRecords {
+                    lm: self.lm,
+                    enc: &self.enc,
+                    vocab: &cross.vocab,
+                }
+                .chunk(data, set, chunk, split, out)?;
+                made.teacher_seconds += work.seconds;
+                made.teacher_tokens += work.tokens;
+            } else {
+                let t0 = Instant::now();
+                let logits = teacher_logits(self.lm, data, chunk)?;
+                made.teacher_seconds += t0.elapsed().as_secs_f64();
+                made.teacher_tokens += chunk.len() * s;
+                encode_rows(&logits, data, chunk, split, &self.enc, out)?;
+            }
             *done += chunk.len() as u64;
             self.observer.event(&Event::Progress {
                 stage: self.stage,
