@@ -62,8 +62,13 @@ def curve(arm):
         if r.get("kind") == "train":
             seconds += sum(r["seconds"].values())
         elif r.get("kind") == "eval":
-            out.append({"step": r["step"], "train_seconds": seconds, "val_ppl": r["val_ppl"],
-                        "top1_agreement": r.get("top1_agreement")})
+            e = {"step": r["step"], "train_seconds": seconds, "val_ppl": r["val_ppl"],
+                 "top1_agreement": r.get("top1_agreement")}
+            for k in ("val_kl", "val_uld", "aligned_share", "teacher_shared_mass", "teacher_unmatched_mass",
+                      "teacher_top1_shared"):
+                if k in r:
+                    e[k] = r[k]
+            out.append(e)
     return out
 curves = {a: curve(a) for a in arms}
 # Every arm is scored on the same validation blocks in the same (student) tokens: bits per byte
@@ -93,6 +98,9 @@ out = {
     "aligned_share_train": x["aligned_share_train"],
     "matched_ids": x["matched"], "student_ids": x["student_ids"], "teacher_ids": x["teacher_ids"],
     "teacher_tokens_per_student_token": x["teacher_tokens_per_student_token"],
+    "teacher_shared_mass": at_step("cross", steps).get("teacher_shared_mass"),
+    "teacher_unmatched_mass": at_step("cross", steps).get("teacher_unmatched_mass"),
+    "teacher_top1_shared": at_step("cross", steps).get("teacher_top1_shared"),
     "train_tokens_per_second": {a: rep[a]["train_tokens_per_second"] for a in arms},
     "steps": steps, "tokens": steps * 4 * 128,
     "curves": curves,
@@ -126,6 +134,11 @@ md = ["# Distillation across tokenizers", "",
       f"end at the same byte as a teacher token and carry the cross loss; {out['matched_ids']:,} of the student's "
       f"{out['student_ids']:,} ids spell a piece of the teacher's {out['teacher_ids']:,}; the teacher reads "
       f"{out['teacher_tokens_per_student_token']:.3f} tokens per student token.", "",
+      *( [f"At the aligned validation positions (T = 1, the teacher's top-64): the teacher puts "
+          f"{100 * out['teacher_shared_mass']:.1f}% of its probability on ids the student spells (the KL's buckets), "
+          f"{100 * out['teacher_unmatched_mass']:.1f}% on ids it lacks (the ULD term's), the rest beyond its top 64; "
+          f"its most probable token is one the student spells at {100 * out['teacher_top1_shared']:.1f}% of them.", ""]
+         if out.get("teacher_shared_mass") is not None else []),
       "Bits per byte over training (validation):", "",
       "| step | across tokenizers | same tokenizer | labels only |", "|---:|---:|---:|---:|"]
 by = {a: {e["step"]: e["bits_per_byte"] for e in curves[a]} for a in arms}

@@ -549,6 +549,9 @@ impl CausalLm<'_> {
                 ("val_uld", uld),
                 ("top1_agreement", a),
                 ("aligned_share", share),
+                ("teacher_shared_mass", scores.shared_mass / p),
+                ("teacher_unmatched_mass", scores.unmatched_mass / p),
+                ("teacher_top1_shared", scores.comparable as f64 / p),
             ]);
             summary += &format!(
                 "  KL(shared ids) {kl:.3}  ULD {uld:.3}  top-1 agreement {:.1}%  aligned {:.1}%",

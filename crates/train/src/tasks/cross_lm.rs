@@ -281,12 +281,29 @@ impl<'a> Cross<'a> {
                 agree += usize::from(s == t);
             }
         }
+        // The teacher's mass on its top-k ids that the student spells: what the KL term sees
+        // one id at a time (the rest is one bucket, or the ULD term's).
+        let shared_mass: f64 = batch
+            .targets
+            .matched
+            .rest
+            .iter()
+            .map(|&r| 1.0 - f64::from(r))
+            .sum();
+        let unmatched_mass: f64 = batch
+            .targets
+            .unmatched_sorted
+            .iter()
+            .map(|&p| f64::from(p))
+            .sum();
         Ok(AlignedScores {
             kl: f64::from(v.matched) * n as f64,
             uld: f64::from(v.unmatched) * n as f64,
             positions: n,
             agree,
             comparable,
+            shared_mass,
+            unmatched_mass,
         })
     }
 }
@@ -301,6 +318,10 @@ pub(super) struct AlignedScores {
     /// student's vocabulary spells).
     pub(super) agree: usize,
     pub(super) comparable: usize,
+    /// The teacher's probability on its top-k ids the student spells, and on those it does
+    /// not, summed over positions.
+    pub(super) shared_mass: f64,
+    pub(super) unmatched_mass: f64,
 }
 
 impl AlignedScores {
@@ -310,6 +331,8 @@ impl AlignedScores {
         self.positions += o.positions;
         self.agree += o.agree;
         self.comparable += o.comparable;
+        self.shared_mass += o.shared_mass;
+        self.unmatched_mass += o.unmatched_mass;
     }
 }
 
