@@ -21,6 +21,8 @@ Examples:
   distill eval model.gguf --text moby-dick/chapter_1.txt --max-tokens 2048
   distill eval model.gguf --text moby-dick/chapter_1.txt --ggml   # llama.cpp's exact logits
   distill eval ./my-model-folder --text valid.txt --device cuda:0 --dtype bf16
+  distill generate model.gguf --prompt 'What is a whale?' --chat --max-new-tokens 64
+  distill generate runs/quickstart --prompts prompts.jsonl --temperature 0.7 --top-p 0.9 --json
   distill launch --nproc-per-node 2 -- run configs/quickstart.yaml   # data-parallel, 2 ranks
   distill run configs/spam-minilm.yaml           # fine-tune a classifier teacher, distil a student
   distill eval runs/spam-minilm/student --labelled configs/spam-minilm.yaml --split test
@@ -58,6 +60,9 @@ enum Command {
     /// Perplexity and speed of a causal language model on a text file, or accuracy and
     /// confusion matrix of a classifier on labelled data.
     Eval(commands::eval::Args),
+    /// A model's answers to a prompt (streamed) or a JSONL file of prompts (one batch), plain
+    /// or through its chat template.
+    Generate(commands::generate::Args),
     /// Prune, factorise, share or quantise a model and export it (safetensors, GGUF).
     Compress(commands::compress::Args),
     /// Search the run's trained student for the smallest GGUF artifact within a quality
@@ -100,6 +105,7 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(a) => commands::inspect::inspect(a),
         Command::Tokenize(a) => commands::inspect::tokenize(a),
         Command::Eval(a) => commands::eval::run(a),
+        Command::Generate(a) => commands::generate::run(a),
         Command::Compress(a) => commands::compress::run(a),
         Command::Auto(a) => commands::auto::run(a),
     };

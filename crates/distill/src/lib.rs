@@ -39,6 +39,7 @@ mod data;
 mod env;
 mod error;
 pub mod eval;
+pub mod generate;
 pub mod group;
 pub mod job;
 pub mod models;

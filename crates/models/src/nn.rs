@@ -80,9 +80,15 @@ impl Rope {
 
     /// Rotates `x` of shape `[batch, heads, seq, head_dim]` for positions `0..seq`.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply_at(x, 0)
+    }
+
+    /// [`Rope::apply`] to positions `offset..offset + seq`: the tokens after `offset` cached
+    /// ones.
+    pub fn apply_at(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let (_, _, seq, head_dim) = x.dims4()?;
-        let cos = self.cos.narrow(0, 0, seq)?;
-        let sin = self.sin.narrow(0, 0, seq)?;
+        let cos = self.cos.narrow(0, offset, seq)?;
+        let sin = self.sin.narrow(0, offset, seq)?;
         if let Some(y) = crate::ops::fused_rope(x, &cos, &sin) {
             return y;
         }
@@ -171,6 +177,26 @@ pub fn attention(
     probs
         .to_dtype(v.dtype())?
         .reshape((b, kv_heads, group * s, s))?
+        .matmul(v)?
+        .reshape((b, heads, s, d))
+}
+
+/// Attention of `q` `[b, heads, s, d]` over keys and values `[b, kv_heads, L, d]` (L ≥ s: the
+/// cached ones first) under an additive `bias` `[b, 1, s, L]` that carries causality, padding
+/// and any window: what decoding with a key/value cache runs.
+pub fn attention_over(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (b, heads, s, d) = q.dims4()?;
+    let (kv_heads, l) = (k.dim(1)?, k.dim(2)?);
+    let group = heads / kv_heads;
+    let scale = 1.0 / (d as f64).sqrt();
+    let qg = q.reshape((b, kv_heads, group * s, d))?;
+    let scores = (qg.matmul(&k.t()?)? * scale)?
+        .reshape((b, kv_heads, group, s, l))?
+        .to_dtype(DType::F32)?
+        .broadcast_add(&bias.unsqueeze(1)?)?;
+    crate::ops::softmax_last_dim(&scores)?
+        .to_dtype(v.dtype())?
+        .reshape((b, kv_heads, group * s, l))?
         .matmul(v)?
         .reshape((b, heads, s, d))
 }

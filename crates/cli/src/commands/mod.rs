@@ -4,6 +4,7 @@ pub mod auto;
 pub mod cache_teacher;
 pub mod compress;
 pub mod eval;
+pub mod generate;
 pub mod inspect;
 pub mod launch;
 pub mod run;

@@ -7,7 +7,7 @@ use candle_nn::Init;
 use super::{Activation, LinearSite, LlamaConfig};
 use crate::error::{Result, TensorContext};
 use crate::family::{layer_name, LayerKind};
-use crate::nn::{attention, rms_norm, Rope};
+use crate::nn::{attention, attention_over, rms_norm, Rope};
 use crate::weights::{Linear, Matrix, WeightSource};
 
 /// Receives every linear projection's input, by site.
@@ -97,17 +97,21 @@ impl Block {
         })
     }
 
-    /// The layer's forward pass, handing every linear projection's input to `observe`.
-    pub(super) fn forward_observed(
+    /// The layer on the positions after those in `cache` (their keys and values appended).
+    pub(super) fn forward_cached(
         &self,
         x: &Tensor,
         rope: &Rope,
-        bias: Option<&Tensor>,
-        observe: &mut Observe,
+        bias: &Tensor,
+        cache: &mut Option<(Tensor, Tensor)>,
     ) -> candle_core::Result<Tensor> {
         let h = self.attn_norm.forward(x)?;
-        observe(LinearSite::AttentionInput, &h)?;
-        let a = self.attn.forward(&h, rope, bias, observe)?;
+        let a = self.attn.forward_cached(&h, rope, bias, cache)?;
+        self.finish(x, a, &mut |_, _| Ok(()))
+    }
+
+    /// The residual around attention output `a`, then the feed-forward half.
+    fn finish(&self, x: &Tensor, a: Tensor, observe: &mut Observe) -> candle_core::Result<Tensor> {
         let a = match &self.attn_out_norm {
             Some(n) => n.forward(&a)?,
             None => a,
@@ -121,6 +125,20 @@ impl Block {
             None => m,
         };
         x + m
+    }
+
+    /// The layer's forward pass, handing every linear projection's input to `observe`.
+    pub(super) fn forward_observed(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        bias: Option<&Tensor>,
+        observe: &mut Observe,
+    ) -> candle_core::Result<Tensor> {
+        let h = self.attn_norm.forward(x)?;
+        observe(LinearSite::AttentionInput, &h)?;
+        let a = self.attn.forward(&h, rope, bias, observe)?;
+        self.finish(x, a, observe)
     }
 }
 
@@ -173,13 +191,14 @@ impl Attention {
         })
     }
 
-    fn forward(
+    /// Queries, keys and values of `x` `[b, s, hidden]` as `[b, heads, s, head_dim]`, rotated
+    /// to positions `offset..offset + s`.
+    fn qkv(
         &self,
         x: &Tensor,
         rope: &Rope,
-        bias: Option<&Tensor>,
-        observe: &mut Observe,
-    ) -> candle_core::Result<Tensor> {
+        offset: usize,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let (b, s, _) = x.dims3()?;
         let split = |t: Tensor, heads: usize, norm: Option<&Norm>| -> candle_core::Result<Tensor> {
             let t = t
@@ -191,27 +210,62 @@ impl Attention {
                 None => Ok(t),
             }
         };
-        let q = rope.apply(&split(
-            self.q.forward(x)?,
-            self.heads,
-            self.q_norm.as_ref(),
-        )?)?;
+        let q = rope.apply_at(
+            &split(self.q.forward(x)?, self.heads, self.q_norm.as_ref())?,
+            offset,
+        )?;
         let q = match self.query_scale {
             Some(f) => (q * f)?,
             None => q,
         };
-        let k = rope.apply(&split(
-            self.k.forward(x)?,
-            self.kv_heads,
-            self.k_norm.as_ref(),
-        )?)?;
+        let k = rope.apply_at(
+            &split(self.k.forward(x)?, self.kv_heads, self.k_norm.as_ref())?,
+            offset,
+        )?;
         let v = split(self.v.forward(x)?, self.kv_heads, None)?;
-        let y = attention(&q, &k, &v, bias, true)?;
+        Ok((q, k, v))
+    }
+
+    /// `[b, heads, s, head_dim]` → the output projection's `[b, s, hidden]`.
+    fn output(&self, y: &Tensor, observe: &mut Observe) -> candle_core::Result<Tensor> {
+        let (b, _, s, _) = y.dims4()?;
         let y = y
             .transpose(1, 2)?
             .reshape((b, s, self.heads * self.head_dim))?;
         observe(LinearSite::AttentionOutput, &y)?;
         self.o.forward(&y)
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        bias: Option<&Tensor>,
+        observe: &mut Observe,
+    ) -> candle_core::Result<Tensor> {
+        let (q, k, v) = self.qkv(x, rope, 0)?;
+        let y = attention(&q, &k, &v, bias, true)?;
+        self.output(&y, observe)
+    }
+
+    /// Attention of `x` (the positions after the `cache`d ones) over the cached keys and
+    /// values and its own, under `bias` `[b, 1, s, cached + s]`; appends its keys and values.
+    fn forward_cached(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        bias: &Tensor,
+        cache: &mut Option<(Tensor, Tensor)>,
+    ) -> candle_core::Result<Tensor> {
+        let offset = cache.as_ref().map_or(Ok(0), |(k, _)| k.dim(2))?;
+        let (q, k, v) = self.qkv(x, rope, offset)?;
+        let (k, v) = match cache.take() {
+            Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
+            None => (k, v),
+        };
+        let y = attention_over(&q, &k, &v, bias)?;
+        *cache = Some((k, v));
+        self.output(&y, &mut |_, _| Ok(()))
     }
 }
 

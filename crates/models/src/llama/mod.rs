@@ -18,11 +18,13 @@ use crate::model::ModelOutput;
 use crate::nn::{attention_bias, Rope, MASK_VALUE};
 use crate::weights::{Linear, Matrix, WeightSource};
 
+mod cache;
 mod checks;
 mod config;
 mod layer;
 
 pub use crate::site::LinearSite;
+pub use cache::KvCache;
 pub(crate) use config::json_error_key;
 pub use config::{Activation, LlamaConfig};
 

@@ -21,9 +21,11 @@ use tokenizers::{
 use crate::error::{Result, TeacherError};
 
 mod bytes;
+pub mod chat;
 mod spm;
 
 pub use bytes::Piece;
+pub use chat::Message;
 
 /// What a user needs to know about a tokenizer (shown by `distill inspect`).
 #[derive(Clone, Debug, Serialize)]
