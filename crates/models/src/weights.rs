@@ -167,8 +167,17 @@ pub fn times_transposed(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let rows = x.elem_count() / k.max(1);
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("non-scalar input") = w.dim(0)?;
-    x.reshape((rows, k))?.matmul(&w.t()?)?.reshape(out_dims)
+    let x = x.reshape((rows, k))?;
+    if rows > 1 && rows <= FEW_ROWS && w.device().is_cpu() {
+        // A few rows (decoding steps): `(w · xᵀ)ᵀ`, so that the CPU product packs the few
+        // rows instead of the whole weight matrix on every call.
+        return w.matmul(&x.t()?)?.t()?.contiguous()?.reshape(out_dims);
+    }
+    x.matmul(&w.t()?)?.reshape(out_dims)
 }
+
+/// Rows up to which a CPU product `x · wᵀ` is computed as `(w · xᵀ)ᵀ`.
+const FEW_ROWS: usize = 32;
 
 fn check_shape(source_name: &str, name: &str, expected: &[usize], got: &[usize]) -> Result<()> {
     if expected != got {
