@@ -49,24 +49,16 @@ impl CrossRecords<'_> {
         for rec in out.chunks_mut(rb) {
             layout.encode(&filler, rec);
         }
-        let len = blocks
-            .iter()
-            .map(|&b| set.blocks[b].teacher_ids.len())
-            .max()
-            .unwrap_or(1)
-            .max(1);
-        let mut ids = Vec::with_capacity(blocks.len() * len);
+        let padded = set.padded(blocks, self.vocab.teacher_pad);
+        let len = padded.len;
         let (mut at, mut slots, mut labels) = (vec![], vec![], vec![]);
-        for (bi, &b) in blocks.iter().enumerate() {
-            let t = &set.blocks[b].teacher_ids;
-            ids.extend(t);
-            ids.extend(std::iter::repeat_n(self.vocab.teacher_pad, len - t.len()));
-            for &(sp, tp) in &set.blocks[b].pairs {
-                at.push((bi * len) as u32 + tp);
-                slots.push((bi * (s - 1) + sp as usize, b, sp));
-                labels.push(t.get(tp as usize + 1).copied());
-            }
+        for &(bi, sp, tp) in &padded.pairs {
+            let b = blocks[bi];
+            at.push((bi * len) as u32 + tp);
+            slots.push((bi * (s - 1) + sp as usize, b, sp));
+            labels.push(set.blocks[b].teacher_ids.get(tp as usize + 1).copied());
         }
+        let ids = padded.ids;
         let started = Instant::now();
         let ids = Tensor::from_vec(ids, (blocks.len(), len), self.lm.device())?;
         let (x, head) = teacher_features(self.lm, &ids, &at)?;

@@ -40,6 +40,44 @@ impl CrossSet {
     }
 }
 
+/// The teacher sequences of some blocks as one batch: padded to the longest, and every aligned
+/// pair with its block's place in the batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PaddedTeacher {
+    /// `[blocks × len]`, row-major; padding after each sequence's end (never read: attention
+    /// is causal).
+    pub ids: Vec<u32>,
+    pub len: usize,
+    /// `(place in the batch, student position, teacher position)` of every aligned pair.
+    pub pairs: Vec<(usize, u32, u32)>,
+}
+
+impl CrossSet {
+    /// The teacher sequences of `blocks` padded with `pad`.
+    pub fn padded(&self, blocks: &[usize], pad: u32) -> PaddedTeacher {
+        let len = blocks
+            .iter()
+            .map(|&b| self.blocks[b].teacher_ids.len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let mut out = PaddedTeacher {
+            ids: Vec::with_capacity(blocks.len() * len),
+            len,
+            pairs: vec![],
+        };
+        for (bi, &b) in blocks.iter().enumerate() {
+            let block = &self.blocks[b];
+            out.ids.extend(&block.teacher_ids);
+            out.ids
+                .extend(std::iter::repeat_n(pad, len - block.teacher_ids.len()));
+            out.pairs
+                .extend(block.pairs.iter().map(|&(sp, tp)| (bi, sp, tp)));
+        }
+        out
+    }
+}
+
 /// How the two vocabularies meet: the ids whose strings both spell.
 #[derive(Clone, Debug)]
 pub struct CrossVocab {

@@ -12,7 +12,7 @@ mod labelled;
 mod pack;
 mod split;
 
-pub use cross::{CrossBlock, CrossSet, CrossVocab};
+pub use cross::{CrossBlock, CrossSet, CrossVocab, PaddedTeacher};
 pub use documents::{load_documents, DataError, Document, DocumentSource};
 pub use email::{email_text, EmailOptions, EmailText, Undecodable};
 pub use encode::{encode_examples, EncodedSet};

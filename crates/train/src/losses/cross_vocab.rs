@@ -14,6 +14,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 use distill_cache::{TopK, TopKRow, PAD_LOGP};
+use distill_models::ops::rows::largest;
 use rayon::prelude::*;
 
 use super::top_k::{top_k_kl, TopKTensors};
@@ -144,19 +145,6 @@ fn sorted_l1(
     }
     let target = Tensor::from_slice(&t.unmatched_sorted, (n, k), device)?;
     (sorted - target)?.abs()?.sum(D::Minus1)?.mean_all()
-}
-
-/// Indices of the `k` largest values of `row`, largest first (ties by lower index).
-fn largest(row: &[f32], k: usize) -> Vec<u32> {
-    let k = k.min(row.len());
-    let by_value = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
-    if k < idx.len() {
-        idx.select_nth_unstable_by(k - 1, by_value);
-        idx.truncate(k);
-    }
-    idx.sort_unstable_by(by_value);
-    idx
 }
 
 #[cfg(test)]

@@ -100,25 +100,15 @@ impl<'a> Cross<'a> {
         s: usize,
         device: &Device,
     ) -> Result<TeacherBatch, TrainError> {
-        let len = blocks
+        let padded = set.padded(blocks, self.setup.vocab.teacher_pad);
+        let len = padded.len;
+        let (student_rows, teacher_rows) = padded
+            .pairs
             .iter()
-            .map(|&i| set.blocks[i].teacher_ids.len())
-            .max()
-            .unwrap_or(1)
-            .max(1);
-        let (mut ids, mut teacher_rows, mut student_rows) = (vec![], vec![], vec![]);
-        for (bi, &i) in blocks.iter().enumerate() {
-            let block = &set.blocks[i];
-            ids.extend(&block.teacher_ids);
-            let pad = self.setup.vocab.teacher_pad;
-            ids.extend(std::iter::repeat_n(pad, len - block.teacher_ids.len()));
-            for &(sp, tp) in &block.pairs {
-                student_rows.push((bi * s) as u32 + sp);
-                teacher_rows.push((bi * len) as u32 + tp);
-            }
-        }
-        let ids =
-            Tensor::from_vec(ids, (blocks.len(), len), device).ctx(|| "teacher batch".into())?;
+            .map(|&(bi, sp, tp)| ((bi * s) as u32 + sp, (bi * len) as u32 + tp))
+            .unzip();
+        let ids = Tensor::from_vec(padded.ids, (blocks.len(), len), device)
+            .ctx(|| "teacher batch".into())?;
         Ok(TeacherBatch {
             ids,
             len,
