@@ -76,3 +76,23 @@ pub fn free_port() -> u16 {
         .expect("a free port")
         .port()
 }
+
+/// `loss`, `hard` and `soft` of every training step a run logged in its `metrics.jsonl`.
+pub fn loss_parts(run_dir: &std::path::Path) -> Vec<[f64; 3]> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| ["loss", "hard", "soft"].map(|k| v[k].as_f64().unwrap()))
+        .collect()
+}
+
+/// The largest difference between two runs' [`loss_parts`], step by step (same step count).
+pub fn max_loss_gap(a: &[[f64; 3]], b: &[[f64; 3]]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(u, v)| (u - v).abs()))
+        .fold(0.0, f64::max)
+}

@@ -10,6 +10,8 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
+use common::{loss_parts, max_loss_gap};
+
 use std::path::{Path, PathBuf};
 
 use common::tiny::{
@@ -72,24 +74,6 @@ fn refusal(root: &Path, name: &str, distill: &str, student: &str) -> String {
     }
 }
 
-fn losses(run_dir: &Path) -> Vec<[f64; 3]> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "train")
-        .map(|v| ["loss", "hard", "soft"].map(|k| v[k].as_f64().unwrap()))
-        .collect()
-}
-
-fn max_gap(a: &[[f64; 3]], b: &[[f64; 3]]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .flat_map(|(x, y)| x.iter().zip(y).map(|(u, v)| (u - v).abs()))
-        .fold(0.0, f64::max)
-}
-
 #[test]
 fn cross_with_the_teachers_own_tokenizer_distils_as_strict() {
     let tmp = setup();
@@ -112,9 +96,9 @@ fn cross_with_the_teachers_own_tokenizer_distils_as_strict() {
         ),
         &RunOptions::default(),
     );
-    let (ls, lc) = (losses(&strict.run_dir), losses(&cross.run_dir));
+    let (ls, lc) = (loss_parts(&strict.run_dir), loss_parts(&cross.run_dir));
     assert_eq!(ls.len(), 3);
-    let gap = max_gap(&ls, &lc);
+    let gap = max_loss_gap(&ls, &lc);
     eprintln!("cross with the teacher's own tokenizer vs strict: max loss gap {gap:.2e}");
     assert!(gap < 1e-5, "{ls:?} vs {lc:?}");
     let report = cross.report.unwrap();
@@ -375,7 +359,10 @@ fn a_cross_run_trains_from_its_teacher_cache_as_online() {
     let made = distill::teacher_cache::cache_teacher(&cfg, &RunOptions::default()).unwrap();
     assert!(made.manifest.complete);
     let from_cache = lm_run(&Job::CausalLm(cfg), &RunOptions::default());
-    let gap = max_gap(&losses(&online.run_dir), &losses(&from_cache.run_dir));
+    let gap = max_loss_gap(
+        &loss_parts(&online.run_dir),
+        &loss_parts(&from_cache.run_dir),
+    );
     eprintln!("cross run from its teacher cache vs online: max loss gap {gap:.2e}");
     assert!(gap < 1e-4, "{gap}");
     // A cache made over the teacher's own blocks (a strict run's) is not this run's.
@@ -429,7 +416,7 @@ fn a_trimmed_student_vocabulary_distils_across_tokenizers() {
     assert!(kept < v, "kept {kept} of {v}");
     assert_eq!((x.student_ids, x.matched, x.teacher_ids), (kept, kept, v));
     assert_eq!(x.aligned_share_train, 1.0);
-    assert!(losses(&trimmed.run_dir)
+    assert!(loss_parts(&trimmed.run_dir)
         .iter()
         .all(|l| l.iter().all(|x| x.is_finite())));
     let exported: serde_json::Value = serde_json::from_str(

@@ -6,6 +6,8 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
+use common::{loss_parts, max_loss_gap};
+
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -109,24 +111,6 @@ fn run_on(root: &Path, teacher: &str, name: &str, vocab: &str) -> distill::causa
     run_on_with(root, teacher, name, vocab, "")
 }
 
-fn losses(run_dir: &Path) -> Vec<[f64; 3]> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "train")
-        .map(|v| ["loss", "hard", "soft"].map(|k| v[k].as_f64().unwrap()))
-        .collect()
-}
-
-fn max_gap(a: &[[f64; 3]], b: &[[f64; 3]]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .flat_map(|(x, y)| x.iter().zip(y).map(|(u, v)| (u - v).abs()))
-        .fold(0.0, f64::max)
-}
-
 #[test]
 fn a_padded_head_distils_as_the_unpadded_one_under_shared() {
     let tmp = tempfile::tempdir().unwrap();
@@ -138,18 +122,18 @@ fn a_padded_head_distils_as_the_unpadded_one_under_shared() {
     let strict = run_on(tmp.path(), "padded", "strict", "");
 
     let (le, ls, lt) = (
-        losses(&exact.run_dir),
-        losses(&shared.run_dir),
-        losses(&strict.run_dir),
+        loss_parts(&exact.run_dir),
+        loss_parts(&shared.run_dir),
+        loss_parts(&strict.run_dir),
     );
     assert_eq!(le.len(), 3);
-    let gap = max_gap(&le, &ls);
+    let gap = max_loss_gap(&le, &ls);
     assert!(
         gap < 1e-6,
         "shared differs from the unpadded teacher's run by {gap}: {le:?} vs {ls:?}"
     );
     // Under strict the student copies the padding rows and learns them: not the same run.
-    assert!(max_gap(&le, &lt) > 1e-3, "{le:?} vs {lt:?}");
+    assert!(max_loss_gap(&le, &lt) > 1e-3, "{le:?} vs {lt:?}");
 
     let tokens = tiny_tokenizer().get_vocab_size(true);
     let report = shared.report.unwrap();
@@ -168,7 +152,7 @@ fn a_padded_head_distils_as_the_unpadded_one_under_shared() {
     let mass = s.teacher_mass_outside.unwrap();
     eprintln!(
         "shared vs unpadded: max loss gap {gap:.2e}; strict vs unpadded {:.2e}; teacher mass on the padding {mass:.4}",
-        max_gap(&le, &lt)
+        max_loss_gap(&le, &lt)
     );
     assert!(mass > 0.01 && mass < 1.0, "mass outside {mass}");
     assert!(s.mass_positions > 0);
@@ -250,7 +234,7 @@ fn a_student_tokenizer_with_the_same_pieces_under_other_ids_distils_as_the_teach
         ", vocab: shared",
         &format!(", tokenizer: {}", own.display()),
     );
-    let gap = max_gap(&losses(&exact.run_dir), &losses(&permuted.run_dir));
+    let gap = max_loss_gap(&loss_parts(&exact.run_dir), &loss_parts(&permuted.run_dir));
     eprintln!("permuted student ids vs the teacher's: max loss gap {gap:.2e}");
     // The same function under relabelled ids: only the order of sums differs.
     assert!(gap < 1e-5, "{gap}");
@@ -264,7 +248,10 @@ fn a_student_tokenizer_with_the_same_pieces_under_other_ids_distils_as_the_teach
         ", vocab: shared",
         &format!(", tokenizer: {}", tmp.path().join("exact").display()),
     );
-    let gap = max_gap(&losses(&exact.run_dir), &losses(&from_folder.run_dir));
+    let gap = max_loss_gap(
+        &loss_parts(&exact.run_dir),
+        &loss_parts(&from_folder.run_dir),
+    );
     assert!(gap < 1e-6, "{gap}");
     // The exported student carries its own tokenizer.
     let exported =

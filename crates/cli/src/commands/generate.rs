@@ -49,14 +49,6 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        a.temperature.is_finite() && a.temperature >= 0.0,
-        "--temperature must be 0 (greedy) or positive, got {}",
-        a.temperature
-    );
-    if let Some(p) = a.top_p {
-        anyhow::ensure!(p > 0.0 && p <= 1.0, "--top-p must be in (0, 1], got {p}");
-    }
     let prompts = match (&a.prompt, &a.prompts) {
         (Some(p), _) => vec![Prompt::Text { prompt: p.clone() }],
         (None, Some(file)) => read_prompts(file)?,

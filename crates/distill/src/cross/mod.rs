@@ -58,14 +58,21 @@ pub struct CrossRun {
     pub stats: CrossStats,
 }
 
-/// The pieces of `t`, or the error saying why a tokenizer cannot be aligned by bytes.
-pub fn pieces_of(t: &LoadedTokenizer, side: &str) -> Result<Vec<Piece>> {
-    t.pieces().ok_or_else(|| {
-        Error::Invalid(format!(
-            "distill.vocab: cross: the {side}'s tokenizer ({}) does not say which bytes its pieces spell — its decoder is neither byte-level nor SentencePiece — so its tokens have no byte offsets to align by",
-            t.info.kind
-        ))
-    })
+/// Refuses a tokenizer whose pieces do not say their bytes, saying why it cannot be aligned.
+pub fn check_spells_bytes(t: &LoadedTokenizer, side: &str) -> Result<()> {
+    if t.spells_bytes() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "distill.vocab: cross: the {side}'s tokenizer ({}) does not say which bytes its pieces spell — its decoder is neither byte-level nor SentencePiece — so its tokens have no byte offsets to align by",
+        t.info.kind
+    )))
+}
+
+/// The pieces of `t`, or the error of [`check_spells_bytes`].
+fn pieces_of(t: &LoadedTokenizer, side: &str) -> Result<Vec<Piece>> {
+    check_spells_bytes(t, side)?;
+    Ok(t.pieces().expect("checked: the tokenizer spells bytes"))
 }
 
 /// Meets the vocabularies and aligns every block of `train` and `valid`.

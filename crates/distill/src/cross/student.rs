@@ -9,7 +9,7 @@ use distill_teacher::{
 };
 use distill_train::data::{BlockSet, Split};
 
-use super::{for_run, pieces_of, CrossRun, CrossSides};
+use super::{check_spells_bytes, for_run, CrossRun, CrossSides};
 use crate::data::{build_data_from, separator_id};
 use crate::error::{Context, Result};
 use crate::job::RunConfig;
@@ -66,8 +66,8 @@ pub fn student_data(
         (None, None) => unreachable!("checked with the config: cross names a student tokenizer"),
     };
     // Both tokenizers must say what bytes their pieces spell before anything is packed.
-    pieces_of(&own, "student")?;
-    pieces_of(teacher.tokenizer, "teacher")?;
+    check_spells_bytes(&own, "student")?;
+    check_spells_bytes(teacher.tokenizer, "teacher")?;
     let base_cfg = match &base {
         Some(b) => b.config.clone(),
         None => LlamaConfig {

@@ -184,37 +184,13 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
     let teacher = Teacher::load(&source, &load)?;
     let (lm, lcfg) = teacher.language_model().context("teacher.source")?;
     let vocab = lcfg.vocab_size;
-    // Across tokenizers the blocks are the student's, aligned with the teacher's tokens.
-    let cross = match cfg.distill.vocab {
-        VocabMode::Cross => Some(student_data(
-            cfg,
-            &load,
-            &TeacherFacts {
-                tokenizer: &teacher.tokenizer,
-                config: lcfg,
-                name: source.to_string(),
-            },
-            &split_run_documents(cfg)?,
-        )?),
-        _ => None,
-    };
-    let (train, valid) = match &cross {
-        Some(d) => (d.train.clone(), d.valid.clone()),
-        None => build_data(cfg, &teacher.tokenizer, vocab)?,
-    };
+    let CacheData {
+        train,
+        valid,
+        identity,
+        cross,
+    } = cache_data(cfg, &load, &teacher, &source)?;
     let (tr, va) = blocks_the_run_reads(cfg, &train, &valid);
-    let identity = match &cross {
-        Some(d) => run_identity_across(
-            cfg,
-            &teacher.files,
-            &teacher.tokenizer,
-            d.vocab
-                .as_ref()
-                .map_or(&d.cross.tokenizer, |v| &v.tokenizer),
-            &load,
-        )?,
-        None => run_identity(cfg, &teacher.files, &teacher.tokenizer, &load)?,
-    };
     let layout = Layout::new(c.top_k(), vocab, c.logprob_bits())
         .and_then(|l| l.with_tail_samples(c.tail_samples()))
         .context("teacher.cache")?;
@@ -274,7 +250,7 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
         world,
         stage: "cache-teacher",
         observer: opts.observer,
-        cross: cross.as_ref().map(|d| &d.cross.run),
+        cross: cross.as_ref(),
     };
     let done = (tr.len() + va.len() - pending) as u64;
     opts.observer.event(&Event::Started {
@@ -315,6 +291,51 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
         positions,
         seconds: started.elapsed().as_secs_f64(),
         interrupted: made.interrupted,
+    })
+}
+
+/// What a cache is made over: the run's blocks — across tokenizers the student's, with their
+/// alignment to the teacher's tokens — and what the cached targets depend on.
+struct CacheData {
+    train: BlockSet,
+    valid: BlockSet,
+    identity: Identity,
+    cross: Option<CrossRun>,
+}
+
+/// The blocks and identity of `cfg`'s cache for `teacher`.
+fn cache_data(
+    cfg: &RunConfig,
+    load: &LoadOptions,
+    teacher: &Teacher,
+    source: &TeacherSource,
+) -> Result<CacheData> {
+    let (_, lcfg) = teacher.language_model().context("teacher.source")?;
+    if cfg.distill.vocab != VocabMode::Cross {
+        let (train, valid) = build_data(cfg, &teacher.tokenizer, lcfg.vocab_size)?;
+        return Ok(CacheData {
+            train,
+            valid,
+            identity: run_identity(cfg, &teacher.files, &teacher.tokenizer, load)?,
+            cross: None,
+        });
+    }
+    let facts = TeacherFacts {
+        tokenizer: &teacher.tokenizer,
+        config: lcfg,
+        name: source.to_string(),
+    };
+    let d = student_data(cfg, load, &facts, &split_run_documents(cfg)?)?;
+    let student = d
+        .vocab
+        .as_ref()
+        .map_or(&d.cross.tokenizer, |v| &v.tokenizer);
+    let identity = run_identity_across(cfg, &teacher.files, &teacher.tokenizer, student, load)?;
+    Ok(CacheData {
+        train: d.train,
+        valid: d.valid,
+        identity,
+        cross: Some(d.cross.run),
     })
 }
 

@@ -144,6 +144,22 @@ fn check(model: &Llama, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<
     if opts.max_new_tokens == 0 {
         return refuse("max_new_tokens", "must be at least 1".into());
     }
+    let sampling = &opts.sampling;
+    if !(sampling.temperature.is_finite() && sampling.temperature >= 0.0) {
+        return refuse(
+            "temperature",
+            format!(
+                "must be 0 (greedy) or positive, got {}",
+                sampling.temperature
+            ),
+        );
+    }
+    if let Some(p) = sampling.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+        return refuse("top_p", format!("must be in (0, 1], got {p}"));
+    }
+    if sampling.top_k == Some(0) {
+        return refuse("top_k", "must be at least 1".into());
+    }
     if prompts.is_empty() {
         return refuse("prompts", "no prompt to answer".into());
     }

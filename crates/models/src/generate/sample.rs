@@ -52,22 +52,12 @@ impl Sampler {
             return argmax(logits);
         }
         let inv_t = 1.0 / self.cfg.temperature;
-        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
         let k = self
             .cfg
             .top_k
             .unwrap_or(logits.len())
             .clamp(1, logits.len());
-        let by_logit = |a: &u32, b: &u32| {
-            logits[*b as usize]
-                .total_cmp(&logits[*a as usize])
-                .then(a.cmp(b))
-        };
-        if k < order.len() {
-            order.select_nth_unstable_by(k - 1, by_logit);
-            order.truncate(k);
-        }
-        order.sort_unstable_by(by_logit);
+        let mut order = crate::ops::rows::largest(logits, k);
         let top = f64::from(logits[order[0] as usize]);
         let mut p: Vec<f64> = order
             .iter()

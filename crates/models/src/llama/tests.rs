@@ -355,4 +355,24 @@ fn generation_refuses_what_it_cannot_do() {
     assert!(err(vec![vec![1]], 0).contains("max_new_tokens"));
     assert!(err(vec![vec![1; 60]], 10).contains("context of 64"));
     assert!(err(vec![vec![]], 3).contains("no tokens"));
+    let sampled = |sampling: Sampling| {
+        let o = GenerateOptions {
+            sampling,
+            ..opts(3)
+        };
+        generate(&m, &[vec![1]], &o, &mut |_, _| false)
+            .unwrap_err()
+            .to_string()
+    };
+    let bad = |t, k, p| Sampling {
+        temperature: t,
+        top_k: k,
+        top_p: p,
+        seed: 0,
+    };
+    assert!(sampled(bad(-1.0, None, None)).contains("temperature"));
+    assert!(sampled(bad(f64::NAN, None, None)).contains("temperature"));
+    assert!(sampled(bad(1.0, Some(0), None)).contains("top_k"));
+    assert!(sampled(bad(1.0, None, Some(1.5))).contains("top_p"));
+    assert!(sampled(bad(1.0, None, Some(0.0))).contains("top_p"));
 }

@@ -40,11 +40,11 @@ pub fn exp(x: f32) -> f32 {
 /// selection top-k sampling and sorted-probability losses make.
 pub fn largest(row: &[f32], k: usize) -> Vec<u32> {
     let k = k.min(row.len());
-    let by_value = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
     if k == 0 {
         return vec![];
     }
+    let by_value = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
     if k < idx.len() {
         idx.select_nth_unstable_by(k - 1, by_value);
         idx.truncate(k);

@@ -1,5 +1,6 @@
-//! How many bytes of text each token id stands for, so that a score can be normalised per
-//! byte: perplexities of models whose tokenizers differ are not comparable, bits per byte are.
+//! What bytes of text each token id stands for: the units two tokenisations are aligned by,
+//! and their count, so that a score can be normalised per byte (perplexities of models whose
+//! tokenizers differ are not comparable, bits per byte are).
 //!
 //! Read from the vocabulary by the decoder's scheme: byte-level BPE (every character of a piece
 //! is one byte), SentencePiece (`▁` is a space, `<0xNN>` one byte); other pieces by decoding
@@ -34,31 +35,20 @@ fn scheme(decoder: Option<&DecoderWrapper>) -> Scheme {
     }
 }
 
-/// The bytes of text each id of `t` stands for, by id.
+/// The bytes of text each id of `t` stands for, by id: its [`pieces`]' lengths, or, for a
+/// decoder whose pieces do not say their bytes, the length of each id decoded alone.
 pub(super) fn byte_lengths(t: &Tokenizer) -> Vec<u32> {
-    let scheme = scheme(t.get_decoder());
+    if let Some(pieces) = pieces(t) {
+        return pieces.iter().map(|p| p.bytes().len() as u32).collect();
+    }
     let added = t.get_added_tokens_decoder();
     (0..t.get_vocab_size(true) as u32)
         .map(|id| match added.get(&id) {
             Some(tok) if tok.special => 0,
             Some(tok) => tok.content.len() as u32,
-            None => t
-                .id_to_token(id)
-                .map_or(0, |piece| piece_bytes(t, scheme, id, &piece)),
+            None => t.decode(&[id], false).map_or(0, |s| s.len() as u32),
         })
         .collect()
-}
-
-fn piece_bytes(t: &Tokenizer, scheme: Scheme, id: u32, piece: &str) -> u32 {
-    match scheme {
-        Scheme::ByteLevel => piece.chars().count() as u32,
-        Scheme::SentencePiece if is_byte_piece(piece) => 1,
-        Scheme::SentencePiece => piece
-            .chars()
-            .map(|c| if c == SPACE { 1 } else { c.len_utf8() })
-            .sum::<usize>() as u32,
-        Scheme::Decode => t.decode(&[id], false).map_or(0, |s| s.len() as u32),
-    }
 }
 
 /// What one id of a vocabulary spells.
@@ -88,10 +78,10 @@ impl Piece {
 /// SentencePiece, whose pieces say their bytes (a decoder that rewrites text, as WordPiece's
 /// `##`, does not).
 pub(super) fn pieces(t: &Tokenizer) -> Option<Vec<Piece>> {
-    let scheme = scheme(t.get_decoder());
-    if scheme == Scheme::Decode {
+    if !spells_bytes(t) {
         return None;
     }
+    let scheme = scheme(t.get_decoder());
     let added = t.get_added_tokens_decoder();
     let to_byte = byte_of_char();
     let pieces = (0..t.get_vocab_size(true) as u32)
@@ -116,6 +106,11 @@ pub(super) fn pieces(t: &Tokenizer) -> Option<Vec<Piece>> {
         })
         .collect();
     Some(pieces)
+}
+
+/// Whether `t`'s pieces say their bytes ([`pieces`] would give them), read off its decoder alone.
+pub(super) fn spells_bytes(t: &Tokenizer) -> bool {
+    scheme(t.get_decoder()) != Scheme::Decode
 }
 
 /// Byte-level BPE's alphabet read backwards: the character standing for each byte (GPT-2's

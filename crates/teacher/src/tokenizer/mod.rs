@@ -92,6 +92,11 @@ impl LoadedTokenizer {
         bytes::pieces(&self.tokenizer)
     }
 
+    /// Whether [`LoadedTokenizer::pieces`] would say each id's bytes (without building them).
+    pub fn spells_bytes(&self) -> bool {
+        bytes::spells_bytes(&self.tokenizer)
+    }
+
     /// Text of `ids`, special tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer

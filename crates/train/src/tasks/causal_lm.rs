@@ -327,6 +327,27 @@ impl CausalLm<'_> {
 }
 
 impl CausalLm<'_> {
+    /// The student on validation blocks `blocks`: their ids `[c, s]`, its logits (detached)
+    /// and its next-token NLL — what every evaluation begins with.
+    fn student_on_valid(&self, blocks: &[usize]) -> Result<(Tensor, Tensor, NllSum), TrainError> {
+        let s = self.valid.block_size;
+        let ids: Vec<u32> = blocks
+            .iter()
+            .flat_map(|&i| self.valid.blocks[i].iter().copied())
+            .collect();
+        let ids = Tensor::from_vec(ids, (blocks.len(), s), &self.device)
+            .ctx(|| "validation batch".into())?;
+        let logits = self
+            .student
+            .run(&Input::new(&ids))
+            .map_err(|e| TrainError::Invalid(format!("student forward (eval): {e}")))?
+            .logits
+            .detach();
+        let nll = next_token_nll(&logits, &ids, &vec![s; blocks.len()])
+            .ctx(|| "validation NLL".into())?;
+        Ok((ids, logits, nll))
+    }
+
     /// The loss against the cached targets of `blocks` (whose tokens are `ids`).
     fn loss_from_cache(
         &self,
@@ -385,20 +406,9 @@ impl CausalLm<'_> {
         let (mut kl_sum, mut agree, mut count, mut teacher_nll) = (0f64, 0usize, 0usize, 0f64);
         let indices: Vec<usize> = (0..n).collect();
         for blocks in indices.chunks(bs) {
-            let ids: Vec<u32> = blocks
-                .iter()
-                .flat_map(|&i| self.valid.blocks[i].iter().copied())
-                .collect();
             let c = blocks.len();
-            let ids =
-                Tensor::from_vec(ids, (c, s), &self.device).ctx(|| "validation batch".into())?;
-            let logits = self
-                .student
-                .run(&Input::new(&ids))
-                .map_err(|e| TrainError::Invalid(format!("student forward (eval): {e}")))?
-                .logits
-                .detach();
-            nll.add(next_token_nll(&logits, &ids, &vec![s; c]).ctx(|| "validation NLL".into())?);
+            let (_, logits, batch_nll) = self.student_on_valid(blocks)?;
+            nll.add(batch_nll);
             let targets = cache
                 .rows("valid", blocks)
                 .map_err(|e| TrainError::Invalid(format!("teacher cache: {e}")))?;
@@ -511,22 +521,8 @@ impl CausalLm<'_> {
         let mut nll = NllSum::default();
         let mut scores = AlignedScores::default();
         for (bi, blocks) in batches.iter().enumerate() {
-            let ids: Vec<u32> = blocks
-                .iter()
-                .flat_map(|&i| self.valid.blocks[i].iter().copied())
-                .collect();
-            let ids = Tensor::from_vec(ids, (blocks.len(), s), &device)
-                .ctx(|| "validation batch".into())?;
-            let logits = self
-                .student
-                .run(&Input::new(&ids))
-                .map_err(|e| TrainError::Invalid(format!("student forward (eval): {e}")))?
-                .logits
-                .detach();
-            nll.add(
-                next_token_nll(&logits, &ids, &vec![s; blocks.len()])
-                    .ctx(|| "validation NLL".into())?,
-            );
+            let (_, logits, batch_nll) = self.student_on_valid(blocks)?;
+            nll.add(batch_nll);
             if has_teacher {
                 scores.add(
                     self.cross
@@ -692,18 +688,11 @@ impl Task for CausalLm<'_> {
         let (mut kl_sum, mut agree, mut count) = (0f64, 0usize, 0usize);
         let fill_cache = self.teacher_cache.is_none() && self.teacher.is_some();
         let mut cache = self.teacher_cache.take();
-        for (bi, chunk) in self.valid.blocks[..n].chunks(bs).enumerate() {
-            let ids: Vec<u32> = chunk.iter().flatten().copied().collect();
-            let ids = Tensor::from_vec(ids, (chunk.len(), s), &self.device)
-                .ctx(|| "validation batch".into())?;
-            let logits = self
-                .student
-                .run(&Input::new(&ids))
-                .map_err(|e| TrainError::Invalid(format!("student forward (eval): {e}")))?
-                .logits
-                .detach();
+        let indices: Vec<usize> = (0..n).collect();
+        for (bi, chunk) in indices.chunks(bs).enumerate() {
+            let (ids, logits, batch_nll) = self.student_on_valid(chunk)?;
             let lengths = vec![s; chunk.len()];
-            nll.add(next_token_nll(&logits, &ids, &lengths).ctx(|| "validation NLL".into())?);
+            nll.add(batch_nll);
             if let Some(teacher) = self.teacher {
                 if fill_cache {
                     let input = Input::new(&ids);
