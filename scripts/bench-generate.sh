@@ -103,17 +103,20 @@ m = doc["meta"]
 md = ["# Generation speed", "",
       f"SmolLM2-135M-Instruct Q4_1 GGUF, greedy, 64 new tokens, 2 threads, {cpu}; `distill generate` and llama.cpp "
       f"(llama-cpp-python, f16 K/V cache, its defaults) side by side in one run, medians of 3. Produced by "
-      f"`scripts/bench-generate.sh` on {m['date']} (commit {m['commit']}). Speeds hold for this machine only; compare ratios.", "",
-      "| | prefill tokens/s (batch 1) | decode tokens/s (batch 1) | batch 8 new tokens/s | batch 32 new tokens/s |",
+      f"`scripts/bench-generate.sh` on {m['date']} (commit {m['commit']}).", "",
+      "Every speed is a ratio to llama.cpp's batch-1 figure of the same kind (prefill: prompt tokens per second; "
+      "decode and batched: new tokens per second), measured in the same run; the absolute figures are in the JSON "
+      "and hold only for this machine.", "",
+      "| | prefill (batch 1) | decode (batch 1) | batch 8, new tokens | batch 32, new tokens |",
       "|---|---:|---:|---:|---:|",
-      f"| llama.cpp | {lp:.0f} | {ld:.1f} | | |"]
+      "| llama.cpp | 1.00× | 1.00× | | |"]
 for mode in ("quantized", "dequantized"):
-    o = lambda b, k: f"{ours[(mode, b)][k]:.1f}" if (mode, b) in ours else "—"
-    md.append(f"| distill, {mode} | {o(1, 'prefill_tokens_per_second')} | {o(1, 'decode_tokens_per_second')} | "
-              f"{o(8, 'tokens_per_second')} | {o(32, 'tokens_per_second')} |")
+    o = lambda b, k, base: f"{ours[(mode, b)][k] / base:.2f}×" if (mode, b) in ours else "—"
+    md.append(f"| distill, {mode} | {o(1, 'prefill_tokens_per_second', lp)} | {o(1, 'decode_tokens_per_second', ld)} | "
+              f"{o(8, 'tokens_per_second', ld)} | {o(32, 'tokens_per_second', ld)} |")
 md += ["", f"decode_ratio (distill {best} / llama.cpp, batch 1): **{doc['decode_ratio']:.2f}**; prefill_ratio: "
        f"**{doc['prefill_ratio']:.2f}**. Batched figures count every sequence's new tokens over the whole call "
-       "(prefill included)."]
+       "(prefill included), against llama.cpp's batch-1 decode."]
 open("docs/results/generate.md.tmp", "w").write("\n".join(md) + "\n")
 os.replace("docs/results/generate.md.tmp", "docs/results/generate.md")
 print("\n".join(md))
