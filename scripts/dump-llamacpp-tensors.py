@@ -6,7 +6,10 @@ node into a safetensors file under the node's name (`attn_norm-0`, `Qcur-0`, `kq
 a name computed more than once gets `#1`, `#2`, ... in order). Compare a layer of distill's
 llama.cpp-compatible CPU path against these to find the first op that differs, bit for bit.
 
-  $HOME/.cache/distill/ref-venv/bin/python scripts/dump-llamacpp-tensors.py MODEL.gguf OUT.safetensors 'prompt text'
+  $HOME/.cache/distill/ref-venv/bin/python scripts/dump-llamacpp-tensors.py MODEL.gguf OUT.safetensors 'prompt text' [NODE ...]
+
+With node names after the prompt, only those nodes (and the ids) are kept: how
+tests/fixtures/gemma3-layer0-nodes.safetensors was made (see crates/models/tests/ggml_gemma3.rs).
 
 Uses the same settings as scripts/ref-llamacpp.py (f32 KV cache, no flash attention, 2 threads).
 Not used by tests; the fixtures those use are made by ref-llamacpp.py.
@@ -47,6 +50,7 @@ GGML_TYPE_F32 = 0
 
 def main() -> None:
     model_path, out_path, text = sys.argv[1], sys.argv[2], sys.argv[3]
+    keep = set(sys.argv[4:])
     llama_cpp.llama_backend_init()
     mparams = llama_cpp.llama_model_default_params()
     mparams.n_gpu_layers = 0
@@ -101,6 +105,11 @@ def main() -> None:
     batch.n_tokens = n
     if llama_cpp.llama_decode(ctx, batch) != 0:
         raise SystemExit("llama_decode failed")
+    if keep:
+        missing = keep - dumped.keys()
+        if missing:
+            raise SystemExit(f"not in llama.cpp's graph: {sorted(missing)}")
+        dumped = {k: v for k, v in dumped.items() if k in keep}
     dumped["ids"] = np.array(ids, dtype=np.int64)
     save_file(dumped, out_path)
     print(f"{len(dumped)} tensors, {n} tokens -> {out_path}")

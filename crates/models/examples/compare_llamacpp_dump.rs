@@ -9,14 +9,14 @@
 
 use std::path::Path;
 
-use distill_models::{GgmlLlama, GgufFile};
+use distill_models::{GgmlDecoder, GgufFile};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let [_, model, dump] = args.as_slice() else {
         return Err("usage: compare_llamacpp_dump MODEL.gguf DUMP.safetensors".into());
     };
-    let model = GgmlLlama::load(&GgufFile::open(Path::new(model))?)?;
+    let model = GgmlDecoder::load(&GgufFile::open(Path::new(model))?)?;
     let bytes = std::fs::read(dump)?;
     let st = safetensors::SafeTensors::deserialize(&bytes)?;
     let ids: Vec<u32> = st

@@ -36,7 +36,7 @@ pub use bert::{Bert, BertConfig, BertOutput};
 pub use bert_classifier::{encoder_prefix, BertClassifier, Pooling};
 pub use error::{ModelError, Result};
 pub use family::Family;
-pub use ggml_cpu::GgmlLlama;
+pub use ggml_cpu::GgmlDecoder;
 pub use gguf::{GgufFile, GgufMode, GgufWeights};
 pub use llama::{Activation, KvCache, LinearSite, Llama, LlamaConfig};
 pub use model::{pad_batch, Features, Input, Model, ModelOutput, Padded};

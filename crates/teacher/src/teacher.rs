@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use distill_models::{
-    pad_batch as pad_rows, ArchConfig, Bert, GgmlLlama, GgufFile, GgufMode, GgufWeights, Input,
+    pad_batch as pad_rows, ArchConfig, Bert, GgmlDecoder, GgufFile, GgufMode, GgufWeights, Input,
     Llama, LlamaConfig, Model, SafetensorsWeights, WeightSource,
 };
 
@@ -63,7 +63,7 @@ pub enum GgufCompute {
     Quantized,
     /// Dequantised to dense matrices (fastest on CPU; no activation quantisation).
     Dequantized,
-    /// With llama.cpp's CPU arithmetic ([`GgmlLlama`]): the logits llama.cpp computes from the
+    /// With llama.cpp's CPU arithmetic ([`GgmlDecoder`]): the logits llama.cpp computes from the
     /// same file, bit for bit. CPU only; `llama` architecture with `Q4_1`/`Q8_0` matrices.
     Ggml,
 }
@@ -261,7 +261,7 @@ impl TeacherConfig {
 pub enum TeacherModel {
     Llama(Llama),
     /// A GGUF decoder run with llama.cpp's CPU arithmetic.
-    Ggml(GgmlLlama),
+    Ggml(GgmlDecoder),
     Bert(Bert),
 }
 
@@ -374,7 +374,7 @@ impl Teacher {
                                 ),
                             });
                         }
-                        TeacherModel::Ggml(GgmlLlama::load(&GgufFile::open(path)?)?)
+                        TeacherModel::Ggml(GgmlDecoder::load(&GgufFile::open(path)?)?)
                     }
                     mode => {
                         let mode = if mode == GgufCompute::Dequantized {

@@ -102,7 +102,7 @@ fn ggml_path_runs_q8_0_and_f32_files_and_names_what_it_cannot_run() {
     assert!(d < 1e-5, "F32 file: ggml path differs from candle by {d}");
     // Hidden states follow `Llama::forward`'s convention (the last one after the final norm).
     let g = distill_models::GgufFile::open(&f32_gguf).unwrap();
-    let ggml = distill_models::GgmlLlama::load(&g).unwrap();
+    let ggml = distill_models::GgmlDecoder::load(&g).unwrap();
     let ids = vec![5u32, 17, 200, 3, 99, 42, 7];
     let (_, hidden) = ggml
         .forward_tensors(std::slice::from_ref(&ids), true)
@@ -149,7 +149,7 @@ fn ggml_path_runs_q8_0_and_f32_files_and_names_what_it_cannot_run() {
         .expect("F16 matrices are not a ggml-path format")
         .to_string();
     assert!(
-        err.contains("blk.0.attn_q.weight") && err.contains("Q4_1, Q8_0 and F32"),
+        err.contains("blk.0.attn_q.weight") && err.contains("Q4_1, Q5_0, Q8_0, Q4_K, Q6_K and F32"),
         "{err}"
     );
 }

@@ -80,6 +80,32 @@ impl Blocks {
         )
     }
 
+    /// Parses GGUF `Q5_0` data (22-byte blocks: `d` as f16, 32 high bits, 16 bytes of nibbles)
+    /// into `Q8_0` blocks of the same values `q − 16`: llama.cpp's AVX2 `Q5_0` kernel builds
+    /// exactly these signed bytes and then runs the `Q8_0` arithmetic on them.
+    pub fn q5_0(raw: &[u8]) -> Self {
+        Blocks::Q8_0(
+            raw.chunks_exact(22)
+                .map(|b| {
+                    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                    let qs = &b[6..22];
+                    BlockQ8_0 {
+                        d: f16_at(b, 0),
+                        qs: std::array::from_fn(|j| {
+                            let nibble = if j < 16 {
+                                qs[j] & 0x0f
+                            } else {
+                                qs[j - 16] >> 4
+                            };
+                            let high = ((qh >> j) & 1) as u8;
+                            (nibble | (high << 4)) as i8 - 16
+                        }),
+                    }
+                })
+                .collect(),
+        )
+    }
+
     /// Dot product of row `r` (of `per_row` blocks) with a quantised activation row.
     pub fn dot(&self, r: usize, per_row: usize, act: &[Q8Block]) -> f32 {
         let span = r * per_row..(r + 1) * per_row;

@@ -1,7 +1,8 @@
 //! `ggml_rope_ext` in `GGML_ROPE_TYPE_NORMAL` mode (the Llama GGUF layout: rotated pairs are
-//! adjacent), as llama.cpp's CPU backend computes it: the angle of pair `i` is the position times
-//! `theta_scale` multiplied in `i` times (not `base^(−2i/d)` in one go), cosines and sines come
-//! from libm, and the rotation is the two FMAs GCC emits for `rotate_pairs`.
+//! adjacent) and `GGML_ROPE_TYPE_NEOX` mode (pairs half a head apart), as llama.cpp's CPU
+//! backend computes it: the angle of pair `i` is the position times `theta_scale` multiplied in
+//! `i` times (not `base^(−2i/d)` in one go), cosines and sines come from libm, and the rotation
+//! is the two FMAs GCC emits for `rotate_pairs`.
 
 use super::simd::with_fma;
 
@@ -40,6 +41,20 @@ with_fma! {
             let (x0, x1) = (pair[0], pair[1]);
             pair[0] = x0.mul_add(cos, -(x1 * sin));
             pair[1] = sin.mul_add(x0, cos * x1);
+        }
+    }
+}
+
+with_fma! {
+    /// Rotates one head vector in place, pairing element `i` with `i + d/2`
+    /// (`GGML_ROPE_TYPE_NEOX`, the layout of Gemma's GGUF files), the same two FMAs.
+    pub fn rotate_halves(angles: &[(f32, f32)], head: &mut [f32]) {
+        let half = head.len() / 2;
+        let (lo, hi) = head.split_at_mut(half);
+        for ((x0, x1), &(cos, sin)) in lo.iter_mut().zip(hi.iter_mut()).zip(angles) {
+            let (a, b) = (*x0, *x1);
+            *x0 = a.mul_add(cos, -(b * sin));
+            *x1 = sin.mul_add(a, cos * b);
         }
     }
 }

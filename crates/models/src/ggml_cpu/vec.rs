@@ -50,6 +50,46 @@ with_fma! {
     }
 }
 
+/// ggml's GELU (tanh approximation) at every f16 value, rounded to f16: the table
+/// `ggml_cpu_init` fills and `ggml_vec_geglu_f32` reads (`GGML_GELU_FP16`).
+fn gelu_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| {
+                let x = half::f16::from_bits(bits).to_f32();
+                half::f16::from_f32(gelu_f32(x)).to_f32()
+            })
+            .collect()
+    })
+}
+
+with_fma! {
+    /// `ggml_gelu_f32`: `0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²)))`, the inner sum one FMA
+    /// as GCC contracts it.
+    fn gelu_f32(x: f32) -> f32 {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        const GELU_COEF_A: f32 = 0.044_715;
+        let inner = SQRT_2_OVER_PI * x * (GELU_COEF_A * x).mul_add(x, 1.0);
+        0.5 * x * (1.0 + inner.tanh())
+    }
+}
+
+/// `ggml_vec_geglu_f32`: `gelu(x)·g`, GELU looked up in the f16 table (0 below −10, `x` above
+/// 10).
+pub fn geglu(x: &[f32], g: &[f32], out: &mut [f32]) {
+    let table = gelu_table();
+    for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
+        *o = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * g
+        } else {
+            table[half::f16::from_f32(x).to_bits() as usize] * g
+        };
+    }
+}
+
 /// `ggml_vec_dot_f32`: four 8-lane accumulators over steps of 32, reduced pairwise and then
 /// with two horizontal adds; leftovers (`n % 32`, head sizes that are not multiples of 32) are
 /// added one by one, as FMAs (GCC contracts `sumf += x[i]*y[i]`; not checked against a model).

@@ -1,0 +1,61 @@
+//! Causal self-attention over one sequence as llama.cpp's CPU backend computes it without
+//! flash attention (f32 KV cache): `K·q` with `ggml_vec_dot_f32`, the masked softmax, and
+//! `V·p` with `tinyBLAS` over V stored transposed, as its V cache is.
+
+use rayon::prelude::*;
+
+use super::vec::{dot_f32, dot_lanes8, softmax_row};
+
+/// The shape of one attention call.
+pub struct Heads {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Multiplies the scores before the softmax (`kq_scale`).
+    pub score_scale: f32,
+    /// Keys at least this many positions back are masked (a sliding-window layer).
+    pub window: Option<usize>,
+}
+
+/// `q` (`n × heads·hd`), `k` and `v` (`n × kv_heads·hd`) → `n × heads·hd`.
+pub fn attend(shape: &Heads, q: &[f32], k: &[f32], v: &[f32], n: usize) -> Vec<f32> {
+    let Heads {
+        heads,
+        kv_heads,
+        head_dim: hd,
+        score_scale,
+        window,
+    } = *shape;
+    let group = heads / kv_heads;
+    // V transposed per KV head: `[kv_head][dim][position]`, as llama.cpp's V cache.
+    let mut vt = vec![0f32; kv_heads * hd * n];
+    for t in 0..n {
+        for c in 0..kv_heads * hd {
+            vt[c * n + t] = v[t * kv_heads * hd + c];
+        }
+    }
+    let mut out = vec![0f32; n * heads * hd];
+    out.par_chunks_exact_mut(heads * hd)
+        .enumerate()
+        .for_each(|(t, out_t)| {
+            // Masked keys stay in the row as −∞: their probability is exactly zero, and the
+            // 8-wide blocks of the softmax sum keep llama.cpp's alignment from position 0.
+            let first = window.map_or(0, |w| (t + 1).saturating_sub(w));
+            let mut scores = vec![f32::NEG_INFINITY; t + 1];
+            let mut probs = vec![0f32; t + 1];
+            for h in 0..heads {
+                let kvh = h / group;
+                let qh = &q[(t * heads + h) * hd..(t * heads + h + 1) * hd];
+                for (j, s) in scores.iter_mut().enumerate().skip(first) {
+                    let kj = &k[(j * kv_heads + kvh) * hd..(j * kv_heads + kvh + 1) * hd];
+                    *s = dot_f32(kj, qh) * score_scale;
+                }
+                softmax_row(&scores, &mut probs);
+                for (d, o) in out_t[h * hd..(h + 1) * hd].iter_mut().enumerate() {
+                    let row = &vt[(kvh * hd + d) * n..(kvh * hd + d) * n + t + 1];
+                    *o = dot_lanes8(row, &probs);
+                }
+            }
+        });
+    out
+}

@@ -1,0 +1,171 @@
+//! Weight matrices as the GGUF stores them, multiplied the way ggml's `mul_mat` does: each
+//! activation row quantised once to the format the weights' kernel expects, then one dot
+//! product per output.
+
+use candle_core::quantized::GgmlDType;
+use candle_core::Device;
+use rayon::prelude::*;
+
+use super::blocks::{quantize_row_q8, Blocks, Q8Block, QK};
+use super::kquants::{
+    dequantize_q4k, dequantize_q6k, dot_q4k_q8k, dot_q6k_q8k, parse_q4k, parse_q6k,
+    quantize_row_q8k, BlockQ4K, BlockQ6K, Q8KBlock, QK_K,
+};
+use super::vec::{dot_f32, dot_lanes8};
+use crate::error::{ModelError, Result, TensorContext};
+use crate::gguf::GgufFile;
+
+/// How a matrix is stored in the GGUF.
+enum Stored {
+    /// 32-element blocks multiplied against `Q8_1`/`Q8_0` activations.
+    Blocks(Blocks),
+    /// 256-element super-blocks multiplied against `Q8_K` activations.
+    Q4K(Vec<BlockQ4K>),
+    Q6K(Vec<BlockQ6K>),
+    /// Unquantised rows: multiplied in f32 with the activations as they are.
+    F32(Vec<f32>),
+}
+
+/// A weight matrix kept as the GGUF stores it.
+pub struct BlockMatrix {
+    stored: Stored,
+    rows: usize,
+    cols: usize,
+}
+
+/// One activation row, quantised for the weights' kernel.
+enum Quantised {
+    Q8(Vec<Q8Block>),
+    Q8K(Vec<Q8KBlock>),
+}
+
+impl BlockMatrix {
+    /// `x` (`n` rows of `cols`) times the matrix's transpose: `n` rows of `rows`, as ggml's
+    /// `mul_mat` computes it. Block formats quantise each activation row once; f32 matrices
+    /// take llamafile's `tinyBLAS` order where llama.cpp hands them to it (at least 2 rows of
+    /// `x`, `cols % 8 == 0`, `rows % 4 == 0`) and `ggml_vec_dot_f32`'s otherwise.
+    pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let by_row: Vec<Vec<f32>> = match &self.stored {
+            Stored::F32(w) => {
+                let tiny_blas =
+                    n >= 2 && self.cols.is_multiple_of(8) && self.rows.is_multiple_of(4);
+                let dot = if tiny_blas { dot_lanes8 } else { dot_f32 };
+                w.par_chunks_exact(self.cols)
+                    .map(|row| x.chunks_exact(self.cols).map(|a| dot(row, a)).collect())
+                    .collect()
+            }
+            _ => {
+                let act: Vec<Quantised> = x
+                    .par_chunks_exact(self.cols)
+                    .map(|row| self.quantise(row))
+                    .collect();
+                (0..self.rows)
+                    .into_par_iter()
+                    .map(|r| act.iter().map(|a| self.dot(r, a)).collect())
+                    .collect()
+            }
+        };
+        let mut out = vec![0f32; n * self.rows];
+        for (r, col) in by_row.iter().enumerate() {
+            for (t, v) in col.iter().enumerate() {
+                out[t * self.rows + r] = *v;
+            }
+        }
+        out
+    }
+
+    fn quantise(&self, row: &[f32]) -> Quantised {
+        match self.stored {
+            Stored::Q4K(_) | Stored::Q6K(_) => Quantised::Q8K(quantize_row_q8k(row)),
+            _ => Quantised::Q8(quantize_row_q8(row)),
+        }
+    }
+
+    /// Row `r` of a block-stored matrix against one quantised activation row.
+    fn dot(&self, r: usize, act: &Quantised) -> f32 {
+        let (per_row, per_row_k) = (self.cols / QK, self.cols / QK_K);
+        let span_k = r * per_row_k..(r + 1) * per_row_k;
+        match (&self.stored, act) {
+            (Stored::Blocks(b), Quantised::Q8(a)) => b.dot(r, per_row, a),
+            (Stored::Q4K(b), Quantised::Q8K(a)) => dot_q4k_q8k(&b[span_k], a),
+            (Stored::Q6K(b), Quantised::Q8K(a)) => dot_q6k_q8k(&b[span_k], a),
+            _ => unreachable!("activations are quantised for their matrix's kernel"),
+        }
+    }
+
+    /// Row `r` as f32 (`get_rows`).
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        let per_row_k = self.cols / QK_K;
+        let span_k = r * per_row_k..(r + 1) * per_row_k;
+        match &self.stored {
+            Stored::Blocks(b) => b.dequantize_row(r, out),
+            Stored::Q4K(b) => dequantize_q4k(&b[span_k], out),
+            Stored::Q6K(b) => dequantize_q6k(&b[span_k], out),
+            Stored::F32(w) => out.copy_from_slice(&w[r * self.cols..(r + 1) * self.cols]),
+        }
+    }
+}
+
+/// Reads matrix `name` (`rows × cols`), refusing formats whose kernels this path lacks and
+/// shapes other than expected.
+pub fn read_matrix(g: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<BlockMatrix> {
+    let source = g.path().display().to_string();
+    let qt = g.qtensor(name, &Device::Cpu)?;
+    let parse: fn(&[u8]) -> Stored = match qt.dtype() {
+        GgmlDType::Q4_1 => |raw| Stored::Blocks(Blocks::q4_1(raw)),
+        GgmlDType::Q5_0 => |raw| Stored::Blocks(Blocks::q5_0(raw)),
+        GgmlDType::Q8_0 => |raw| Stored::Blocks(Blocks::q8_0(raw)),
+        GgmlDType::Q4K => |raw| Stored::Q4K(parse_q4k(raw)),
+        GgmlDType::Q6K => |raw| Stored::Q6K(parse_q6k(raw)),
+        GgmlDType::F32 => |raw| {
+            Stored::F32(
+                raw.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            )
+        },
+        other => {
+            return Err(ModelError::Config {
+                source_name: source,
+                key: name.into(),
+                msg: format!(
+                    "stored as {other:?}; the ggml path multiplies Q4_1, Q5_0, Q8_0, Q4_K, Q6_K and F32 matrices (use `gguf_weights: quantized` or `dequantized` for other formats)"
+                ),
+            })
+        }
+    };
+    let dims = qt.shape().dims().to_vec();
+    if dims != [rows, cols] {
+        return Err(ModelError::Shape {
+            source_name: source,
+            name: name.into(),
+            expected: vec![rows, cols],
+            got: dims,
+        });
+    }
+    let data = qt
+        .data()
+        .context(|| format!("{source}: reading `{name}`"))?;
+    Ok(BlockMatrix {
+        stored: parse(&data),
+        rows,
+        cols,
+    })
+}
+
+/// Reads the f32 vector `name` of `len` values (a norm's weights).
+pub fn read_norm(g: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
+    let source = g.path().display().to_string();
+    let qt = g.qtensor(name, &Device::Cpu)?;
+    if qt.dtype() != GgmlDType::F32 || qt.shape().elem_count() != len {
+        return Err(ModelError::Shape {
+            source_name: source,
+            name: format!("{name} (F32)"),
+            expected: vec![len],
+            got: qt.shape().dims().to_vec(),
+        });
+    }
+    qt.dequantize(&Device::Cpu)
+        .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+        .context(|| format!("{source}: reading `{name}`"))
+}
