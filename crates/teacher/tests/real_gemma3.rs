@@ -147,51 +147,20 @@ fn real_gemma3_quantized_matches_llamacpp_at_every_position() {
     }
 }
 
-/// The share of positions whose top token must equal llama.cpp's on the ggml path: every
-/// operation but the `Q4_K` products is llama.cpp's bit for bit (the next test), and those
-/// differ in their last bits only; through 18 layers of 8-bit activation rounding that is
-/// enough to swap near-tied tokens (measured 603/640).
-const GGML_TOP1_AGREEMENT: f64 = 0.93;
-
-/// The nodes of llama.cpp's graph (layer 0, 8 tokens, dumped by
-/// `scripts/dump-llamacpp-tensors.py`) that the ggml path computes bit for bit: the scaled
-/// embedding, the norms, the `Q5_0`/`Q8_0` products, q/k norms, the NEOX rotary embedding,
-/// attention, GeGLU through ggml's f16 GELU table, the `Q6_K` product and the post-norm. The
-/// `Q4_K` product (`attn_output`) and what its output reaches are not (yet) among them.
-const EXACT_NODES: [&str; 14] = [
-    "embd",
-    "inp_scaled",
-    "attn_norm-0",
-    "Qcur-0",
-    "Kcur-0",
-    "Vcur-0",
-    "Qcur_normed-0",
-    "Kcur_normed-0",
-    "kqv_out-0",
-    "ffn_gate-0",
-    "ffn_up-0",
-    "ffn_geglu-0",
-    "ffn_out-0",
-    "ffn_post_norm-0",
-];
-
-#[test]
-fn real_gemma3_ggml_path_computes_llamacpp_nodes_bit_for_bit() {
-    let st = candle_core::safetensors::load(
-        common::fixture("gemma3-layer0-nodes.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+/// Runs the ggml path on a fixture's ids and requires every node of llama.cpp's graph stored in
+/// it (dumped by `scripts/dump-llamacpp-tensors.py`) to be the same, bit for bit.
+fn assert_nodes_bit_for_bit(fixture: &str) {
+    let st = candle_core::safetensors::load(common::fixture(fixture), &Device::Cpu).unwrap();
     let ids: Vec<u32> = st["ids"].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
     let model = GgmlDecoder::load(&GgufFile::open(&common::gemma3_gguf()).unwrap()).unwrap();
     let mut checked = vec![];
     model
         .forward_traced(&ids, &mut |name, ours| {
-            if !EXACT_NODES.contains(&name) {
+            let Some(theirs) = st.get(name) else {
                 return;
-            }
-            let theirs: Vec<f32> = st[name].flatten_all().unwrap().to_vec1().unwrap();
-            assert_eq!(theirs.len(), ours.len(), "{name}");
+            };
+            let theirs: Vec<f32> = theirs.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(theirs.len(), ours.len(), "{fixture}: {name}");
             let differ = theirs
                 .iter()
                 .zip(ours)
@@ -200,36 +169,49 @@ fn real_gemma3_ggml_path_computes_llamacpp_nodes_bit_for_bit() {
             assert_eq!(
                 differ,
                 0,
-                "{name}: {differ} of {} values differ",
+                "{fixture}: {name}: {differ} of {} differ",
                 ours.len()
             );
             checked.push(name.to_string());
         })
         .unwrap();
-    assert_eq!(checked.len(), EXACT_NODES.len(), "{checked:?}");
+    assert_eq!(
+        checked.len(),
+        st.len() - 1,
+        "{fixture}: compared {checked:?}"
+    );
+}
+
+/// 8 tokens: every node of layer 0 (embedding scale, norms, the `Q5_0`/`Q8_0` products, q/k
+/// norms, NEOX rotary, attention, the `Q4_K` product in groups of four, the sandwich norms,
+/// GeGLU through ggml's f16 GELU table, the tiled `Q6_K` product), the last layer's output and
+/// the final norm.
+#[test]
+fn real_gemma3_ggml_path_computes_llamacpp_nodes_bit_for_bit() {
+    assert_nodes_bit_for_bit("gemma3-nodes-8.safetensors");
+}
+
+/// 9 tokens: the ninth row's `Q4_K` product goes through llama.cpp's one-row kernel. (Its
+/// `Q6_K` product does too, and that kernel's last bits are not reproduced yet, so the fixture
+/// stops before `ffn_out-0`.)
+#[test]
+fn real_gemma3_ggml_path_matches_llamacpp_on_a_row_outside_the_groups_of_four() {
+    assert_nodes_bit_for_bit("gemma3-nodes-9.safetensors");
 }
 
 #[test]
-fn real_gemma3_ggml_path_matches_llamacpp_at_every_position() {
+fn real_gemma3_ggml_path_reproduces_llamacpp_logits_at_every_position() {
     let r = reference("gemma3-logits.safetensors");
     let c = compare(&teacher(GgufCompute::Ggml), &r);
-    let rate = c.agree as f64 / c.total as f64;
     eprintln!(
-        "Gemma 3 Q4_K_M, ggml path vs llama.cpp: top-1 {}/{} ({:.1}%), max |Δlogit| {:.4}, \
-         disagreements (position, llama.cpp margin) {:?}",
-        c.agree,
-        c.total,
-        100.0 * rate,
-        c.worst,
-        c.disagreements
+        "Gemma 3 Q4_K_M, ggml path vs llama.cpp: top-1 {}/{}, max |Δlogit| {}",
+        c.agree, c.total, c.worst
     );
-    assert!(rate >= GGML_TOP1_AGREEMENT, "top-1 agreement {rate}");
-    for (pos, margin) in c.disagreements {
-        assert!(
-            margin < NEAR_TIE,
-            "position {pos}: llama.cpp's margin is {margin}"
-        );
-    }
+    assert_eq!(c.agree, c.total, "{:?}", c.disagreements);
+    assert_eq!(
+        c.worst, 0.0,
+        "every stored logit must be llama.cpp's, bit for bit"
+    );
 }
 
 #[test]

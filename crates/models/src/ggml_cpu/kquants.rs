@@ -10,7 +10,7 @@
 
 use half::f16;
 
-use super::simd::with_fma;
+use super::simd::{hsum8, with_fma};
 
 /// Elements per super-block.
 pub const QK_K: usize = 256;
@@ -147,17 +147,44 @@ pub fn quantize_row_q8k(x: &[f32]) -> Vec<Q8KBlock> {
 }
 
 with_fma! {
-    /// One output of llama.cpp's repacked `Q4_K` kernel (`ggml_gemv_q4_K_8x8_q8_K`, AVX2; the
-    /// CPU backend repacks `Q4_K` matrices whose rows are a multiple of 8): per super-block
-    /// the exact integer sums of `scale·q·y` and of `min·Σy`, each added into its own
-    /// accumulator as `float(sum)·(d_w·d_y)` with one FMA, the mins subtracted last. Not yet
-    /// llama.cpp's batched product bit for bit (its last bits differ on some outputs; see
-    /// `docs/teacher.md`).
-    pub fn dot_q4k_q8k(w: &[BlockQ4K], act: &[Q8KBlock]) -> f32 {
+    /// One output of llama.cpp's repacked `Q4_K` kernel for groups of four activation rows
+    /// (`ggml_gemm_q4_K_8x8_q8_K`, AVX2; the CPU backend repacks `Q4_K` matrices whose rows are
+    /// a multiple of 8): for each pair of
+    /// 32-element sub-blocks, the exact integer sums of `scale·q·y` and of `min·Σy`, each added
+    /// into its own accumulator as `float(sum)·(d_w·d_y)` with one FMA; the mins subtracted
+    /// last. Checked bit for bit against llama.cpp.
+    pub fn dot_q4k_q8k_gemm(w: &[BlockQ4K], act: &[Q8KBlock]) -> f32 {
         let (mut acc, mut acc_min) = (0f32, 0f32);
         for (w, a) in w.iter().zip(act) {
-            let mut isum = 0i32;
-            let mut imin = 0i32;
+            let (scale, min) = (w.d * a.d, w.dmin * a.d);
+            for pair in 0..4 {
+                let (mut isum, mut imin) = (0i32, 0i32);
+                for sub in 2 * pair..2 * pair + 2 {
+                    let span = 32 * sub..32 * (sub + 1);
+                    let dot: i32 = w.q[span.clone()]
+                        .iter()
+                        .zip(&a.qs[span])
+                        .map(|(&q, &y)| q as i32 * y as i32)
+                        .sum();
+                    isum += w.scales[sub] as i32 * dot;
+                    imin += w.mins[sub] as i32 * a.sub_sums[sub];
+                }
+                acc = (isum as f32).mul_add(scale, acc);
+                acc_min = (imin as f32).mul_add(min, acc_min);
+            }
+        }
+        acc - acc_min
+    }
+}
+
+with_fma! {
+    /// [`dot_q4k_q8k_gemm`] for the activation rows left over after the groups of four
+    /// (`ggml_gemv_q4_K_8x8_q8_K`, AVX2): the same integer sums, added once per super-block.
+    /// Checked bit for bit against llama.cpp.
+    pub fn dot_q4k_q8k_gemv(w: &[BlockQ4K], act: &[Q8KBlock]) -> f32 {
+        let (mut acc, mut acc_min) = (0f32, 0f32);
+        for (w, a) in w.iter().zip(act) {
+            let (mut isum, mut imin) = (0i32, 0i32);
             for sub in 0..8 {
                 let span = 32 * sub..32 * (sub + 1);
                 let dot: i32 = w.q[span.clone()]
@@ -176,11 +203,34 @@ with_fma! {
 }
 
 with_fma! {
+    /// `ggml_vec_dot_q6_K_q8_K` (AVX2) as its source reads, for the `Q6_K` products llama.cpp
+    /// does not tile (batches under 8 rows, rows left over after groups of four): per
+    /// super-block eight 32-bit lanes, lane `l` adding `scale·(q − 32)·y` over the elements
+    /// whose index modulo 32 lies in `4l..4l+4`; `fma(d_y·d_w, lane, acc_l)`; `hsum_float_8`.
+    /// Not yet llama.cpp's bits: its product for such rows differs in the last bits (see
+    /// `docs/teacher.md`).
+    pub fn dot_q6k_q8k_vec(w: &[BlockQ6K], act: &[Q8KBlock]) -> f32 {
+        let mut acc = [0f32; 8];
+        for (w, a) in w.iter().zip(act) {
+            let d = a.d * w.d;
+            let mut lanes = [0i32; 8];
+            for (e, &y) in a.qs.iter().enumerate() {
+                lanes[(e % 32) / 4] += w.scales[e / 16] as i32 * (w.q[e] as i32 - 32) * y as i32;
+            }
+            for (slot, lane) in acc.iter_mut().zip(lanes) {
+                *slot = d.mul_add(lane as f32, *slot);
+            }
+        }
+        hsum8(&acc)
+    }
+}
+
+with_fma! {
     /// One output of llama.cpp's tiled x86 kernel for `Q6_K` (`tiled_run_microtile_avx2`, the
-    /// batched product of formats the CPU backend does not repack): per super-block the exact
+    /// product of batches of 8 rows or more, in groups of four): per super-block the exact
     /// integer sum `s1` of `scale·(q − 32)·y`, and the output accumulates `fma(d_w·s1, d_y,
     /// out)` super-block after super-block. Checked bit for bit against llama.cpp.
-    pub fn dot_q6k_q8k(w: &[BlockQ6K], act: &[Q8KBlock]) -> f32 {
+    pub fn dot_q6k_q8k_tiled(w: &[BlockQ6K], act: &[Q8KBlock]) -> f32 {
         let mut out = 0f32;
         for (w, a) in w.iter().zip(act) {
             let s1: i32 = (0..QK_K)
@@ -282,17 +332,23 @@ mod tests {
         let q6 = parse_q6k(&raw_blocks(210, &[208], blocks, &mut seed));
         let mut w = vec![0f32; blocks * QK_K];
         dequantize_q4k(&q4, &mut w);
-        let (got, want) = (dot_q4k_q8k(&q4, &act) as f64, reference(&w, &act));
-        assert!(
-            (got - want).abs() <= 1e-5 * want.abs().max(1.0),
-            "{got} vs {want}"
-        );
+        let want = reference(&w, &act);
+        for got in [dot_q4k_q8k_gemm(&q4, &act), dot_q4k_q8k_gemv(&q4, &act)] {
+            let got = got as f64;
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "{got} vs {want}"
+            );
+        }
         dequantize_q6k(&q6, &mut w);
-        let (got, want) = (dot_q6k_q8k(&q6, &act) as f64, reference(&w, &act));
-        assert!(
-            (got - want).abs() <= 1e-5 * want.abs().max(1.0),
-            "{got} vs {want}"
-        );
+        let want = reference(&w, &act);
+        for got in [dot_q6k_q8k_tiled(&q6, &act), dot_q6k_q8k_vec(&q6, &act)] {
+            let got = got as f64;
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "{got} vs {want}"
+            );
+        }
     }
 
     #[test]

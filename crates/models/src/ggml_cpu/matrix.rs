@@ -8,8 +8,8 @@ use rayon::prelude::*;
 
 use super::blocks::{quantize_row_q8, Blocks, Q8Block, QK};
 use super::kquants::{
-    dequantize_q4k, dequantize_q6k, dot_q4k_q8k, dot_q6k_q8k, parse_q4k, parse_q6k,
-    quantize_row_q8k, BlockQ4K, BlockQ6K, Q8KBlock, QK_K,
+    dequantize_q4k, dequantize_q6k, dot_q4k_q8k_gemm, dot_q4k_q8k_gemv, dot_q6k_q8k_tiled,
+    dot_q6k_q8k_vec, parse_q4k, parse_q6k, quantize_row_q8k, BlockQ4K, BlockQ6K, Q8KBlock, QK_K,
 };
 use super::vec::{dot_f32, dot_lanes8};
 use crate::error::{ModelError, Result, TensorContext};
@@ -31,6 +31,29 @@ pub struct BlockMatrix {
     stored: Stored,
     rows: usize,
     cols: usize,
+}
+
+/// Where an activation row sits in its batch, which decides the kernel llama.cpp's CPU backend
+/// gives its product with a K-format matrix: the batched kernels take rows in groups of four
+/// (the tiled `Q6_K` kernel only in batches of at least [`TILED_MIN_ROWS`]); the `n mod 4`
+/// rows left over, and every row of a smaller batch, go one by one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RowPlace {
+    index: usize,
+    batch: usize,
+}
+
+/// The smallest batch whose `Q6_K` product llama.cpp runs through its tiled kernel.
+const TILED_MIN_ROWS: usize = 8;
+
+impl RowPlace {
+    fn in_group_of_four(self) -> bool {
+        self.index < self.batch - self.batch % 4
+    }
+
+    fn tiled(self) -> bool {
+        self.batch >= TILED_MIN_ROWS && self.in_group_of_four()
+    }
 }
 
 /// One activation row, quantised for the weights' kernel.
@@ -61,7 +84,12 @@ impl BlockMatrix {
                     .collect();
                 (0..self.rows)
                     .into_par_iter()
-                    .map(|r| act.iter().map(|a| self.dot(r, a)).collect())
+                    .map(|r| {
+                        act.iter()
+                            .enumerate()
+                            .map(|(index, a)| self.dot(r, a, RowPlace { index, batch: n }))
+                            .collect()
+                    })
                     .collect()
             }
         };
@@ -82,13 +110,19 @@ impl BlockMatrix {
     }
 
     /// Row `r` of a block-stored matrix against one quantised activation row.
-    fn dot(&self, r: usize, act: &Quantised) -> f32 {
+    fn dot(&self, r: usize, act: &Quantised, place: RowPlace) -> f32 {
         let (per_row, per_row_k) = (self.cols / QK, self.cols / QK_K);
         let span_k = r * per_row_k..(r + 1) * per_row_k;
         match (&self.stored, act) {
             (Stored::Blocks(b), Quantised::Q8(a)) => b.dot(r, per_row, a),
-            (Stored::Q4K(b), Quantised::Q8K(a)) => dot_q4k_q8k(&b[span_k], a),
-            (Stored::Q6K(b), Quantised::Q8K(a)) => dot_q6k_q8k(&b[span_k], a),
+            (Stored::Q4K(b), Quantised::Q8K(a)) if place.in_group_of_four() => {
+                dot_q4k_q8k_gemm(&b[span_k], a)
+            }
+            (Stored::Q4K(b), Quantised::Q8K(a)) => dot_q4k_q8k_gemv(&b[span_k], a),
+            (Stored::Q6K(b), Quantised::Q8K(a)) if place.tiled() => {
+                dot_q6k_q8k_tiled(&b[span_k], a)
+            }
+            (Stored::Q6K(b), Quantised::Q8K(a)) => dot_q6k_q8k_vec(&b[span_k], a),
             _ => unreachable!("activations are quantised for their matrix's kernel"),
         }
     }

@@ -21,4 +21,4 @@ mod rope;
 mod simd;
 pub(crate) mod vec;
 
-pub use model::{GgmlDecoder, GgmlOutput};
+pub use model::{GgmlDecoder, GgmlOutput, SequenceCache};

@@ -57,8 +57,31 @@ impl Graph {
 struct LayerAt<'a> {
     index: usize,
     layer: &'a Layer,
-    /// Per position, the rotary angles of the layer's base.
+    /// Per new position, the rotary angles of the layer's base.
     angles: &'a [Vec<(f32, f32)>],
+    /// Positions already cached.
+    past: usize,
+    /// The layer's cached keys and values (`positions × kv_heads·head_dim` each).
+    kv: &'a mut (Vec<f32>, Vec<f32>),
+}
+
+/// One sequence's keys and values, every layer, from position 0: what llama.cpp's KV cache
+/// holds for it (in f32).
+#[derive(Clone, Debug)]
+pub struct SequenceCache {
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    len: usize,
+}
+
+impl SequenceCache {
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// A decoder GGUF computed with llama.cpp's CPU arithmetic (x86 AVX2 + FMA kernels), so that
@@ -261,7 +284,28 @@ impl GgmlDecoder {
         ids: &[u32],
         trace: &mut dyn FnMut(&str, &[f32]),
     ) -> Result<Vec<f32>> {
+        let mut seq = self.new_sequence();
+        self.extend(ids, &mut seq, trace)
+    }
+
+    /// An empty key/value cache for one sequence.
+    pub fn new_sequence(&self) -> SequenceCache {
+        SequenceCache {
+            layers: vec![(Vec::new(), Vec::new()); self.layers.len()],
+            len: 0,
+        }
+    }
+
+    /// Runs `ids` after the positions `seq` holds, as llama.cpp evaluates one batch of a
+    /// sequence, caches their keys and values, and returns their logits (`ids.len() × vocab`).
+    pub fn extend(
+        &self,
+        ids: &[u32],
+        seq: &mut SequenceCache,
+        trace: &mut dyn FnMut(&str, &[f32]),
+    ) -> Result<Vec<f32>> {
         let n = ids.len();
+        let past = seq.len;
         let mut x = self.embed_rows(ids)?;
         trace("embd", &x);
         if let Some(scale) = self.graph.embed_scale {
@@ -273,16 +317,19 @@ impl GgmlDecoder {
         let angles: Vec<Vec<Vec<(f32, f32)>>> = self
             .ropes
             .iter()
-            .map(|r| (0..n).map(|p| r.angles(p)).collect())
+            .map(|r| (past..past + n).map(|p| r.angles(p)).collect())
             .collect();
-        for (index, layer) in self.layers.iter().enumerate() {
-            let at = LayerAt {
+        for (index, (layer, kv)) in self.layers.iter().zip(&mut seq.layers).enumerate() {
+            let mut at = LayerAt {
                 index,
                 layer,
                 angles: &angles[layer.rope],
+                past,
+                kv,
             };
-            self.layer_forward(&at, &mut x, n, trace);
+            self.layer_forward(&mut at, &mut x, n, trace);
         }
+        seq.len += n;
         let normed = self.norm_rows(&x, &self.norm);
         trace("result_norm", &normed);
         let head = self.output.as_ref().unwrap_or(&self.embed);
@@ -327,15 +374,17 @@ impl GgmlDecoder {
     /// One decoder layer over the residual stream `x` (`n × hidden`), in place.
     fn layer_forward(
         &self,
-        at: &LayerAt,
+        at: &mut LayerAt,
         x: &mut [f32],
         n: usize,
         trace: &mut dyn FnMut(&str, &[f32]),
     ) {
         let (li, layer) = (at.index, at.layer);
-        let normed = self.norm_rows(x, &layer.attn_norm);
-        trace(&format!("attn_norm-{li}"), &normed);
-        let attn = self.attention(at, &normed, n, trace);
+        let attn = {
+            let normed = self.norm_rows(x, &layer.attn_norm);
+            trace(&format!("attn_norm-{li}"), &normed);
+            self.attention(at, &normed, n, trace)
+        };
         trace(&format!("kqv_out-{li}"), &attn);
         let mut o = layer.o.matmul(&attn, n);
         trace(&format!("attn_out-{li}"), &o);
@@ -377,7 +426,7 @@ impl GgmlDecoder {
     /// q, k, v of `x`, normed and rotated as the family does, then [`attend`].
     fn attention(
         &self,
-        at: &LayerAt,
+        at: &mut LayerAt,
         x: &[f32],
         n: usize,
         trace: &mut dyn FnMut(&str, &[f32]),
@@ -424,6 +473,8 @@ impl GgmlDecoder {
             score_scale: self.graph.score_scale,
             window: layer.window,
         };
-        attend(&shape, &q, &k, &v, n)
+        at.kv.0.extend_from_slice(&k);
+        at.kv.1.extend_from_slice(&v);
+        attend(&shape, &q, &at.kv.0, &at.kv.1, at.past)
     }
 }
