@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Generation speed, side by side in one run on the same GGUF (SmolLM2-135M-Instruct Q4_1), 2
 # threads: batch-1 prefill (a ~128-token Moby Dick paragraph) and greedy decode (64 new
-# tokens) of `distill generate` — through candle's QMatMul and dequantised to f32 — against
+# tokens) of `distill generate` — through candle's QMatMul, dequantised to f32, and on the ggml
+# path (llama.cpp's arithmetic on the quantised blocks, each sequence alone) — against
 # llama.cpp (llama-cpp-python, the pinned reference venv: scripts/setup-ref-venv.sh); and the
 # engine's batched throughput at 8 and 32 sequences. Each figure is the median of 3 runs.
 # Writes docs/results/generate.{md,json}. Usage: scripts/bench-generate.sh
@@ -32,10 +33,12 @@ for b in (1, 8, 32):
 PY
 export RAYON_NUM_THREADS=2
 # candle's QMatMul is slow on CPU for many rows at once (docs/results/teachers.md: 0.06× the
-# dequantised path), so the quantised path is timed at batch 1 only.
-for mode in quantized dequantized; do
+# dequantised path), so the quantised path is timed at batch 1 only; the ggml path runs each
+# sequence alone, so batch 1 is its figure.
+for mode in quantized dequantized ggml; do
   flag=""; batches="1"
   [[ $mode == dequantized ]] && flag="--dequantize" && batches="1 8 32"
+  [[ $mode == ggml ]] && flag="--ggml"
   for b in $batches; do
     for r in 1 2 3; do
       target/release/distill generate "$gguf" --prompts "$tmp/batch$b.jsonl" --max-new-tokens 64 \
@@ -70,7 +73,7 @@ import datetime, json, os, platform, statistics, subprocess, sys
 tmp = sys.argv[1]
 med = lambda xs: statistics.median(xs)
 ours = {}
-for mode, batches in (("quantized", (1,)), ("dequantized", (1, 8, 32))):
+for mode, batches in (("quantized", (1,)), ("dequantized", (1, 8, 32)), ("ggml", (1,))):
     for b in batches:
         rs = [json.load(open(f"{tmp}/{mode}.b{b}.r{r}.json")) for r in (1, 2, 3)]
         ours[(mode, b)] = {"tokens_per_second": med([r["tokens_per_second"] for r in rs]),
@@ -80,7 +83,7 @@ for mode, batches in (("quantized", (1,)), ("dequantized", (1, 8, 32))):
 ll = json.load(open(f"{tmp}/llamacpp.json"))
 lp = med([r["prefill_tokens_per_second"] for r in ll["runs"]])
 ld = med([r["decode_tokens_per_second"] for r in ll["runs"]])
-best = max(("quantized", "dequantized"), key=lambda m: ours[(m, 1)]["decode_tokens_per_second"])
+best = max(("quantized", "dequantized", "ggml"), key=lambda m: ours[(m, 1)]["decode_tokens_per_second"])
 batched = "dequantized"
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 doc = {
@@ -110,7 +113,7 @@ md = ["# Generation speed", "",
       "| | prefill (batch 1) | decode (batch 1) | batch 8, new tokens | batch 32, new tokens |",
       "|---|---:|---:|---:|---:|",
       "| llama.cpp | 1.00× | 1.00× | | |"]
-for mode in ("quantized", "dequantized"):
+for mode in ("quantized", "dequantized", "ggml"):
     o = lambda b, k, base: f"{ours[(mode, b)][k] / base:.2f}×" if (mode, b) in ours else "—"
     md.append(f"| distill, {mode} | {o(1, 'prefill_tokens_per_second', lp)} | {o(1, 'decode_tokens_per_second', ld)} | "
               f"{o(8, 'tokens_per_second', ld)} | {o(32, 'tokens_per_second', ld)} |")

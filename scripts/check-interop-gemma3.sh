@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # On-demand check that a Gemma 3 student distilled from Gemma 3 270M exports as GGUF files that
 # llama.cpp (llama-cpp-python, built into a venv: not part of CI) loads with the logits
-# `distill eval` gives on the same files. Runs configs/gemma3-student.yaml (20 steps, about two
-# minutes on 2 cores), exports the student as f32 and q8_0 (the run's own compressed artifact),
-# and compares every position of the first 128 tokens of Moby Dick chapter 2 (BOS first).
+# `distill eval` gives on the same files (dequantised, QMatMul, and the ggml path). Runs
+# configs/gemma3-student.yaml (20 steps, about two minutes on 2 cores), exports the student as
+# f32 and q8_0 (the run's own compressed artifact), and compares every position of the first 128
+# tokens of Moby Dick chapter 2 (BOS first).
 # Writes docs/results/interop-gemma3.{md,json}.
 #   scripts/check-interop-gemma3.sh
 set -euo pipefail
@@ -26,8 +27,8 @@ target/release/distill compress "$run/final" --gguf "$tmp/student-f32.gguf" --qu
 cp "$run/compressed/student-q8_0.gguf" "$tmp/student-q8_0.gguf"
 args=()
 for q in f32 q8_0; do
-  for mode in dequantized quantized; do
-    flag=""; [[ $mode == dequantized ]] && flag="--dequantize"
+  for mode in dequantized quantized ggml; do
+    flag=""; [[ $mode == dequantized ]] && flag="--dequantize"; [[ $mode == ggml ]] && flag="--ggml"
     target/release/distill eval "$tmp/student-$q.gguf" --text "$text" --max-tokens 128 --block 128 --json $flag \
       --save-logits "$tmp/$q-$mode.safetensors" > "$tmp/$q-$mode-eval.json"
     args+=("$tmp/student-$q.gguf" "$tmp/$q-$mode.safetensors")
@@ -42,7 +43,7 @@ report = json.load(open(f"{run}/report.json"))
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 rows = []
-for m, (q, mode) in zip(r["models"], [(q, mode) for q in ("f32", "q8_0") for mode in ("dequantized", "quantized")]):
+for m, (q, mode) in zip(r["models"], [(q, mode) for q in ("f32", "q8_0") for mode in ("dequantized", "quantized", "ggml")]):
     ev = json.load(open(f"{tmp}/{q}-{mode}-eval.json"))
     rows.append({"gguf": q, "distill_weights": mode, "bytes": os.path.getsize(f"{tmp}/student-{q}.gguf"),
                  "loaded": m["loaded"], "keys_read": m["keys_read"], "positions": m["positions"],
@@ -62,8 +63,8 @@ md = f"""# A Gemma 3 student in llama.cpp
 as GGUF f32 (`distill compress --quantize f32`) and the run's q8_0 artifact. llama.cpp
 (llama-cpp-python {r['llama_cpp_python']}, CPU, f32 K/V cache) loads each file; its logits at every
 position of the first 128 tokens of Moby Dick chapter 2 (BOS first) against `distill eval` on the
-same file, with the matrices dequantised to f32 or multiplied quantised (candle's QMatMul). The ggml
-path (llama.cpp's arithmetic) does not run Gemma 3 yet. Produced by `scripts/check-interop-gemma3.sh`
+same file, with the matrices dequantised to f32, multiplied quantised (candle's QMatMul), or on the
+ggml path (llama.cpp's CPU arithmetic, `distill eval --ggml`). Produced by `scripts/check-interop-gemma3.sh`
 on {doc['date']} (commit {commit}).
 
 Validation perplexity (blocks of 128, BOS first): teacher {doc['teacher_val_ppl']:.2f}, student {doc['student_val_ppl']:.2f}.

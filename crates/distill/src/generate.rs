@@ -111,19 +111,9 @@ pub fn generate_answers(
 ) -> Result<Generated> {
     let spec = model_source(source);
     let teacher = Teacher::load(&TeacherSource::parse(&spec)?, &req.load)?;
-    let model = match &teacher.model {
-        TeacherModel::Llama(m) => m,
-        TeacherModel::Ggml(_) => {
-            return Err(Error::Invalid(
-                "generation runs the decoder with its key/value cache on the dense and quantised paths; drop --ggml (use --dequantize or the default)".into(),
-            ))
-        }
-        TeacherModel::Bert(_) => {
-            return Err(Error::Invalid(format!(
-                "{spec}: an encoder does not generate text"
-            )))
-        }
-    };
+    if let TeacherModel::Bert(_) = &teacher.model {
+        return Err(no_generation(&spec));
+    }
     let tok = &teacher.tokenizer;
     let inputs: Vec<String> = req
         .prompts
@@ -142,7 +132,7 @@ pub fn generate_answers(
     };
     let mut streams: Vec<TextStream> = (0..ids.len()).map(|_| TextStream::default()).collect();
     let started = Instant::now();
-    let (generations, timing) = generate_timed(model, &ids, &opts, &mut |p, token| {
+    let mut on_token = |p: usize, token: u32| {
         let s = &mut streams[p];
         s.tokens.push(token);
         let piece = s.advance(tok);
@@ -150,7 +140,13 @@ pub fn generate_answers(
             on_text(p, &piece);
         }
         s.stopped_by(&req.stop)
-    })?;
+    };
+    let (generations, timing) = match &teacher.model {
+        TeacherModel::Llama(m) => generate_timed(m, &ids, &opts, &mut on_token)?,
+        // llama.cpp's arithmetic: each sequence alone, as llama.cpp generates it.
+        TeacherModel::Ggml(m) => generate_timed(m, &ids, &opts, &mut on_token)?,
+        TeacherModel::Bert(_) => return Err(no_generation(&spec)),
+    };
     let seconds = started.elapsed().as_secs_f64();
     let answers: Vec<Answer> = generations
         .iter()
@@ -176,6 +172,11 @@ pub fn generate_answers(
         prefill_tokens_per_second: prompt_tokens as f64 / timing.prefill_seconds.max(1e-9),
         decode_tokens_per_second: timing.decode_tokens as f64 / timing.decode_seconds.max(1e-9),
     })
+}
+
+/// Why an encoder source cannot answer.
+fn no_generation(spec: &str) -> Error {
+    Error::Invalid(format!("{spec}: an encoder does not generate text"))
 }
 
 fn is_chat(p: &Prompt, req: &GenerateRequest) -> bool {

@@ -1,8 +1,8 @@
 //! The generation engine against llama.cpp on the real SmolLM2-135M-Instruct: greedy decoding
 //! through the key/value cache, all 20 prompts of `tests/fixtures/smollm2-generate.json` in one
 //! batch, against llama.cpp's greedy tokens (`scripts/ref-llamacpp-generate.py`) — the dense path
-//! against llama.cpp's run of the file dequantised to F32, the quantised path against its Q4_1
-//! run — and the chat template and tokenizer against the ids llama.cpp was given.
+//! against llama.cpp's run of the file dequantised to F32, the quantised and ggml paths against
+//! its Q4_1 run — and the chat template and tokenizer against the ids llama.cpp was given.
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
@@ -43,9 +43,6 @@ fn load(mode: GgufCompute) -> Teacher {
 
 /// The engine's greedy tokens for every fixture prompt, in one batch.
 fn greedy(teacher: &Teacher, f: &serde_json::Value) -> Vec<Vec<u32>> {
-    let TeacherModel::Llama(m) = &teacher.model else {
-        unreachable!()
-    };
     let prompts: Vec<Vec<u32>> = f["prompts"]
         .as_array()
         .unwrap()
@@ -57,11 +54,12 @@ fn greedy(teacher: &Teacher, f: &serde_json::Value) -> Vec<Vec<u32>> {
         sampling: Sampling::default(),
         stop_ids: ids(&f["stop_ids"]),
     };
-    generate(m, &prompts, &opts, &mut |_, _| false)
-        .unwrap()
-        .into_iter()
-        .map(|g| g.tokens)
-        .collect()
+    let generations = match &teacher.model {
+        TeacherModel::Llama(m) => generate(m, &prompts, &opts, &mut |_, _| false),
+        TeacherModel::Ggml(m) => generate(m, &prompts, &opts, &mut |_, _| false),
+        TeacherModel::Bert(_) => panic!("SmolLM2 is a decoder"),
+    };
+    generations.unwrap().into_iter().map(|g| g.tokens).collect()
 }
 
 /// Prompts whose tokens equal the reference's, and tokens that agree before the first
@@ -93,6 +91,13 @@ fn greedy_decoding_follows_llama_cpp() {
     let (same, agree, total) = agreement(&quantized, &f, "q4_1");
     eprintln!("quantised (QMatMul) path vs llama.cpp Q4_1: {same}/{n} prompts identical, {agree}/{total} tokens before the first difference");
     assert!(same * 2 >= n, "{same}/{n}");
+    let ggml = greedy(&load(GgufCompute::Ggml), &f);
+    let (same, agree, total) = agreement(&ggml, &f, "q4_1");
+    eprintln!("ggml path vs llama.cpp Q4_1: {same}/{n} prompts identical, {agree}/{total} tokens before the first difference");
+    assert_eq!(
+        same, n,
+        "the ggml path follows llama.cpp's Q4_1 run token for token"
+    );
 }
 
 #[test]

@@ -153,3 +153,42 @@ fn ggml_path_runs_q8_0_and_f32_files_and_names_what_it_cannot_run() {
         "{err}"
     );
 }
+
+/// The ggml path's key/value cache: a prompt prefilled in one batch and then extended a token at
+/// a time gives, at every step, the logits of the whole sequence run at once — up to the one
+/// thing llama.cpp itself does differently for a single query row (the value product's summation
+/// order), so within float rounding, not bit for bit.
+#[test]
+fn ggml_path_cache_steps_agree_with_the_full_forward() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_llama_config();
+    let vm = tiny_llama(&cfg);
+    let path = tmp.path().join("f32.gguf");
+    write_tiny_llama_gguf(&path, &cfg, &vm, GgmlDType::F32, true);
+    let model =
+        distill_models::GgmlDecoder::load(&distill_models::GgufFile::open(&path).unwrap()).unwrap();
+    let ids = [5u32, 17, 200, 3, 99, 42, 7, 11, 64];
+    let vocab = cfg.vocab_size;
+    let full = model.forward_traced(&ids, &mut |_, _| {}).unwrap();
+    let mut seq = model.new_sequence();
+    let prefill = 4;
+    let mut steps = vec![model
+        .extend(&ids[..prefill], &mut seq, &mut |_, _| {})
+        .unwrap()];
+    for &id in &ids[prefill..] {
+        steps.push(model.extend(&[id], &mut seq, &mut |_, _| {}).unwrap());
+    }
+    assert_eq!(seq.len(), ids.len());
+    // The prefill is the full forward's first rows, bit for bit: the same kernels ran.
+    assert_eq!(steps[0], full[..prefill * vocab]);
+    for (i, step) in steps[1..].iter().enumerate() {
+        let pos = prefill + i;
+        let want = &full[pos * vocab..(pos + 1) * vocab];
+        let worst = step
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "position {pos}: {worst}");
+    }
+}

@@ -3,12 +3,13 @@
 //! budget, or the caller's word — a stop string) leaves the batch, so the others run at the
 //! batch size that is left.
 
+mod decoder;
 mod sample;
 
+pub use decoder::{BatchCache, Decoder, GgmlBatch};
 pub use sample::{argmax, Sampler, Sampling};
 
-use crate::error::{ModelError, Result, TensorContext};
-use crate::llama::Llama;
+use crate::error::{ModelError, Result};
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -55,8 +56,8 @@ pub struct Timing {
 /// Generates after each of `prompts` (token ids, BOS included where the model wants one).
 /// `on_token(prompt, token)` sees every new token as it comes and returns `true` to end that
 /// sequence there.
-pub fn generate(
-    model: &Llama,
+pub fn generate<D: Decoder>(
+    model: &D,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
     on_token: &mut dyn FnMut(usize, u32) -> bool,
@@ -65,8 +66,8 @@ pub fn generate(
 }
 
 /// [`generate`], with where its time went.
-pub fn generate_timed(
-    model: &Llama,
+pub fn generate_timed<D: Decoder>(
+    model: &D,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
     on_token: &mut dyn FnMut(usize, u32) -> bool,
@@ -88,16 +89,10 @@ pub fn generate_timed(
     let mut active: Vec<usize> = (0..prompts.len()).collect();
     let rows: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let started = std::time::Instant::now();
-    let mut logits = model.step(&rows, &mut cache)?;
-    let rows: Vec<Vec<f32>> = logits.to_vec2().context(|| "generation logits".into())?;
+    let mut rows = model.step(&rows, &mut cache)?;
     timing.prefill_seconds = started.elapsed().as_secs_f64();
-    let mut rows = Some(rows);
     let decode_started = std::time::Instant::now();
     loop {
-        let rows: Vec<Vec<f32>> = match rows.take() {
-            Some(r) => r,
-            None => logits.to_vec2().context(|| "generation logits".into())?,
-        };
         let mut next = Vec::with_capacity(active.len());
         let mut keep = Vec::with_capacity(active.len());
         for (r, &p) in active.iter().enumerate() {
@@ -125,15 +120,15 @@ pub fn generate_timed(
             cache.keep_rows(&keep)?;
             active = keep.iter().map(|&r| active[r]).collect();
         }
-        let rows: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-        let rows: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
-        logits = model.step(&rows, &mut cache)?;
+        let next: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let next: Vec<&[u32]> = next.iter().map(|r| r.as_slice()).collect();
+        rows = model.step(&next, &mut cache)?;
         timing.decode_steps += 1;
     }
 }
 
 /// Refuses what cannot be generated: no prompt, an empty one, no room for the answer.
-fn check(model: &Llama, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<()> {
+fn check<D: Decoder>(model: &D, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<()> {
     let refuse = |key: &str, msg: String| {
         Err(ModelError::Config {
             source_name: "generate".into(),
