@@ -27,6 +27,26 @@ impl TopK {
     pub fn rows(&self) -> usize {
         self.rest.len()
     }
+
+    /// Rows `keep` of these targets, in that order (the positions a masked loss counts).
+    pub fn select(&self, keep: &[usize]) -> TopK {
+        let k = self.k;
+        TopK {
+            k,
+            ids: keep
+                .iter()
+                .flat_map(|&r| &self.ids[r * k..(r + 1) * k])
+                .copied()
+                .collect(),
+            logp: keep
+                .iter()
+                .flat_map(|&r| &self.logp[r * k..(r + 1) * k])
+                .copied()
+                .collect(),
+            rest: keep.iter().map(|&r| self.rest[r]).collect(),
+            label_logp: keep.iter().map(|&r| self.label_logp[r]).collect(),
+        }
+    }
 }
 
 struct Split {

@@ -2,7 +2,10 @@
 //! blocks, for training and for compressing what it trained.
 
 use distill_teacher::LoadedTokenizer;
-use distill_train::data::{load_documents, pack_blocks, split_documents, BlockSet, Packing, Split};
+use distill_train::data::{
+    load_documents, pack_blocks, pack_conversations, split_documents, BlockSet, Document, Packing,
+    Split,
+};
 
 use crate::error::{Context, Error, Result};
 use crate::job::RunConfig;
@@ -71,13 +74,16 @@ fn block_lead(cfg: &RunConfig, tokenizer: &LoadedTokenizer) -> Result<Option<u32
     }
 }
 
-/// A split's documents → tokenised and packed blocks.
+/// A split's documents → tokenised and packed blocks (conversations: a block each).
 pub fn build_data_from(
     cfg: &RunConfig,
     split: &Split,
     tokenizer: &LoadedTokenizer,
     vocab: usize,
 ) -> Result<(BlockSet, BlockSet)> {
+    if cfg.data.source.is_chat() {
+        return build_chat_data(cfg, split, tokenizer, vocab);
+    }
     let tok = &tokenizer.tokenizer;
     let sep = separator_id(cfg.data.separator_token.as_deref(), tokenizer)?;
     let encode = |text: &str| -> std::result::Result<Vec<u32>, String> {
@@ -106,5 +112,47 @@ pub fn build_data_from(
     }
     let valid =
         pack_blocks(&split.validation, packing, encode).context("data (validation documents)")?;
+    Ok((train, valid))
+}
+
+/// Conversations → a block each, rendered through the chat template, the assistant's tokens
+/// marked as the loss's targets; what is cut or left out is logged.
+fn build_chat_data(
+    cfg: &RunConfig,
+    split: &Split,
+    tokenizer: &LoadedTokenizer,
+    vocab: usize,
+) -> Result<(BlockSet, BlockSet)> {
+    let pad = separator_id(cfg.data.separator_token.as_deref(), tokenizer)?;
+    let render = |d: &Document| -> std::result::Result<_, String> {
+        let turns = d.turns.as_deref().unwrap_or_default();
+        let r = crate::chat_data::render_conversation(turns, tokenizer)?;
+        match r.ids.iter().find(|&&i| i as usize >= vocab) {
+            Some(bad) => Err(format!(
+                "token id {bad} is outside the model's vocabulary of {vocab}"
+            )),
+            None => Ok(r),
+        }
+    };
+    let block = cfg.data.block_size;
+    if split.validation.is_empty() {
+        return Err(Error::Job(
+            "data.validation_fraction: no validation conversations; evaluation needs some".into(),
+        ));
+    }
+    let (train, t) = pack_conversations(&split.train, block, pad, render)
+        .context("data (training conversations)")?;
+    let (valid, v) = pack_conversations(&split.validation, block, pad, render)
+        .context("data (validation conversations)")?;
+    for (which, s) in [("training", t), ("validation", v)] {
+        tracing::info!(
+            split = which,
+            conversations = s.conversations,
+            truncated = s.truncated,
+            dropped = s.dropped,
+            block,
+            "chat data: one conversation per block; longer ones cut at the block's end, those left without an assistant token dropped"
+        );
+    }
     Ok((train, valid))
 }

@@ -254,6 +254,7 @@ fn real_tokenizers_align_where_they_have_read_the_same_bytes() {
         block_size: block,
         stream_tokens: ids.len(),
         blocks,
+        targets: None,
     };
     let sides = distill::cross::CrossSides {
         student: &student,

@@ -11,7 +11,7 @@ use super::data::RunData;
 use super::teacher::TeacherSide;
 use super::train::Trained;
 use crate::error::Result;
-use crate::eval::bits_per_byte_at;
+use crate::eval::{bits_per_byte_at, bits_per_byte_of_targets};
 use crate::job::RunConfig;
 use crate::report::{ModelStats, RunReport};
 
@@ -66,7 +66,13 @@ pub(crate) fn build(
     // Teacher and student are scored on the first validation blocks, in the student's ids.
     let scored = &data.valid.blocks[..trained.training.eval_block_count(data.valid.len())];
     let lengths = data.tokenizer(m.teacher).byte_lengths();
-    let bpb = |ppl: Option<f64>| ppl.map(|p| bits_per_byte_at(p, scored, &lengths));
+    let bpb = |ppl: Option<f64>| {
+        ppl.map(|p| match &data.valid.targets {
+            // Chat data: perplexity over the assistant's tokens, so bytes of those.
+            Some(t) => bits_per_byte_of_targets(p, scored, t, &lengths),
+            None => bits_per_byte_at(p, scored, &lengths),
+        })
+    };
     Ok(RunReport {
         run: cfg.output.name.clone(),
         teacher: ModelStats {
@@ -137,5 +143,6 @@ fn teacher_blocks(cross: &distill_train::data::CrossSet) -> distill_train::data:
         block_size: len,
         stream_tokens: blocks.len() * len,
         blocks,
+        targets: None,
     }
 }

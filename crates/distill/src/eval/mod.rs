@@ -6,4 +6,6 @@ mod labelled;
 mod text;
 
 pub use labelled::{evaluate_labelled, LabelledEval};
-pub use text::{bits_per_byte_at, damaged, evaluate_text, TextEval, TextEvalOptions};
+pub use text::{
+    bits_per_byte_at, bits_per_byte_of_targets, damaged, evaluate_text, TextEval, TextEvalOptions,
+};

@@ -186,6 +186,24 @@ pub fn bits_per_byte_at(ppl: f64, windows: &[Vec<u32>], byte_lengths: &[u32]) ->
     )
 }
 
+/// [`bits_per_byte_at`] for a perplexity measured on the marked tokens of `blocks` only
+/// (`targets[i][p]`: token `p` of block `i` is predicted and counted — chat data).
+pub fn bits_per_byte_of_targets(
+    ppl: f64,
+    blocks: &[Vec<u32>],
+    targets: &[Vec<bool>],
+    byte_lengths: &[u32],
+) -> f64 {
+    let (mut predicted, mut bytes) = (0usize, 0u64);
+    for (block, marks) in blocks.iter().zip(targets) {
+        for (&id, _) in block.iter().zip(marks).skip(1).filter(|(_, &m)| m) {
+            predicted += 1;
+            bytes += u64::from(byte_lengths.get(id as usize).copied().unwrap_or(0));
+        }
+    }
+    bits_per_byte(ppl.ln() * predicted as f64, bytes)
+}
+
 /// `nll` nats over `bytes` bytes, in bits per byte.
 pub fn bits_per_byte(nll: f64, bytes: u64) -> f64 {
     nll / std::f64::consts::LN_2 / bytes.max(1) as f64

@@ -58,6 +58,9 @@ pub struct LoadedTokenizer {
     pub chat_template: Option<String>,
 }
 
+/// The bytes `start..end` of a text that a token stands for.
+pub type ByteSpan = (usize, usize);
+
 impl LoadedTokenizer {
     /// Token ids of `text` as the model sees them (BOS added when the model's tokenizer adds it).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
@@ -68,6 +71,17 @@ impl LoadedTokenizer {
     /// special tokens added.
     pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>> {
         self.encode_with(text, false)
+    }
+
+    /// [`Self::encode_continuation`]'s ids with the byte range of `text` each stands for.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<ByteSpan>)> {
+        self.tokenizer
+            .encode(text, false)
+            .map(|e| (e.get_ids().to_vec(), e.get_offsets().to_vec()))
+            .map_err(|e| TeacherError::Tokenizer {
+                source_name: "encode".into(),
+                msg: e.to_string(),
+            })
     }
 
     fn encode_with(&self, text: &str, special_tokens: bool) -> Result<Vec<u32>> {

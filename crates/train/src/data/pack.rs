@@ -13,6 +13,9 @@ pub struct BlockSet {
     pub blocks: Vec<Vec<u32>>,
     /// Tokens in the stream, EOS separators included (the tail that fills no block is dropped).
     pub stream_tokens: usize,
+    /// Per block and position, whether that token is a target the loss counts (chat data: the
+    /// assistant's tokens); `None`: every next token counts.
+    pub targets: Option<Vec<Vec<bool>>>,
 }
 
 impl BlockSet {
@@ -93,7 +96,81 @@ pub fn pack_blocks(
         block_size,
         blocks,
         stream_tokens: stream.len(),
+        targets: None,
     })
+}
+
+/// A conversation rendered and tokenised: its ids, and for each whether it is a target (the
+/// assistant's tokens, its end-of-turn marker included).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rendered {
+    pub ids: Vec<u32>,
+    pub targets: Vec<bool>,
+}
+
+/// What packing conversations cut and left out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ChatPacking {
+    pub conversations: usize,
+    /// Longer than a block: their tokens past `block_size` were dropped.
+    pub truncated: usize,
+    /// Left without a target once cut (the assistant's turns all past the block): not used.
+    pub dropped: usize,
+}
+
+/// Puts each conversation in a block of its own — conversations never attend across each
+/// other — cut at `block_size` tokens (the rest dropped) and padded with `pad`, which is never
+/// a target. Fails when no conversation is left.
+pub fn pack_conversations(
+    docs: &[Document],
+    block_size: usize,
+    pad: u32,
+    render: impl Fn(&Document) -> Result<Rendered, String>,
+) -> Result<(BlockSet, ChatPacking), DataError> {
+    if block_size < 2 {
+        return Err(DataError::Other(format!(
+            "block_size must be at least 2, got {block_size}"
+        )));
+    }
+    let mut stats = ChatPacking::default();
+    let (mut blocks, mut targets, mut tokens) = (vec![], vec![], 0);
+    for d in docs {
+        let Rendered {
+            mut ids,
+            targets: mut is_target,
+        } = render(d).map_err(|e| DataError::Other(format!("{}: {e}", d.id)))?;
+        stats.conversations += 1;
+        if ids.len() > block_size {
+            stats.truncated += 1;
+            ids.truncate(block_size);
+            is_target.truncate(block_size);
+        }
+        // Position 0 is never predicted.
+        if !is_target.iter().skip(1).any(|&t| t) {
+            stats.dropped += 1;
+            continue;
+        }
+        tokens += ids.len();
+        ids.resize(block_size, pad);
+        is_target.resize(block_size, false);
+        blocks.push(ids);
+        targets.push(is_target);
+    }
+    if blocks.is_empty() {
+        return Err(DataError::Other(format!(
+            "none of {} conversations has an assistant token within a block of {block_size}",
+            docs.len()
+        )));
+    }
+    Ok((
+        BlockSet {
+            block_size,
+            blocks,
+            stream_tokens: tokens,
+            targets: Some(targets),
+        },
+        stats,
+    ))
 }
 
 #[cfg(test)]
@@ -110,10 +187,12 @@ mod tests {
             Document {
                 id: "a".into(),
                 text: "abc".into(),
+                turns: None,
             },
             Document {
                 id: "b".into(),
                 text: "de".into(),
+                turns: None,
             },
         ];
         let pack = |block_size, lead| Packing {

@@ -60,6 +60,7 @@ mod tests {
             .map(|i| Document {
                 id: format!("d{i}"),
                 text: format!("text {i}"),
+                turns: None,
             })
             .collect()
     }

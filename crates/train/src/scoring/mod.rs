@@ -12,7 +12,7 @@ mod confusion;
 mod nll;
 
 pub use confusion::{ClassMetrics, Confusion};
-pub use nll::{next_token_nll, NllSum};
+pub use nll::{next_token_nll, next_token_nll_of_targets, NllSum};
 
 use crate::data::{BlockSet, EncodedSet};
 use crate::error::{Ctx, TrainError};

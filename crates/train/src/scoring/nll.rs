@@ -56,10 +56,61 @@ pub fn next_token_nll(logits: &Tensor, input_ids: &Tensor, lengths: &[usize]) ->
     Ok(sum)
 }
 
+/// [`next_token_nll`] over the positions whose next token is a target: `targets[i][p]` says
+/// whether token `p` of sequence `i` counts (chat data: the assistant's tokens).
+pub fn next_token_nll_of_targets(
+    logits: &Tensor,
+    input_ids: &Tensor,
+    targets: &[&[bool]],
+) -> Result<NllSum> {
+    let (_, s, _) = logits.dims3()?;
+    if s < 2 {
+        return Ok(NllSum::default());
+    }
+    let logp = candle_nn::ops::log_softmax(
+        &logits.narrow(1, 0, s - 1)?.to_dtype(DType::F32)?,
+        D::Minus1,
+    )?;
+    let next = input_ids
+        .narrow(1, 1, s - 1)?
+        .to_dtype(DType::U32)?
+        .unsqueeze(2)?;
+    let picked: Vec<Vec<f32>> = logp
+        .gather(&next.contiguous()?, D::Minus1)?
+        .squeeze(2)?
+        .to_vec2()?;
+    let mut sum = NllSum::default();
+    for (row, counts) in picked.iter().zip(targets) {
+        for (&lp, _) in row.iter().zip(&counts[1..]).filter(|(_, &c)| c) {
+            sum.nll -= lp as f64;
+            sum.tokens += 1;
+        }
+    }
+    Ok(sum)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn only_target_positions_count() {
+        let v = 5;
+        // Sequence 0 predicts 3 tokens; only tokens 2 and 3 are targets.
+        let mut l = vec![0f32; 4 * v];
+        l[v + 2] = 3.0; // position 1 strongly predicts token 2
+        let logits = Tensor::from_vec(l, (1, 4, v), &Device::Cpu).unwrap();
+        let ids = Tensor::new(&[[0u32, 1, 2, 4]], &Device::Cpu).unwrap();
+        let targets = [false, false, true, true];
+        let s = next_token_nll_of_targets(&logits, &ids, &[&targets]).unwrap();
+        assert_eq!(s.tokens, 2);
+        let sure = (3f64.exp() / (3f64.exp() + 4.0)).ln();
+        let uniform = (1.0f64 / v as f64).ln();
+        assert!((s.nll - -(sure + uniform)).abs() < 1e-5, "{}", s.nll);
+        let all = next_token_nll(&logits, &ids, &[4]).unwrap();
+        assert_eq!(all.tokens, 3);
+    }
 
     #[test]
     fn uniform_logits_give_perplexity_equal_to_vocab() {

@@ -15,9 +15,10 @@ use crate::data::BlockSet;
 use crate::error::{Ctx, TrainError};
 use crate::losses::{ForwardKl, Loss, LossInputs};
 use crate::objective::{Objective, Targets};
-use crate::scoring::{next_token_nll, NllSum};
+use crate::scoring::{next_token_nll, next_token_nll_of_targets, NllSum};
 use crate::task::{BatchAt, Evaluation, Losses, Task};
 use crate::tasks::cross_lm::{AlignedScores, Cross, CrossSetup, TeacherRows};
+use crate::tasks::targets::{counted_rows, row_index, select_rows};
 use crate::tasks::{Student, TeacherSignal};
 use crate::training::Training;
 
@@ -88,6 +89,12 @@ impl<'a> CausalLm<'a> {
             Some(TeacherSignal::Online(t)) => Self::online(setup.student, Some(t), &setup)?,
             None => Self::online(setup.student, None, &setup)?,
         };
+        let marked = setup.train.targets.is_some() || setup.valid.targets.is_some();
+        if marked && (setup.cross.is_some() || task.objective.uses_hidden()) {
+            return Err(TrainError::Invalid(
+                "blocks with marked targets (chat data) train without hidden-state losses and across one tokenizer only".into(),
+            ));
+        }
         if let Some(c) = setup.cross {
             if c.train.blocks.len() != setup.train.len()
                 || c.valid.blocks.len() != setup.valid.len()
@@ -272,9 +279,9 @@ impl CausalLm<'_> {
     fn loss_from_heads(
         &self,
         ids: &Tensor,
-        b: usize,
-        s: usize,
+        (b, s): (usize, usize),
         want_hidden: bool,
+        keep: Option<&Tensor>,
     ) -> Result<Option<Losses>, TrainError> {
         let Some(teacher) = self.teacher.filter(|t| {
             self.objective.fuses_heads()
@@ -302,11 +309,16 @@ impl CausalLm<'_> {
             let d = t.dim(2)?;
             t.narrow(1, 0, s - 1)?.reshape((b * (s - 1), d))
         };
-        let hs = rows(&sf.features).ctx(|| "student features".into())?;
-        let ht = rows(&tf.features.detach()).ctx(|| "teacher features".into())?;
+        let hs = rows(&sf.features)
+            .and_then(|t| select_rows(&t, keep))
+            .ctx(|| "student features".into())?;
+        let ht = rows(&tf.features.detach())
+            .and_then(|t| select_rows(&t, keep))
+            .ctx(|| "teacher features".into())?;
         let labels = ids
             .narrow(1, 1, s - 1)
             .and_then(|t| t.flatten_all())
+            .and_then(|t| select_rows(&t, keep))
             .ctx(|| "labels".into())?;
         let (sh, th) = (
             sf.hidden_states.unwrap_or_default(),
@@ -343,9 +355,27 @@ impl CausalLm<'_> {
             .map_err(|e| TrainError::Invalid(format!("student forward (eval): {e}")))?
             .logits
             .detach();
-        let nll = next_token_nll(&logits, &ids, &vec![s; blocks.len()])
+        let nll = self
+            .valid_nll(&logits, &ids, blocks)
             .ctx(|| "validation NLL".into())?;
         Ok((ids, logits, nll))
+    }
+
+    /// Next-token NLL of `logits` on validation blocks `blocks` (`ids`): every position, or
+    /// those whose next token is a target when the blocks mark them.
+    fn valid_nll(
+        &self,
+        logits: &Tensor,
+        ids: &Tensor,
+        blocks: &[usize],
+    ) -> candle_core::Result<NllSum> {
+        match &self.valid.targets {
+            Some(t) => {
+                let rows: Vec<&[bool]> = blocks.iter().map(|&i| t[i].as_slice()).collect();
+                next_token_nll_of_targets(logits, ids, &rows)
+            }
+            None => next_token_nll(logits, ids, &vec![self.valid.block_size; blocks.len()]),
+        }
     }
 
     /// The loss against the cached targets of `blocks` (whose tokens are `ids`).
@@ -354,19 +384,24 @@ impl CausalLm<'_> {
         cache: &TargetCache,
         blocks: &[usize],
         ids: &Tensor,
-        b: usize,
-        s: usize,
+        (b, s): (usize, usize),
+        counted: Option<(&[usize], &Tensor)>,
     ) -> Result<Losses, TrainError> {
-        let targets = cache
+        let mut targets = cache
             .rows("train", blocks)
             .map_err(|e| TrainError::Invalid(format!("teacher cache: {e}")))?;
+        if let Some((rows, _)) = counted {
+            targets = targets.select(rows);
+        }
+        let keep = counted.map(|(_, t)| t);
         let labels = ids
             .narrow(1, 1, s - 1)
             .and_then(|t| t.flatten_all())
+            .and_then(|t| select_rows(&t, keep))
             .ctx(|| "labels".into())?;
         let rows = |t: &Tensor| -> candle_core::Result<Tensor> {
             let d = t.dim(2)?;
-            t.narrow(1, 0, s - 1)?.reshape((b * (s - 1), d))
+            select_rows(&t.narrow(1, 0, s - 1)?.reshape((b * (s - 1), d))?, keep)
         };
         let input = Input::new(ids);
         let value = if self.student.dense_head().is_some() {
@@ -409,14 +444,24 @@ impl CausalLm<'_> {
             let c = blocks.len();
             let (_, logits, batch_nll) = self.student_on_valid(blocks)?;
             nll.add(batch_nll);
-            let targets = cache
+            let mut targets = cache
                 .rows("valid", blocks)
                 .map_err(|e| TrainError::Invalid(format!("teacher cache: {e}")))?;
             let v = logits.dim(2).ctx(|| "logits".into())?;
-            let rows = c * (s - 1);
+            let counted = counted_rows(self.valid, blocks, s - 1);
+            let keep = counted
+                .as_deref()
+                .map(|r| row_index(r, &self.device))
+                .transpose()
+                .ctx(|| "counted rows".into())?;
+            if let Some(r) = &counted {
+                targets = targets.select(r);
+            }
+            let rows = counted.as_ref().map_or(c * (s - 1), Vec::len);
             let sl = logits
                 .narrow(1, 0, s - 1)
-                .and_then(|l| l.reshape((rows, v)))
+                .and_then(|l| l.reshape((c * (s - 1), v)))
+                .and_then(|l| select_rows(&l, keep.as_ref()))
                 .ctx(|| "eval".into())?;
             let kl = crate::losses::TopKTensors::new(&targets, &self.device)
                 .and_then(|tt| crate::losses::top_k_kl(&sl, &tt, t))
@@ -456,6 +501,48 @@ impl CausalLm<'_> {
                 cache.manifest().layout.top_k,
                 100.0 * a
             ),
+        })
+    }
+}
+
+impl CausalLm<'_> {
+    /// The teacher's logits on a validation batch `ids` (f32), kept in `cache` for the next
+    /// evaluations: its features before a dense head (the head multiplied out on use), else
+    /// its logits.
+    fn teacher_on_valid(
+        teacher: &dyn Model,
+        cache: &mut Option<TeacherCache>,
+        ids: &Tensor,
+    ) -> Result<Tensor, TrainError> {
+        let input = Input::new(ids);
+        let cache = cache.get_or_insert_with(|| match teacher.dense_head() {
+            Some(head) => TeacherCache::Features {
+                batches: vec![],
+                head: head.detach(),
+            },
+            None => TeacherCache::Logits(vec![]),
+        });
+        Ok(match cache {
+            TeacherCache::Features { batches, head } => {
+                let f = features(teacher, &input, "teacher forward (eval)")?;
+                let features = f.features.detach();
+                let t = distill_models::weights::times_transposed(&features, head)
+                    .and_then(|t| t.to_dtype(DType::F32))
+                    .ctx(|| "teacher head (eval)".into())?;
+                batches.push(features);
+                t
+            }
+            TeacherCache::Logits(batches) => {
+                let t = teacher
+                    .run(&input)
+                    .map_err(|e| TrainError::Invalid(format!("teacher forward (eval): {e}")))?
+                    .logits
+                    .detach()
+                    .to_dtype(DType::F32)
+                    .ctx(|| "teacher logits (eval)".into())?;
+                batches.push(t.clone());
+                t
+            }
         })
     }
 }
@@ -612,11 +699,18 @@ impl Task for CausalLm<'_> {
         if self.cross.is_some() {
             return self.loss_across(&blocks, &ids);
         }
+        let counted = counted_rows(self.train, &blocks, s - 1);
+        let keep = counted
+            .as_deref()
+            .map(|r| row_index(r, &self.device))
+            .transpose()
+            .ctx(|| "counted rows".into())?;
         if let Some(cache) = self.cache {
-            return self.loss_from_cache(cache, &blocks, &ids, b, s);
+            let counted = counted.as_deref().zip(keep.as_ref());
+            return self.loss_from_cache(cache, &blocks, &ids, (b, s), counted);
         }
         let want_hidden = self.objective.uses_hidden();
-        if let Some(losses) = self.loss_from_heads(&ids, b, s, want_hidden)? {
+        if let Some(losses) = self.loss_from_heads(&ids, (b, s), want_hidden, keep.as_ref())? {
             return Ok(losses);
         }
         let out = self
@@ -625,12 +719,16 @@ impl Task for CausalLm<'_> {
             .map_err(|e| TrainError::Invalid(format!("student forward: {e}")))?;
         let v = out.logits.dim(2).ctx(|| "logits".into())?;
         let flat = |t: &Tensor| -> candle_core::Result<Tensor> {
-            t.narrow(1, 0, s - 1)?.reshape((b * (s - 1), v))
+            select_rows(
+                &t.narrow(1, 0, s - 1)?.reshape((b * (s - 1), v))?,
+                keep.as_ref(),
+            )
         };
         let student = flat(&out.logits).ctx(|| "student logits".into())?;
         let labels = ids
             .narrow(1, 1, s - 1)
             .and_then(|t| t.flatten_all())
+            .and_then(|t| select_rows(&t, keep.as_ref()))
             .ctx(|| "labels".into())?;
         let teacher_out = match self
             .teacher
@@ -691,45 +789,14 @@ impl Task for CausalLm<'_> {
         let indices: Vec<usize> = (0..n).collect();
         for (bi, chunk) in indices.chunks(bs).enumerate() {
             let (ids, logits, batch_nll) = self.student_on_valid(chunk)?;
-            let lengths = vec![s; chunk.len()];
             nll.add(batch_nll);
             if let Some(teacher) = self.teacher {
                 if fill_cache {
-                    let input = Input::new(&ids);
-                    let teacher_err = |e: distill_models::ModelError| {
-                        TrainError::Invalid(format!("teacher forward (eval): {e}"))
-                    };
-                    let cache = cache.get_or_insert_with(|| match teacher.dense_head() {
-                        Some(head) => TeacherCache::Features {
-                            batches: vec![],
-                            head: head.detach(),
-                        },
-                        None => TeacherCache::Logits(vec![]),
-                    });
-                    let t = match cache {
-                        TeacherCache::Features { batches, head } => {
-                            let f = features(teacher, &input, "teacher forward (eval)")?;
-                            let features = f.features.detach();
-                            let t = distill_models::weights::times_transposed(&features, head)
-                                .and_then(|t| t.to_dtype(DType::F32))
-                                .ctx(|| "teacher head (eval)".into())?;
-                            batches.push(features);
-                            t
-                        }
-                        TeacherCache::Logits(batches) => {
-                            let t = teacher
-                                .run(&input)
-                                .map_err(teacher_err)?
-                                .logits
-                                .detach()
-                                .to_dtype(DType::F32)
-                                .ctx(|| "teacher logits (eval)".into())?;
-                            batches.push(t.clone());
-                            t
-                        }
-                    };
-                    teacher_nll
-                        .add(next_token_nll(&t, &ids, &lengths).ctx(|| "teacher NLL".into())?);
+                    let t = Self::teacher_on_valid(teacher, &mut cache, &ids)?;
+                    teacher_nll.add(
+                        self.valid_nll(&t, &ids, chunk)
+                            .ctx(|| "teacher NLL".into())?,
+                    );
                 }
                 let t = &cache
                     .as_ref()
@@ -738,8 +805,19 @@ impl Task for CausalLm<'_> {
                     .and_then(|t| t.to_dtype(logits.dtype()))
                     .ctx(|| "teacher logits (eval)".into())?;
                 let v = logits.dim(2).ctx(|| "logits".into())?;
-                let sl = logits.reshape((chunk.len() * s, v)).ctx(|| "eval".into())?;
-                let tl = t.reshape((chunk.len() * s, v)).ctx(|| "eval".into())?;
+                let keep = counted_rows(self.valid, chunk, s)
+                    .map(|r| row_index(&r, &self.device))
+                    .transpose()
+                    .ctx(|| "counted rows".into())?;
+                let sl = logits
+                    .reshape((chunk.len() * s, v))
+                    .and_then(|l| select_rows(&l, keep.as_ref()))
+                    .ctx(|| "eval".into())?;
+                let tl = t
+                    .reshape((chunk.len() * s, v))
+                    .and_then(|l| select_rows(&l, keep.as_ref()))
+                    .ctx(|| "eval".into())?;
+                let rows = sl.dim(0).ctx(|| "eval".into())?;
                 let kl = ForwardKl { temperature: 1.0 }
                     .forward(&LossInputs {
                         student_logits: &sl,
@@ -748,7 +826,7 @@ impl Task for CausalLm<'_> {
                     })
                     .and_then(|k| k.to_scalar::<f32>())
                     .ctx(|| "validation KL".into())?;
-                kl_sum += kl as f64 * (chunk.len() * s) as f64;
+                kl_sum += kl as f64 * rows as f64;
                 let a: Vec<u32> = sl
                     .argmax(D::Minus1)
                     .and_then(|x| x.to_vec1())

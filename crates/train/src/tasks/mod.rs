@@ -4,6 +4,7 @@
 mod causal_lm;
 mod classification;
 mod cross_lm;
+mod targets;
 
 use candle_nn::VarMap;
 use distill_models::Model;

@@ -44,6 +44,7 @@ pub fn blocks(n: usize, s: usize, seed: u32) -> BlockSet {
         block_size: s,
         blocks,
         stream_tokens: n * s,
+        targets: None,
     }
 }
 
