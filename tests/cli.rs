@@ -352,6 +352,37 @@ fn real_smollm2_inspect_and_tokenize_through_the_binary() {
     );
 }
 
+/// `distill chat` in the terminal: each line a turn answered in the conversation, `/reset`
+/// starts again, `/exit` ends with success; a source without a chat template is refused.
+#[test]
+fn real_smollm2_chat_answers_resets_and_exits() {
+    use std::io::Write;
+    let gguf = common::smollm2_gguf();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["chat", gguf.to_str().unwrap(), "--temperature", "0"])
+        .args(["--max-new-tokens", "8", "--ggml"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is a whale?\n/reset\nName a colour.\n/exit\n")
+        .unwrap();
+    let out = ok(&child.wait_with_output().unwrap());
+    let answers: Vec<&str> = out.split("> ").skip(1).collect();
+    assert_eq!(answers.len(), 4, "{out}");
+    assert!(answers[0].trim().len() > 3, "an answer: {out}");
+    assert_eq!(answers[1].trim(), "(a new conversation)");
+    assert!(answers[2].trim().len() > 3, "an answer: {out}");
+    let refused = distill(&["chat", common::gemma3_gguf().to_str().unwrap()], &[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no chat template"));
+}
+
 /// A tiny teacher folder, a folder of text documents and a run config around them.
 fn tiny_run_setup(tmp: &Path, steps: usize, extra: &str) -> std::path::PathBuf {
     let cfg = tiny_llama_config();

@@ -23,6 +23,7 @@ Examples:
   distill eval ./my-model-folder --text valid.txt --device cuda:0 --dtype bf16
   distill generate model.gguf --prompt 'What is a whale?' --chat --max-new-tokens 64
   distill generate runs/quickstart --prompts prompts.jsonl --temperature 0.7 --top-p 0.9 --json
+  distill chat model.gguf --system 'You answer in one sentence.'
   distill launch --nproc-per-node 2 -- run configs/quickstart.yaml   # data-parallel, 2 ranks
   distill run configs/spam-minilm.yaml           # fine-tune a classifier teacher, distil a student
   distill eval runs/spam-minilm/student --labelled configs/spam-minilm.yaml --split test
@@ -63,6 +64,9 @@ enum Command {
     /// A model's answers to a prompt (streamed) or a JSONL file of prompts (one batch), plain
     /// or through its chat template.
     Generate(commands::generate::Args),
+    /// A conversation in the terminal with a model, through its chat template: answers stream
+    /// as they are written; /reset starts again, Ctrl-C stops an answer.
+    Chat(commands::chat::Args),
     /// Prune, factorise, share or quantise a model and export it (safetensors, GGUF).
     Compress(commands::compress::Args),
     /// Search the run's trained student for the smallest GGUF artifact within a quality
@@ -106,6 +110,7 @@ fn main() -> std::process::ExitCode {
         Command::Tokenize(a) => commands::inspect::tokenize(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Generate(a) => commands::generate::run(a),
+        Command::Chat(a) => commands::chat::run(a),
         Command::Compress(a) => commands::compress::run(a),
         Command::Auto(a) => commands::auto::run(a),
     };

@@ -93,7 +93,7 @@ impl Generated {
 }
 
 /// Where a source's model is: a run folder answers with its exported student (`final/`).
-fn model_source(source: &str) -> String {
+pub(crate) fn model_source(source: &str) -> String {
     let p = Path::new(source);
     let exported = p.join("final");
     if p.join("report.json").is_file() && exported.join("config.json").is_file() {
@@ -134,19 +134,13 @@ pub fn generate_answers(
     let started = Instant::now();
     let mut on_token = |p: usize, token: u32| {
         let s = &mut streams[p];
-        s.tokens.push(token);
-        let piece = s.advance(tok);
+        let piece = s.push(token, tok);
         if !piece.is_empty() {
             on_text(p, &piece);
         }
         s.stopped_by(&req.stop)
     };
-    let (generations, timing) = match &teacher.model {
-        TeacherModel::Llama(m) => generate_timed(m, &ids, &opts, &mut on_token)?,
-        // llama.cpp's arithmetic: each sequence alone, as llama.cpp generates it.
-        TeacherModel::Ggml(m) => generate_timed(m, &ids, &opts, &mut on_token)?,
-        TeacherModel::Bert(_) => return Err(no_generation(&spec)),
-    };
+    let (generations, timing) = run_decoder(&teacher.model, &spec, &ids, &opts, &mut on_token)?;
     let seconds = started.elapsed().as_secs_f64();
     let answers: Vec<Answer> = generations
         .iter()
@@ -171,6 +165,22 @@ pub fn generate_answers(
         timing,
         prefill_tokens_per_second: prompt_tokens as f64 / timing.prefill_seconds.max(1e-9),
         decode_tokens_per_second: timing.decode_tokens as f64 / timing.decode_seconds.max(1e-9),
+    })
+}
+
+/// Generates with whichever decoder `model` is: candle's (dense or `QMatMul`), or the ggml
+/// path (llama.cpp's arithmetic, each sequence alone as llama.cpp generates it).
+pub(crate) fn run_decoder(
+    model: &TeacherModel,
+    spec: &str,
+    ids: &[Vec<u32>],
+    opts: &GenerateOptions,
+    on_token: &mut dyn FnMut(usize, u32) -> bool,
+) -> Result<(Vec<distill_models::generate::Generation>, Timing)> {
+    Ok(match model {
+        TeacherModel::Llama(m) => generate_timed(m, ids, opts, on_token)?,
+        TeacherModel::Ggml(m) => generate_timed(m, ids, opts, on_token)?,
+        TeacherModel::Bert(_) => return Err(no_generation(spec)),
     })
 }
 
@@ -223,7 +233,7 @@ fn encode(text: &str, chat: bool, tok: &LoadedTokenizer) -> Result<Vec<u32>> {
 }
 
 /// The tokens that end an answer: EOS and the end-of-turn markers of the common templates.
-fn stop_ids(tok: &LoadedTokenizer) -> Vec<u32> {
+pub(crate) fn stop_ids(tok: &LoadedTokenizer) -> Vec<u32> {
     const END_OF_TURN: [&str; 5] = [
         "<|im_end|>",
         "<|endoftext|>",
@@ -246,13 +256,20 @@ fn stop_ids(tok: &LoadedTokenizer) -> Vec<u32> {
 /// One answer's text as its tokens come: what is new each time, held back while the last
 /// token ends inside a character.
 #[derive(Default)]
-struct TextStream {
+pub(crate) struct TextStream {
     tokens: Vec<u32>,
     shown: usize,
     text: String,
 }
 
 impl TextStream {
+    /// Takes the answer's next token; returns the text it completes (empty while a character
+    /// is still open).
+    pub(crate) fn push(&mut self, token: u32, tok: &LoadedTokenizer) -> String {
+        self.tokens.push(token);
+        self.advance(tok)
+    }
+
     fn advance(&mut self, tok: &LoadedTokenizer) -> String {
         let text = tok.decode(&self.tokens).unwrap_or_default();
         if text.ends_with('\u{FFFD}') {
@@ -270,7 +287,7 @@ impl TextStream {
     }
 
     /// The answer, cut before the first stop string.
-    fn final_text(&self, stop: &[String]) -> String {
+    pub(crate) fn final_text(&self, stop: &[String]) -> String {
         let cut = stop
             .iter()
             .filter(|s| !s.is_empty())

@@ -32,6 +32,7 @@
 
 pub mod auto;
 pub mod causal_lm;
+pub mod chat;
 pub mod chat_data;
 pub mod classification;
 pub mod compression;

@@ -173,6 +173,14 @@ output: {{dir: {r}, name: chat}}
     let RunOutcome::CausalLm(lm) = run(&job, &RunOptions::default()).unwrap() else {
         unreachable!()
     };
+    // The exported student chats as the teacher does: its tokenizer carries the template.
+    let exported = lm.student.as_ref().unwrap().join("tokenizer_config.json");
+    let tc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exported).unwrap()).unwrap();
+    assert!(tc["chat_template"]
+        .as_str()
+        .unwrap()
+        .contains("<|im_start|>"));
     let report = lm.report.unwrap();
     let (t, s) = (
         report.teacher.val_ppl.unwrap(),

@@ -176,3 +176,67 @@ fn chat_prompts_answer_as_the_engine_decodes() {
     assert!(!g.answers[0].text.contains(' '), "{:?}", g.answers[0].text);
     assert_eq!(g.answers[0].finish, distill::generate::Finish::Stopped);
 }
+
+/// `distill chat`'s session: a turn answers as `distill generate --chat` answers the same
+/// conversation, the history grows turn by turn (the second answer follows the first), an
+/// interrupted answer stops where it was and stays in the history, `reset` starts again, and a
+/// model without a chat template is refused.
+#[test]
+fn a_chat_session_keeps_the_conversation() {
+    use distill::chat::{ChatOptions, ChatSession};
+    let load = LoadOptions {
+        gguf_mode: GgufCompute::Dequantized,
+        ..LoadOptions::default()
+    };
+    let opts = ChatOptions {
+        system: None,
+        max_new_tokens: 12,
+        sampling: Sampling::default(),
+    };
+    let mut session = ChatSession::open(&gguf(), &load, opts.clone()).unwrap();
+    let mut streamed = String::new();
+    let first = session
+        .reply("What is a whale?", &mut |p| streamed += p, &|| false)
+        .unwrap();
+    assert_eq!(first.text, streamed);
+    let req = GenerateRequest {
+        prompts: vec![Prompt::Text {
+            prompt: "What is a whale?".into(),
+        }],
+        chat: true,
+        chat_template: None,
+        max_new_tokens: 12,
+        sampling: Sampling::default(),
+        stop: vec![],
+        load: load.clone(),
+    };
+    let g = generate_answers(&gguf(), &req, &mut |_, _| ()).unwrap();
+    assert_eq!(first.text, g.answers[0].text);
+    // The second turn is answered after the first exchange.
+    let second = session
+        .reply("And where does it live?", &mut |_| (), &|| false)
+        .unwrap();
+    assert!(second.context_tokens > first.context_tokens + first.tokens);
+    assert_eq!(session.history().len(), 4);
+    assert_eq!(session.history()[1].content, first.text);
+    // Interrupted after three tokens: stopped there, and kept.
+    let seen = std::cell::Cell::new(0);
+    let cut = session
+        .reply("Tell me more.", &mut |_| (), &|| {
+            seen.set(seen.get() + 1);
+            seen.get() >= 3
+        })
+        .unwrap();
+    assert_eq!(
+        (cut.finish, cut.tokens),
+        (distill::generate::Finish::Stopped, 3)
+    );
+    assert_eq!(session.history().len(), 6);
+    session.reset();
+    assert!(session.history().is_empty());
+    let e = ChatSession::open(&common::gemma3_gguf().display().to_string(), &load, opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("no chat template"), "{e}");
+}

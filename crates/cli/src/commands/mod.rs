@@ -2,6 +2,7 @@
 
 pub mod auto;
 pub mod cache_teacher;
+pub mod chat;
 pub mod compress;
 pub mod eval;
 pub mod generate;
@@ -24,7 +25,8 @@ pub struct ModelArgs {
     #[arg(long, conflicts_with = "ggml")]
     pub dequantize: bool,
     /// Run a GGUF model with llama.cpp's CPU arithmetic: the logits llama.cpp computes from the
-    /// same file, bit for bit (CPU; `llama` architecture with Q4_1/Q8_0 matrices).
+    /// same file, bit for bit (CPU; `llama` and `gemma3` architectures, Q4_1, Q5_0, Q8_0, Q4_K,
+    /// Q6_K and F32 matrices).
     #[arg(long)]
     pub ggml: bool,
 }
