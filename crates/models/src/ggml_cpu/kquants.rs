@@ -146,6 +146,24 @@ pub fn quantize_row_q8k(x: &[f32]) -> Vec<Q8KBlock> {
         .collect()
 }
 
+/// The exact integer sums of `scale·q·y` and of `min·Σy` over the 32-element sub-blocks `subs`
+/// of one `Q4_K` super-block against its `Q8_K` activations.
+#[inline(always)]
+fn q4k_sums(w: &BlockQ4K, a: &Q8KBlock, subs: std::ops::Range<usize>) -> (i32, i32) {
+    let (mut isum, mut imin) = (0i32, 0i32);
+    for sub in subs {
+        let span = 32 * sub..32 * (sub + 1);
+        let dot: i32 = w.q[span.clone()]
+            .iter()
+            .zip(&a.qs[span])
+            .map(|(&q, &y)| q as i32 * y as i32)
+            .sum();
+        isum += w.scales[sub] as i32 * dot;
+        imin += w.mins[sub] as i32 * a.sub_sums[sub];
+    }
+    (isum, imin)
+}
+
 with_fma! {
     /// One output of llama.cpp's repacked `Q4_K` kernel for groups of four activation rows
     /// (`ggml_gemm_q4_K_8x8_q8_K`, AVX2; the CPU backend repacks `Q4_K` matrices whose rows are
@@ -158,17 +176,7 @@ with_fma! {
         for (w, a) in w.iter().zip(act) {
             let (scale, min) = (w.d * a.d, w.dmin * a.d);
             for pair in 0..4 {
-                let (mut isum, mut imin) = (0i32, 0i32);
-                for sub in 2 * pair..2 * pair + 2 {
-                    let span = 32 * sub..32 * (sub + 1);
-                    let dot: i32 = w.q[span.clone()]
-                        .iter()
-                        .zip(&a.qs[span])
-                        .map(|(&q, &y)| q as i32 * y as i32)
-                        .sum();
-                    isum += w.scales[sub] as i32 * dot;
-                    imin += w.mins[sub] as i32 * a.sub_sums[sub];
-                }
+                let (isum, imin) = q4k_sums(w, a, 2 * pair..2 * pair + 2);
                 acc = (isum as f32).mul_add(scale, acc);
                 acc_min = (imin as f32).mul_add(min, acc_min);
             }
@@ -184,17 +192,7 @@ with_fma! {
     pub fn dot_q4k_q8k_gemv(w: &[BlockQ4K], act: &[Q8KBlock]) -> f32 {
         let (mut acc, mut acc_min) = (0f32, 0f32);
         for (w, a) in w.iter().zip(act) {
-            let (mut isum, mut imin) = (0i32, 0i32);
-            for sub in 0..8 {
-                let span = 32 * sub..32 * (sub + 1);
-                let dot: i32 = w.q[span.clone()]
-                    .iter()
-                    .zip(&a.qs[span])
-                    .map(|(&q, &y)| q as i32 * y as i32)
-                    .sum();
-                isum += w.scales[sub] as i32 * dot;
-                imin += w.mins[sub] as i32 * a.sub_sums[sub];
-            }
+            let (isum, imin) = q4k_sums(w, a, 0..8);
             acc = (isum as f32).mul_add(w.d * a.d, acc);
             acc_min = (imin as f32).mul_add(w.dmin * a.d, acc_min);
         }

@@ -15,6 +15,9 @@ use super::vec::{dot_f32, dot_lanes8};
 use crate::error::{ModelError, Result, TensorContext};
 use crate::gguf::GgufFile;
 
+/// Weight rows a parallel task takes at least: enough work to outweigh scheduling it.
+const ROWS_PER_TASK: usize = 16;
+
 /// How a matrix is stored in the GGUF.
 enum Stored {
     /// 32-element blocks multiplied against `Q8_1`/`Q8_0` activations.
@@ -68,33 +71,44 @@ impl BlockMatrix {
     /// take llamafile's `tinyBLAS` order where llama.cpp hands them to it (at least 2 rows of
     /// `x`, `cols % 8 == 0`, `rows % 4 == 0`) and `ggml_vec_dot_f32`'s otherwise.
     pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
-        let by_row: Vec<Vec<f32>> = match &self.stored {
+        // Each weight row's outputs for the `n` activation rows, one row after another.
+        let mut by_row = vec![0f32; self.rows * n];
+        match &self.stored {
             Stored::F32(w) => {
                 let tiny_blas =
                     n >= 2 && self.cols.is_multiple_of(8) && self.rows.is_multiple_of(4);
                 let dot = if tiny_blas { dot_lanes8 } else { dot_f32 };
-                w.par_chunks_exact(self.cols)
-                    .map(|row| x.chunks_exact(self.cols).map(|a| dot(row, a)).collect())
-                    .collect()
+                by_row
+                    .par_chunks_exact_mut(n)
+                    .zip(w.par_chunks_exact(self.cols))
+                    .with_min_len(ROWS_PER_TASK)
+                    .for_each(|(out, row)| {
+                        for (o, a) in out.iter_mut().zip(x.chunks_exact(self.cols)) {
+                            *o = dot(row, a);
+                        }
+                    });
             }
             _ => {
                 let act: Vec<Quantised> = x
                     .par_chunks_exact(self.cols)
                     .map(|row| self.quantise(row))
                     .collect();
-                (0..self.rows)
-                    .into_par_iter()
-                    .map(|r| {
-                        act.iter()
-                            .enumerate()
-                            .map(|(index, a)| self.dot(r, a, RowPlace { index, batch: n }))
-                            .collect()
-                    })
-                    .collect()
+                by_row
+                    .par_chunks_exact_mut(n)
+                    .enumerate()
+                    .with_min_len(ROWS_PER_TASK)
+                    .for_each(|(r, out)| {
+                        for (index, (o, a)) in out.iter_mut().zip(&act).enumerate() {
+                            *o = self.dot(r, a, RowPlace { index, batch: n });
+                        }
+                    });
             }
-        };
+        }
+        if n == 1 {
+            return by_row;
+        }
         let mut out = vec![0f32; n * self.rows];
-        for (r, col) in by_row.iter().enumerate() {
+        for (r, col) in by_row.chunks_exact(n).enumerate() {
             for (t, v) in col.iter().enumerate() {
                 out[t * self.rows + r] = *v;
             }

@@ -25,25 +25,32 @@ impl NllSum {
     }
 }
 
-/// NLL of predicting token `t+1` from position `t`, for `logits` `[b, s, V]` and `input_ids`
-/// `[b, s]`; `lengths[i]` is the number of real (unpadded) tokens of sequence `i`.
-pub fn next_token_nll(logits: &Tensor, input_ids: &Tensor, lengths: &[usize]) -> Result<NllSum> {
-    let (b, s, _) = logits.dims3()?;
+/// log p(token `t+1` | position `t`) for `logits` `[b, s, V]` and `input_ids` `[b, s]`: `b`
+/// rows of `s − 1` (none when `s < 2`).
+fn next_token_logp(logits: &Tensor, input_ids: &Tensor) -> Result<Vec<Vec<f32>>> {
+    let (_, s, _) = logits.dims3()?;
     if s < 2 {
-        return Ok(NllSum::default());
+        return Ok(vec![]);
     }
     let logp = candle_nn::ops::log_softmax(
         &logits.narrow(1, 0, s - 1)?.to_dtype(DType::F32)?,
         D::Minus1,
     )?;
-    let targets = input_ids
+    let next = input_ids
         .narrow(1, 1, s - 1)?
         .to_dtype(DType::U32)?
         .unsqueeze(2)?;
-    let picked = logp.gather(&targets.contiguous()?, D::Minus1)?.squeeze(2)?; // [b, s-1]
-    let picked: Vec<Vec<f32>> = picked.to_vec2()?;
+    logp.gather(&next.contiguous()?, D::Minus1)?
+        .squeeze(2)?
+        .to_vec2()
+}
+
+/// NLL of predicting token `t+1` from position `t`, for `logits` `[b, s, V]` and `input_ids`
+/// `[b, s]`; `lengths[i]` is the number of real (unpadded) tokens of sequence `i`.
+pub fn next_token_nll(logits: &Tensor, input_ids: &Tensor, lengths: &[usize]) -> Result<NllSum> {
+    let s = logits.dim(1)?;
     let mut sum = NllSum::default();
-    for (i, row) in picked.iter().enumerate().take(b) {
+    for (i, row) in next_token_logp(logits, input_ids)?.iter().enumerate() {
         let n = lengths
             .get(i)
             .copied()
@@ -63,24 +70,8 @@ pub fn next_token_nll_of_targets(
     input_ids: &Tensor,
     targets: &[&[bool]],
 ) -> Result<NllSum> {
-    let (_, s, _) = logits.dims3()?;
-    if s < 2 {
-        return Ok(NllSum::default());
-    }
-    let logp = candle_nn::ops::log_softmax(
-        &logits.narrow(1, 0, s - 1)?.to_dtype(DType::F32)?,
-        D::Minus1,
-    )?;
-    let next = input_ids
-        .narrow(1, 1, s - 1)?
-        .to_dtype(DType::U32)?
-        .unsqueeze(2)?;
-    let picked: Vec<Vec<f32>> = logp
-        .gather(&next.contiguous()?, D::Minus1)?
-        .squeeze(2)?
-        .to_vec2()?;
     let mut sum = NllSum::default();
-    for (row, counts) in picked.iter().zip(targets) {
+    for (row, counts) in next_token_logp(logits, input_ids)?.iter().zip(targets) {
         for (&lp, _) in row.iter().zip(&counts[1..]).filter(|(_, &c)| c) {
             sum.nll -= lp as f64;
             sum.tokens += 1;
