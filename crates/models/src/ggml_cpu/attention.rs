@@ -47,32 +47,40 @@ pub fn attend(shape: &Heads, q: &[f32], k: &[f32], v: &[f32], past: usize) -> Ve
         }
     }
     let mut out = vec![0f32; n * heads * hd];
-    out.par_chunks_exact_mut(heads * hd)
-        .enumerate()
-        .for_each(|(i, out_t)| {
-            let t = past + i;
-            // Masked keys stay in the row as −∞: their probability is exactly zero, and the
-            // 8-wide blocks of the softmax sum keep llama.cpp's alignment from position 0.
-            let first = window.map_or(0, |w| (t + 1).saturating_sub(w));
-            let mut scores = vec![f32::NEG_INFINITY; t + 1];
-            let mut probs = vec![0f32; padded.max(t + 1)];
-            for h in 0..heads {
-                let kvh = h / group;
-                let qh = &q[(i * heads + h) * hd..(i * heads + h + 1) * hd];
-                for (j, s) in scores.iter_mut().enumerate().skip(first) {
-                    let kj = &k[(j * kv_heads + kvh) * hd..(j * kv_heads + kvh + 1) * hd];
-                    *s = dot_f32(kj, qh) * score_scale;
-                }
-                softmax_row(&scores, &mut probs[..t + 1]);
-                for (d, o) in out_t[h * hd..(h + 1) * hd].iter_mut().enumerate() {
-                    let row = &vt[(kvh * hd + d) * padded..(kvh * hd + d + 1) * padded];
-                    *o = if n == 1 {
-                        dot_f32(row, &probs)
-                    } else {
-                        dot_lanes8(&row[..t + 1], &probs[..t + 1])
-                    };
-                }
+    let one_query = |(i, out_t): (usize, &mut [f32])| {
+        let t = past + i;
+        // Masked keys stay in the row as −∞: their probability is exactly zero, and the
+        // 8-wide blocks of the softmax sum keep llama.cpp's alignment from position 0.
+        let first = window.map_or(0, |w| (t + 1).saturating_sub(w));
+        let mut scores = vec![f32::NEG_INFINITY; t + 1];
+        let mut probs = vec![0f32; padded.max(t + 1)];
+        for h in 0..heads {
+            let kvh = h / group;
+            let qh = &q[(i * heads + h) * hd..(i * heads + h + 1) * hd];
+            for (j, s) in scores.iter_mut().enumerate().skip(first) {
+                let kj = &k[(j * kv_heads + kvh) * hd..(j * kv_heads + kvh + 1) * hd];
+                *s = dot_f32(kj, qh) * score_scale;
             }
-        });
+            softmax_row(&scores, &mut probs[..t + 1]);
+            for (d, o) in out_t[h * hd..(h + 1) * hd].iter_mut().enumerate() {
+                let row = &vt[(kvh * hd + d) * padded..(kvh * hd + d + 1) * padded];
+                *o = if n == 1 {
+                    dot_f32(row, &probs)
+                } else {
+                    dot_lanes8(&row[..t + 1], &probs[..t + 1])
+                };
+            }
+        }
+    };
+    // One query row (a decoding step) is too little work to wake the pool for.
+    if n == 1 {
+        out.chunks_exact_mut(heads * hd)
+            .enumerate()
+            .for_each(one_query);
+    } else {
+        out.par_chunks_exact_mut(heads * hd)
+            .enumerate()
+            .for_each(one_query);
+    }
     out
 }

@@ -18,6 +18,33 @@ use crate::gguf::GgufFile;
 /// Weight rows a parallel task takes at least: enough work to outweigh scheduling it.
 const ROWS_PER_TASK: usize = 16;
 
+/// Multiply-adds below which a product runs on the calling thread: waking the pool for less
+/// costs more than it saves (a decoding step's small projections; `perf` showed a third of a
+/// step in the scheduler when every product was split).
+const PARALLEL_MACS: usize = 1 << 19;
+
+/// Calls `f(row, outputs)` for every weight row's `n` outputs in `by_row`, across the thread
+/// pool when `parallel`.
+fn for_each_row(
+    by_row: &mut [f32],
+    n: usize,
+    parallel: bool,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    if parallel {
+        by_row
+            .par_chunks_exact_mut(n)
+            .enumerate()
+            .with_min_len(ROWS_PER_TASK)
+            .for_each(|(r, out)| f(r, out));
+    } else {
+        by_row
+            .chunks_exact_mut(n)
+            .enumerate()
+            .for_each(|(r, out)| f(r, out));
+    }
+}
+
 /// How a matrix is stored in the GGUF.
 enum Stored {
     /// 32-element blocks multiplied against `Q8_1`/`Q8_0` activations.
@@ -73,35 +100,29 @@ impl BlockMatrix {
     pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
         // Each weight row's outputs for the `n` activation rows, one row after another.
         let mut by_row = vec![0f32; self.rows * n];
+        let parallel = self.rows * self.cols * n >= PARALLEL_MACS;
         match &self.stored {
             Stored::F32(w) => {
                 let tiny_blas =
                     n >= 2 && self.cols.is_multiple_of(8) && self.rows.is_multiple_of(4);
                 let dot = if tiny_blas { dot_lanes8 } else { dot_f32 };
-                by_row
-                    .par_chunks_exact_mut(n)
-                    .zip(w.par_chunks_exact(self.cols))
-                    .with_min_len(ROWS_PER_TASK)
-                    .for_each(|(out, row)| {
-                        for (o, a) in out.iter_mut().zip(x.chunks_exact(self.cols)) {
-                            *o = dot(row, a);
-                        }
-                    });
+                for_each_row(&mut by_row, n, parallel, |r, out| {
+                    let row = &w[r * self.cols..(r + 1) * self.cols];
+                    for (o, a) in out.iter_mut().zip(x.chunks_exact(self.cols)) {
+                        *o = dot(row, a);
+                    }
+                });
             }
             _ => {
                 let act: Vec<Quantised> = x
-                    .par_chunks_exact(self.cols)
+                    .chunks_exact(self.cols)
                     .map(|row| self.quantise(row))
                     .collect();
-                by_row
-                    .par_chunks_exact_mut(n)
-                    .enumerate()
-                    .with_min_len(ROWS_PER_TASK)
-                    .for_each(|(r, out)| {
-                        for (index, (o, a)) in out.iter_mut().zip(&act).enumerate() {
-                            *o = self.dot(r, a, RowPlace { index, batch: n });
-                        }
-                    });
+                for_each_row(&mut by_row, n, parallel, |r, out| {
+                    for (index, (o, a)) in out.iter_mut().zip(&act).enumerate() {
+                        *o = self.dot(r, a, RowPlace { index, batch: n });
+                    }
+                });
             }
         }
         if n == 1 {
