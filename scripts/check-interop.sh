@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # On-demand interop check of an exported student with Hugging Face transformers (CPU torch from
-# PyPI, several GB: not part of CI). Writes docs/results/interop-transformers.{md,json}.
+# PyPI, several GB: not part of CI): logits on Moby Dick, and greedy decoding of the 20 prompts of
+# tests/fixtures/smollm2-generate.json (10 plain, 10 through the chat template) by
+# `model.generate` against `distill generate`. Writes docs/results/interop-transformers.{md,json}.
 #   scripts/check-interop.sh [RUN_DIR]      (default runs/quickstart, made by scripts/quickstart.sh)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -13,6 +15,24 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 target/release/distill eval "$run/final" --text "$text" --max-tokens 512 --block 128 --json \
   --save-logits "$tmp/ours.safetensors" > "$tmp/ours.json"
 "$py" scripts/interop-transformers.py "$run/final" "$text" "$tmp/ours.safetensors" "$tmp/ours.json" > "$tmp/result.json"
+python3 - tests/fixtures/smollm2-generate.json "$tmp/prompts.jsonl" <<'PY'
+import json, sys
+f = json.load(open(sys.argv[1]))
+with open(sys.argv[2], "w") as out:
+    for p in f["prompts"]:
+        line = {"prompt": p["text"]} if p["kind"] == "text" else {"messages": [{"role": "user", "content": p["user"]}]}
+        out.write(json.dumps(line) + "\n")
+PY
+target/release/distill generate "$run/final" --prompts "$tmp/prompts.jsonl" --max-new-tokens 24 \
+  --temperature 0 --device cpu --json > "$tmp/generated.json"
+"$py" scripts/interop-transformers-generate.py "$run/final" "$tmp/prompts.jsonl" "$tmp/generated.json" 24 \
+  > "$tmp/generate.json"
+python3 - "$tmp/result.json" "$tmp/generate.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+r["greedy"] = json.load(open(sys.argv[2]))
+json.dump(r, open(sys.argv[1], "w"), indent=2)
+PY
 mkdir -p docs/results
 cp "$tmp/result.json" docs/results/interop-transformers.json
 python3 - "$tmp/result.json" "$run" <<'PY'
@@ -35,6 +55,12 @@ md = f"""# Exported student in Hugging Face transformers
 | perplexity, distill eval | {r['distill_perplexity']:.4f} |
 
 Text: Moby Dick chapter 2, first 512 tokens in windows of 128 ({r['predicted_tokens']} predictions).
+
+Greedy decoding, 24 new tokens at most, of the {r['greedy']['prompts']} prompts of
+`tests/fixtures/smollm2-generate.json` (plain text, and user turns through the chat template):
+`model.generate` (transformers {r['greedy']['transformers']}, each prompt alone) against `distill generate`
+(all prompts in one batch): **{r['greedy']['identical']}/{r['greedy']['prompts']} answers identical**,
+{r['greedy']['tokens_before_first_difference']}/{r['greedy']['tokens']} of transformers' tokens before the first difference.
 """
 open("docs/results/interop-transformers.md", "w").write(md)
 print(md)

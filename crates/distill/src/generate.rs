@@ -45,6 +45,8 @@ pub struct Answer {
     pub input: String,
     pub text: String,
     pub tokens: usize,
+    /// The new tokens' ids (a stop token not included).
+    pub ids: Vec<u32>,
     /// Why it ended: `eos`, `budget` (cut short at `max_new_tokens`) or `stopped` (a stop
     /// string).
     pub finish: Finish,
@@ -150,6 +152,7 @@ pub fn generate_answers(
             input,
             text: s.final_text(&req.stop),
             tokens: g.tokens.len(),
+            ids: g.tokens.clone(),
             finish: g.finish,
         })
         .collect();

@@ -162,6 +162,7 @@ fn chat_prompts_answer_as_the_engine_decodes() {
         assert_eq!(a.text, teacher.tokenizer.decode(&want).unwrap());
         assert_eq!(&a.text, s, "the streamed pieces make the answer");
         assert_eq!(a.tokens, want.len());
+        assert_eq!(a.ids, want, "the answer's ids are the engine's tokens");
         let cut = want.len() == 24;
         assert_eq!(a.finish == distill::generate::Finish::Budget, cut);
     }
