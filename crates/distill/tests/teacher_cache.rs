@@ -275,3 +275,69 @@ fn a_group_of_two_ranks_makes_the_cache_one_process_makes() {
     let ran = lm(run(&Job::CausalLm(Box::new(cfg)), &RunOptions::default()).unwrap());
     assert!(ran.report.is_some());
 }
+
+/// Chat data from a cache of the whole vocabulary trains as online: the cache holds every
+/// position of the conversations' blocks and the step selects the assistant's, as online.
+#[test]
+fn chat_data_trains_from_its_cache_as_online() {
+    let tmp = setup();
+    let template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}\
+                    {% if add_generation_prompt %}<|assistant|>{% endif %}";
+    std::fs::write(
+        tmp.path().join("teacher/tokenizer_config.json"),
+        serde_json::json!({ "chat_template": template }).to_string(),
+    )
+    .unwrap();
+    let chat = tmp.path().join("chat.jsonl");
+    let lines: Vec<String> = (0..9)
+        .map(|i| {
+            serde_json::json!({"messages": [
+                {"role": "user", "content": format!("whale {i}?")},
+                {"role": "assistant", "content": format!("a sea beast, {} of them", i * 7)},
+            ]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&chat, lines.join("\n")).unwrap();
+    let folder = format!(
+        "source: {{kind: folder, path: {}, pattern: '*.txt'}}",
+        tmp.path().join("docs").display()
+    );
+    let to_chat = |t: String| {
+        t.replace(
+            &folder,
+            &format!("source: {{kind: chat, paths: [{}]}}", chat.display()),
+        )
+        .replace("block_size: 32", "block_size: 48")
+    };
+    let cache = tmp.path().join("cache");
+    let extra = format!(
+        "  cache: {{dir: {}, top_k: {TINY_VOCAB}, tail_samples: 0, logprob_bits: 32}}",
+        cache.display()
+    );
+    let offline = job(tmp.path(), "offline", &extra, to_chat);
+    assert!(offline.data.source.is_chat());
+    cache_teacher(&offline, &RunOptions::default()).unwrap();
+    let online = lm(run(
+        &Job::CausalLm(Box::new(job(tmp.path(), "online", "", to_chat))),
+        &RunOptions::default(),
+    )
+    .unwrap());
+    let cached = lm(run(&Job::CausalLm(Box::new(offline)), &RunOptions::default()).unwrap());
+    let (a, b) = (losses(&online.run_dir), losses(&cached.run_dir));
+    assert_eq!(a.len(), 3);
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        for (u, v) in [(x.0, y.0), (x.1, y.1), (x.2, y.2)] {
+            assert!(
+                (u - v).abs() < 1e-4 * u.abs().max(1.0),
+                "step {}: online {x:?}, cached {y:?}",
+                step + 1
+            );
+        }
+    }
+    let (pa, pb) = (
+        online.report.unwrap().student.val_ppl.unwrap(),
+        cached.report.unwrap().student.val_ppl.unwrap(),
+    );
+    assert!((pa - pb).abs() < 1e-4 * pa, "online {pa}, cached {pb}");
+}
