@@ -5,10 +5,10 @@
 
 use distill_models::generate::{Finish, GenerateOptions, Sampling};
 use distill_teacher::tokenizer::Message;
-use distill_teacher::{LoadOptions, Teacher, TeacherModel, TeacherSource};
+use distill_teacher::{LoadOptions, Teacher};
 
 use crate::error::{Error, Result};
-use crate::generate::{model_source, run_decoder, stop_ids, TextStream};
+use crate::generate::{load_decoder, run_decoder, stop_ids, TextStream};
 
 /// How a session answers.
 #[derive(Clone, Debug)]
@@ -43,13 +43,7 @@ impl ChatSession {
     /// Loads the model at `source` (a GGUF file, a Hugging Face folder, `hf://`, a run folder's
     /// student); refuses an encoder and a model without a chat template.
     pub fn open(source: &str, load: &LoadOptions, opts: ChatOptions) -> Result<Self> {
-        let spec = model_source(source);
-        let teacher = Teacher::load(&TeacherSource::parse(&spec)?, load)?;
-        if let TeacherModel::Bert(_) = &teacher.model {
-            return Err(Error::Invalid(format!(
-                "{spec}: an encoder does not generate text"
-            )));
-        }
+        let (teacher, spec) = load_decoder(source, load)?;
         if teacher.tokenizer.chat_template.is_none() {
             return Err(Error::Invalid(format!(
                 "{spec}: the model has no chat template (tokenizer_config.json `chat_template` or GGUF `tokenizer.chat_template`); talk to it with `distill generate --prompt` instead"

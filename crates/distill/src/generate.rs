@@ -95,7 +95,7 @@ impl Generated {
 }
 
 /// Where a source's model is: a run folder answers with its exported student (`final/`).
-pub(crate) fn model_source(source: &str) -> String {
+fn model_source(source: &str) -> String {
     let p = Path::new(source);
     let exported = p.join("final");
     if p.join("report.json").is_file() && exported.join("config.json").is_file() {
@@ -111,11 +111,7 @@ pub fn generate_answers(
     req: &GenerateRequest,
     on_text: &mut dyn FnMut(usize, &str),
 ) -> Result<Generated> {
-    let spec = model_source(source);
-    let teacher = Teacher::load(&TeacherSource::parse(&spec)?, &req.load)?;
-    if let TeacherModel::Bert(_) = &teacher.model {
-        return Err(no_generation(&spec));
-    }
+    let (teacher, spec) = load_decoder(source, &req.load)?;
     let tok = &teacher.tokenizer;
     let inputs: Vec<String> = req
         .prompts
@@ -169,6 +165,17 @@ pub fn generate_answers(
         prefill_tokens_per_second: prompt_tokens as f64 / timing.prefill_seconds.max(1e-9),
         decode_tokens_per_second: timing.decode_tokens as f64 / timing.decode_seconds.max(1e-9),
     })
+}
+
+/// The decoder at `source` (a run folder answers with its exported student) and the source it
+/// was loaded from; an encoder is refused.
+pub(crate) fn load_decoder(source: &str, load: &LoadOptions) -> Result<(Teacher, String)> {
+    let spec = model_source(source);
+    let teacher = Teacher::load(&TeacherSource::parse(&spec)?, load)?;
+    if let TeacherModel::Bert(_) = &teacher.model {
+        return Err(no_generation(&spec));
+    }
+    Ok((teacher, spec))
 }
 
 /// Generates with whichever decoder `model` is: candle's (dense or `QMatMul`), or the ggml

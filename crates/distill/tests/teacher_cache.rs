@@ -63,6 +63,21 @@ fn losses(run_dir: &Path) -> Vec<(f64, f64, f64)> {
         .collect()
 }
 
+/// The online and the cached run's three steps: total, hard and soft losses within 1e-4.
+fn assert_same_losses(online: &Path, cached: &Path) {
+    let (a, b) = (losses(online), losses(cached));
+    assert_eq!(a.len(), 3);
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        for (u, v) in [(x.0, y.0), (x.1, y.1), (x.2, y.2)] {
+            assert!(
+                (u - v).abs() < 1e-4 * u.abs().max(1.0),
+                "step {}: online {x:?}, cached {y:?}",
+                step + 1
+            );
+        }
+    }
+}
+
 fn lm(outcome: RunOutcome) -> distill::causal_lm::LmRun {
     match outcome {
         RunOutcome::CausalLm(lm) => lm,
@@ -90,17 +105,7 @@ fn a_cache_of_the_whole_vocabulary_trains_as_the_online_run() {
     )
     .unwrap());
     let cached = lm(run(&Job::CausalLm(Box::new(offline)), &RunOptions::default()).unwrap());
-    let (a, b) = (losses(&online.run_dir), losses(&cached.run_dir));
-    assert_eq!(a.len(), 3);
-    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
-        for (u, v) in [(x.0, y.0), (x.1, y.1), (x.2, y.2)] {
-            assert!(
-                (u - v).abs() < 1e-4 * u.abs().max(1.0),
-                "step {}: online {x:?}, cached {y:?}",
-                step + 1
-            );
-        }
-    }
+    assert_same_losses(&online.run_dir, &cached.run_dir);
     let (ra, rb) = (online.report.unwrap(), cached.report.unwrap());
     let (pa, pb) = (ra.student.val_ppl.unwrap(), rb.student.val_ppl.unwrap());
     assert!(
@@ -324,17 +329,7 @@ fn chat_data_trains_from_its_cache_as_online() {
     )
     .unwrap());
     let cached = lm(run(&Job::CausalLm(Box::new(offline)), &RunOptions::default()).unwrap());
-    let (a, b) = (losses(&online.run_dir), losses(&cached.run_dir));
-    assert_eq!(a.len(), 3);
-    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
-        for (u, v) in [(x.0, y.0), (x.1, y.1), (x.2, y.2)] {
-            assert!(
-                (u - v).abs() < 1e-4 * u.abs().max(1.0),
-                "step {}: online {x:?}, cached {y:?}",
-                step + 1
-            );
-        }
-    }
+    assert_same_losses(&online.run_dir, &cached.run_dir);
     let (pa, pb) = (
         online.report.unwrap().student.val_ppl.unwrap(),
         cached.report.unwrap().student.val_ppl.unwrap(),

@@ -386,15 +386,10 @@ impl GgmlDecoder {
             self.attention(at, &normed, n, trace)
         };
         trace(&format!("kqv_out-{li}"), &attn);
-        let mut o = layer.o.matmul(&attn, n);
+        let o = layer.o.matmul(&attn, n);
         trace(&format!("attn_out-{li}"), &o);
-        if let Some(w) = &layer.attn_post_norm {
-            o = self.norm_rows(&o, w);
-            trace(&format!("attn_post_norm-{li}"), &o);
-        }
-        for (xv, ov) in x.iter_mut().zip(&o) {
-            *xv += ov;
-        }
+        let post = (layer.attn_post_norm.as_deref(), "attn_post_norm");
+        self.add_branch(x, o, post, li, trace);
         trace(&format!("ffn_inp-{li}"), x);
         trace(&format!("sa_out-{li}"), x);
         let normed = self.norm_rows(x, &layer.ffn_norm);
@@ -411,16 +406,34 @@ impl GgmlDecoder {
             swiglu(&gate, &up, &mut act);
             trace(&format!("ffn_swiglu-{li}"), &act);
         }
-        let mut down = layer.down.matmul(&act, n);
+        let down = layer.down.matmul(&act, n);
         trace(&format!("ffn_out-{li}"), &down);
-        if let Some(w) = &layer.ffn_post_norm {
-            down = self.norm_rows(&down, w);
-            trace(&format!("ffn_post_norm-{li}"), &down);
-        }
-        for (xv, dv) in x.iter_mut().zip(&down) {
-            *xv += dv;
-        }
+        let post = (layer.ffn_post_norm.as_deref(), "ffn_post_norm");
+        self.add_branch(x, down, post, li, trace);
         trace(&format!("l_out-{li}"), x);
+    }
+
+    /// Adds a branch's output to the residual stream `x`, through the branch's sandwich norm
+    /// (traced under its name) where the family has one.
+    fn add_branch(
+        &self,
+        x: &mut [f32],
+        out: Vec<f32>,
+        (post_norm, name): (Option<&[f32]>, &str),
+        li: usize,
+        trace: &mut dyn FnMut(&str, &[f32]),
+    ) {
+        let out = match post_norm {
+            Some(w) => {
+                let normed = self.norm_rows(&out, w);
+                trace(&format!("{name}-{li}"), &normed);
+                normed
+            }
+            None => out,
+        };
+        for (xv, ov) in x.iter_mut().zip(&out) {
+            *xv += ov;
+        }
     }
 
     /// q, k, v of `x`, normed and rotated as the family does, then [`attend`].

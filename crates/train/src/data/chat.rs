@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::documents::{check_regular, DataError, Document, Turn};
+use super::documents::{read, DataError, Document, Turn};
 
 /// A line of a chat JSONL file.
 #[derive(Deserialize)]
@@ -23,11 +23,7 @@ const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 /// Reads the conversations of `path`, one per line (blank lines skipped), each checked: known
 /// roles, no empty content, at least one assistant turn (what the loss is counted on).
 pub fn read_conversations(path: &Path) -> Result<Vec<Document>, DataError> {
-    check_regular(path)?;
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::File {
-        path: path.to_path_buf(),
-        msg: e.to_string(),
-    })?;
+    let text = read(path)?;
     let mut docs = vec![];
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
