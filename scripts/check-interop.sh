@@ -28,9 +28,10 @@ target/release/distill generate "$run/final" --prompts "$tmp/prompts.jsonl" --ma
 "$py" scripts/interop-transformers-generate.py "$run/final" "$tmp/prompts.jsonl" "$tmp/generated.json" 24 \
   > "$tmp/generate.json"
 python3 - "$tmp/result.json" "$tmp/generate.json" <<'PY'
-import json, sys
+import json, platform, sys
 r = json.load(open(sys.argv[1]))
 r["greedy"] = json.load(open(sys.argv[2]))
+r["cpu"] = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 json.dump(r, open(sys.argv[1], "w"), indent=2)
 PY
 mkdir -p docs/results
@@ -42,7 +43,7 @@ commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=
 md = f"""# Exported student in Hugging Face transformers
 
 `{sys.argv[2]}/final` (written by `distill run`) loaded with `AutoModelForCausalLM.from_pretrained` and
-`AutoTokenizer.from_pretrained`, CPU float32. Produced by `scripts/check-interop.sh` on
+`AutoTokenizer.from_pretrained`, CPU float32 ({r['cpu']}). Produced by `scripts/check-interop.sh` on
 {datetime.date.today().isoformat()} (commit {commit}).
 
 | check | result |
