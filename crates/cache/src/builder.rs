@@ -99,12 +99,7 @@ impl CacheBuilder {
         let manifest = match Manifest::read(dir) {
             Ok(old) => resume(dir, old, fresh, splits)?,
             Err(CacheError::NotACache { .. }) if !Manifest::path(dir).exists() => {
-                let occupied = std::fs::read_dir(dir)
-                    .map(|d| {
-                        d.filter_map(|e| e.ok())
-                            .any(|e| e.file_name() != distill_files::lock::LOCK_FILE)
-                    })
-                    .unwrap_or(false);
+                let occupied = holds_other_files(dir);
                 if occupied {
                     return Err(CacheError::NotACache {
                         dir: dir.into(),
@@ -371,4 +366,22 @@ fn resume(
     );
     m.write(dir)?;
     Ok(m)
+}
+
+/// The folder of a cache where the teacher's answers to a run's prompts are kept (written
+/// before the cache's targets, which are made over the conversations they complete).
+pub const ANSWERS_DIR: &str = "answers";
+
+/// Whether `dir` holds anything but what a cache writes before its manifest: its lock and its
+/// answers folder.
+pub fn holds_other_files(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()).any(|e| {
+                let name = e.file_name();
+                let answers = name == ANSWERS_DIR && e.path().is_dir();
+                name != distill_files::lock::LOCK_FILE && !answers
+            })
+        })
+        .unwrap_or(false)
 }

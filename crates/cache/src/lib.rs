@@ -21,7 +21,7 @@ pub mod reader;
 pub mod select;
 mod shard;
 
-pub use builder::{CacheBuilder, ShardJob, SplitRequest};
+pub use builder::{holds_other_files, CacheBuilder, ShardJob, SplitRequest, ANSWERS_DIR};
 pub use error::CacheError;
 pub use layout::{Layout, PAD_LOGP};
 pub use manifest::{blocks_digest, file_digest, vocabulary_digest, Identity, Manifest};

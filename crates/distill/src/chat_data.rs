@@ -1,7 +1,8 @@
 //! A conversation as training data: rendered through the tokenizer's chat template as
 //! transformers renders it, tokenised as one text, and each token marked as a target when it
 //! lies in an assistant turn (its end-of-turn marker included), so that the loss counts what
-//! the assistant says and nothing of the prompt.
+//! the assistant says and nothing of the prompt. An answer cut short at a token budget ends
+//! before its end-of-turn marker: the student is not taught to stop where it was cut.
 
 use distill_teacher::tokenizer::Message;
 use distill_teacher::LoadedTokenizer;
@@ -21,10 +22,11 @@ pub fn render_conversation(turns: &[Turn], tok: &LoadedTokenizer) -> Result<Rend
             content: t.content.clone(),
         })
         .collect();
+    let cut: Vec<bool> = turns.iter().map(|t| t.cut).collect();
     let render = |m: &[Message], open: bool| tok.render_chat(m, open).map_err(|e| e.to_string());
     let full = render(&messages, false)?;
     let mut spans = vec![];
-    for (i, m) in messages.iter().enumerate() {
+    for (i, (m, &cut)) in messages.iter().zip(&cut).enumerate() {
         if m.role != "assistant" {
             continue;
         }
@@ -41,7 +43,13 @@ pub fn render_conversation(turns: &[Turn], tok: &LoadedTokenizer) -> Result<Rend
                 "message {i}: the chat template does not render the conversation up to it as the start of the whole one, so its assistant tokens cannot be located"
             ));
         }
-        spans.push(before.len()..through.len());
+        let end = if cut {
+            cut_end(&through, before.len(), &m.content)
+                .ok_or_else(|| format!("message {i}: the chat template does not write the cut answer's text as it is, so where it ends cannot be located"))?
+        } else {
+            through.len()
+        };
+        spans.push(before.len()..end);
     }
     let (ids, offsets) = tok.encode_with_offsets(&full).map_err(|e| e.to_string())?;
     let targets = offsets
@@ -49,4 +57,43 @@ pub fn render_conversation(turns: &[Turn], tok: &LoadedTokenizer) -> Result<Rend
         .map(|&(start, _)| spans.iter().any(|s| s.contains(&start)))
         .collect();
     Ok(Rendered { ids, targets })
+}
+
+/// Where a cut answer's text ends in `rendered`, searching from `from` (the answer's start):
+/// the template may trim it, so its trimmed text is looked for.
+fn cut_end(rendered: &str, from: usize, content: &str) -> Option<usize> {
+    let text = content.trim();
+    rendered[from..].find(text).map(|at| from + at + text.len())
+}
+
+/// The prompt of a conversation: its turns before the last assistant turn (`None` when
+/// nothing comes before it).
+pub fn prompt_of(turns: &[Turn]) -> Option<Vec<Turn>> {
+    let last = turns.iter().rposition(|t| t.role == "assistant")?;
+    (last > 0).then(|| turns[..last].to_vec())
+}
+
+/// A prompt's turns as the model reads them (through the chat template, ready for the
+/// answer), with its last user message as a reader of a samples table sees it.
+pub fn eval_prompt(
+    turns: &[Turn],
+    tok: &LoadedTokenizer,
+) -> Result<crate::eval::EvalPrompt, String> {
+    let messages: Vec<Message> = turns
+        .iter()
+        .map(|t| Message {
+            role: t.role.clone(),
+            content: t.content.clone(),
+        })
+        .collect();
+    let text = tok
+        .render_chat(&messages, true)
+        .map_err(|e| e.to_string())?;
+    let ids = tok.encode_continuation(&text).map_err(|e| e.to_string())?;
+    let shown = turns
+        .iter()
+        .rev()
+        .find(|t| t.role == "user")
+        .map_or(String::new(), |t| t.content.clone());
+    Ok(crate::eval::EvalPrompt { ids, shown })
 }

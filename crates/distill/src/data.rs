@@ -10,8 +10,24 @@ use distill_train::data::{
 use crate::error::{Context, Error, Result};
 use crate::job::RunConfig;
 
-/// The run's documents, split by whole documents into training and validation.
+/// The run's documents, split by whole documents into training and validation; prompts
+/// (`data.source.kind: prompts`) completed by the teacher's answers in its cache.
 pub fn split_run_documents(cfg: &RunConfig) -> Result<Split> {
+    let split = split_source_documents(cfg)?;
+    match cfg.teacher.cache.as_ref() {
+        Some(c) if cfg.data.source.is_prompts() => {
+            let settings = c.generate().ok_or_else(|| {
+                Error::Job("teacher.cache.generate: prompts need the teacher's answers".into())
+            })?;
+            let dir = std::path::Path::new(c.dir());
+            Ok(crate::teacher_cache::attach_answers(split, dir, settings)?.0)
+        }
+        _ => Ok(split),
+    }
+}
+
+/// The documents of `data.source` as they are, split by whole documents.
+pub fn split_source_documents(cfg: &RunConfig) -> Result<Split> {
     let docs = load_documents(&cfg.data.source).context("data.source")?;
     split_documents(docs, cfg.data.validation_fraction, cfg.data.seed).context("data")
 }

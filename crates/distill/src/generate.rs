@@ -113,16 +113,10 @@ pub fn generate_answers(
 ) -> Result<Generated> {
     let (teacher, spec) = load_decoder(source, &req.load)?;
     let tok = &teacher.tokenizer;
-    let inputs: Vec<String> = req
-        .prompts
-        .iter()
-        .map(|p| render(p, req, tok))
-        .collect::<Result<_>>()?;
-    let ids: Vec<Vec<u32>> = inputs
-        .iter()
-        .zip(&req.prompts)
-        .map(|(text, p)| encode(text, is_chat(p, req), tok))
-        .collect::<Result<_>>()?;
+    let (inputs, ids): (Vec<String>, Vec<Vec<u32>>) =
+        prompt_inputs(&req.prompts, req.chat, req.chat_template.as_deref(), tok)?
+            .into_iter()
+            .unzip();
     let opts = GenerateOptions {
         max_new_tokens: req.max_new_tokens,
         sampling: req.sampling.clone(),
@@ -199,21 +193,54 @@ fn no_generation(spec: &str) -> Error {
     Error::Invalid(format!("{spec}: an encoder does not generate text"))
 }
 
-fn is_chat(p: &Prompt, req: &GenerateRequest) -> bool {
-    req.chat || matches!(p, Prompt::Messages { .. })
+/// The text each prompt gives the model (the rendered template, for a conversation or under
+/// `chat`), and its token ids.
+pub fn prompt_inputs(
+    prompts: &[Prompt],
+    chat: bool,
+    chat_template: Option<&str>,
+    tok: &LoadedTokenizer,
+) -> Result<Vec<(String, Vec<u32>)>> {
+    prompts
+        .iter()
+        .map(|p| {
+            let text = render(p, chat, chat_template, tok)?;
+            let ids = encode(&text, chat || matches!(p, Prompt::Messages { .. }), tok)?;
+            Ok((text, ids))
+        })
+        .collect()
+}
+
+impl Prompt {
+    /// What a reader sees of the prompt: its text, or a conversation's last user message.
+    pub fn shown(&self) -> String {
+        match self {
+            Prompt::Text { prompt } => prompt.clone(),
+            Prompt::Messages { messages } => messages
+                .iter()
+                .rev()
+                .find(|m| m.role == "user")
+                .map_or(String::new(), |m| m.content.clone()),
+        }
+    }
 }
 
 /// The text the model is given for `p`.
-fn render(p: &Prompt, req: &GenerateRequest, tok: &LoadedTokenizer) -> Result<String> {
+fn render(
+    p: &Prompt,
+    chat: bool,
+    chat_template: Option<&str>,
+    tok: &LoadedTokenizer,
+) -> Result<String> {
     let messages = match p {
         Prompt::Messages { messages } => messages.clone(),
-        Prompt::Text { prompt } if req.chat => vec![Message {
+        Prompt::Text { prompt } if chat => vec![Message {
             role: "user".into(),
             content: prompt.clone(),
         }],
         Prompt::Text { prompt } => return Ok(prompt.clone()),
     };
-    Ok(match &req.chat_template {
+    Ok(match chat_template {
         Some(t) => {
             distill_teacher::tokenizer::chat::check_messages(&messages)?;
             let text = |id: Option<u32>| {

@@ -122,6 +122,7 @@ impl RunConfig {
         }
         self.check_vocab_mode()?;
         self.check_chat()?;
+        self.check_answers()?;
         if let Some(c) = &self.compress {
             c.plans(&Defaults::causal_lm())?;
         }
@@ -159,6 +160,34 @@ impl RunConfig {
             );
         }
         Ok(())
+    }
+
+    /// Prompts (`data.source.kind: prompts`) and the teacher's answers to them
+    /// (`teacher.cache.generate`) come together.
+    fn check_answers(&self) -> Result<()> {
+        let generate = self.teacher.cache.as_ref().and_then(|c| c.generate());
+        let refuse = |key: &str, msg: String| -> Result<()> {
+            Err(ConfigError {
+                key: key.into(),
+                msg,
+            }
+            .into())
+        };
+        match (self.data.source.is_prompts(), generate) {
+            (true, None) => refuse(
+                "data.source",
+                "prompts are answered by the teacher before the run trains on them: add `teacher.cache: {dir: DIR, generate: {max_new_tokens: 128}}` and run `distill cache-teacher` first".into(),
+            ),
+            (false, Some(_)) => refuse(
+                "teacher.cache.generate",
+                "the teacher answers prompts: it needs `data.source.kind: prompts`".into(),
+            ),
+            (_, Some(g)) => match g.validate() {
+                Err((key, msg)) => refuse(&key, msg),
+                Ok(()) => Ok(()),
+            },
+            (false, None) => Ok(()),
+        }
     }
 
     /// `distill.vocab` against the student's tokenizer and base and the teacher cache.

@@ -40,6 +40,7 @@ fn turn(role: &str, content: &str) -> Turn {
     Turn {
         role: role.into(),
         content: content.into(),
+        cut: false,
     }
 }
 
@@ -114,6 +115,18 @@ fn the_assistant_tokens_are_marked_through_the_real_templates() {
             .unwrap();
         assert_eq!(r.ids, tok.encode_continuation(&text).unwrap());
     }
+}
+
+#[test]
+fn an_answer_cut_short_marks_no_end_of_turn() {
+    let tok = tokenizer_from_gguf(&GgufFile::open(&common::smollm2_gguf()).unwrap()).unwrap();
+    let mut turns = conversation();
+    turns[3].cut = true;
+    let runs = marked_runs(&tok, &turns);
+    // The whole answer before it, with its end of turn; the cut one without.
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0].trim_end(), "A large sea mammal.<|im_end|>");
+    assert_eq!(runs[1], "In every ocean, from the poles to the tropics.");
 }
 
 #[test]

@@ -358,7 +358,7 @@ fn a_cross_run_trains_from_its_teacher_cache_as_online() {
         v,
     );
     let made = distill::teacher_cache::cache_teacher(&cfg, &RunOptions::default()).unwrap();
-    assert!(made.manifest.complete);
+    assert!(made.manifest.as_ref().unwrap().complete);
     let from_cache = lm_run(&Job::CausalLm(cfg), &RunOptions::default());
     let gap = max_loss_gap(
         &loss_parts(&online.run_dir),

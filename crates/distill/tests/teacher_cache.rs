@@ -96,8 +96,8 @@ fn a_cache_of_the_whole_vocabulary_trains_as_the_online_run() {
     let offline = job(tmp.path(), "offline", &extra, |t| t);
     let made = cache_teacher(&offline, &RunOptions::default()).unwrap();
     assert!(!made.interrupted);
-    assert!(made.manifest.complete);
-    assert_eq!(made.manifest.layout.top_k, TINY_VOCAB);
+    assert!(made.manifest.as_ref().unwrap().complete);
+    assert_eq!(made.manifest.as_ref().unwrap().layout.top_k, TINY_VOCAB);
 
     let online = lm(run(
         &Job::CausalLm(Box::new(job(tmp.path(), "online", "", |t| t))),
@@ -158,7 +158,13 @@ fn cache_teacher_resumes_after_a_stop_and_runs_refuse_caches_not_made_for_them()
     };
     let first = cache_teacher(&cfg, &opts).unwrap();
     assert!(first.interrupted);
-    assert_eq!((first.shards_made, first.manifest.shard_count()), (1, 2));
+    assert_eq!(
+        (
+            first.shards_made,
+            first.manifest.as_ref().unwrap().shard_count()
+        ),
+        (1, 2)
+    );
     let e = run_err(named("incomplete"));
     assert!(e.contains("incomplete (1 of 2 shards)"), "{e}");
     let second = cache_teacher(&cfg, &RunOptions::default()).unwrap();
@@ -229,7 +235,7 @@ fn a_group_of_two_ranks_makes_the_cache_one_process_makes() {
         )
     };
     let single = cache_teacher(&cache_at("single"), &RunOptions::default()).unwrap();
-    assert!(single.manifest.complete);
+    assert!(single.manifest.as_ref().unwrap().complete);
     let cfg = cache_at("group");
     let port = common::free_port();
     let outcomes: Vec<_> = std::thread::scope(|s| {
@@ -260,10 +266,13 @@ fn a_group_of_two_ranks_makes_the_cache_one_process_makes() {
         "shards made: {:?}",
         outcomes.iter().map(|o| o.shards_made).collect::<Vec<_>>()
     );
-    let group = &outcomes[0].manifest;
+    let group = outcomes[0].manifest.as_ref().unwrap();
     assert!(group.complete);
-    assert_eq!(group.shard_count(), single.manifest.shard_count());
-    let mut a = single.manifest.clone();
+    assert_eq!(
+        group.shard_count(),
+        single.manifest.as_ref().unwrap().shard_count()
+    );
+    let mut a = single.manifest.as_ref().unwrap().clone();
     let mut b = group.clone();
     a.teacher_tokens_per_second = None;
     b.teacher_tokens_per_second = None;

@@ -28,7 +28,8 @@ pub use hub::HubOptions;
 pub use inspect::{inspect, ModelInfo};
 pub use source::TeacherSource;
 pub use teacher::{
-    check_finite, load_tokenizer, non_finite_tensors, pad_batch, resolve, CacheConfig, GgufCompute,
-    LoadOptions, NonFinite, Resolved, Teacher, TeacherConfig, TeacherFiles, TeacherModel,
+    check_finite, load_tokenizer, non_finite_tensors, pad_batch, resolve, AnswerSettings,
+    CacheConfig, GgufCompute, LoadOptions, NonFinite, Resolved, Teacher, TeacherConfig,
+    TeacherFiles, TeacherModel,
 };
 pub use tokenizer::{LoadedTokenizer, TokenizerInfo};

@@ -200,7 +200,65 @@ pub enum CacheConfig {
         /// defaults a position takes 112 bytes for a 49k vocabulary.
         #[serde(default = "default_tail_samples")]
         tail_samples: usize,
+        /// The teacher answers the run's prompts (`data.source.kind: prompts`) before its
+        /// targets are cached: sequence-level distillation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        generate: Option<AnswerSettings>,
     },
+}
+
+/// `teacher.cache.generate`: how the teacher answers the run's prompts.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerSettings {
+    /// New tokens at most per answer (default 128); a longer answer is kept cut short, marked.
+    #[serde(default = "default_answer_tokens")]
+    pub max_new_tokens: usize,
+    /// 0 (default): the teacher's most probable answer (greedy).
+    #[serde(default)]
+    pub temperature: f64,
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub seed: u64,
+    /// Prompts answered together in one batch (and written as one file).
+    #[serde(default = "default_answer_batch")]
+    pub batch_size: usize,
+}
+
+fn default_answer_tokens() -> usize {
+    128
+}
+fn default_answer_batch() -> usize {
+    32
+}
+
+impl AnswerSettings {
+    /// Refuses settings that could not make an answer; errors name the key.
+    pub fn validate(&self) -> std::result::Result<(), (String, String)> {
+        let bad = |k: &str, m: String| Err((format!("teacher.cache.generate.{k}"), m));
+        if self.max_new_tokens == 0 {
+            return bad("max_new_tokens", "must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1".into());
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(
+                "temperature",
+                format!("must be 0 (greedy) or positive, got {}", self.temperature),
+            );
+        }
+        if let Some(p) = self.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            return bad("top_p", format!("must be in (0, 1], got {p}"));
+        }
+        if self.top_k == Some(0) {
+            return bad("top_k", "must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 fn default_top_k() -> usize {
@@ -235,6 +293,13 @@ impl CacheConfig {
         match self {
             CacheConfig::Dir(_) => default_logprob_bits(),
             CacheConfig::Detailed { logprob_bits, .. } => *logprob_bits,
+        }
+    }
+    /// How the teacher answers the run's prompts, when it does.
+    pub fn generate(&self) -> Option<&AnswerSettings> {
+        match self {
+            CacheConfig::Dir(_) => None,
+            CacheConfig::Detailed { generate, .. } => generate.as_ref(),
         }
     }
 }

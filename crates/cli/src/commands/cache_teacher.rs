@@ -39,16 +39,29 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let layout = &out.manifest.layout;
-    if out.interrupted {
+    if let Some(made) = &out.answers {
         crate::out!(
-            "interrupted with {} of {} shards; finish with: distill cache-teacher {}",
-            out.manifest.shards_done(),
-            out.manifest.shard_count(),
+            "teacher answers: {} prompts answered in this session ({} new tokens, {} cut at the token budget) in {:.0} s",
+            made.answered,
+            made.new_tokens,
+            made.cut,
+            made.seconds
+        )?;
+    }
+    let Some(manifest) = out.manifest.as_ref().filter(|_| !out.interrupted) else {
+        let done = out
+            .manifest
+            .as_ref()
+            .map_or("the teacher was still answering".to_string(), |m| {
+                format!("{} of {} shards", m.shards_done(), m.shard_count())
+            });
+        crate::out!(
+            "interrupted ({done}); finish with: distill cache-teacher {}",
             a.config.display()
         )?;
         return Err(super::Stopped.into());
-    }
+    };
+    let layout = &manifest.layout;
     crate::out!(
         "teacher cache: {} ({} positions, top-{} at {} bits, {} bytes per position, {:.1} MB; {} shards made in {:.0} s)",
         out.dir.display(),

@@ -1,10 +1,11 @@
-//! `distill eval SOURCE --text FILE` (a causal LM's perplexity and speed) or `--labelled`
-//! (a classifier's accuracy and confusion matrix).
+//! `distill eval SOURCE --text FILE` (a causal LM's perplexity and speed), `--labelled` (a
+//! classifier's accuracy and confusion matrix) or `--prompts FILE --teacher TEACHER` (a
+//! student's answers judged by its teacher).
 
 use std::path::PathBuf;
 
 use distill::eval::evaluate_labelled;
-use distill::eval::{evaluate_text, TextEvalOptions};
+use distill::eval::{evaluate_prompt_file, evaluate_text, AnswerEvalOptions, TextEvalOptions};
 
 use super::ModelArgs;
 use crate::progress::Progress;
@@ -16,10 +17,29 @@ pub struct Args {
     /// Plain-text file to measure perplexity on (causal LMs).
     #[arg(
         long,
-        required_unless_present = "labelled",
-        conflicts_with = "labelled"
+        required_unless_present_any = ["labelled", "prompts"],
+        conflicts_with_all = ["labelled", "prompts"]
     )]
     text: Option<PathBuf>,
+    /// Prompts to judge SOURCE's answers on against --teacher's: JSONL of `{"prompt": TEXT}` or
+    /// `{"messages": [...]}` per line.
+    #[arg(long, requires = "teacher", conflicts_with = "labelled")]
+    prompts: Option<PathBuf>,
+    /// With --prompts: the model that writes the reference answers and grades SOURCE's.
+    #[arg(long)]
+    teacher: Option<String>,
+    /// With --prompts: render text prompts as a user turn through the chat template.
+    #[arg(long)]
+    chat: bool,
+    /// With --prompts: new tokens at most per answer.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// With --prompts: prompts shown in the samples table.
+    #[arg(long, default_value_t = 5)]
+    samples: usize,
+    /// With --prompts: seed of SOURCE's sampled answers.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Labelled examples to score a classifier on: a .jsonl (`text`, `label`) or .csv file, or
     /// a classification run config (its `data:` section, split as the run split it).
     #[arg(long)]
@@ -52,6 +72,21 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let load = a.model.load_options()?;
+    if let (Some(prompts), Some(teacher)) = (&a.prompts, &a.teacher) {
+        let opts = AnswerEvalOptions {
+            max_new_tokens: a.max_new_tokens,
+            samples: a.samples,
+            seed: a.seed,
+            ..AnswerEvalOptions::default()
+        };
+        let e = evaluate_prompt_file(&a.source, teacher, prompts, a.chat, &load, &opts)?;
+        if a.json {
+            crate::out!("{}", serde_json::to_string_pretty(&e)?)?;
+        } else {
+            crate::out_raw!("{}", e.markdown())?;
+        }
+        return Ok(());
+    }
     let Some(text) = &a.text else {
         let labelled = a
             .labelled

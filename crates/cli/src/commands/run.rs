@@ -51,6 +51,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 return Err(super::Stopped.into());
             };
             crate::out!("\n{}", report.table())?;
+            if let Some(a) = &report.answers {
+                crate::out!("{}", a.markdown())?;
+            }
             crate::out!("report: {}", lm.run_dir.join("report.md").display())?;
             crate::out!("student: {}", student.display())?;
             lm.compression

@@ -68,5 +68,6 @@ pub(crate) fn build(run: &Prepared, teacher: &TeacherSide) -> Result<RunData> {
         train: d.train,
         valid: d.valid,
         cache,
+        held_out: vec![],
     })
 }

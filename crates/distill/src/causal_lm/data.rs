@@ -7,7 +7,7 @@ use distill_cache::TeacherCache;
 use distill_models::LlamaConfig;
 use distill_teacher::{LoadedTokenizer, TeacherFiles};
 use distill_train::config::VocabMode;
-use distill_train::data::{BlockSet, Split};
+use distill_train::data::{BlockSet, Split, Turn};
 
 use super::prepare::Prepared;
 use super::teacher::TeacherSide;
@@ -38,6 +38,9 @@ pub(crate) struct RunData {
     pub(crate) cache: Option<TeacherCache>,
     /// The teacher's tokenisation of the blocks, when its tokenizer is not the student's.
     pub(crate) cross: Option<CrossData>,
+    /// Chat data: the validation conversations up to their last answer, the held-out prompts
+    /// the student's answers are judged on.
+    pub(crate) held_out: Vec<Vec<Turn>>,
 }
 
 impl RunData {
@@ -120,6 +123,11 @@ pub(crate) fn build(run: &Prepared, teacher: &TeacherSide) -> Result<RunData> {
         None => teacher_cfg.clone(),
     };
     let (train, valid) = build_data_from(cfg, &split, tokenizer, view_cfg.vocab_size)?;
+    let held_out = split
+        .validation
+        .iter()
+        .filter_map(|d| d.turns.as_deref().and_then(crate::chat_data::prompt_of))
+        .collect();
     drop(split);
     let mass = match (&shared, teacher.model()?) {
         (Some(s), Some(model)) => {
@@ -170,6 +178,7 @@ pub(crate) fn build(run: &Prepared, teacher: &TeacherSide) -> Result<RunData> {
         valid,
         cache,
         cross: None,
+        held_out,
     })
 }
 

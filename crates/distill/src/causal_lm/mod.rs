@@ -79,6 +79,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<LmRun> {
         exported: &exported,
     };
     let mut report = report::build(&run.cfg, &data, &trained, &compared)?;
+    report.answers = report::answers(&run.load, &teacher, &exported, &data)?;
     let compression = match &run.cfg.compress {
         None => None,
         Some(section) => {

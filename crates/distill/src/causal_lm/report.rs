@@ -5,13 +5,16 @@ use std::path::PathBuf;
 
 use distill_models::Model;
 use distill_student::{save_hf, HfExport, LlamaStudent};
+use distill_teacher::{LoadOptions, Teacher, TeacherSource};
 use distill_train::scoring::scoring_speed;
 
 use super::data::RunData;
 use super::teacher::TeacherSide;
 use super::train::Trained;
-use crate::error::Result;
-use crate::eval::{bits_per_byte_at, bits_per_byte_of_targets};
+use crate::error::{Error, Result};
+use crate::eval::{
+    bits_per_byte_at, bits_per_byte_of_targets, evaluate_answers, AnswerEval, AnswerEvalOptions,
+};
 use crate::job::RunConfig;
 use crate::report::{ModelStats, RunReport};
 
@@ -41,6 +44,51 @@ pub(crate) fn export(
         },
     )?;
     Ok(Exported { dir, bytes })
+}
+
+/// Held-out prompts the student's answers are judged on, at most.
+const ANSWER_PROMPTS: usize = 32;
+
+/// Chat data: the exported student's answers to held-out prompts against the teacher's
+/// (`None` for text data). A teacher whose outputs came from a cache is loaded for this.
+pub(crate) fn answers(
+    load: &LoadOptions,
+    teacher: &TeacherSide,
+    exported: &Exported,
+    data: &RunData,
+) -> Result<Option<AnswerEval>> {
+    if data.held_out.is_empty() {
+        return Ok(None);
+    }
+    let loaded;
+    let teacher = match teacher {
+        TeacherSide::Online(t) => t.as_ref(),
+        TeacherSide::Cached(f) => {
+            tracing::info!(source = %f.source, "loading the teacher to grade the student's answers");
+            loaded = Teacher::load(&f.source, load)?;
+            &loaded
+        }
+    };
+    let student = Teacher::load(
+        &TeacherSource::parse(&exported.dir.to_string_lossy())?,
+        load,
+    )?;
+    let prompts = data
+        .held_out
+        .iter()
+        .take(ANSWER_PROMPTS)
+        .map(|turns| crate::chat_data::eval_prompt(turns, &teacher.tokenizer))
+        .collect::<std::result::Result<Vec<_>, String>>()
+        .map_err(|e| Error::Invalid(format!("held-out prompts: {e}")))?;
+    let eval = evaluate_answers(teacher, &student, &prompts, &AnswerEvalOptions::default())?;
+    tracing::info!(
+        reverse_kl = eval.reverse_kl,
+        teacher_nll = eval.teacher_nll,
+        greedy_match = eval.greedy_match,
+        seconds = eval.seconds,
+        "answers on held-out prompts"
+    );
+    Ok(Some(eval))
 }
 
 /// What a report compares.
@@ -119,6 +167,7 @@ pub(crate) fn build(
         vocab: data.vocab.as_ref().map(|v| v.stats.clone()),
         shared_vocab: data.shared.as_ref().map(|s| s.stats.clone()),
         cross_vocab: data.cross.as_ref().map(|c| c.run.stats.clone()),
+        answers: None,
         compression: None,
     })
 }

@@ -65,6 +65,9 @@ pub struct RunReport {
     /// The tokenizers met and aligned (`distill.vocab: cross`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cross_vocab: Option<crate::cross::CrossStats>,
+    /// Chat data: the student's answers to held-out prompts, judged by the teacher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers: Option<crate::eval::AnswerEval>,
     /// The `compress:` section's table and headline (its numbers are in
     /// `compressed/compress.json`).
     #[serde(skip)]
@@ -248,6 +251,10 @@ impl RunReport {
             "\n![training loss](plots/loss.svg)\n\n![validation perplexity](plots/val_ppl.svg)\n",
         );
         md.push_str("\nPerplexity is over next-token predictions on held-out documents; throughput is full-sequence scoring in this run's block size, on this machine's CPU.\n");
+        if let Some(a) = &self.answers {
+            md.push_str("\n## Answers on held-out prompts\n\n");
+            md.push_str(&a.markdown());
+        }
         if let Some(c) = &self.compression {
             md.push_str(&c.markdown());
         }

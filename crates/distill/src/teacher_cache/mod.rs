@@ -4,6 +4,10 @@
 //! `teacher.cache` then trains and evaluates from them without running the teacher.
 
 mod across;
+mod answers;
+
+pub(crate) use answers::attach_answers;
+pub use answers::{AnswersMade, Attached};
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -42,7 +46,8 @@ pub struct CacheOutcome {
     pub dir: PathBuf,
     /// This process's rank in its group (0 alone); only rank 0 writes the manifest.
     pub rank: usize,
-    pub manifest: Manifest,
+    /// The cache's manifest (`None` when stopped while the teacher was still answering).
+    pub manifest: Option<Manifest>,
     /// Shards made in this session (the others were there from an earlier one).
     pub shards_made: usize,
     /// Positions in the cache and bytes of its shards.
@@ -51,6 +56,8 @@ pub struct CacheOutcome {
     pub seconds: f64,
     /// Stopped by the stop flag; running the command again finishes the cache.
     pub interrupted: bool,
+    /// What the teacher answered first (`teacher.cache.generate`).
+    pub answers: Option<AnswersMade>,
 }
 
 /// The `teacher.cache` section of a run, or an error saying how to write it.
@@ -184,6 +191,26 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
     let teacher = Teacher::load(&source, &load)?;
     let (lm, lcfg) = teacher.language_model().context("teacher.source")?;
     let vocab = lcfg.vocab_size;
+    let answers = match c.generate() {
+        Some(settings) => {
+            let made = answer_prompts(cfg, &teacher, settings, &dir, comm.as_deref(), opts)?;
+            if made.interrupted {
+                return Ok(CacheOutcome {
+                    rank: comm.as_ref().map_or(0, |c| c.rank()),
+                    manifest: None,
+                    dir,
+                    shards_made: 0,
+                    positions: 0,
+                    bytes: 0,
+                    seconds: started.elapsed().as_secs_f64(),
+                    interrupted: true,
+                    answers: Some(made),
+                });
+            }
+            Some(made)
+        }
+        None => None,
+    };
     let CacheData {
         train,
         valid,
@@ -286,12 +313,44 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
         rank,
         bytes: shard_bytes(&dir, &manifest),
         dir,
-        manifest,
+        manifest: Some(manifest),
         shards_made: made.shards,
         positions,
         seconds: started.elapsed().as_secs_f64(),
         interrupted: made.interrupted,
+        answers,
     })
+}
+
+/// The teacher answers the run's prompts (this rank's share); the ranks of a group wait for
+/// each other, so that every rank then reads every answer.
+fn answer_prompts(
+    cfg: &RunConfig,
+    teacher: &Teacher,
+    settings: &distill_teacher::AnswerSettings,
+    dir: &Path,
+    comm: Option<&dyn distill_train::parallel::Communicator>,
+    opts: &RunOptions,
+) -> Result<AnswersMade> {
+    let split = crate::data::split_source_documents(cfg)?;
+    let answerer = answers::Answerer {
+        teacher,
+        teacher_sha256: file_digest(&teacher.files).context("teacher.source")?,
+        settings,
+        cache_dir: dir,
+        rank: comm.map_or(0, |c| c.rank()),
+        world: comm.map_or(1, |c| c.world()),
+        observer: opts.observer,
+    };
+    let mut made = answerer.answer(&split, &opts.stop)?;
+    if let Some(c) = comm {
+        let stopped = c.all_reduce_sum(&candle_core::Tensor::new(
+            &[f32::from(u8::from(made.interrupted))],
+            &candle_core::Device::Cpu,
+        )?)?;
+        made.interrupted = stopped.to_vec1::<f32>()?[0] > 0.0;
+    }
+    Ok(made)
 }
 
 /// What a cache is made over: the run's blocks — across tokenizers the student's, with their

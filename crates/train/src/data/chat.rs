@@ -1,7 +1,8 @@
 //! Conversations for chat distillation: JSONL files of `{"messages": [{"role", "content"}, …]}`
 //! (or `{"prompt", "completion"}` pairs, a user turn and the assistant's answer), one
 //! conversation per line, each a [`Document`] whose turns the run renders through the chat
-//! template.
+//! template; or prompts (`{"messages": [...]}` ending in a user turn, or `{"prompt": TEXT}`)
+//! for the teacher to answer.
 
 use std::path::Path;
 
@@ -15,6 +16,16 @@ use super::documents::{read, DataError, Document, Turn};
 enum ChatLine {
     Messages { messages: Vec<Turn> },
     Pair { prompt: String, completion: String },
+    Prompt { prompt: String },
+}
+
+/// What a chat file holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Holds {
+    /// Conversations with at least one assistant turn (what the loss counts).
+    Conversations,
+    /// Prompts ending in a user turn, for the teacher to answer.
+    Prompts,
 }
 
 /// Roles a conversation may hold.
@@ -23,6 +34,16 @@ const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 /// Reads the conversations of `path`, one per line (blank lines skipped), each checked: known
 /// roles, no empty content, at least one assistant turn (what the loss is counted on).
 pub fn read_conversations(path: &Path) -> Result<Vec<Document>, DataError> {
+    read_chat(path, Holds::Conversations)
+}
+
+/// Reads the prompts of `path`, one per line (blank lines skipped), each checked: known roles,
+/// no empty content, a user turn last (what the teacher answers).
+pub fn read_prompts(path: &Path) -> Result<Vec<Document>, DataError> {
+    read_chat(path, Holds::Prompts)
+}
+
+fn read_chat(path: &Path, holds: Holds) -> Result<Vec<Document>, DataError> {
     let text = read(path)?;
     let mut docs = vec![];
     for (i, line) in text.lines().enumerate() {
@@ -37,22 +58,17 @@ pub fn read_conversations(path: &Path) -> Result<Vec<Document>, DataError> {
         let turns = match serde_json::from_str::<ChatLine>(line) {
             Ok(ChatLine::Messages { messages }) => messages,
             Ok(ChatLine::Pair { prompt, completion }) => vec![
-                Turn {
-                    role: "user".into(),
-                    content: prompt,
-                },
-                Turn {
-                    role: "assistant".into(),
-                    content: completion,
-                },
+                turn("user", prompt),
+                turn("assistant", completion),
             ],
+            Ok(ChatLine::Prompt { prompt }) => vec![turn("user", prompt)],
             Err(e) => {
                 return Err(bad(format!(
-                    "expected {{\"messages\": [{{\"role\", \"content\"}}, …]}} or {{\"prompt\", \"completion\"}}: {e}"
+                    "expected {{\"messages\": [{{\"role\", \"content\"}}, …]}}, {{\"prompt\", \"completion\"}} or {{\"prompt\"}}: {e}"
                 )))
             }
         };
-        check_turns(&turns).map_err(bad)?;
+        check_turns(&turns, holds).map_err(bad)?;
         docs.push(Document {
             id: format!("{}:{}", path.display(), i + 1),
             text: turns
@@ -72,8 +88,17 @@ pub fn read_conversations(path: &Path) -> Result<Vec<Document>, DataError> {
     Ok(docs)
 }
 
-/// Refuses a conversation the loss could not be counted on or a template should not see.
-fn check_turns(turns: &[Turn]) -> Result<(), String> {
+fn turn(role: &str, content: String) -> Turn {
+    Turn {
+        role: role.into(),
+        content,
+        cut: false,
+    }
+}
+
+/// Refuses a conversation the loss could not be counted on, a prompt the teacher could not
+/// answer, or what a template should not see.
+fn check_turns(turns: &[Turn], holds: Holds) -> Result<(), String> {
     for (i, t) in turns.iter().enumerate() {
         if !ROLES.contains(&t.role.as_str()) {
             return Err(format!(
@@ -86,8 +111,16 @@ fn check_turns(turns: &[Turn]) -> Result<(), String> {
             return Err(format!("message {i} ({}): empty content", t.role));
         }
     }
-    if !turns.iter().any(|t| t.role == "assistant") {
-        return Err("no assistant turn: nothing to train on".into());
+    match holds {
+        Holds::Conversations if !turns.iter().any(|t| t.role == "assistant") => Err(
+            "no assistant turn: nothing to train on (prompts for the teacher to answer are `kind: prompts`)"
+                .into(),
+        ),
+        Holds::Prompts if turns.last().is_some_and(|t| t.role != "user") => Err(format!(
+            "the last message is the {}'s: a prompt ends with the user's turn, which the teacher answers",
+            turns.last().map_or("", |t| t.role.as_str())
+        )),
+        Holds::Prompts if turns.is_empty() => Err("no messages".into()),
+        _ => Ok(()),
     }
-    Ok(())
 }

@@ -37,6 +37,10 @@ pub struct Document {
 pub struct Turn {
     pub role: String,
     pub content: String,
+    /// An answer cut short (at a token budget): the turn's end-of-turn marker is not a target,
+    /// so the student is not taught to end where the answer was cut.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cut: bool,
 }
 
 /// Where documents come from.
@@ -61,12 +65,24 @@ pub enum DocumentSource {
     /// `{"prompt", "completion"}`. Rendered through the chat template; the loss counts the
     /// assistant's tokens only.
     Chat { paths: Vec<PathBuf> },
+    /// Prompts for the teacher to answer, one per JSON line: `{"messages": [...]}` ending in a
+    /// user turn, or `{"prompt": TEXT}`. `distill cache-teacher` with `teacher.cache.generate`
+    /// writes the answers; the run trains on the conversations they complete.
+    Prompts { paths: Vec<PathBuf> },
 }
 
 impl DocumentSource {
     /// Whether its documents are conversations.
     pub fn is_chat(&self) -> bool {
-        matches!(self, DocumentSource::Chat { .. })
+        matches!(
+            self,
+            DocumentSource::Chat { .. } | DocumentSource::Prompts { .. }
+        )
+    }
+
+    /// Whether its documents are prompts waiting for the teacher's answers.
+    pub fn is_prompts(&self) -> bool {
+        matches!(self, DocumentSource::Prompts { .. })
     }
 
     /// The files or folders the source reads.
@@ -74,7 +90,8 @@ impl DocumentSource {
         match self {
             DocumentSource::Text { paths }
             | DocumentSource::Jsonl { paths, .. }
-            | DocumentSource::Chat { paths } => paths.iter().map(PathBuf::as_path).collect(),
+            | DocumentSource::Chat { paths }
+            | DocumentSource::Prompts { paths } => paths.iter().map(PathBuf::as_path).collect(),
             DocumentSource::Folder { path, .. } => vec![path.as_path()],
         }
     }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::chat::read_conversations;
+use super::chat::{read_conversations, read_prompts};
 use super::documents::{natural_key, read, DataError, Document, DocumentSource};
 
 /// Loads every document of `source`, in a stable order. Empty documents are skipped; no
@@ -81,6 +81,11 @@ pub fn load_documents(source: &DocumentSource) -> Result<Vec<Document>, DataErro
                 docs.extend(read_conversations(p)?);
             }
         }
+        DocumentSource::Prompts { paths } => {
+            for p in paths {
+                docs.extend(read_prompts(p)?);
+            }
+        }
     }
     docs.retain(|d| !d.text.trim().is_empty());
     if docs.is_empty() {
@@ -96,7 +101,8 @@ fn describe(source: &DocumentSource) -> String {
     match source {
         DocumentSource::Text { paths }
         | DocumentSource::Jsonl { paths, .. }
-        | DocumentSource::Chat { paths } => paths
+        | DocumentSource::Chat { paths }
+        | DocumentSource::Prompts { paths } => paths
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
