@@ -7,7 +7,8 @@
 # logit KD on those answers (configs/quickstart-chat.yaml). Each student is then judged on the
 # same held-out prompts by `distill eval --prompts`: reverse KL of its sampled answers graded by
 # the teacher, the teacher's NLL of its greedy answers, greedy match over 32 tokens, samples.
-# Writes docs/results/chat.{md,json}. About 35 minutes on 2 cores (the teacher's answers and
+# (i) runs twice: at equal steps, and at the chat runs' wall-clock (a chat step counts only the
+# answers' rows, so it is cheaper). Writes docs/results/chat.{md,json}. About 40 minutes on 2 cores (the teacher's answers and
 # caches are kept in $BENCH_DIR and reused by a rerun).
 #   [BENCH_DIR=runs/bench-chat] scripts/bench-chat.sh [steps]
 set -euo pipefail
@@ -41,6 +42,19 @@ for v in kd-text ce-answers kd-answers; do
   target/release/distill cache-teacher "$work/$v.yaml" | tail -2
   target/release/distill run "$work/$v.yaml" --overwrite | tail -3
 done
+# A chat step counts the answers' rows alone, a text step every row: at equal steps the text
+# run takes longer. (i) again at the chat runs' mean training wall-clock: its steps scaled by
+# the measured seconds (its blocks are a prefix of the first run's, all in its cache).
+time_steps=$(python3 - "$work" "$steps" <<'PY'
+import json, sys
+work, steps = sys.argv[1], int(sys.argv[2])
+secs = {v: json.load(open(f"{work}/{v}/report.json"))["train_seconds"] for v in ("kd-text", "ce-answers", "kd-answers")}
+print(max(1, round(steps * (secs["ce-answers"] + secs["kd-answers"]) / 2 / secs["kd-text"])))
+PY
+)
+sed -e "s/^  steps: .*/  steps: $time_steps/" -e "s/^  name: .*/  name: kd-text-time/" \
+    "$work/kd-text.yaml" > "$work/kd-text-time.yaml"
+target/release/distill run "$work/kd-text-time.yaml" --overwrite | tail -3
 
 # The held-out prompts: the chat runs' validation documents (lines of the prompts file).
 python3 - "$work" <<'PY'
@@ -52,7 +66,7 @@ keep = [lines[int(d.rsplit(":", 1)[1]) - 1] for d in held]
 open(f"{work}/held-out.jsonl", "w").write("\n".join(keep) + "\n")
 print(f"{len(keep)} held-out prompts")
 PY
-for v in kd-text ce-answers kd-answers; do
+for v in kd-text kd-text-time ce-answers kd-answers; do
   target/release/distill eval "$work/$v" --teacher "$teacher" --dequantize \
     --prompts "$work/held-out.jsonl" --max-new-tokens 64 --json > "$work/$v-answers.json"
 done
@@ -60,8 +74,8 @@ done
 python3 - "$work" "$steps" <<'PY'
 import datetime, json, os, platform, subprocess, sys
 work, steps = sys.argv[1], int(sys.argv[2])
-names = {"kd-text": "(i) logit KD on raw text", "ce-answers": "(ii) CE on teacher answers",
-         "kd-answers": "(iii) logit KD on teacher answers"}
+names = {"kd-text": "(i) logit KD on raw text, equal steps", "kd-text-time": "(i) logit KD on raw text, equal wall-clock",
+         "ce-answers": "(ii) CE on teacher answers", "kd-answers": "(iii) logit KD on teacher answers"}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 variants = {}
 for v in names:
@@ -74,6 +88,8 @@ for v in names:
         "greedy_match": ans["greedy_match"],
         "wall_seconds": rep["train_seconds"],
         "steps": rep["steps"],
+        "teacher_ppl": rep["teacher"]["val_ppl"],
+        "val_ppl": rep["student"]["val_ppl"],
         "train_tokens": rep["train_tokens"],
         "alpha": rep["alpha"],
         "student_cut": ans["student_cut"],
@@ -110,10 +126,12 @@ md = [f"# Chat students: what to learn from ({out['meta']['date']}, {cpu}, {out[
       "its teacher targets read from a teacher cache (no variant runs the teacher while training). Judged by `distill eval --prompts` on "
       f"{out['held_out_prompts']} held-out prompts (answers of at most {out['max_new_tokens']} tokens; the teacher's own greedy answers score "
       f"{out['teacher_nll_of_teacher']:.3f} nats per token under it).", "",
-      "| variant | reverse KL per token (sampled answers, teacher-graded) | teacher NLL per token (greedy answers) | greedy match, first 32 tokens | training wall seconds |",
-      "|---|---:|---:|---:|---:|"]
+      "| variant | reverse KL per token (sampled answers, teacher-graded) | teacher NLL per token (greedy answers) | greedy match, first 32 tokens | steps | training wall seconds |",
+      "|---|---:|---:|---:|---:|---:|"]
 for v in variants.values():
-    md.append(f"| {v['variant']} | {v['reverse_kl']:.3f} | {v['teacher_nll']:.3f} | {100 * v['greedy_match']:.1f}% | {v['wall_seconds']:.0f} |")
+    md.append(f"| {v['variant']} | {v['reverse_kl']:.3f} | {v['teacher_nll']:.3f} | {100 * v['greedy_match']:.1f}% | {v['steps']} | {v['wall_seconds']:.0f} |")
+md += ["", "A chat step computes the head and the losses on the answers' rows alone, a raw-text step on every row, so at equal steps the raw-text run trains longer; "
+       "its second run has its steps scaled to the chat runs' mean wall-clock (the target compares at equal wall-clock)."]
 md += ["", f"Lowest held-out reverse KL: **{names[best]}**; (iii) / best of the others: {out['kd_answers_reverse_kl_vs_next_best']:.3f}.", ""]
 for v in variants.values():
     md += [f"## Samples: {v['variant']}", "", "| prompt | teacher | student |", "|---|---|---|"]

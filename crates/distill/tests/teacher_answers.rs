@@ -246,3 +246,46 @@ fn a_model_judged_against_itself_answers_as_it_does() {
         .to_string();
     assert!(err.contains("tokenizers differ"), "{err}");
 }
+
+/// Two ranks of a group (threads joined over TCP) share the batches of prompts: each answers
+/// its own, both then read every answer, and the cache they make is complete.
+#[test]
+fn a_group_of_two_ranks_shares_the_prompts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("prompts.jsonl");
+    write_prompts(&prompts, 6);
+    let cfg = job(tmp.path(), &prompts, 6, 2);
+    let port = common::free_port();
+    let outcomes: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|rank| {
+                let cfg = &cfg;
+                s.spawn(move || {
+                    let opts = RunOptions {
+                        launch: Some(distill::Launch {
+                            rank,
+                            world: 2,
+                            local_rank: rank,
+                            master_addr: "127.0.0.1".into(),
+                            master_port: port,
+                        }),
+                        ..RunOptions::default()
+                    };
+                    cache_teacher(cfg, &opts).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // Three batches of two: rank 0 answers the first and the third, rank 1 the second.
+    let answered: Vec<usize> = outcomes
+        .iter()
+        .map(|o| o.answers.as_ref().unwrap().answered)
+        .collect();
+    assert_eq!(answered, [4, 2]);
+    assert_eq!(answer_files(tmp.path()), 3);
+    assert!(outcomes[0].manifest.as_ref().unwrap().complete);
+    // One process finds nothing left to answer.
+    let after = cache_teacher(&cfg, &RunOptions::default()).unwrap();
+    assert_eq!(after.answers.unwrap().answered, 0);
+}

@@ -66,6 +66,9 @@ pub enum InitConfig {
     FromTeacher {
         #[serde(default)]
         layers: Option<Vec<usize>>,
+        /// How the teacher's parts are ranked for the cut.
+        #[serde(default)]
+        importance: InitImportance,
     },
     /// Normal(0, 0.02) weights and unit norms, from `seed`.
     Random {
@@ -76,8 +79,27 @@ pub enum InitConfig {
 
 impl Default for InitConfig {
     fn default() -> Self {
-        InitConfig::FromTeacher { layers: None }
+        InitConfig::FromTeacher {
+            layers: None,
+            importance: InitImportance::default(),
+        }
     }
+}
+
+/// How a `from_teacher` student ranks the teacher's parts.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum InitImportance {
+    /// Weight norms: evenly spaced layers (the first and last included), and heads, FFN
+    /// neurons and residual channels by the norms of their weights. Needs no data.
+    #[default]
+    Weights,
+    /// Activations on calibration blocks of the run's training data (Minitron): layers by
+    /// block influence (ShortGPT: those that change the residual stream most), then heads,
+    /// FFN neurons and residual channels by their activations in the model those layers make.
+    Activations,
 }
 
 /// The student's `LlamaConfig`, from the teacher's and the shrink rules.

@@ -12,7 +12,7 @@ use distill_models::{VarMapWeights, WeightSource};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::design::{evenly_spaced_layers, InitConfig, StudentConfig};
+use crate::design::{evenly_spaced_layers, InitConfig, InitImportance, StudentConfig};
 use crate::error::{cfg_err, Ctx, StudentError};
 
 /// A trainable student: its config, its variables and the model built on them.
@@ -73,7 +73,16 @@ pub(crate) fn build<F: Family>(
 ) -> Result<Student<F::Config, F::Model>, StudentError> {
     let mut cfg = family.derive(teacher_cfg, spec)?;
     let (init, layer_map) = match &spec.init {
-        InitConfig::FromTeacher { layers } => {
+        InitConfig::FromTeacher {
+            importance: InitImportance::Activations,
+            ..
+        } => {
+            return Err(cfg_err(
+                "init.importance",
+                "activations are measured on a run's data: a causal-LM run cuts such a student itself (a classification student ranks by weights for now)",
+            ))
+        }
+        InitConfig::FromTeacher { layers, .. } => {
             let src = teacher
                 .ok_or_else(|| cfg_err("init", "from_teacher needs the teacher's weights"))?;
             let map = layer_map(
@@ -103,6 +112,25 @@ pub(crate) fn build<F: Family>(
         varmap,
         model,
         layer_map,
+    })
+}
+
+/// A student of `family` whose weights were cut elsewhere (`tensors`, under the family's
+/// names; `layer_map`: the teacher layer each student layer comes from).
+pub(crate) fn from_tensors<F: Family>(
+    family: &F,
+    cfg: F::Config,
+    tensors: BTreeMap<String, Tensor>,
+    layer_map: Vec<usize>,
+    device: &Device,
+) -> Result<Student<F::Config, F::Model>, StudentError> {
+    let varmap = varmap_from(tensors, device)?;
+    let model = family.load(&cfg, &VarMapWeights::new(&varmap, DType::F32, device))?;
+    Ok(Student {
+        config: cfg,
+        varmap,
+        model,
+        layer_map: Some(layer_map),
     })
 }
 

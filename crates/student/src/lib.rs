@@ -21,9 +21,9 @@ pub use bert::{
     bert_classifier_shapes, build_bert_student, derive_bert_config, save_bert_classifier,
     BertExport, BertStudent,
 };
-pub use design::{derive_config, evenly_spaced_layers, InitConfig, StudentConfig};
+pub use design::{derive_config, evenly_spaced_layers, InitConfig, InitImportance, StudentConfig};
 pub use error::StudentError;
 pub use init::Student;
-pub use llama::{build_student, LlamaStudent};
+pub use llama::{build_student, student_from_tensors, LlamaStudent};
 pub use save::{save_hf, HfExport};
 pub use vocab::{VocabConfig, VocabTrim};

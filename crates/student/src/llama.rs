@@ -127,6 +127,18 @@ impl Family for LlamaFamily {
     }
 }
 
+/// A student of `cfg` whose weights were cut from the teacher elsewhere (by activation
+/// importance, on the run's data): `tensors` under Hugging Face names, `layer_map` the teacher
+/// layer each student layer comes from.
+pub fn student_from_tensors(
+    cfg: LlamaConfig,
+    tensors: BTreeMap<String, Tensor>,
+    layer_map: Vec<usize>,
+    device: &Device,
+) -> Result<LlamaStudent, StudentError> {
+    crate::init::from_tensors(&LlamaFamily, cfg, tensors, layer_map, device)
+}
+
 /// Designs the student from the teacher's config and `spec`, and initialises its weights.
 /// `teacher` (dense reads of the teacher's tensors) is needed for `from_teacher` init.
 pub fn build_student(
@@ -215,6 +227,7 @@ mod tests {
             layers: Some(2),
             init: InitConfig::FromTeacher {
                 layers: Some(vec![3, 1]),
+                importance: Default::default(),
             },
             ..Default::default()
         };
@@ -293,6 +306,7 @@ mod tests {
             &StudentConfig {
                 init: InitConfig::FromTeacher {
                     layers: Some(vec![0, 9, 1, 2]),
+                    importance: Default::default(),
                 },
                 ..Default::default()
             },

@@ -36,7 +36,7 @@ fn a_cut_keeping_every_layer_is_the_teacher() {
     let (cfg, w) = teacher();
     let teacher = distill_models::Llama::load(&cfg, &w).unwrap();
     let spec = StudentConfig {
-        init: InitConfig::FromTeacher { layers: None },
+        init: InitConfig::default(),
         ..Default::default()
     };
     let s = build_student(&cfg, Some(&w), &spec, &Device::Cpu).unwrap();
@@ -67,6 +67,7 @@ fn each_student_layer_keeps_its_teacher_layers_attention_kind() {
             intermediate: Some(64),
             init: InitConfig::FromTeacher {
                 layers: Some(layers.clone()),
+                importance: Default::default(),
             },
             ..Default::default()
         };

@@ -6,6 +6,7 @@
 pub(crate) mod across;
 mod compress;
 mod data;
+mod importance;
 mod prepare;
 mod report;
 mod student;

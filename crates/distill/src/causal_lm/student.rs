@@ -5,7 +5,7 @@
 use candle_core::DType;
 use distill_models::WeightSource;
 use distill_student::vocab::RowSelectedWeights;
-use distill_student::{build_student, InitConfig, LlamaStudent, StudentConfig};
+use distill_student::{build_student, InitConfig, InitImportance, LlamaStudent, StudentConfig};
 
 use super::data::RunData;
 use super::prepare::Prepared;
@@ -48,8 +48,23 @@ pub(crate) fn build(run: &Prepared, teacher: &TeacherSide, data: &RunData) -> Re
     } else {
         cfg.student.clone()
     };
-    let mut student =
-        build_student(&data.view_cfg, init_source, &spec, &run.load.device).context("student")?;
+    let mut student = match (&spec.init, init_source) {
+        (
+            InitConfig::FromTeacher {
+                layers,
+                importance: InitImportance::Activations,
+            },
+            Some(src),
+        ) => super::importance::cut_student(
+            &data.view_cfg,
+            src,
+            &spec,
+            layers.as_deref(),
+            &data.train,
+        )?,
+        _ => build_student(&data.view_cfg, init_source, &spec, &run.load.device)
+            .context("student")?,
+    };
     if let Some(dt) = cfg.student.matmul_dtype() {
         tracing::info!(dtype = ?dt, "student: the layers multiply in {dt:?} over f32 weights");
         student.model.set_matmul_dtype(Some(dt));

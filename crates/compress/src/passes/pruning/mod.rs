@@ -295,22 +295,7 @@ impl Pass for Prune {
                 ..Default::default()
             };
             if by_activations && narrows {
-                // Importance is measured on the model the parts will be part of: after the
-                // dropped layers are gone.
-                let outer = if drop.is_empty() {
-                    c.clone()
-                } else {
-                    cut(
-                        c,
-                        &Cut {
-                            drop,
-                            ..Default::default()
-                        },
-                        None,
-                    )?
-                };
-                let scores = crate::passes::pruning::importance::measure(&outer, &blocks()?)?;
-                *c = cut(&outer, &narrow, Some(&scores))?;
+                *c = structured::cut_by_activations(c, drop, &narrow, &blocks()?)?;
             } else {
                 *c = cut(c, &Cut { drop, ..narrow }, None)?;
             }

@@ -74,6 +74,43 @@ pub fn cut(
     })
 }
 
+/// Drops the layers `drop`, then narrows what is left by `narrow` with every part ranked by
+/// its activations on `tokens` (Minitron): importance is measured on the model the parts will
+/// be part of, after the dropped layers are gone. The prune step's `importance: activations`
+/// and a student's `init: {importance: activations}` both cut this way.
+pub fn cut_by_activations(
+    c: &Candidate,
+    drop: Vec<usize>,
+    narrow: &Cut,
+    tokens: &CalibrationTokens,
+) -> Result<Candidate, CompressError> {
+    let outer = if drop.is_empty() {
+        c.clone()
+    } else {
+        cut(
+            c,
+            &Cut {
+                drop,
+                ..Default::default()
+            },
+            None,
+        )?
+    };
+    let narrows = narrow.heads.is_some() || narrow.neurons.is_some() || narrow.hidden.is_some();
+    if !narrows {
+        return Ok(outer);
+    }
+    let scores = crate::passes::pruning::importance::measure(&outer, tokens)?;
+    cut(
+        &outer,
+        &Cut {
+            drop: vec![],
+            ..narrow.clone()
+        },
+        Some(&scores),
+    )
+}
+
 /// The layers `cut` keeps; a layer that does not exist, no layer left or an FFN width out of
 /// range is an error naming the key.
 fn kept_layers(c: &Candidate, cut: &Cut) -> Result<Vec<usize>, CompressError> {
@@ -343,7 +380,7 @@ pub(crate) fn least_important_layers(
 
 /// The `n` layers of least block influence (`1 − cos(x_in, x_out)` on the calibration
 /// blocks): the layers that change the residual stream least, and a report note.
-pub(crate) fn least_influential_layers(
+pub fn least_influential_layers(
     c: &Candidate,
     n: usize,
     blocks: &CalibrationTokens,
