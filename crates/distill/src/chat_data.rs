@@ -15,13 +15,7 @@ use distill_train::data::{Rendered, Turn};
 /// it: so the template must render each conversation as a prefix of its continuations, as the
 /// common templates do; one that does not is refused, naming the turn.
 pub fn render_conversation(turns: &[Turn], tok: &LoadedTokenizer) -> Result<Rendered, String> {
-    let messages: Vec<Message> = turns
-        .iter()
-        .map(|t| Message {
-            role: t.role.clone(),
-            content: t.content.clone(),
-        })
-        .collect();
+    let messages = messages(turns);
     let cut: Vec<bool> = turns.iter().map(|t| t.cut).collect();
     let render = |m: &[Message], open: bool| tok.render_chat(m, open).map_err(|e| e.to_string());
     let full = render(&messages, false)?;
@@ -79,15 +73,8 @@ pub fn eval_prompt(
     turns: &[Turn],
     tok: &LoadedTokenizer,
 ) -> Result<crate::eval::EvalPrompt, String> {
-    let messages: Vec<Message> = turns
-        .iter()
-        .map(|t| Message {
-            role: t.role.clone(),
-            content: t.content.clone(),
-        })
-        .collect();
     let text = tok
-        .render_chat(&messages, true)
+        .render_chat(&messages(turns), true)
         .map_err(|e| e.to_string())?;
     let ids = tok.encode_continuation(&text).map_err(|e| e.to_string())?;
     let shown = turns
@@ -96,4 +83,15 @@ pub fn eval_prompt(
         .find(|t| t.role == "user")
         .map_or(String::new(), |t| t.content.clone());
     Ok(crate::eval::EvalPrompt { ids, shown })
+}
+
+/// A conversation's turns as the chat template reads them.
+pub(crate) fn messages(turns: &[Turn]) -> Vec<Message> {
+    turns
+        .iter()
+        .map(|t| Message {
+            role: t.role.clone(),
+            content: t.content.clone(),
+        })
+        .collect()
 }

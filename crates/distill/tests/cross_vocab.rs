@@ -9,6 +9,7 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+mod group;
 
 use common::{loss_parts, max_loss_gap};
 
@@ -133,27 +134,7 @@ fn two_ranks_of_a_group_train_a_cross_run_as_one_process() {
     );
     let group = job(root, "group", ", vocab: cross, cross: {top_k: 8}", &base);
     let port = common::free_port();
-    let runs: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..2)
-            .map(|rank| {
-                let group = &group;
-                s.spawn(move || {
-                    let opts = RunOptions {
-                        launch: Some(distill::Launch {
-                            rank,
-                            world: 2,
-                            local_rank: rank,
-                            master_addr: "127.0.0.1".into(),
-                            master_port: port,
-                        }),
-                        ..RunOptions::default()
-                    };
-                    lm_run(group, &opts)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let runs: Vec<_> = group::in_group_of_two(port, |opts| lm_run(&group, opts));
     let rank0 = runs.iter().find(|r| r.rank == 0).unwrap();
     let (a, b) = (
         single.report.as_ref().unwrap().student.val_ppl.unwrap(),

@@ -6,6 +6,7 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+mod group;
 
 use std::path::Path;
 
@@ -256,27 +257,7 @@ fn a_group_of_two_ranks_shares_the_prompts() {
     write_prompts(&prompts, 6);
     let cfg = job(tmp.path(), &prompts, 6, 2);
     let port = common::free_port();
-    let outcomes: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..2)
-            .map(|rank| {
-                let cfg = &cfg;
-                s.spawn(move || {
-                    let opts = RunOptions {
-                        launch: Some(distill::Launch {
-                            rank,
-                            world: 2,
-                            local_rank: rank,
-                            master_addr: "127.0.0.1".into(),
-                            master_port: port,
-                        }),
-                        ..RunOptions::default()
-                    };
-                    cache_teacher(cfg, &opts).unwrap()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let outcomes: Vec<_> = group::in_group_of_two(port, |opts| cache_teacher(&cfg, opts).unwrap());
     // Three batches of two: rank 0 answers the first and the third, rank 1 the second.
     let answered: Vec<usize> = outcomes
         .iter()

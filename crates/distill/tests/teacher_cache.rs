@@ -4,6 +4,7 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+mod group;
 
 use std::path::Path;
 
@@ -238,27 +239,7 @@ fn a_group_of_two_ranks_makes_the_cache_one_process_makes() {
     assert!(single.manifest.as_ref().unwrap().complete);
     let cfg = cache_at("group");
     let port = common::free_port();
-    let outcomes: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..2)
-            .map(|rank| {
-                let cfg = &cfg;
-                s.spawn(move || {
-                    let opts = RunOptions {
-                        launch: Some(distill::Launch {
-                            rank,
-                            world: 2,
-                            local_rank: rank,
-                            master_addr: "127.0.0.1".into(),
-                            master_port: port,
-                        }),
-                        ..RunOptions::default()
-                    };
-                    cache_teacher(cfg, &opts).unwrap()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let outcomes: Vec<_> = group::in_group_of_two(port, |opts| cache_teacher(&cfg, opts).unwrap());
     assert_eq!((outcomes[0].rank, outcomes[1].rank), (0, 1));
     // One training and one validation shard: each rank made one.
     assert!(

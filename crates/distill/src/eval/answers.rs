@@ -228,13 +228,7 @@ fn leading(tokens: &[u32], n: usize) -> &[u32] {
 /// The ids both models read alike: their tokenizers must be one (the same pieces); the
 /// columns compared are the tokenizer's, which a padded head may exceed.
 fn shared_vocabulary(teacher: &LoadedTokenizer, student: &LoadedTokenizer) -> Result<usize> {
-    let pieces = |t: &LoadedTokenizer| -> Vec<Option<String>> {
-        let tok = &t.tokenizer;
-        (0..tok.get_vocab_size(true) as u32)
-            .map(|i| tok.id_to_token(i))
-            .collect()
-    };
-    let (t, s) = (pieces(teacher), pieces(student));
+    let (t, s) = (teacher.id_pieces(), student.id_pieces());
     if t != s {
         return Err(Error::Invalid(format!(
             "answer evaluation compares the two models token by token: their tokenizers differ ({} and {} ids{})",

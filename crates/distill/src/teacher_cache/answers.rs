@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use distill_models::generate::{Finish, GenerateOptions, Sampling};
-use distill_teacher::tokenizer::Message;
 use distill_teacher::{AnswerSettings, Teacher};
 use distill_train::data::{Document, Split, Turn};
 use distill_train::{Event, Observer, StopFlag};
@@ -199,7 +198,7 @@ impl Answerer<'_> {
             .iter()
             .map(|p| {
                 let text = tok
-                    .render_chat(&messages(turns(p)), true)
+                    .render_chat(&crate::chat_data::messages(turns(p)), true)
                     .map_err(|e| Error::Invalid(format!("{}: {e}", p.id)))?;
                 Ok(tok.encode_continuation(&text)?)
             })
@@ -257,16 +256,6 @@ impl Answerer<'_> {
 
 fn batch_len(len: usize, n: usize, b: usize) -> usize {
     ((n + 1) * b).min(len) - n * b
-}
-
-fn messages(turns: &[Turn]) -> Vec<Message> {
-    turns
-        .iter()
-        .map(|t| Message {
-            role: t.role.clone(),
-            content: t.content.clone(),
-        })
-        .collect()
 }
 
 fn read_file(path: &Path) -> Result<AnswerFile> {

@@ -90,10 +90,7 @@ pub fn run_identity(
     tokenizer: &LoadedTokenizer,
     load: &LoadOptions,
 ) -> Result<Identity> {
-    let tok = &tokenizer.tokenizer;
-    let vocab: Vec<Option<String>> = (0..tok.get_vocab_size(true) as u32)
-        .map(|i| tok.id_to_token(i))
-        .collect();
+    let vocab = tokenizer.id_pieces();
     let gguf = files
         .iter()
         .any(|f| f.extension().is_some_and(|e| e == "gguf"));
@@ -125,13 +122,7 @@ pub fn run_identity_across(
     load: &LoadOptions,
 ) -> Result<Identity> {
     let mut identity = run_identity(cfg, files, teacher, load)?;
-    let pieces = |t: &LoadedTokenizer| -> Vec<Option<String>> {
-        let tok = &t.tokenizer;
-        (0..tok.get_vocab_size(true) as u32)
-            .map(|i| tok.id_to_token(i))
-            .collect()
-    };
-    let (t, s) = (pieces(teacher), pieces(student));
+    let (t, s) = (teacher.id_pieces(), student.id_pieces());
     identity.tokenizer_sha256 = vocabulary_digest(
         t.iter()
             .map(|p| p.as_deref())

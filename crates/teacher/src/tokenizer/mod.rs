@@ -94,6 +94,15 @@ impl LoadedTokenizer {
             })
     }
 
+    /// Every id's piece (`None` for an id the tokenizer does not name), by id: what two
+    /// tokenizers are compared on.
+    pub fn id_pieces(&self) -> Vec<Option<String>> {
+        let tok = &self.tokenizer;
+        (0..tok.get_vocab_size(true) as u32)
+            .map(|i| tok.id_to_token(i))
+            .collect()
+    }
+
     /// How many bytes of text each id stands for (0 for special tokens), by id: the
     /// denominator of bits per byte.
     pub fn byte_lengths(&self) -> Vec<u32> {
