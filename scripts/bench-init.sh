@@ -21,7 +21,7 @@ for shape in "${shapes[@]}"; do
     sed -e "s/^  steps: .*/  steps: $steps/" -e "s/^  name: .*/  name: $v/" \
         -e "s#^  dir: runs\$#  dir: $work#" -e '/^compress:/,$d' \
         -e "s/^  layers: 6 .*/  $student/" \
-        -e "s/^  init: {kind: from_teacher}/  init: {kind: from_teacher, importance: $importance}/" \
+        -e "s/^  init: .*/  init: {kind: from_teacher, importance: $importance}/" \
         configs/quickstart.yaml > "$work/$v.yaml"
     grep -q "importance: $importance" "$work/$v.yaml" && ! grep -q "^compress:" "$work/$v.yaml"
     target/release/distill run "$work/$v.yaml" --overwrite | tail -3
