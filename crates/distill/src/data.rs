@@ -20,7 +20,7 @@ pub fn split_run_documents(cfg: &RunConfig) -> Result<Split> {
                 Error::Job("teacher.cache.generate: prompts need the teacher's answers".into())
             })?;
             let dir = std::path::Path::new(c.dir());
-            Ok(crate::teacher_cache::attach_answers(split, dir, settings)?.0)
+            Ok(crate::teacher_answers::attach_answers(split, dir, settings)?.0)
         }
         _ => Ok(split),
     }

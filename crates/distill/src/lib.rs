@@ -49,6 +49,7 @@ mod options;
 pub mod report;
 mod run_dir;
 pub mod saved_classifier;
+pub mod teacher_answers;
 pub mod teacher_cache;
 mod text_ids;
 pub mod vocab;

@@ -10,7 +10,7 @@ mod group;
 
 use std::path::Path;
 
-use distill::eval::{evaluate_prompt_file, AnswerEvalOptions};
+use distill::eval::{evaluate_prompt_file, AnswerEvalOptions, PromptFile};
 use distill::teacher_cache::cache_teacher;
 use distill::{parse_job, run, RunConfig, RunOptions, RunOutcome};
 use distill_train::StopFlag;
@@ -232,7 +232,11 @@ fn a_model_judged_against_itself_answers_as_it_does() {
         match_tokens: 8,
         ..AnswerEvalOptions::default()
     };
-    let e = evaluate_prompt_file(&t, &t, &prompts, true, &load, &o).unwrap();
+    let file = PromptFile {
+        path: prompts.clone(),
+        chat: true,
+    };
+    let e = evaluate_prompt_file(&t, &t, &file, &load, &o).unwrap();
     assert_eq!(e.prompts, 3);
     assert_eq!(e.greedy_match, 1.0);
     assert!(e.reverse_kl.abs() < 1e-4, "{}", e.reverse_kl);
@@ -241,7 +245,7 @@ fn a_model_judged_against_itself_answers_as_it_does() {
     assert!(e.samples.iter().all(|s| s.teacher == s.student));
     // Two tokenizers cannot be compared token by token.
     let g = common::gemma3_gguf().display().to_string();
-    let err = evaluate_prompt_file(&g, &t, &prompts, true, &load, &o)
+    let err = evaluate_prompt_file(&g, &t, &file, &load, &o)
         .err()
         .unwrap()
         .to_string();

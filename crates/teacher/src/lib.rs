@@ -13,6 +13,7 @@
 //! # Ok::<(), distill_teacher::TeacherError>(())
 //! ```
 
+pub mod cache_config;
 pub mod device;
 pub mod error;
 pub mod folder;
@@ -22,14 +23,14 @@ pub mod source;
 pub mod teacher;
 pub mod tokenizer;
 
+pub use cache_config::{AnswerSettings, CacheConfig};
 pub use device::{parse_device, parse_dtype, DTypeSpec, DeviceSpec};
 pub use error::{Result, TeacherError};
 pub use hub::HubOptions;
 pub use inspect::{inspect, ModelInfo};
 pub use source::TeacherSource;
 pub use teacher::{
-    check_finite, load_tokenizer, non_finite_tensors, pad_batch, resolve, AnswerSettings,
-    CacheConfig, GgufCompute, LoadOptions, NonFinite, Resolved, Teacher, TeacherConfig,
-    TeacherFiles, TeacherModel,
+    check_finite, load_tokenizer, non_finite_tensors, pad_batch, resolve, GgufCompute, LoadOptions,
+    NonFinite, Resolved, Teacher, TeacherConfig, TeacherFiles, TeacherModel,
 };
 pub use tokenizer::{LoadedTokenizer, TokenizerInfo};

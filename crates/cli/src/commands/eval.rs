@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use distill::eval::evaluate_labelled;
-use distill::eval::{evaluate_prompt_file, evaluate_text, AnswerEvalOptions, TextEvalOptions};
+use distill::eval::{
+    evaluate_prompt_file, evaluate_text, AnswerEvalOptions, PromptFile, TextEvalOptions,
+};
 
 use super::ModelArgs;
 use crate::progress::Progress;
@@ -79,7 +81,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             seed: a.seed,
             ..AnswerEvalOptions::default()
         };
-        let e = evaluate_prompt_file(&a.source, teacher, prompts, a.chat, &load, &opts)?;
+        let file = PromptFile {
+            path: prompts.clone(),
+            chat: a.chat,
+        };
+        let e = evaluate_prompt_file(&a.source, teacher, &file, &load, &opts)?;
         if a.json {
             crate::out!("{}", serde_json::to_string_pretty(&e)?)?;
         } else {

@@ -119,21 +119,27 @@ pub fn samples_table(samples: &[Sample]) -> String {
     md
 }
 
+/// A JSONL file of prompts, and whether its text prompts go through the chat template.
+#[derive(Clone, Debug)]
+pub struct PromptFile {
+    pub path: std::path::PathBuf,
+    pub chat: bool,
+}
+
 /// [`evaluate_answers`] for the models at two sources (a run folder answers with its exported
 /// student) on the prompts of a JSONL file (`distill eval --prompts`); text prompts go
 /// through the chat template under `chat`.
 pub fn evaluate_prompt_file(
     student: &str,
     teacher: &str,
-    prompts: &std::path::Path,
-    chat: bool,
+    prompts: &PromptFile,
     load: &distill_teacher::LoadOptions,
     o: &AnswerEvalOptions,
 ) -> Result<AnswerEval> {
-    let read = crate::generate::read_prompts(prompts)?;
+    let read = crate::generate::read_prompts(&prompts.path)?;
     let (teacher, _) = crate::generate::load_decoder(teacher, load)?;
     let (student, _) = crate::generate::load_decoder(student, load)?;
-    let inputs = crate::generate::prompt_inputs(&read, chat, None, &teacher.tokenizer)?;
+    let inputs = crate::generate::prompt_inputs(&read, prompts.chat, None, &teacher.tokenizer)?;
     let prompts: Vec<EvalPrompt> = read
         .iter()
         .zip(inputs)
@@ -180,10 +186,15 @@ pub fn evaluate_answers(
     let student_greedy = greedy(student, 0, 0.0)?;
     let student_sampled = greedy(student, o.seed, 1.0)?;
     tracing::info!("answers: grading them with the teacher");
-    let (reverse_kl, sampled_tokens) =
-        reverse_kl(teacher, student, &ids, &student_sampled, vocab, o.batch)?;
-    let (nll, greedy_tokens) = teacher_nll(teacher, &ids, &student_greedy, vocab, o.batch)?;
-    let (nll_own, _) = teacher_nll(teacher, &ids, &teacher_greedy, vocab, o.batch)?;
+    let grader = Grader {
+        teacher,
+        prompts: &ids,
+        vocab,
+        batch: o.batch.max(1),
+    };
+    let (reverse_kl, sampled_tokens) = grader.reverse_kl(student, &student_sampled)?;
+    let (nll, greedy_tokens) = grader.teacher_nll(&student_greedy)?;
+    let (nll_own, _) = grader.teacher_nll(&teacher_greedy)?;
     let same = teacher_greedy
         .iter()
         .zip(&student_greedy)
@@ -282,67 +293,69 @@ fn log_probs(m: &Teacher, batch: &[Graded], vocab: usize) -> Result<Vec<Tensor>>
         .collect()
 }
 
-/// Mean KL(student ‖ teacher) per graded position of the student's sampled answers, and the
-/// positions graded.
-fn reverse_kl(
-    teacher: &Teacher,
-    student: &Teacher,
-    prompts: &[Vec<u32>],
-    answers: &[Generation],
+/// The teacher grading answers to `prompts`, over the first `vocab` ids, `batch` sequences
+/// per forward pass.
+struct Grader<'a> {
+    teacher: &'a Teacher,
+    prompts: &'a [Vec<u32>],
     vocab: usize,
     batch: usize,
-) -> Result<(f64, usize)> {
-    let seqs: Vec<Graded> = prompts
-        .iter()
-        .zip(answers)
-        .map(|(p, g)| graded(p, g, true))
-        .filter(|g| g.count > 0)
-        .collect();
-    let (mut sum, mut n) = (0.0f64, 0usize);
-    for chunk in seqs.chunks(batch.max(1)) {
-        let t = log_probs(teacher, chunk, vocab)?;
-        let s = log_probs(student, chunk, vocab)?;
-        for (lt, ls) in t.iter().zip(&s) {
-            let kl = (ls.exp()? * (ls - lt)?)?.sum_all()?.to_scalar::<f32>()?;
-            sum += f64::from(kl);
-            n += ls.dim(0)?;
-        }
-    }
-    Ok((sum / n.max(1) as f64, n))
 }
 
-/// The teacher's mean negative log-likelihood per token of `answers`, and the tokens scored.
-fn teacher_nll(
-    teacher: &Teacher,
-    prompts: &[Vec<u32>],
-    answers: &[Generation],
-    vocab: usize,
-    batch: usize,
-) -> Result<(f64, usize)> {
-    let seqs: Vec<(Graded, &[u32])> = prompts
-        .iter()
-        .zip(answers)
-        .map(|(p, g)| (graded(p, g, false), g.tokens.as_slice()))
-        .filter(|(g, _)| g.count > 0)
-        .collect();
-    if let Some(&bad) = seqs
-        .iter()
-        .flat_map(|s| s.1)
-        .find(|&&t| t as usize >= vocab)
-    {
-        return Err(Error::Invalid(format!(
-            "answer evaluation: an answer holds id {bad}, outside the tokenizer's {vocab}"
-        )));
-    }
-    let (mut sum, mut n) = (0.0f64, 0usize);
-    for chunk in seqs.chunks(batch.max(1)) {
-        let graded: Vec<Graded> = chunk.iter().map(|(g, _)| g.clone()).collect();
-        for (lp, (_, tokens)) in log_probs(teacher, &graded, vocab)?.iter().zip(chunk) {
-            let index = Tensor::new(*tokens, lp.device())?.unsqueeze(1)?;
-            let picked = lp.gather(&index, 1)?.sum_all()?.to_scalar::<f32>()?;
-            sum -= f64::from(picked);
-            n += tokens.len();
+impl Grader<'_> {
+    /// Mean KL(student ‖ teacher) per graded position of the student's sampled answers, and
+    /// the positions graded.
+    fn reverse_kl(&self, student: &Teacher, answers: &[Generation]) -> Result<(f64, usize)> {
+        let seqs: Vec<Graded> = self
+            .prompts
+            .iter()
+            .zip(answers)
+            .map(|(p, g)| graded(p, g, true))
+            .filter(|g| g.count > 0)
+            .collect();
+        let (mut sum, mut n) = (0.0f64, 0usize);
+        for chunk in seqs.chunks(self.batch) {
+            let t = log_probs(self.teacher, chunk, self.vocab)?;
+            let s = log_probs(student, chunk, self.vocab)?;
+            for (lt, ls) in t.iter().zip(&s) {
+                let kl = (ls.exp()? * (ls - lt)?)?.sum_all()?.to_scalar::<f32>()?;
+                sum += f64::from(kl);
+                n += ls.dim(0)?;
+            }
         }
+        Ok((sum / n.max(1) as f64, n))
     }
-    Ok((sum / n.max(1) as f64, n))
+
+    /// The teacher's mean negative log-likelihood per token of `answers`, and the tokens
+    /// scored.
+    fn teacher_nll(&self, answers: &[Generation]) -> Result<(f64, usize)> {
+        let vocab = self.vocab;
+        let seqs: Vec<(Graded, &[u32])> = self
+            .prompts
+            .iter()
+            .zip(answers)
+            .map(|(p, g)| (graded(p, g, false), g.tokens.as_slice()))
+            .filter(|(g, _)| g.count > 0)
+            .collect();
+        if let Some(&bad) = seqs
+            .iter()
+            .flat_map(|s| s.1)
+            .find(|&&t| t as usize >= vocab)
+        {
+            return Err(Error::Invalid(format!(
+                "answer evaluation: an answer holds id {bad}, outside the tokenizer's {vocab}"
+            )));
+        }
+        let (mut sum, mut n) = (0.0f64, 0usize);
+        for chunk in seqs.chunks(self.batch) {
+            let graded: Vec<Graded> = chunk.iter().map(|(g, _)| g.clone()).collect();
+            for (lp, (_, tokens)) in log_probs(self.teacher, &graded, vocab)?.iter().zip(chunk) {
+                let index = Tensor::new(*tokens, lp.device())?.unsqueeze(1)?;
+                let picked = lp.gather(&index, 1)?.sum_all()?.to_scalar::<f32>()?;
+                sum -= f64::from(picked);
+                n += tokens.len();
+            }
+        }
+        Ok((sum / n.max(1) as f64, n))
+    }
 }

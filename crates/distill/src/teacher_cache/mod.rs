@@ -4,10 +4,8 @@
 //! `teacher.cache` then trains and evaluates from them without running the teacher.
 
 mod across;
-mod answers;
 
-pub(crate) use answers::attach_answers;
-pub use answers::{AnswersMade, Attached};
+use crate::teacher_answers::{self as answers, AnswersMade};
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -182,25 +180,21 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
     let teacher = Teacher::load(&source, &load)?;
     let (lm, lcfg) = teacher.language_model().context("teacher.source")?;
     let vocab = lcfg.vocab_size;
-    let answers = match c.generate() {
-        Some(settings) => {
-            let made = answer_prompts(cfg, &teacher, settings, &dir, comm.as_deref(), opts)?;
-            if made.interrupted {
-                return Ok(CacheOutcome {
-                    rank: comm.as_ref().map_or(0, |c| c.rank()),
-                    manifest: None,
-                    dir,
-                    shards_made: 0,
-                    positions: 0,
-                    bytes: 0,
-                    seconds: started.elapsed().as_secs_f64(),
-                    interrupted: true,
-                    answers: Some(made),
-                });
-            }
-            Some(made)
+    let answers = match answer_prompts(cfg, &teacher, comm.as_deref(), opts)? {
+        Some(made) if made.interrupted => {
+            return Ok(CacheOutcome {
+                rank: comm.as_ref().map_or(0, |c| c.rank()),
+                manifest: None,
+                dir,
+                shards_made: 0,
+                positions: 0,
+                bytes: 0,
+                seconds: started.elapsed().as_secs_f64(),
+                interrupted: true,
+                answers: Some(made),
+            });
         }
-        None => None,
+        made => made,
     };
     let CacheData {
         train,
@@ -313,22 +307,25 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
     })
 }
 
-/// The teacher answers the run's prompts (this rank's share); the ranks of a group wait for
-/// each other, so that every rank then reads every answer.
+/// The teacher answers the run's prompts (this rank's share), when `teacher.cache.generate`
+/// asks it to; the ranks of a group wait for each other, so that every rank then reads every
+/// answer.
 fn answer_prompts(
     cfg: &RunConfig,
     teacher: &Teacher,
-    settings: &distill_teacher::AnswerSettings,
-    dir: &Path,
     comm: Option<&dyn distill_train::parallel::Communicator>,
     opts: &RunOptions,
-) -> Result<AnswersMade> {
+) -> Result<Option<AnswersMade>> {
+    let c = cache_config(cfg)?;
+    let Some(settings) = c.generate() else {
+        return Ok(None);
+    };
     let split = crate::data::split_source_documents(cfg)?;
     let answerer = answers::Answerer {
         teacher,
         teacher_sha256: file_digest(&teacher.files).context("teacher.source")?,
         settings,
-        cache_dir: dir,
+        cache_dir: Path::new(c.dir()),
         rank: comm.map_or(0, |c| c.rank()),
         world: comm.map_or(1, |c| c.world()),
         observer: opts.observer,
@@ -341,7 +338,7 @@ fn answer_prompts(
         )?)?;
         made.interrupted = stopped.to_vec1::<f32>()?[0] > 0.0;
     }
-    Ok(made)
+    Ok(Some(made))
 }
 
 /// What a cache is made over: the run's blocks — across tokenizers the student's, with their
