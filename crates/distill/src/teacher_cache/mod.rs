@@ -58,6 +58,23 @@ pub struct CacheOutcome {
     pub answers: Option<AnswersMade>,
 }
 
+impl CacheOutcome {
+    /// Stopped while the teacher was still answering the prompts: no target cached yet.
+    fn stopped_answering(dir: PathBuf, rank: usize, started: Instant, made: AnswersMade) -> Self {
+        Self {
+            dir,
+            rank,
+            manifest: None,
+            shards_made: 0,
+            positions: 0,
+            bytes: 0,
+            seconds: started.elapsed().as_secs_f64(),
+            interrupted: true,
+            answers: Some(made),
+        }
+    }
+}
+
 /// The `teacher.cache` section of a run, or an error saying how to write it.
 pub fn cache_config(cfg: &RunConfig) -> Result<&CacheConfig> {
     cfg.teacher.cache.as_ref().ok_or_else(|| {
@@ -182,17 +199,8 @@ pub fn cache_teacher(cfg: &RunConfig, opts: &RunOptions) -> Result<CacheOutcome>
     let vocab = lcfg.vocab_size;
     let answers = match answer_prompts(cfg, &teacher, comm.as_deref(), opts)? {
         Some(made) if made.interrupted => {
-            return Ok(CacheOutcome {
-                rank: comm.as_ref().map_or(0, |c| c.rank()),
-                manifest: None,
-                dir,
-                shards_made: 0,
-                positions: 0,
-                bytes: 0,
-                seconds: started.elapsed().as_secs_f64(),
-                interrupted: true,
-                answers: Some(made),
-            });
+            let rank = comm.as_ref().map_or(0, |c| c.rank());
+            return Ok(CacheOutcome::stopped_answering(dir, rank, started, made));
         }
         made => made,
     };
